@@ -1,0 +1,98 @@
+"""The sel_otel exception tree.
+
+```
+SelOtelError
+├── ConfigError               bad or missing settings
+├── AgentError                an agent call did not produce an output (carries `agent`)
+│   ├── AgentNotFound         no agent of that name (carries `known`)
+│   ├── AgentLoadError        an agent file failed to import or breaks the contract (carries `path`)
+│   ├── AgentTimeout          the call ran past its timeout
+│   ├── AgentFailed           the agent raised (carries `original`)
+│   └── AgentOutputError      the agent returned a non-string or an output over the cap
+└── CacheError                the cache backend failed (always handled as a miss, never raised to callers)
+```
+Library errors are translated at the boundary with `raise ... from exc`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SelOtelError(Exception):
+    """Base of every error raised by sel_otel."""
+
+
+class ConfigError(SelOtelError):
+    """A setting is missing or invalid."""
+
+
+class AgentError(SelOtelError):
+    """An agent call did not produce an output."""
+
+    #: Low-cardinality name recorded as `error.type` on spans and metrics.
+    error_type: str = "agent_error"
+
+    def __init__(self, message: str, *, agent: str) -> None:
+        super().__init__(message)
+        self.agent = agent
+
+
+class AgentNotFound(AgentError):
+    """No agent is registered under that name."""
+
+    error_type = "agent_not_found"
+
+    def __init__(self, agent: str, *, known: list[str]) -> None:
+        listing = ", ".join(known) if known else "none"
+        super().__init__(f"Unknown agent {agent!r}. Known agents: {listing}", agent=agent)
+        self.known = known
+
+
+class AgentLoadError(AgentError):
+    """An agent file failed to import, or its module breaks the agent contract."""
+
+    error_type = "agent_load_error"
+
+    def __init__(self, agent: str, *, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}", agent=agent)
+        self.path = path
+        self.reason = reason
+
+
+class AgentTimeout(AgentError):
+    """The agent ran past its timeout and was abandoned."""
+
+    error_type = "timeout"
+
+    def __init__(self, agent: str, *, timeout: float) -> None:
+        super().__init__(f"Agent {agent!r} timed out after {timeout:g}s", agent=agent)
+        self.timeout = timeout
+
+
+class AgentFailed(AgentError):
+    """The agent raised an exception."""
+
+    def __init__(self, agent: str, *, original: BaseException) -> None:
+        super().__init__(
+            f"Agent {agent!r} failed: {type(original).__name__}: {original}", agent=agent
+        )
+        self.original = original
+
+    @property
+    def error_type(self) -> str:  # type: ignore[override]
+        return type(self.original).__qualname__
+
+
+class AgentOutputError(AgentError):
+    """The agent returned something other than a string, or an output over the cap."""
+
+    error_type = "invalid_output"
+
+
+class CacheError(SelOtelError):
+    """The cache backend failed; callers see a miss, never this error."""
+
+    def __init__(self, message: str, *, original: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.original = original

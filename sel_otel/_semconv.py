@@ -1,0 +1,50 @@
+"""Every span, metric and attribute name sel_otel emits, defined once.
+
+These names are a public interface: dashboards and trace searches depend on them, and the
+README mirrors this module. Standard names follow the OpenTelemetry semantic conventions
+(GenAI agent spans, `error.type`); project-specific ones live under `sel.`. The GenAI
+conventions are still in development, so their names are spelled out here rather than
+imported from the incubating constants.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Instrumentation scope
+SCOPE_NAME: Final = "sel_otel"
+
+# Span names
+INVOKE_AGENT: Final = "invoke_agent"  # operation name; the span is "invoke_agent {agent}"
+
+# Standard attributes (OpenTelemetry semantic conventions)
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
+GEN_AI_AGENT_DESCRIPTION: Final = "gen_ai.agent.description"
+ERROR_TYPE: Final = "error.type"
+
+# Project attributes
+SEL_CACHE_HIT: Final = "sel.cache.hit"
+SEL_CACHE_COALESCED: Final = "sel.cache.coalesced"
+SEL_CACHE_ERROR: Final = "sel.cache.error"
+SEL_AGENT_DURATION_MS: Final = "sel.agent.duration_ms"
+SEL_AGENT_INPUT: Final = "sel.agent.input"
+SEL_USER_ID: Final = "sel.user.id"
+
+# Error types that are not exception class names
+ERROR_TIMEOUT: Final = "timeout"
+
+# Metrics
+AGENT_DURATION: Final = "gen_ai.client.operation.duration"
+AGENT_DURATION_UNIT: Final = "s"
+CACHE_EVICTIONS: Final = "sel.cache.evictions"
+CACHE_COALESCED: Final = "sel.cache.coalesced_calls"
+CACHE_ERRORS: Final = "sel.cache.errors"
+COUNT_UNIT: Final = "{call}"
+
+#: Bucket boundaries (seconds) for the duration histogram: fine enough that a p95 read from
+#: the buckets separates a 20 µs cache hit from a 2 ms agent run.
+DURATION_BUCKETS: Final = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
