@@ -9,7 +9,6 @@ SelOtelError
 │   ├── AgentTimeout          the call ran past its timeout
 │   ├── AgentFailed           the agent raised (carries `original`)
 │   └── AgentOutputError      the agent returned a non-string or an output over the cap
-└── CacheError                the cache backend failed (always handled as a miss, never raised to callers)
 ```
 Library errors are translated at the boundary with `raise ... from exc`.
 """
@@ -88,11 +87,3 @@ class AgentOutputError(AgentError):
     """The agent returned something other than a string, or an output over the cap."""
 
     error_type = "invalid_output"
-
-
-class CacheError(SelOtelError):
-    """The cache backend failed; callers see a miss, never this error."""
-
-    def __init__(self, message: str, *, original: BaseException | None = None) -> None:
-        super().__init__(message)
-        self.original = original

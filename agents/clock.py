@@ -1,0 +1,21 @@
+"""The current time in any IANA time zone."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+DESCRIPTION = "Current date and time in a time zone, e.g. `Europe/Paris` (default UTC)"
+CACHEABLE = False
+
+
+def run(query: str) -> str:
+    name = query.strip() or "UTC"
+    try:
+        zone = ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        close = sorted(z for z in available_timezones() if name.lower() in z.lower())[:5]
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown time zone {name!r}.{hint}") from None
+    now = datetime.now(zone)
+    return f"{now:%Y-%m-%d %H:%M:%S} {now.tzname()} (UTC{now:%z}) in {name}"

@@ -1,0 +1,131 @@
+"""The agent contract: turn a loaded module into a validated `Agent`.
+
+An agent module defines:
+
+```python
+DESCRIPTION = "What it does"        # required, non-empty string
+CACHEABLE = True                    # optional, default True
+CACHE_TTL = 60                      # optional, seconds; 0 means never cache
+CACHE_TTL_BY_INPUT = {"uname -a": 3600, "cat": 0}   # optional per-input TTL overrides
+TIMEOUT = 15                        # optional, seconds; default from settings
+INVALIDATED_BY = {"rm", "mv"}       # optional: inputs whose first word clears the agent's cache
+PRIVILEGED = False                  # optional: only allowed users may run it
+CACHE_PER_USER = False              # optional: the user id goes into the cache key
+def run(query: str) -> str: ...     # or: async def run(query: str) -> str
+```
+`CACHE_TTL_BY_INPUT` keys match the stripped input exactly, or else its first word.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType, ModuleType
+from typing import Any
+
+from ._exceptions import AgentLoadError
+
+AgentFunction = Callable[[str], Awaitable[Any]] | Callable[[str], Any]
+
+DEFAULT_CACHE_TTL = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """A loaded agent: what it is, how its results are cached, and how to call it."""
+
+    name: str
+    description: str
+    function: AgentFunction = field(repr=False)
+    is_async: bool
+    cacheable: bool = True
+    cache_ttl: float = DEFAULT_CACHE_TTL
+    ttl_by_input: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    timeout: float | None = None
+    invalidated_by: frozenset[str] = frozenset()
+    privileged: bool = False
+    cache_per_user: bool = False
+    path: Path | None = None
+
+    def ttl_for(self, query: str) -> float:
+        """Seconds to cache the result of `query`; 0 means do not cache it."""
+        if not self.cacheable:
+            return 0.0
+        if self.ttl_by_input:
+            stripped = query.strip()
+            ttl = self.ttl_by_input.get(stripped)
+            if ttl is None:
+                ttl = self.ttl_by_input.get(stripped.split(" ", 1)[0])
+            if ttl is not None:
+                return ttl
+        return self.cache_ttl
+
+    def invalidates(self, query: str) -> bool:
+        """True when running `query` changes state, so the agent's cached results go stale."""
+        return bool(self.invalidated_by) and query.strip().split(" ", 1)[0] in self.invalidated_by
+
+    @classmethod
+    def from_module(cls, name: str, module: ModuleType, path: Path | None = None) -> Agent:
+        """Validate `module` against the agent contract; raise `AgentLoadError` if it breaks it."""
+
+        def broken(reason: str) -> AgentLoadError:
+            return AgentLoadError(name, path=path or Path(f"<{name}>"), reason=reason)
+
+        description = getattr(module, "DESCRIPTION", None)
+        if not isinstance(description, str) or not description.strip():
+            raise broken("DESCRIPTION must be a non-empty string")
+        function = getattr(module, "run", None)
+        if not callable(function):
+            raise broken("run(query) must be defined")
+        try:
+            inspect.signature(function).bind("query")
+        except (TypeError, ValueError) as exc:
+            raise broken(f"run must accept one argument (the query): {exc}") from None
+
+        cacheable = getattr(module, "CACHEABLE", True)
+        if not isinstance(cacheable, bool):
+            raise broken("CACHEABLE must be True or False")
+        cache_ttl = _seconds(getattr(module, "CACHE_TTL", DEFAULT_CACHE_TTL), "CACHE_TTL", broken)
+        overrides = getattr(module, "CACHE_TTL_BY_INPUT", {})
+        if not isinstance(overrides, Mapping) or not all(isinstance(k, str) for k in overrides):
+            raise broken("CACHE_TTL_BY_INPUT must map input strings to seconds")
+        ttl_by_input = {
+            key.strip(): _seconds(value, f"CACHE_TTL_BY_INPUT[{key!r}]", broken)
+            for key, value in overrides.items()
+        }
+        timeout = getattr(module, "TIMEOUT", None)
+        if timeout is not None:
+            timeout = _seconds(timeout, "TIMEOUT", broken)
+            if timeout == 0:
+                raise broken("TIMEOUT must be greater than 0")
+        invalidated_by = getattr(module, "INVALIDATED_BY", ())
+        if isinstance(invalidated_by, str) or not all(isinstance(w, str) for w in invalidated_by):
+            raise broken("INVALIDATED_BY must be a collection of command words")
+        flags = {}
+        for flag in ("PRIVILEGED", "CACHE_PER_USER"):
+            flags[flag] = getattr(module, flag, False)
+            if not isinstance(flags[flag], bool):
+                raise broken(f"{flag} must be True or False")
+
+        return cls(
+            name=name,
+            description=description.strip(),
+            function=function,
+            is_async=inspect.iscoroutinefunction(function),
+            cacheable=cacheable,
+            cache_ttl=cache_ttl,
+            ttl_by_input=MappingProxyType(ttl_by_input),
+            timeout=timeout,
+            invalidated_by=frozenset(invalidated_by),
+            privileged=flags["PRIVILEGED"],
+            cache_per_user=flags["CACHE_PER_USER"],
+            path=path,
+        )
+
+
+def _seconds(value: object, what: str, broken: Callable[[str], AgentLoadError]) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise broken(f"{what} must be a number of seconds >= 0")
+    return float(value)

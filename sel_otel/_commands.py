@@ -1,0 +1,127 @@
+"""Requests and replies shared by every frontend (console, CLI, Discord).
+
+Request syntax:
+
+- `agent:NAME INPUT`      run agent NAME with INPUT
+- `/sel_agent_stats [NAME]`  per-agent calls, cache hits, times and errors
+- `/sel_agents`           agent names and descriptions
+- `/sel_agent_reload`     re-read the agents directory
+- `/help`                 this list
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from ._registry import AgentRegistry
+from ._runtime import AgentResult, AgentRuntime
+from ._stats import format_stats, read_stats
+
+HELP = """\
+agent:NAME INPUT          run agent NAME with INPUT
+/sel_agent_stats [NAME]   calls, cache hits, times and errors per agent
+/sel_agents               agent names and descriptions
+/sel_agent_reload         re-read the agents directory
+/help                     this list"""
+
+
+@dataclass(frozen=True, slots=True)
+class RunAgent:
+    agent: str
+    query: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShowStats:
+    agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListAgents:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadAgents:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ShowHelp:
+    problem: str | None = None
+
+
+Request = RunAgent | ShowStats | ListAgents | ReloadAgents | ShowHelp
+
+
+def parse_request(text: str) -> Request:
+    """Parse one line of user input into a request; anything unknown asks for help."""
+    text = text.strip()
+    head, _, rest = text.partition(" ")
+    if head.startswith("agent:"):
+        name = head.removeprefix("agent:")
+        if not name:
+            return ShowHelp("missing agent name: agent:NAME INPUT")
+        return RunAgent(name, rest.strip())
+    if head == "/sel_agent_stats":
+        return ShowStats(rest.strip() or None)
+    if head == "/sel_agents":
+        return ListAgents()
+    if head == "/sel_agent_reload":
+        return ReloadAgents()
+    if head in {"/help", "help", "?"}:
+        return ShowHelp()
+    return ShowHelp(f"unknown request: {text[:80]!r}" if text else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a frontend shows: markdown text, and whether the request succeeded."""
+
+    text: str
+    ok: bool = True
+    result: AgentResult | None = None
+
+
+def format_result(result: AgentResult) -> str:
+    """The reply text for an agent call."""
+    if result.error is not None:
+        return f"❌ {result.error}"
+    return result.output or "(empty output)"
+
+
+def format_agents(registry: AgentRegistry) -> str:
+    """Agent names and descriptions, then the files that failed to load."""
+    lines = [f"**{name}**: {agent.description}" for name, agent in sorted(registry.agents.items())]
+    lines += [f"⚠️ {path}: {reason}" for path, reason in registry.failures.items()]
+    return "\n".join(lines) or f"No agents in {registry.directory}"
+
+
+class CommandHandler:
+    """Answers requests with the runtime, the registry and the stats reader."""
+
+    def __init__(self, runtime: AgentRuntime, stats_reader: InMemoryMetricReader) -> None:
+        self.runtime = runtime
+        self.stats_reader = stats_reader
+
+    async def handle(self, text: str, user: str | None = None) -> Reply:
+        """Answer one line of user input."""
+        return await self.execute(parse_request(text), user)
+
+    async def execute(self, request: Request, user: str | None = None) -> Reply:
+        """Answer a parsed request."""
+        match request:
+            case RunAgent(agent, query):
+                result = await self.runtime.run(agent, query, user=user)
+                return Reply(format_result(result), result.ok, result)
+            case ShowStats(agent):
+                return Reply(format_stats(read_stats(self.stats_reader, agent)))
+            case ListAgents():
+                return Reply(format_agents(self.runtime.registry))
+            case ReloadAgents():
+                report = self.runtime.registry.reload()
+                return Reply(f"Agents reloaded: {report}", ok=not report.failed)
+            case ShowHelp(problem):
+                return Reply(f"{problem}\n{HELP}" if problem else HELP, ok=problem is None)

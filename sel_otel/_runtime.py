@@ -1,0 +1,192 @@
+"""`AgentRuntime`: the one place that runs agents and records their spans and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from opentelemetry import metrics, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from . import _semconv as names
+from ._agent import Agent
+from ._cache import Lookup, ResultCache
+from ._exceptions import AgentError, AgentFailed, AgentNotFound, AgentOutputError, AgentTimeout
+from ._registry import AgentRegistry
+from ._settings import Settings
+from ._telemetry import package_version
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResult:
+    """The outcome of one agent call: an output, or the error that replaced it."""
+
+    agent: str
+    output: str | None
+    cached: bool
+    duration: float
+    error: AgentError | None = None
+    coalesced: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class AgentRuntime:
+    """Runs agents from a registry through the result cache, under a timeout, traced and metered.
+
+    Every call of a known agent is one span `invoke_agent {name}` and one record in the
+    duration histogram, cache hit or not. Failures become an `AgentResult` with an error;
+    only cancellation propagates.
+    """
+
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        cache: ResultCache,
+        *,
+        settings: Settings | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self.registry = registry
+        self.cache = cache
+        self.settings = settings or Settings()
+        self._tracer = trace.get_tracer(names.SCOPE_NAME, package_version(), tracer_provider)
+        meter = metrics.get_meter(names.SCOPE_NAME, package_version(), meter_provider)
+        self._duration = meter.create_histogram(
+            names.AGENT_DURATION,
+            unit=names.AGENT_DURATION_UNIT,
+            description="Duration of agent calls, cache hits included",
+            explicit_bucket_boundaries_advisory=list(names.DURATION_BUCKETS),
+        )
+        self._coalesced = meter.create_counter(
+            names.CACHE_COALESCED,
+            unit=names.COUNT_UNIT,
+            description="Agent calls answered by an identical call already in flight",
+        )
+        self._executor = ThreadPoolExecutor(
+            self.settings.agent_threads, thread_name_prefix="sel-agent"
+        )
+
+    async def run(self, name: str, query: str, user: str | None = None) -> AgentResult:
+        """Call agent `name` with `query`; never raises except on cancellation."""
+        try:
+            agent = self.registry.get(name)
+        except AgentNotFound as exc:
+            return AgentResult(name, None, False, 0.0, exc)
+        span = self._tracer.start_span(
+            f"{names.INVOKE_AGENT} {name}",
+            kind=SpanKind.INTERNAL,
+            attributes={
+                names.GEN_AI_OPERATION_NAME: names.INVOKE_AGENT,
+                names.GEN_AI_AGENT_NAME: name,
+                names.GEN_AI_AGENT_DESCRIPTION: agent.description,
+            },
+        )
+        metric_attributes: dict[str, str | bool] = {names.GEN_AI_AGENT_NAME: name}
+        start = time.perf_counter()
+        output = error = None
+        lookup = Lookup.BYPASS
+        try:
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                try:
+                    output, lookup = await self._cached_call(agent, query, user, span)
+                except AgentError as exc:
+                    error = exc
+                except asyncio.CancelledError as exc:
+                    _record_error(span, metric_attributes, exc, "cancelled")
+                    raise
+                finally:
+                    duration = time.perf_counter() - start
+                    hit = lookup is Lookup.HIT
+                    span.set_attribute(names.SEL_CACHE_HIT, hit)
+                    span.set_attribute(names.SEL_AGENT_DURATION_MS, duration * 1000.0)
+                    metric_attributes[names.SEL_CACHE_HIT] = hit
+                    if error is not None:
+                        _record_error(span, metric_attributes, error, error.error_type)
+        finally:
+            span.end()
+            self._duration.record(duration, metric_attributes)
+        if lookup is Lookup.COALESCED:
+            self._coalesced.add(1, {names.GEN_AI_AGENT_NAME: name})
+        return AgentResult(
+            name, output, lookup is Lookup.HIT, duration, error, lookup is Lookup.COALESCED
+        )
+
+    async def warm_up(self, entries: Iterable[tuple[str, str]]) -> list[AgentResult]:
+        """Run each (agent, input) once so that its result is cached before users ask."""
+        return list(await asyncio.gather(*(self.run(name, query) for name, query in entries)))
+
+    async def aclose(self) -> None:
+        """Stop the worker threads of sync agents (a hung one is abandoned, not awaited)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _cached_call(
+        self, agent: Agent, query: str, user: str | None, span: trace.Span
+    ) -> tuple[str, Lookup]:
+        invalidates = agent.invalidates(query)
+        ttl = 0.0 if invalidates else agent.ttl_for(query)
+        key = self.cache.key(agent.name, query, user if agent.cache_per_user else None)
+        try:
+            outcome = await self.cache.get_or_run(key, ttl, lambda: self._execute(agent, query))
+        finally:
+            if invalidates:
+                await self.cache.invalidate(agent.name)
+        if outcome.lookup is Lookup.COALESCED:
+            span.set_attribute(names.SEL_CACHE_COALESCED, True)
+        if outcome.cache_error is not None:
+            span.set_attribute(names.SEL_CACHE_ERROR, outcome.cache_error)
+        return outcome.output, outcome.lookup
+
+    async def _execute(self, agent: Agent, query: str) -> str:
+        timeout = agent.timeout or self.settings.agent_timeout
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                if agent.is_async:
+                    output = await agent.function(query)
+                else:
+                    context = contextvars.copy_context()
+                    output = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, context.run, agent.function, query
+                    )
+                    if inspect.isawaitable(output):
+                        output = await output
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise AgentTimeout(agent.name, timeout=timeout) from None
+            raise AgentFailed(agent.name, original=exc) from exc
+        except AgentError:
+            raise
+        except Exception as exc:
+            raise AgentFailed(agent.name, original=exc) from exc
+        if not isinstance(output, str):
+            raise AgentOutputError(
+                f"Agent {agent.name!r} returned {type(output).__name__}, not str", agent=agent.name
+            )
+        if len(output) > self.settings.agent_max_output:
+            raise AgentOutputError(
+                f"Agent {agent.name!r} returned {len(output):,} characters, "
+                f"over the {self.settings.agent_max_output:,} limit",
+                agent=agent.name,
+            )
+        return output
+
+
+def _record_error(
+    span: trace.Span,
+    metric_attributes: dict[str, str | bool],
+    exc: BaseException,
+    error_type: str,
+) -> None:
+    span.set_status(Status(StatusCode.ERROR, str(exc) or error_type))
+    span.record_exception(exc)
+    span.set_attribute(names.ERROR_TYPE, error_type)
+    metric_attributes[names.ERROR_TYPE] = error_type

@@ -1,0 +1,120 @@
+"""`/sel_agent_stats`: per-agent figures read from the OpenTelemetry metric reader.
+
+Nothing here counts by hand: calls, cached calls, errors, the average and the p95 all come
+from the cumulative duration histogram that the runtime records every call in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+
+from . import _semconv as names
+
+
+@dataclass
+class AgentStats:
+    """The figures of one agent since the process started."""
+
+    agent: str
+    calls: int = 0
+    cached_calls: int = 0
+    errors: int = 0
+    total_seconds: float = 0.0
+    bounds: Sequence[float] = ()
+    bucket_counts: list[int] = field(default_factory=list)
+    min_seconds: float = float("inf")
+    max_seconds: float = 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached_calls / self.calls if self.calls else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.calls if self.calls else 0.0
+
+    @property
+    def average_seconds(self) -> float:
+        return self.total_seconds / self.calls if self.calls else 0.0
+
+    def percentile(self, q: float) -> float:
+        """The q-quantile (0 < q <= 1) interpolated within the histogram buckets."""
+        if not self.calls:
+            return 0.0
+        rank = q * self.calls
+        seen = 0
+        for index, count in enumerate(self.bucket_counts):
+            if count and seen + count >= rank:
+                lower = self.bounds[index - 1] if index > 0 else self.min_seconds
+                upper = self.bounds[index] if index < len(self.bounds) else self.max_seconds
+                lower, upper = max(lower, self.min_seconds), min(upper, self.max_seconds)
+                return lower + (upper - lower) * (rank - seen) / count
+            seen += count
+        return self.max_seconds
+
+    def _add(self, point: HistogramDataPoint, cached: bool, failed: bool) -> None:
+        self.calls += point.count
+        self.cached_calls += point.count if cached else 0
+        self.errors += point.count if failed else 0
+        self.total_seconds += point.sum
+        self.min_seconds = min(self.min_seconds, point.min)
+        self.max_seconds = max(self.max_seconds, point.max)
+        if not self.bucket_counts:
+            self.bounds = tuple(point.explicit_bounds)
+            self.bucket_counts = [0] * len(point.bucket_counts)
+        for index, count in enumerate(point.bucket_counts):
+            self.bucket_counts[index] += count
+
+
+def read_stats(reader: InMemoryMetricReader, agent: str | None = None) -> list[AgentStats]:
+    """Per-agent stats from `reader`, most called first; only `agent` when given."""
+    by_agent: dict[str, AgentStats] = {}
+    data = reader.get_metrics_data()
+    for resource_metrics in data.resource_metrics if data else ():
+        for scope_metrics in resource_metrics.scope_metrics:
+            if scope_metrics.scope.name != names.SCOPE_NAME:
+                continue
+            for metric in scope_metrics.metrics:
+                if metric.name != names.AGENT_DURATION:
+                    continue
+                for point in metric.data.data_points:
+                    if not isinstance(point, HistogramDataPoint) or not point.count:
+                        continue
+                    attributes = point.attributes or {}
+                    name = str(attributes.get(names.GEN_AI_AGENT_NAME, "?"))
+                    if agent is not None and name != agent:
+                        continue
+                    stats = by_agent.setdefault(name, AgentStats(name))
+                    stats._add(
+                        point,
+                        cached=attributes.get(names.SEL_CACHE_HIT) is True,
+                        failed=names.ERROR_TYPE in attributes,
+                    )
+    return sorted(by_agent.values(), key=lambda s: (-s.calls, s.agent))
+
+
+def format_duration(seconds: float) -> str:
+    """A human duration: `1.23s`, `12.3ms` or `45µs`."""
+    if seconds >= 1:
+        return f"{seconds:.2f}s"
+    if seconds >= 0.001:
+        return f"{seconds * 1000:.1f}ms"
+    return f"{seconds * 1_000_000:.0f}µs"
+
+
+def format_stats(rows: Sequence[AgentStats]) -> str:
+    """The SEL stats report, one block per agent."""
+    if not rows:
+        return "No agent calls yet."
+    return "\n\n".join(
+        f"**{row.agent}**\n"
+        f"  Calls: {row.calls} (cached: {row.cached_calls})\n"
+        f"  Cache hit rate: {row.hit_rate:.1%}\n"
+        f"  Avg time: {format_duration(row.average_seconds)}\n"
+        f"  Errors: {row.errors} ({row.error_rate:.1%})\n"
+        f"  P95 time: {format_duration(row.percentile(0.95))}"
+        for row in rows
+    )

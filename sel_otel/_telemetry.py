@@ -1,0 +1,180 @@
+"""OpenTelemetry providers for a sel_otel process, configured by the standard `OTEL_*` variables.
+
+`Telemetry.from_env()` builds a TracerProvider and a MeterProvider that share one resource.
+The MeterProvider always carries the stats reader (cumulative, read by `/sel_agent_stats`);
+exporters are added beside it as the environment asks:
+
+- `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER`: comma-separated `otlp`, `console`, `none`.
+  Default: `otlp` when an `OTEL_EXPORTER_OTLP_*ENDPOINT` variable is set, else `none`.
+- `OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]PROTOCOL`: `http/protobuf` (default) or `grpc`.
+- Endpoint, headers, timeout, compression, sampler (`OTEL_TRACES_SAMPLER`), batch sizes
+  (`OTEL_BSP_*`), export interval and resource attributes are read by the SDK itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    ConsoleMetricExporter,
+    InMemoryMetricReader,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+from ._exceptions import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SERVICE_NAME = "sel-bot"
+
+CUMULATIVE: dict[type, AggregationTemporality] = {
+    kind: AggregationTemporality.CUMULATIVE
+    for kind in (
+        Counter,
+        UpDownCounter,
+        Histogram,
+        ObservableCounter,
+        ObservableUpDownCounter,
+        ObservableGauge,
+    )
+}
+
+
+def package_version() -> str:
+    """The installed sel-otel version."""
+    try:
+        return version("sel-otel")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def stats_reader() -> InMemoryMetricReader:
+    """A metric reader with cumulative temporality, so reading it never resets the figures."""
+    return InMemoryMetricReader(preferred_temporality=CUMULATIVE)
+
+
+def build_resource(default_service_name: str = DEFAULT_SERVICE_NAME) -> Resource:
+    """Default service name, version and instance id; the `OTEL_*` variables override them."""
+    defaults = Resource.create(
+        {
+            "service.name": default_service_name,
+            "service.version": package_version(),
+            "service.instance.id": str(uuid.uuid4()),
+        }
+    )
+    return defaults.merge(OTELResourceDetector().detect())
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """The providers of one process and the reader behind its stats."""
+
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+    stats_reader: InMemoryMetricReader
+
+    @classmethod
+    def from_env(
+        cls, default_service_name: str = DEFAULT_SERVICE_NAME, env: Mapping[str, str] | None = None
+    ) -> Telemetry:
+        """Providers with exporters chosen by the `OTEL_*` variables (see the module doc)."""
+        env = os.environ if env is None else env
+        resource = build_resource(default_service_name)
+        tracer_provider = TracerProvider(resource=resource)
+        for span_exporter in _span_exporters(env):
+            tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        reader = stats_reader()
+        readers: list[MetricReader] = [reader]
+        readers += [PeriodicExportingMetricReader(e) for e in _metric_exporters(env)]
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        return cls(tracer_provider, meter_provider, reader)
+
+    def shutdown(self) -> None:
+        """Flush and stop both providers."""
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+def _exporter_names(env: Mapping[str, str], signal: str) -> list[str]:
+    raw = env.get(f"OTEL_{signal}_EXPORTER")
+    if raw is None or not raw.strip():
+        has_endpoint = any(
+            env.get(name)
+            for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
+        )
+        return ["otlp"] if has_endpoint else []
+    names = [name.strip().lower() for name in raw.split(",") if name.strip()]
+    unknown = set(names) - {"otlp", "console", "none"}
+    if unknown:
+        raise ConfigError(
+            f"OTEL_{signal}_EXPORTER={raw!r}: unsupported {sorted(unknown)}; "
+            "use otlp, console or none"
+        )
+    return [name for name in names if name != "none"]
+
+
+def _protocol(env: Mapping[str, str], signal: str) -> str:
+    protocol = (
+        env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if protocol not in {"http/protobuf", "grpc"}:
+        raise ConfigError(f"OTLP protocol {protocol!r} is not supported; use http/protobuf or grpc")
+    return protocol
+
+
+def _span_exporters(env: Mapping[str, str]) -> list[SpanExporter]:
+    exporters: list[SpanExporter] = []
+    for name in _exporter_names(env, "TRACES"):
+        if name == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif _protocol(env, "TRACES") == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as GrpcSpanExporter,
+            )
+
+            exporters.append(GrpcSpanExporter())
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporters.append(OTLPSpanExporter())
+    return exporters
+
+
+def _metric_exporters(env: Mapping[str, str]) -> list[MetricExporter]:
+    exporters: list[MetricExporter] = []
+    for name in _exporter_names(env, "METRICS"):
+        if name == "console":
+            exporters.append(ConsoleMetricExporter())
+        elif _protocol(env, "METRICS") == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                OTLPMetricExporter as GrpcMetricExporter,
+            )
+
+            exporters.append(GrpcMetricExporter())
+        else:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+            exporters.append(OTLPMetricExporter())
+    return exporters
