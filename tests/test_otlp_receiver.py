@@ -26,9 +26,9 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from tests.otlp_receiver import MAX_HANG, OtlpReceiver, ReceivedSpan, otlp_receiver_fixture
+from tests.otlp_receiver import MAX_HANG, OtlpReceiver, ReceivedSpan
 
-__all__ = ["otlp_receiver_fixture"]  # the fixture, until tests/conftest.py registers the module
+# The `otlp_receiver` fixture comes from tests.otlp_receiver, registered in tests/conftest.py.
 
 RESOURCE = Resource.create(
     {"service.name": "sel-bot-test", "deployment.environment": "test"},
