@@ -51,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=os.environ.get("SEL_LOG_LEVEL", "WARNING").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The SDK exporters warn on every retry; sel_otel._export reports failures once instead.
+    logging.getLogger("opentelemetry.exporter").setLevel(logging.ERROR)
     try:
         settings = Settings.from_env()
         telemetry = Telemetry.from_env()
@@ -68,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        telemetry.shutdown()
+        telemetry.shutdown(settings.telemetry_shutdown_timeout)
 
 
 if __name__ == "__main__":

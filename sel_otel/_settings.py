@@ -69,6 +69,7 @@ class Settings:
     agent_threads: int = 32
     trace_content: bool = True
     trace_content_max: int = 256
+    telemetry_shutdown_timeout: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -86,4 +87,7 @@ class Settings:
             agent_threads=_get(env, "SEL_AGENT_THREADS", _positive(int), cls.agent_threads),
             trace_content=_get(env, "SEL_TRACE_CONTENT", _parse_bool, cls.trace_content),
             trace_content_max=_get(env, "SEL_TRACE_CONTENT_MAX", int, cls.trace_content_max),
+            telemetry_shutdown_timeout=_get(
+                env, "SEL_TELEMETRY_SHUTDOWN_TIMEOUT", _positive(float), 2.0
+            ),
         )

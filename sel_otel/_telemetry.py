@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from ._exceptions import ConfigError
+from ._export import GuardedMetricExporter, GuardedSpanExporter
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +89,12 @@ def build_resource(default_service_name: str = DEFAULT_SERVICE_NAME) -> Resource
 
 @dataclass(frozen=True)
 class Telemetry:
-    """The providers of one process and the reader behind its stats."""
+    """The providers of one process, the reader behind its stats, and its exporters."""
 
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
     stats_reader: InMemoryMetricReader
+    exporters: tuple[GuardedSpanExporter | GuardedMetricExporter, ...] = ()
 
     @classmethod
     def from_env(
@@ -100,19 +103,40 @@ class Telemetry:
         """Providers with exporters chosen by the `OTEL_*` variables (see the module doc)."""
         env = os.environ if env is None else env
         resource = build_resource(default_service_name)
-        tracer_provider = TracerProvider(resource=resource)
-        for span_exporter in _span_exporters(env):
-            tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        span_exporters = [GuardedSpanExporter(e) for e in _span_exporters(env)]
+        metric_exporters = [GuardedMetricExporter(e) for e in _metric_exporters(env)]
         reader = stats_reader()
         readers: list[MetricReader] = [reader]
-        readers += [PeriodicExportingMetricReader(e) for e in _metric_exporters(env)]
+        readers += [PeriodicExportingMetricReader(e) for e in metric_exporters]
         meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-        return cls(tracer_provider, meter_provider, reader)
+        tracer_provider = TracerProvider(resource=resource)
+        for span_exporter in span_exporters:
+            tracer_provider.add_span_processor(
+                BatchSpanProcessor(span_exporter, meter_provider=meter_provider)
+            )
+        return cls(tracer_provider, meter_provider, reader, (*span_exporters, *metric_exporters))
 
-    def shutdown(self) -> None:
-        """Flush and stop both providers."""
-        self.tracer_provider.shutdown()
-        self.meter_provider.shutdown()
+    def shutdown(self, timeout: float = 2.0) -> None:
+        """Flush and stop both providers within about `timeout` seconds.
+
+        Exporters already failing are stopped at once; the others get until the timeout to
+        deliver what is left, so a collector that is down or hanging never holds up exit.
+        """
+        for exporter in self.exporters:
+            if exporter.failing:
+                exporter.abort()
+        deadline = threading.Timer(timeout, self._abort_exports)
+        deadline.daemon = True
+        deadline.start()
+        try:
+            self.tracer_provider.shutdown()
+            self.meter_provider.shutdown(timeout_millis=timeout * 1000)
+        finally:
+            deadline.cancel()
+
+    def _abort_exports(self) -> None:
+        for exporter in self.exporters:
+            exporter.abort()
 
 
 def _exporter_names(env: Mapping[str, str], signal: str) -> list[str]:

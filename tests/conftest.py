@@ -1,0 +1,112 @@
+"""Fixtures shared by the test suite: in-memory telemetry and agent directories."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from sel_otel import (
+    AgentRegistry,
+    AgentRuntime,
+    LRUMemoryCache,
+    ResultCache,
+    Settings,
+    stats_reader,
+)
+
+pytest_plugins = ["tests.otlp_receiver"]
+
+
+class TelemetryFixture:
+    """Providers of the test's own, with an in-memory span exporter and metric reader."""
+
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.reader: InMemoryMetricReader = stats_reader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+    def finished(self, name: str | None = None) -> list:  # type: ignore[type-arg]
+        spans = self.spans.get_finished_spans()
+        return [s for s in spans if name is None or s.name == name]
+
+    def points(self, metric_name: str) -> list:  # type: ignore[type-arg]
+        data = self.reader.get_metrics_data()
+        return [
+            point
+            for rm in (data.resource_metrics if data else ())
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+            if metric.name == metric_name
+            for point in metric.data.data_points
+        ]
+
+
+@pytest.fixture
+def telemetry() -> Iterator[TelemetryFixture]:
+    fixture = TelemetryFixture()
+    yield fixture
+    fixture.tracer_provider.shutdown()
+    fixture.meter_provider.shutdown()
+
+
+AgentWriter = Callable[[str, str], Path]
+
+
+@pytest.fixture
+def agents_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "agents"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def write_agent(agents_dir: Path) -> AgentWriter:
+    """Write an agent module `name` with the given (dedented) source into the agents dir."""
+
+    def write(name: str, source: str) -> Path:
+        path = agents_dir / f"{name}.py"
+        path.write_text(textwrap.dedent(source))
+        return path
+
+    return write
+
+
+RuntimeFactory = Callable[..., AgentRuntime]
+
+
+@pytest.fixture
+async def make_runtime(
+    agents_dir: Path, telemetry: TelemetryFixture
+) -> AsyncIterator[RuntimeFactory]:
+    """Build a runtime over the agents dir with the test's telemetry and a memory cache."""
+    runtimes: list[AgentRuntime] = []
+
+    def make(*, max_entries: int = 500, **settings: object) -> AgentRuntime:
+        config = Settings(agents_dir=agents_dir, **settings)  # type: ignore[arg-type]
+        registry = AgentRegistry(agents_dir)
+        registry.reload()
+        cache = ResultCache(LRUMemoryCache(max_entries))
+        runtime = AgentRuntime(
+            registry,
+            cache,
+            settings=config,
+            tracer_provider=telemetry.tracer_provider,
+            meter_provider=telemetry.meter_provider,
+        )
+        runtimes.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in runtimes:
+        await runtime.aclose()
+        await runtime.cache.close()

@@ -1,0 +1,186 @@
+"""The result cache: LRU bound, TTL, single-flight, invalidation, backend failures as misses."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from sel_otel import MISS, Lookup, LRUMemoryCache, ResultCache
+
+
+class Counting:
+    """An agent stand-in that counts its executions."""
+
+    def __init__(self, output: str = "out", delay: float = 0.0) -> None:
+        self.output, self.delay, self.calls = output, delay, 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        return self.output
+
+
+async def test_lru_evicts_the_least_recently_used_entry_at_the_bound() -> None:
+    evicted: list[int] = []
+    backend = LRUMemoryCache(3, on_evict=lambda: evicted.append(1))
+    for key in "abc":
+        await backend.set(key, key.upper())
+    assert await backend.get("a") == "A"  # a becomes most recently used
+    await backend.set("d", "D")
+    assert await backend.get("b", default=MISS) is MISS
+    assert [await backend.get(k) for k in "acd"] == ["A", "C", "D"]
+    assert len(evicted) == 1
+
+
+async def test_eviction_cancels_the_evicted_keys_expiry_timer() -> None:
+    backend = LRUMemoryCache(1)
+    await backend.set("a", "old", ttl=0.05)
+    await backend.set("b", "B")  # evicts a; its timer must go with it
+    await backend.set("a", "new")  # evicts b; a has no TTL now
+    await asyncio.sleep(0.1)
+    assert await backend.get("a") == "new"
+
+
+async def test_clear_cancels_timers_so_a_key_set_again_survives() -> None:
+    backend = LRUMemoryCache(10)
+    await backend.set("k", "old", ttl=0.05)
+    await backend.clear()
+    await backend.set("k", "new")
+    await asyncio.sleep(0.1)
+    assert await backend.get("k") == "new"
+
+
+async def test_entries_expire_after_their_ttl() -> None:
+    cache = ResultCache(LRUMemoryCache(10))
+    compute = Counting()
+    key = cache.key("agent", "q")
+    assert (await cache.get_or_run(key, 0.05, compute)).lookup is Lookup.MISS
+    assert (await cache.get_or_run(key, 0.05, compute)).lookup is Lookup.HIT
+    await asyncio.sleep(0.1)
+    assert (await cache.get_or_run(key, 0.05, compute)).lookup is Lookup.MISS
+    assert compute.calls == 2
+
+
+async def test_zero_ttl_bypasses_the_cache() -> None:
+    cache = ResultCache(LRUMemoryCache(10))
+    compute = Counting()
+    for _ in range(2):
+        assert (await cache.get_or_run("k", 0, compute)).lookup is Lookup.BYPASS
+    assert compute.calls == 2
+
+
+async def test_an_empty_string_is_a_hit_not_a_miss() -> None:
+    cache = ResultCache(LRUMemoryCache(10))
+    compute = Counting(output="")
+    await cache.get_or_run("k", 60, compute)
+    outcome = await cache.get_or_run("k", 60, compute)
+    assert (outcome.output, outcome.lookup, compute.calls) == ("", Lookup.HIT, 1)
+
+
+def test_keys_differ_by_agent_user_and_input_but_not_surrounding_space() -> None:
+    cache = ResultCache(LRUMemoryCache(10), namespace="ns")
+    key = cache.key("a", "uname -a")
+    assert key.startswith("ns:a:") and len(key) == len("ns:a:") + 32
+    assert cache.key("a", "  uname -a\n") == key
+    assert (
+        len(
+            {
+                key,
+                cache.key("b", "uname -a"),
+                cache.key("a", "uname"),
+                cache.key("a", "uname -a", "u1"),
+            }
+        )
+        == 4
+    )
+
+
+async def test_failures_are_not_cached_and_reach_the_caller() -> None:
+    cache = ResultCache(LRUMemoryCache(10))
+    calls = 0
+
+    async def failing() -> str:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("boom")
+
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="boom"):
+            await cache.get_or_run("k", 60, failing)
+    assert calls == 2
+
+
+async def test_concurrent_identical_misses_execute_once() -> None:
+    cache = ResultCache(LRUMemoryCache(10))
+    compute = Counting(delay=0.05)
+    outcomes = await asyncio.gather(*(cache.get_or_run("k", 60, compute) for _ in range(1000)))
+    assert compute.calls == 1
+    assert {o.output for o in outcomes} == {"out"}
+    lookups = [o.lookup for o in outcomes]
+    assert lookups.count(Lookup.MISS) == 1 and lookups.count(Lookup.COALESCED) == 999
+
+
+async def test_concurrent_callers_share_the_leaders_failure() -> None:
+    cache = ResultCache(LRUMemoryCache(10))
+    calls = 0
+
+    async def failing() -> str:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.02)
+        raise ValueError("shared")
+
+    results = await asyncio.gather(
+        *(cache.get_or_run("k", 60, failing) for _ in range(5)), return_exceptions=True
+    )
+    assert calls == 1
+    assert all(isinstance(r, ValueError) for r in results)
+
+
+async def test_followers_take_over_when_the_leader_is_cancelled() -> None:
+    cache = ResultCache(LRUMemoryCache(10))
+    compute = Counting(delay=0.05)
+    leader = asyncio.create_task(cache.get_or_run("k", 60, compute))
+    await asyncio.sleep(0.01)
+    follower = asyncio.create_task(cache.get_or_run("k", 60, compute))
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    outcome = await follower
+    assert leader.cancelled()
+    assert (outcome.output, outcome.lookup, compute.calls) == ("out", Lookup.MISS, 2)
+
+
+async def test_invalidate_drops_only_that_agents_entries() -> None:
+    cache = ResultCache(LRUMemoryCache(10))
+    compute = Counting()
+    for agent in ("a", "b"):
+        await cache.get_or_run(cache.key(agent, "q"), 60, compute)
+    await cache.invalidate("a")
+    assert (await cache.get_or_run(cache.key("a", "q"), 60, compute)).lookup is Lookup.MISS
+    assert (await cache.get_or_run(cache.key("b", "q"), 60, compute)).lookup is Lookup.HIT
+
+
+class BrokenBackend(LRUMemoryCache):
+    """A backend whose storage fails, as an unreachable server would."""
+
+    async def _get(self, *args: Any, **kwargs: Any) -> object:
+        raise ConnectionError("backend down")
+
+    async def _set(self, *args: Any, **kwargs: Any) -> bool:
+        raise ConnectionError("backend down")
+
+
+async def test_backend_failures_are_misses_reported_once_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    errors: list[str] = []
+    cache = ResultCache(BrokenBackend(10), on_error=errors.append)
+    compute = Counting()
+    outcomes = [await cache.get_or_run("k", 60, compute) for _ in range(3)]
+    assert [o.output for o in outcomes] == ["out"] * 3
+    assert {o.cache_error for o in outcomes} == {"ConnectionError"}
+    assert compute.calls == 3
+    assert errors == ["ConnectionError"] * 6  # a get and a set per call
+    assert len([r for r in caplog.records if "serving without cache" in r.message]) == 1

@@ -1,0 +1,72 @@
+"""The `sel-otel` command as a user runs it: a real process, real standard input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sel_otel(*args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SEL_"))}
+    environment |= {"SEL_AGENTS_DIR": str(ROOT / "agents")} | env
+    return subprocess.run(
+        [sys.executable, "-m", "sel_otel._cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_run_prints_the_output_and_exits_zero() -> None:
+    done = sel_otel("run", "calc", "6", "*", "7")
+    assert (done.returncode, done.stdout) == (0, "6 * 7 = 42\n")
+
+
+def test_run_exits_non_zero_with_the_error_on_stderr() -> None:
+    done = sel_otel("run", "nope", "x")
+    assert done.returncode == 1
+    assert "Unknown agent 'nope'" in done.stderr and "calc" in done.stderr
+
+
+def test_console_answers_each_piped_line_and_exits_at_end_of_input() -> None:
+    done = sel_otel(
+        "console", stdin="agent:calc 1+1\n\nagent:calc 1+1\n/sel_agents\n/sel_agent_stats calc\n"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["1+1 = 2", "1+1 = 2"]
+    assert any(line.startswith("**sysinfo**: ") for line in lines)
+    assert "  Calls: 2 (cached: 1)" in lines
+
+
+def test_console_exit_code_reports_failed_requests() -> None:
+    assert sel_otel("console", stdin="agent:calc 1/0\n").returncode == 1
+
+
+def test_invalid_settings_are_reported_clearly() -> None:
+    done = sel_otel("run", "calc", "1", SEL_AGENT_TIMEOUT="soon")
+    assert done.returncode == 2
+    assert "SEL_AGENT_TIMEOUT='soon' is invalid" in done.stderr
+
+
+def test_calls_succeed_when_the_otlp_endpoint_is_down() -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = sel_otel(
+        "console",
+        stdin="agent:calc 2+2\n" * 20,
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        OTEL_METRICS_EXPORTER="none",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["2+2 = 4"] * 20

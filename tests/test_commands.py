@@ -1,0 +1,70 @@
+"""The request parser and handler shared by every frontend."""
+
+from __future__ import annotations
+
+import pytest
+
+from sel_otel import CommandHandler, parse_request
+from sel_otel._commands import ListAgents, ReloadAgents, RunAgent, ShowHelp, ShowStats
+
+from .conftest import AgentWriter, RuntimeFactory, TelemetryFixture
+
+
+@pytest.mark.parametrize(
+    ("text", "request_"),
+    [
+        ("agent:host_exec uname -a", RunAgent("host_exec", "uname -a")),
+        ("  agent:calc   1 + 1  ", RunAgent("calc", "1 + 1")),
+        ("agent:sysinfo", RunAgent("sysinfo", "")),
+        ("/sel_agent_stats", ShowStats()),
+        ("/sel_agent_stats calc", ShowStats("calc")),
+        ("/sel_agents", ListAgents()),
+        ("/sel_agent_reload", ReloadAgents()),
+        ("/help", ShowHelp()),
+    ],
+)
+def test_parse_request(text: str, request_: object) -> None:
+    assert parse_request(text) == request_
+
+
+def test_unknown_and_malformed_requests_ask_for_help() -> None:
+    assert parse_request("agent: x") == ShowHelp("missing agent name: agent:NAME INPUT")
+    unknown = parse_request("hello there")
+    assert isinstance(unknown, ShowHelp) and "unknown request" in (unknown.problem or "")
+
+
+@pytest.fixture
+def handler(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> CommandHandler:
+    write_agent("echo", "DESCRIPTION='Echoes'\ndef run(q):\n    return 'echo ' + q\n")
+    write_agent("broken", "DESCRIPTION='x'\ndef run(:\n")
+    return CommandHandler(make_runtime(), telemetry.reader)
+
+
+async def test_handler_runs_agents_and_reports_stats(handler: CommandHandler) -> None:
+    reply = await handler.handle("agent:echo hi")
+    assert (reply.text, reply.ok) == ("echo hi", True)
+    await handler.handle("agent:echo hi")
+    stats = await handler.handle("/sel_agent_stats")
+    assert "**echo**" in stats.text and "Calls: 2 (cached: 1)" in stats.text
+
+
+async def test_handler_errors_are_marked(handler: CommandHandler) -> None:
+    reply = await handler.handle("agent:nope x")
+    assert not reply.ok and reply.text.startswith("❌ Unknown agent 'nope'")
+    assert not (await handler.handle("bogus")).ok
+
+
+async def test_agent_list_shows_descriptions_and_broken_files(handler: CommandHandler) -> None:
+    text = (await handler.handle("/sel_agents")).text
+    assert "**echo**: Echoes" in text
+    assert "broken.py" in text and "SyntaxError" in text
+
+
+async def test_reload_reports_changes(handler: CommandHandler, write_agent: AgentWriter) -> None:
+    write_agent("new", "DESCRIPTION='n'\ndef run(q):\n    return q\n")
+    reply = await handler.handle("/sel_agent_reload")
+    assert "added: new" in reply.text
+    assert not reply.ok  # broken.py still fails, and says so
+    assert "broken.py" in reply.text

@@ -1,0 +1,150 @@
+"""The agent registry: load once, report broken files, reload atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from sel_otel import AgentNotFound, AgentRegistry
+
+from .conftest import AgentWriter, RuntimeFactory
+
+GOOD = """
+DESCRIPTION = "Says {word}"
+def run(query):
+    return "{word} " + query
+"""
+
+
+def test_loads_agents_and_skips_private_files(agents_dir: Path, write_agent: AgentWriter) -> None:
+    write_agent("hello", GOOD.format(word="hello"))
+    write_agent("_helpers", "X = 1")
+    registry = AgentRegistry(agents_dir)
+    report = registry.reload()
+    assert report.added == ("hello",)
+    assert set(registry.agents) == {"hello"}
+    assert registry.get("hello").function("you") == "hello you"
+
+
+def test_agents_mapping_is_read_only(agents_dir: Path, write_agent: AgentWriter) -> None:
+    write_agent("hello", GOOD.format(word="hello"))
+    registry = AgentRegistry(agents_dir)
+    registry.reload()
+    with pytest.raises(TypeError):
+        registry.agents["x"] = registry.get("hello")  # type: ignore[index]
+
+
+def test_unknown_name_lists_the_known_agents(agents_dir: Path, write_agent: AgentWriter) -> None:
+    write_agent("b", GOOD.format(word="b"))
+    write_agent("a", GOOD.format(word="a"))
+    registry = AgentRegistry(agents_dir)
+    registry.reload()
+    with pytest.raises(AgentNotFound) as caught:
+        registry.get("c")
+    assert caught.value.known == ["a", "b"]
+    assert "Known agents: a, b" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("def run(:\n", "SyntaxError"),
+        ("import does_not_exist_anywhere\n", "ModuleNotFoundError"),
+        ("raise SystemExit(3)\n", "SystemExit"),
+        ("def run(q):\n    return q\n", "DESCRIPTION"),
+    ],
+)
+def test_broken_file_is_reported_and_the_rest_keep_working(
+    agents_dir: Path, write_agent: AgentWriter, source: str, reason: str
+) -> None:
+    write_agent("good", GOOD.format(word="good"))
+    broken = write_agent("broken", source)
+    registry = AgentRegistry(agents_dir)
+    report = registry.reload()
+    assert report.added == ("good",)
+    assert reason in report.failed[broken]
+    assert reason in registry.failures[broken]
+    assert "sel_otel_agents.broken" not in sys.modules
+    assert registry.get("good").function("x") == "good x"
+
+
+def test_reload_adds_updates_and_removes(agents_dir: Path, write_agent: AgentWriter) -> None:
+    write_agent("keep", GOOD.format(word="keep"))
+    write_agent("change", GOOD.format(word="old"))
+    gone = write_agent("gone", GOOD.format(word="gone"))
+    registry = AgentRegistry(agents_dir)
+    registry.reload()
+    write_agent("change", GOOD.format(word="new"))
+    write_agent("fresh", GOOD.format(word="fresh"))
+    gone.unlink()
+    report = registry.reload()
+    assert (report.added, report.updated, report.removed) == (("fresh",), ("change",), ("gone",))
+    assert registry.get("change").function("x") == "new x"
+    assert set(registry.agents) == {"keep", "change", "fresh"}
+
+
+def test_unchanged_files_are_not_executed_again(agents_dir: Path, write_agent: AgentWriter) -> None:
+    counter = agents_dir.parent / "imports.txt"
+    write_agent(
+        "counted",
+        f"""
+        import pathlib
+        _path = pathlib.Path({str(counter)!r})
+        _path.write_text(_path.read_text() + "x" if _path.exists() else "x")
+        DESCRIPTION = "d"
+        def run(q):
+            return q
+        """,
+    )
+    registry = AgentRegistry(agents_dir)
+    registry.reload()
+    assert registry.reload().added == ()
+    assert counter.read_text() == "x"
+
+
+def test_broken_edit_keeps_the_last_good_version(
+    agents_dir: Path, write_agent: AgentWriter
+) -> None:
+    path = write_agent("agent", GOOD.format(word="good"))
+    registry = AgentRegistry(agents_dir)
+    registry.reload()
+    write_agent("agent", "DESCRIPTION = 'x'\ndef run(q):\n    return 1/0 +\n")
+    report = registry.reload()
+    assert "SyntaxError" in report.failed[path]
+    assert registry.get("agent").function("x") == "good x"
+    assert sys.modules["sel_otel_agents.agent"].run("y") == "good y"
+    write_agent("agent", GOOD.format(word="fixed"))
+    assert registry.reload().updated == ("agent",)
+    assert not registry.failures
+
+
+async def test_reload_does_not_drop_calls_in_flight(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter
+) -> None:
+    write_agent(
+        "slow",
+        """
+        import asyncio
+        DESCRIPTION = "v1"
+        CACHEABLE = False
+        async def run(query):
+            await asyncio.sleep(0.2)
+            return "v1"
+        """,
+    )
+    runtime = make_runtime()
+    in_flight = asyncio.create_task(runtime.run("slow", "q"))
+    await asyncio.sleep(0.05)
+    write_agent("slow", 'DESCRIPTION = "v2"\ndef run(query):\n    return "v2"\n')
+    assert runtime.registry.reload().updated == ("slow",)
+    assert (await in_flight).output == "v1"
+    assert (await runtime.run("slow", "q")).output == "v2"
+
+
+def test_missing_directory_loads_nothing(tmp_path: Path) -> None:
+    registry = AgentRegistry(tmp_path / "absent")
+    assert registry.reload().added == ()
+    assert not registry.agents

@@ -1,0 +1,294 @@
+"""The runtime: one span and one histogram record per call, errors as results."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from opentelemetry.trace import SpanKind, StatusCode
+
+from sel_otel import AgentFailed, AgentNotFound, AgentOutputError, AgentTimeout
+
+from .conftest import AgentWriter, RuntimeFactory, TelemetryFixture
+
+DURATION = "gen_ai.client.operation.duration"
+
+ECHO = """
+DESCRIPTION = "Echoes its input"
+def run(query):
+    return "echo " + query
+"""
+
+
+async def test_a_call_is_one_invoke_agent_span_with_the_genai_attributes(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> None:
+    write_agent("echo", ECHO)
+    result = await make_runtime().run("echo", "hi")
+    assert (result.output, result.cached, result.ok) == ("echo hi", False, True)
+    [span] = telemetry.finished()
+    assert span.name == "invoke_agent echo"
+    assert span.kind is SpanKind.INTERNAL
+    assert span.attributes["gen_ai.operation.name"] == "invoke_agent"
+    assert span.attributes["gen_ai.agent.name"] == "echo"
+    assert span.attributes["gen_ai.agent.description"] == "Echoes its input"
+    assert span.attributes["sel.cache.hit"] is False
+    assert span.attributes["sel.agent.duration_ms"] == pytest.approx(result.duration * 1000)
+    assert span.status.status_code is StatusCode.UNSET
+    assert "error.type" not in span.attributes
+
+
+async def test_sampling_attributes_are_set_when_the_span_starts(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> None:
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+
+    seen: list[dict[str, object]] = []
+
+    class Recording(Sampler):
+        def should_sample(
+            self,
+            parent_context,
+            trace_id,
+            name,
+            kind=None,
+            attributes=None,
+            links=None,
+            trace_state=None,
+        ):  # type: ignore[no-untyped-def]
+            seen.append(dict(attributes or {}))
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+
+        def get_description(self) -> str:
+            return "recording"
+
+    telemetry.tracer_provider.sampler = Recording()  # type: ignore[misc]
+    write_agent("echo", ECHO)
+    await make_runtime().run("echo", "hi")
+    assert seen == [
+        {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": "echo",
+            "gen_ai.agent.description": "Echoes its input",
+        }
+    ]
+
+
+async def test_second_identical_call_is_a_cache_hit_span_and_metric(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> None:
+    write_agent("echo", ECHO)
+    runtime = make_runtime()
+    first, second = await runtime.run("echo", "hi"), await runtime.run("echo", "hi")
+    assert (first.cached, second.cached, second.output) == (False, True, "echo hi")
+    assert [s.attributes["sel.cache.hit"] for s in telemetry.finished()] == [False, True]
+    counts = {p.attributes["sel.cache.hit"]: p.count for p in telemetry.points(DURATION)}
+    assert counts == {False: 1, True: 1}
+
+
+async def test_metric_attributes_never_carry_the_input(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> None:
+    write_agent("echo", ECHO)
+    runtime = make_runtime()
+    for i in range(20):
+        await runtime.run("echo", f"secret-{i}")
+    [point] = telemetry.points(DURATION)
+    assert point.count == 20
+    assert dict(point.attributes) == {"gen_ai.agent.name": "echo", "sel.cache.hit": False}
+
+
+async def test_agent_exception_becomes_an_error_result_and_span(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> None:
+    write_agent("boom", 'DESCRIPTION = "d"\ndef run(q):\n    raise KeyError("missing")\n')
+    runtime = make_runtime()
+    result = await runtime.run("boom", "x")
+    assert isinstance(result.error, AgentFailed)
+    assert isinstance(result.error.original, KeyError)
+    assert result.output is None and not result.ok
+    [span] = telemetry.finished()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"] == "KeyError"
+    assert [e.name for e in span.events] == ["exception"]
+    [point] = telemetry.points(DURATION)
+    assert point.attributes["error.type"] == "KeyError"
+    assert (await runtime.run("boom", "x")).cached is False  # failures are not cached
+
+
+async def test_hung_async_agent_times_out(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> None:
+    write_agent(
+        "hang",
+        "import asyncio\nDESCRIPTION='d'\nTIMEOUT=0.05\n"
+        "async def run(q):\n    await asyncio.sleep(60)\n",
+    )
+    result = await make_runtime().run("hang", "x")
+    assert isinstance(result.error, AgentTimeout)
+    assert "timed out after 0.05s" in str(result.error)
+    [span] = telemetry.finished()
+    assert span.attributes["error.type"] == "timeout"
+    assert span.status.status_code is StatusCode.ERROR
+
+
+async def test_hung_sync_agent_times_out_and_the_runtime_keeps_serving(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter
+) -> None:
+    write_agent(
+        "hang", "import time\nDESCRIPTION='d'\ndef run(q):\n    time.sleep(0.5)\n    return q\n"
+    )
+    write_agent("echo", ECHO)
+    runtime = make_runtime(agent_timeout=0.05)
+    results = await asyncio.gather(*(runtime.run("hang", str(i)) for i in range(4)))
+    assert all(isinstance(r.error, AgentTimeout) for r in results)
+    assert (await runtime.run("echo", "still here")).output == "echo still here"
+
+
+async def test_agent_raising_timeout_error_itself_is_a_failure_not_a_timeout(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter
+) -> None:
+    write_agent("t", "DESCRIPTION='d'\ndef run(q):\n    raise TimeoutError('upstream')\n")
+    result = await make_runtime().run("t", "x")
+    assert isinstance(result.error, AgentFailed)
+    assert result.error.error_type == "TimeoutError"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [("return 42", "returned int, not str"), ("return 'x' * 2000", "2,000 characters")],
+)
+async def test_bad_outputs_are_clear_errors(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, body: str, message: str
+) -> None:
+    write_agent("bad", f"DESCRIPTION='d'\ndef run(q):\n    {body}\n")
+    result = await make_runtime(agent_max_output=1000).run("bad", "x")
+    assert isinstance(result.error, AgentOutputError)
+    assert message in str(result.error)
+
+
+async def test_unknown_agent_is_an_error_listing_known_agents_without_telemetry(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> None:
+    write_agent("echo", ECHO)
+    result = await make_runtime().run("ehco", "x")
+    assert isinstance(result.error, AgentNotFound)
+    assert "Known agents: echo" in str(result.error)
+    assert telemetry.finished() == [] and telemetry.points(DURATION) == []
+
+
+async def test_cancellation_propagates_and_is_recorded(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> None:
+    write_agent(
+        "slow", "import asyncio\nDESCRIPTION='d'\nasync def run(q):\n    await asyncio.sleep(10)\n"
+    )
+    task = asyncio.create_task(make_runtime().run("slow", "x"))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [span] = telemetry.finished()
+    assert span.attributes["error.type"] == "cancelled"
+    [point] = telemetry.points(DURATION)
+    assert point.attributes["error.type"] == "cancelled"
+
+
+async def test_sync_and_async_agents_run_inside_their_span_context(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> None:
+    inner = """
+from opentelemetry import trace
+DESCRIPTION = "d"
+CACHEABLE = False
+{kw}def run(q):
+    return format(trace.get_current_span().get_span_context().span_id, "016x")
+"""
+    write_agent("sync_agent", inner.format(kw=""))
+    write_agent("async_agent", inner.format(kw="async "))
+    runtime = make_runtime()
+    tracer = telemetry.tracer_provider.get_tracer("test")
+    for name in ("sync_agent", "async_agent"):
+        telemetry.spans.clear()
+        with tracer.start_as_current_span("request") as request:
+            result = await runtime.run(name, "q")
+        [agent_span, _] = telemetry.finished()
+        assert agent_span.parent.span_id == request.get_span_context().span_id
+        assert result.output == format(agent_span.context.span_id, "016x")
+
+
+async def test_coalesced_calls_are_marked_and_counted(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> None:
+    write_agent(
+        "slow",
+        "import asyncio\nDESCRIPTION='d'\nasync def run(q):\n    await asyncio.sleep(0.05)\n"
+        "    return q\n",
+    )
+    runtime = make_runtime()
+    results = await asyncio.gather(*(runtime.run("slow", "q") for _ in range(10)))
+    assert sum(r.coalesced for r in results) == 9
+    assert sum(bool(s.attributes.get("sel.cache.coalesced")) for s in telemetry.finished()) == 9
+    [point] = telemetry.points("sel.cache.coalesced_calls")
+    assert point.value == 9
+
+
+async def test_invalidating_input_clears_the_agents_cache(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter
+) -> None:
+    write_agent(
+        "files",
+        """
+        DESCRIPTION = "d"
+        INVALIDATED_BY = {"rm"}
+        state = {"n": 0}
+        def run(q):
+            state["n"] += 1
+            return f"{q} #{state['n']}"
+        """,
+    )
+    runtime = make_runtime()
+    assert (await runtime.run("files", "ls")).output == "ls #1"
+    assert (await runtime.run("files", "ls")).cached
+    assert (await runtime.run("files", "rm x")).output == "rm x #2"
+    assert (await runtime.run("files", "rm x")).output == "rm x #3"  # never cached itself
+    after = await runtime.run("files", "ls")
+    assert (after.output, after.cached) == ("ls #4", False)
+
+
+async def test_lru_bound_evictions_are_counted(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> None:
+    from sel_otel import Settings, cache_from_settings
+
+    cache = cache_from_settings(Settings(cache_max_entries=2), telemetry.meter_provider)
+    write_agent("echo", ECHO)
+    runtime = make_runtime()
+    runtime.cache = cache
+    for query in ("a", "b", "c", "d"):
+        await runtime.run("echo", query)
+    assert (await runtime.run("echo", "d")).cached
+    assert not (await runtime.run("echo", "a")).cached
+    [point] = telemetry.points("sel.cache.evictions")
+    assert point.value == 3
+
+
+async def test_per_user_cache_scope(make_runtime: RuntimeFactory, write_agent: AgentWriter) -> None:
+    write_agent("mine", "DESCRIPTION='d'\nCACHE_PER_USER=True\ndef run(q):\n    return q\n")
+    write_agent("shared", "DESCRIPTION='d'\ndef run(q):\n    return q\n")
+    runtime = make_runtime()
+    await runtime.run("mine", "q", user="1")
+    await runtime.run("shared", "q", user="1")
+    assert not (await runtime.run("mine", "q", user="2")).cached
+    assert (await runtime.run("mine", "q", user="1")).cached
+    assert (await runtime.run("shared", "q", user="2")).cached
+
+
+async def test_warm_up_caches_the_listed_calls(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter
+) -> None:
+    write_agent("echo", ECHO)
+    runtime = make_runtime()
+    results = await runtime.warm_up([("echo", "a"), ("nope", "b")])
+    assert [r.ok for r in results] == [True, False]
+    assert (await runtime.run("echo", "a")).cached
