@@ -1,0 +1,32 @@
+"""The host-exec service: runs allow-listed commands on the host for the bot.
+
+Token check → allow-list policy → process runner (no shell, bounded in time and output),
+served over HTTP by aiohttp and traced with OpenTelemetry.
+"""
+
+from __future__ import annotations
+
+from ._allowlist import AllowList, Entry, OperandType
+from ._local import LocalHostExec
+from ._policy import Approved, Policy, Refused
+from ._runner import ExecResult, Runner
+from ._server import create_app
+from ._service import main, run_service, tracer_provider_from_env
+from ._settings import HostExecSettings
+
+__all__ = [
+    "AllowList",
+    "Approved",
+    "Entry",
+    "ExecResult",
+    "HostExecSettings",
+    "LocalHostExec",
+    "OperandType",
+    "Policy",
+    "Refused",
+    "Runner",
+    "create_app",
+    "main",
+    "run_service",
+    "tracer_provider_from_env",
+]

@@ -1,0 +1,165 @@
+"""A host-exec service as a child process on a free loopback port, with a random token.
+
+Used as the embedded default when no `HOST_EXEC_URL` is configured, and by tests. The token
+reaches the child through a private file (`HOST_EXEC_TOKEN_FILE`), never its environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import aiohttp
+
+from .._exceptions import ConfigError
+
+_LOOPBACK = "127.0.0.1"
+_POLL_INTERVAL = 0.05
+_STOP_GRACE = 5.0
+_LOG_TAIL = 2000
+#: Variables of the parent that must not configure the child: its own settings are given
+#: explicitly, and the parent's service name would mislabel the child's spans.
+_NOT_INHERITED = ("HOST_EXEC_", "OTEL_SERVICE_NAME")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class LocalHostExec:
+    """Run `python -m sel_otel.hostexec` for the duration of an `async with` block.
+
+    ```python
+    async with LocalHostExec() as service:
+        httpx.post(f"{service.url}/exec", headers={"Authorization": f"Bearer {service.token}"}, ...)
+    ```
+    `settings` holds extra `HOST_EXEC_*` variables (such as `HOST_EXEC_MAX_CONCURRENCY`);
+    host, port and token are chosen here. Raises ConfigError when the service does not
+    become healthy within `startup_timeout` seconds, with the tail of its log.
+    """
+
+    def __init__(
+        self,
+        *,
+        allowlist: Path | None = None,
+        settings: Mapping[str, str] | None = None,
+        startup_timeout: float = 20.0,
+    ) -> None:
+        self._allowlist = allowlist
+        self._settings = dict(settings or {})
+        self._startup_timeout = startup_timeout
+        self.token = secrets.token_urlsafe(32)
+        self._port = _free_port()
+        self._dir: Path | None = None
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the service, such as `http://127.0.0.1:40123`."""
+        return f"http://{_LOOPBACK}:{self._port}"
+
+    @property
+    def pid(self) -> int:
+        """Process id of the running service."""
+        if self._process is None:
+            raise RuntimeError("the service is not running")
+        return self._process.pid
+
+    @property
+    def log_path(self) -> Path:
+        """The service's combined stdout and stderr, kept while the service runs."""
+        if self._dir is None:
+            raise RuntimeError("the service is not running")
+        return self._dir / "service.log"
+
+    async def __aenter__(self) -> LocalHostExec:
+        self._dir = Path(tempfile.mkdtemp(prefix="sel-hostexec-local-"))
+        token_file = self._dir / "token"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(self.token)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
+        env.update(self._settings)
+        env.update(
+            HOST_EXEC_HOST=_LOOPBACK,
+            HOST_EXEC_PORT=str(self._port),
+            HOST_EXEC_TOKEN_FILE=str(token_file),
+        )
+        env.pop("HOST_EXEC_TOKEN", None)
+        if self._allowlist is not None:
+            env["HOST_EXEC_ALLOWLIST"] = str(self._allowlist)
+        try:
+            with self.log_path.open("wb") as log:
+                self._process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "sel_otel.hostexec",
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=env,
+                )
+            await self._wait_healthy()
+        except BaseException:
+            await self._stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._stop()
+
+    async def _wait_healthy(self) -> None:
+        assert self._process is not None
+        deadline = asyncio.get_running_loop().time() + self._startup_timeout
+        timeout = aiohttp.ClientTimeout(total=1.0)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while asyncio.get_running_loop().time() < deadline:
+                if self._process.returncode is not None:
+                    raise ConfigError(
+                        f"host-exec service exited with status {self._process.returncode}: "
+                        f"{self._log_tail()}"
+                    )
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    async with session.get(f"{self.url}/healthz") as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(_POLL_INTERVAL)
+        raise ConfigError(
+            f"host-exec service not healthy after {self._startup_timeout:g}s: {self._log_tail()}"
+        )
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-_LOG_TAIL:].strip()
+        except OSError:
+            return "(no log)"
+
+    async def _stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), _STOP_GRACE)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None

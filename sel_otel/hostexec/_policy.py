@@ -1,0 +1,163 @@
+"""Policy: decide whether a command line may run, and turn it into an argv.
+
+Checks run in order, before anything is executed, and the first failure wins: length,
+control characters (NUL included), non-ASCII characters (look-alikes of `;`, `|`, `-`...),
+shell syntax, quoting, then a match against the allow-list with typed operands. Nothing
+here runs a process or touches a shell; the argv is executed as is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._allowlist import AllowList, Entry, OperandType, Part
+
+#: Characters that mean something to a shell. No shell ever sees the line, so they are
+#: refused as a sign of an injection attempt rather than because they would work.
+_SHELL_SYNTAX = frozenset(";&|<>$`\\(){}")
+_GLOB = re.compile(r"[A-Za-z0-9._+@%,=:*?\[\]-]+")
+_WORD = re.compile(r"[A-Za-z0-9._@:+-]+")
+_MAX_OPERAND = 256
+
+
+@dataclass(frozen=True)
+class Approved:
+    """A command line that may run: the argv to execute and its timeout in seconds."""
+
+    argv: tuple[str, ...]
+    timeout: float
+    entry: Entry
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A command line that must not run.
+
+    `status` is the HTTP status (400 malformed, 403 not allowed), `reason` a
+    low-cardinality code and `message` the explanation shown to the user.
+    """
+
+    status: int
+    reason: str
+    message: str
+
+
+def _malformed(reason: str, message: str) -> Refused:
+    return Refused(400, reason, message)
+
+
+def _forbidden(reason: str, message: str) -> Refused:
+    return Refused(403, reason, message)
+
+
+class Policy:
+    """Checks command lines against an allow-list."""
+
+    def __init__(
+        self, allowlist: AllowList, *, max_length: int = 1024, default_timeout: float = 15.0
+    ) -> None:
+        self._allowlist = allowlist
+        self._max_length = max_length
+        self._default_timeout = default_timeout
+
+    def check(self, line: str) -> Approved | Refused:
+        """Approve `line` with its argv, or refuse it with a reason."""
+        refused = self._check_characters(line)
+        if refused is not None:
+            return refused
+        try:
+            tokens = shlex.split(line)
+        except ValueError as exc:
+            return _malformed("unparsable", f"cannot parse command: {exc}")
+        first_problem: Refused | None = None
+        for entry in self._allowlist.entries:
+            aligned = _align(entry.pattern, tokens)
+            if aligned is None:
+                continue
+            result = self._approve(entry, aligned)
+            if isinstance(result, Approved):
+                return result
+            first_problem = first_problem or result
+        return first_problem or _forbidden("not_allowed", f"command not allowed: {line.strip()}")
+
+    def _check_characters(self, line: str) -> Refused | None:
+        if not line.strip():
+            return _malformed("empty", "empty command")
+        if len(line) > self._max_length:
+            return _malformed(
+                "too_long", f"command is {len(line)} characters, over {self._max_length}"
+            )
+        for char in line:
+            if char.isascii() and not char.isprintable():
+                return _malformed("control_char", f"control character U+{ord(char):04X}")
+        for char in line:
+            if not char.isascii():
+                return _forbidden("non_ascii", f"non-ASCII character U+{ord(char):04X}")
+        syntax = sorted(_SHELL_SYNTAX.intersection(line))
+        if syntax:
+            return _forbidden("shell_syntax", f"shell syntax is not allowed: {' '.join(syntax)}")
+        return None
+
+    def _approve(self, entry: Entry, tokens: list[str]) -> Approved | Refused:
+        argv: list[str] = []
+        for part, token in zip(entry.pattern, tokens, strict=True):
+            if isinstance(part, str):
+                argv.append(part)
+                continue
+            checked = _check_operand(part, token, self._allowlist.roots)
+            if isinstance(checked, Refused):
+                return checked
+            argv.append(checked)
+        timeout = self._default_timeout if entry.timeout is None else entry.timeout
+        return Approved(argv=tuple(argv), timeout=timeout, entry=entry)
+
+
+def _align(pattern: tuple[Part, ...], tokens: list[str]) -> list[str] | None:
+    """The user's token for each part of `pattern`, or None when the shape differs.
+
+    Literal tokens must match exactly; a literal `--` is optional in the user's line.
+    """
+    aligned: list[str] = []
+    index = 0
+    for part in pattern:
+        if part == "--":
+            if index < len(tokens) and tokens[index] == "--":
+                index += 1
+            aligned.append("--")
+            continue
+        if index >= len(tokens):
+            return None
+        token = tokens[index]
+        index += 1
+        if isinstance(part, str) and token != part:
+            return None
+        aligned.append(token)
+    return aligned if index == len(tokens) else None
+
+
+def _check_operand(kind: OperandType, token: str, roots: tuple[Path, ...]) -> str | Refused:
+    if token.startswith("-"):
+        return _forbidden("option_operand", f"options are not allowed here: {token}")
+    if not token or len(token) > _MAX_OPERAND:
+        return _forbidden("bad_operand", f"operand must be 1 to {_MAX_OPERAND} characters")
+    if kind is OperandType.PATH:
+        return _check_path(token, roots)
+    if kind is OperandType.GLOB and not _GLOB.fullmatch(token):
+        return _forbidden("bad_operand", f"not a file-name pattern: {token}")
+    if kind is OperandType.WORD and not _WORD.fullmatch(token):
+        return _forbidden("bad_operand", f"not a plain word: {token}")
+    return token
+
+
+def _check_path(token: str, roots: tuple[Path, ...]) -> str | Refused:
+    if not os.path.isabs(token):
+        return _forbidden("relative_path", f"path must be absolute: {token}")
+    resolved = Path(os.path.realpath(token))
+    if any(resolved == root or root in resolved.parents for root in roots):
+        return str(resolved)
+    allowed = ", ".join(str(root) for root in roots)
+    return _forbidden("outside_roots", f"path {token} is outside the allowed roots ({allowed})")

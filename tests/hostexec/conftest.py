@@ -1,0 +1,81 @@
+"""Fixtures for the host-exec tests: allow-lists and services running as real processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from sel_otel.hostexec import LocalHostExec
+
+SPAWN_TREE = Path(__file__).with_name("spawn_tree.py")
+#: Timeout of the test entries that sleep past it.
+SHORT_TIMEOUT_S = 1.0
+MAX_CONCURRENCY = 2
+
+
+def write_allowlist(path: Path, root: Path) -> Path:
+    """A test allow-list next to `root`: harmless commands that help observe the service."""
+    data = {
+        "roots": [str(root)],
+        "commands": [
+            {"argv": ["uname", "-a"]},
+            {"argv": ["env"]},  # prints the child's environment
+            {"argv": ["ls", "-A"]},  # lists the child's working directory
+            {"argv": ["sleep", "2"], "timeout": 10},
+            {"argv": ["sleep", "30"], "timeout": SHORT_TIMEOUT_S},
+            {"argv": [sys.executable, str(SPAWN_TREE)], "timeout": SHORT_TIMEOUT_S},
+            {"argv": ["yes"]},  # prints until it is killed
+            {"argv": ["cat", "--", "<path>"]},
+        ],
+    }
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def file_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("root")
+    (root / "hello.txt").write_text("hello\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def test_allowlist(tmp_path_factory: pytest.TempPathFactory, file_root: Path) -> Path:
+    return write_allowlist(tmp_path_factory.mktemp("allowlist") / "allowlist.json", file_root)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def service(test_allowlist: Path) -> AsyncIterator[LocalHostExec]:
+    """A service with the test allow-list, as a real process on loopback."""
+    settings = {"HOST_EXEC_MAX_CONCURRENCY": str(MAX_CONCURRENCY)}
+    async with LocalHostExec(allowlist=test_allowlist, settings=settings) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def default_service() -> AsyncIterator[LocalHostExec]:
+    """A service with the built-in allow-list, as a real process on loopback."""
+    async with LocalHostExec() as running:
+        yield running
+
+
+async def post_exec(
+    service: LocalHostExec,
+    body: Any,
+    *,
+    token: str | None = "",
+) -> httpx.Response:
+    """POST /exec; `token=""` means the service's own token, None means no header."""
+    token = service.token if token == "" else token
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=service.url, timeout=30.0) as client:
+        if isinstance(body, bytes):
+            return await client.post("/exec", content=body, headers=headers)
+        return await client.post("/exec", json=body, headers=headers)

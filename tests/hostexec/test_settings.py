@@ -1,0 +1,107 @@
+"""HostExecSettings: built from `HOST_EXEC_*` variables, refusing to exist without a token."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sel_otel._exceptions import ConfigError
+from sel_otel.hostexec import HostExecSettings
+
+TOKEN = "t" * 32
+
+
+def test_defaults_listen_on_loopback() -> None:
+    settings = HostExecSettings.from_env({"HOST_EXEC_TOKEN": TOKEN})
+    assert settings.host == "127.0.0.1"
+    assert settings.allowlist is None
+    assert settings.default_timeout == 15.0
+    assert "PATH" not in settings.child_env
+
+
+def test_values_are_read_from_the_environment(tmp_path: Path) -> None:
+    settings = HostExecSettings.from_env(
+        {
+            "HOST_EXEC_TOKEN": TOKEN,
+            "HOST_EXEC_HOST": "0.0.0.0",
+            "HOST_EXEC_PORT": "9000",
+            "HOST_EXEC_ALLOWLIST": str(tmp_path / "list.json"),
+            "HOST_EXEC_MAX_CONCURRENCY": "7",
+            "HOST_EXEC_MAX_OUTPUT_BYTES": "1000",
+            "HOST_EXEC_MAX_BODY_BYTES": "2000",
+            "HOST_EXEC_MAX_COMMAND_LENGTH": "300",
+            "HOST_EXEC_TIMEOUT": "2.5",
+            "HOST_EXEC_PATH": "/bin",
+            "HOST_EXEC_CHILD_ENV": "LANG, TZ",
+        }
+    )
+    assert (settings.host, settings.port) == ("0.0.0.0", 9000)
+    assert settings.allowlist == tmp_path / "list.json"
+    assert settings.max_concurrency == 7
+    assert (settings.max_output_bytes, settings.max_body_bytes) == (1000, 2000)
+    assert (settings.max_command_length, settings.default_timeout) == (300, 2.5)
+    assert (settings.child_path, settings.child_env) == ("/bin", ("LANG", "TZ"))
+
+
+def test_missing_token_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(ConfigError, match="HOST_EXEC_TOKEN is not set"):
+        HostExecSettings.from_env({})
+
+
+def test_short_token_is_refused() -> None:
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        HostExecSettings.from_env({"HOST_EXEC_TOKEN": "secret"})
+
+
+def test_token_is_read_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    settings = HostExecSettings.from_env({"HOST_EXEC_TOKEN_FILE": str(tmp_path / "token")})
+    assert settings.token == TOKEN
+
+
+def test_token_and_token_file_together_are_refused(tmp_path: Path) -> None:
+    env = {"HOST_EXEC_TOKEN": TOKEN, "HOST_EXEC_TOKEN_FILE": str(tmp_path / "token")}
+    with pytest.raises(ConfigError, match="not both"):
+        HostExecSettings.from_env(env)
+
+
+def test_token_is_not_in_the_repr() -> None:
+    assert TOKEN not in repr(HostExecSettings(token=TOKEN))
+
+
+def test_token_variables_cannot_be_passed_to_children() -> None:
+    env = {"HOST_EXEC_TOKEN": TOKEN, "HOST_EXEC_CHILD_ENV": "LANG,HOST_EXEC_TOKEN"}
+    with pytest.raises(ConfigError, match="may not pass HOST_EXEC_TOKEN"):
+        HostExecSettings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HOST_EXEC_PORT", "70000"),
+        ("HOST_EXEC_MAX_CONCURRENCY", "0"),
+        ("HOST_EXEC_TIMEOUT", "-1"),
+        ("HOST_EXEC_MAX_OUTPUT_BYTES", "lots"),
+    ],
+)
+def test_invalid_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        HostExecSettings.from_env({"HOST_EXEC_TOKEN": TOKEN, name: value})
+
+
+def test_service_process_refuses_to_start_without_a_token() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_EXEC_")}
+    completed = subprocess.run(
+        [sys.executable, "-m", "sel_otel.hostexec"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert "HOST_EXEC_TOKEN is not set" in completed.stderr
