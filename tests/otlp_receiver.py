@@ -37,7 +37,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -72,6 +72,7 @@ MAX_HANG = 30.0
 MAX_BODY = 64 * 1024 * 1024
 
 Mode = Literal["ok", "hang", "error"]
+T = TypeVar("T")
 
 # The protobuf SpanKind enum counts from SPAN_KIND_UNSPECIFIED = 0; the API's starts at INTERNAL.
 _SPAN_KINDS = {
@@ -491,7 +492,9 @@ class OtlpReceiver:
         """`wait_for_spans` without blocking the running event loop."""
         return await asyncio.to_thread(self.wait_for_spans, predicate, timeout, count)
 
-    def _wait(self, select: Callable[[], list[Any]], timeout: float, count: int, what: str) -> Any:
+    def _wait(
+        self, select: Callable[[], list[T]], timeout: float, count: int, what: str
+    ) -> list[T]:
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
@@ -500,7 +503,7 @@ class OtlpReceiver:
                     return found
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    seen = sorted({getattr(item, "name", None) or repr(item) for item in select()})
+                    seen = sorted({str(getattr(item, "name", None) or item) for item in select()})
                     names = sorted({s.name for s in self._spans}) if what == "spans" else seen
                     raise TimeoutError(
                         f"{len(found)} of {count} {what} after {timeout}s; "
