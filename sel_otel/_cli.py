@@ -1,13 +1,14 @@
-"""The `sel-otel` command: `console`, `run`."""
+"""The `sel-otel` command: `console`, `run`, `host-exec`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from opentelemetry import metrics, trace
 
@@ -28,17 +29,39 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run one agent call and exit (non-zero on error)")
     run.add_argument("agent", help="agent name")
     run.add_argument("input", nargs="*", help="agent input")
+    commands.add_parser("host-exec", help="serve the host-exec API (HOST_EXEC_* settings)")
     return parser
 
 
+@contextlib.asynccontextmanager
+async def _embedded_host_exec(settings: Settings) -> AsyncIterator[None]:
+    """Without `HOST_EXEC_URL`, run a local host-exec service for the `host_exec` agent.
+
+    The service listens on a free loopback port with the default allow-list and a random
+    token, and stops with the frontend.
+    """
+    if os.environ.get("HOST_EXEC_URL") or not (settings.agents_dir / "host_exec.py").exists():
+        yield
+        return
+    from .hostexec import LocalHostExec
+
+    async with LocalHostExec() as service:
+        os.environ["HOST_EXEC_URL"], os.environ["HOST_EXEC_TOKEN"] = service.url, service.token
+        try:
+            yield
+        finally:
+            del os.environ["HOST_EXEC_URL"], os.environ["HOST_EXEC_TOKEN"]
+
+
 async def _console(settings: Settings, telemetry: Telemetry) -> int:
-    async with SelApp(settings, telemetry) as app:
+    async with _embedded_host_exec(settings), SelApp(settings, telemetry) as app:
         failures = await run_console(app.commands)
     return 1 if failures else 0
 
 
 async def _run_once(settings: Settings, telemetry: Telemetry, agent: str, query: str) -> int:
-    async with SelApp(settings, telemetry) as app:
+    embedded = _embedded_host_exec(settings) if agent == "host_exec" else contextlib.nullcontext()
+    async with embedded, SelApp(settings, telemetry) as app:
         reply = await app.commands.execute(RunAgent(agent, query), user="cli")
     print(reply.text, file=sys.stdout if reply.ok else sys.stderr)
     return 0 if reply.ok else 1
@@ -47,6 +70,10 @@ async def _run_once(settings: Settings, telemetry: Telemetry, agent: str, query:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sel-otel` console script."""
     args = _parser().parse_args(argv)
+    if args.command == "host-exec":
+        from .hostexec import main as host_exec_main
+
+        return host_exec_main()
     logging.basicConfig(
         level=os.environ.get("SEL_LOG_LEVEL", "WARNING").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

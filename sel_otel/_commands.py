@@ -88,7 +88,7 @@ class Reply:
 def format_result(result: AgentResult) -> str:
     """The reply text for an agent call."""
     if result.error is not None:
-        return f"❌ {result.error}"
+        return result.error.reply
     return result.output or "(empty output)"
 
 

@@ -9,6 +9,7 @@ SelOtelError
 │   ├── AgentTimeout          the call ran past its timeout
 │   ├── AgentFailed           the agent raised (carries `original`)
 │   └── AgentOutputError      the agent returned a non-string or an output over the cap
+└── AgentReplyError           raised by agent code: fail the call with a message for the user
 ```
 Library errors are translated at the boundary with `raise ... from exc`.
 """
@@ -35,6 +36,11 @@ class AgentError(SelOtelError):
     def __init__(self, message: str, *, agent: str) -> None:
         super().__init__(message)
         self.agent = agent
+
+    @property
+    def reply(self) -> str:
+        """The text a user is shown for this error."""
+        return f"❌ {self}"
 
 
 class AgentNotFound(AgentError):
@@ -82,8 +88,22 @@ class AgentFailed(AgentError):
     def error_type(self) -> str:  # type: ignore[override]
         return type(self.original).__qualname__
 
+    @property
+    def reply(self) -> str:
+        if isinstance(self.original, AgentReplyError):
+            return str(self.original)
+        return super().reply
+
 
 class AgentOutputError(AgentError):
     """The agent returned something other than a string, or an output over the cap."""
 
     error_type = "invalid_output"
+
+
+class AgentReplyError(SelOtelError):
+    """Raised by an agent to fail its call with a message shown to the user as it is.
+
+    The call counts as an error (never cached, `error.type` is the subclass name), and the
+    reply is the message alone, e.g. `⚠️ Command blocked by whitelist: rm -rf /`.
+    """

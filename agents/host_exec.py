@@ -1,0 +1,171 @@
+"""Run an allow-listed system command on the host through the host-exec service.
+
+Reads `HOST_EXEC_URL` and `HOST_EXEC_TOKEN` at each call. One `httpx.AsyncClient` per event
+loop, traced by the OpenTelemetry httpx instrumentation, so the HTTP call is a child of the
+agent span and carries `traceparent` to the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import httpx
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+from sel_otel import AgentReplyError
+
+DESCRIPTION = (
+    "Run an allow-listed system command on the host, e.g. `uname -a`, `fastfetch`, `df -h`"
+)
+PRIVILEGED = True
+CACHE_TTL = 60
+CACHE_TTL_BY_INPUT = {
+    "uname -a": 3600,
+    "uname -r": 3600,
+    "uname -m": 3600,
+    "nproc": 3600,
+    "cat /etc/os-release": 3600,
+    "fastfetch": 300,
+    "df -h": 300,
+    "lsblk": 300,
+    "ps aux": 60,
+    "free -h": 30,
+    "uptime": 10,
+    "date": 0,
+    # Files and the network change under us: never cached.
+    **dict.fromkeys(("cat", "ls", "tail", "du", "find", "grep", "ip", "ss", "ping"), 0),
+}
+INVALIDATED_BY = {"cp", "mv", "rm", "dd", "touch", "mkdir", "rmdir", "ln", "chmod", "chown", "tee"}
+#: Two attempts of the slowest client timeout, plus back-off.
+TIMEOUT = 75
+
+SLOW_COMMANDS = {"find", "grep", "du"}
+SLOW_TIMEOUT, DEFAULT_TIMEOUT = 30.0, 15.0
+#: The service answers a command timeout itself; the client waits a little longer for it.
+RESPONSE_MARGIN = 5.0
+ATTEMPTS = 2
+RETRY_DELAY = 0.2
+#: Discord's message limit, less room for the header and code fences.
+MAX_REPLY = 2000
+
+_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+
+class HostExecAuthFailed(AgentReplyError):
+    pass
+
+
+class CommandBlocked(AgentReplyError):
+    pass
+
+
+class CommandTimedOut(AgentReplyError):
+    pass
+
+
+class HostExecBusy(AgentReplyError):
+    pass
+
+
+class HostExecUnavailable(AgentReplyError):
+    pass
+
+
+def _client() -> httpx.AsyncClient:
+    """The process's client for the running event loop (a client cannot cross loops)."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        for stale in [other for other in _clients if other.is_closed()]:
+            del _clients[stale]
+        client = httpx.AsyncClient(headers={"User-Agent": "sel-otel host_exec"})
+        HTTPXClientInstrumentor.instrument_client(client)
+        _clients[loop] = client
+    return client
+
+
+def _timeout_for(command: str) -> float:
+    program = command.split(" ", 1)[0]
+    return (SLOW_TIMEOUT if program in SLOW_COMMANDS else DEFAULT_TIMEOUT) + RESPONSE_MARGIN
+
+
+async def _post(command: str) -> httpx.Response:
+    url = os.environ.get("HOST_EXEC_URL", "").rstrip("/")
+    token = os.environ.get("HOST_EXEC_TOKEN", "")
+    if not url:
+        raise HostExecUnavailable("❌ Host exec is not configured (set HOST_EXEC_URL)")
+    mutating = command.split(" ", 1)[0] in INVALIDATED_BY
+    # A read timeout may mean the command ran: only commands that change nothing are retried.
+    retryable = (httpx.ConnectError, httpx.ConnectTimeout) if mutating else httpx.TransportError
+    last_error: Exception | None = None
+    for attempt in range(ATTEMPTS):
+        try:
+            return await _client().post(
+                f"{url}/exec",
+                json={"command": command},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=httpx.Timeout(_timeout_for(command), connect=3.0),
+            )
+        except retryable as exc:
+            last_error = exc
+            if attempt + 1 < ATTEMPTS:
+                await asyncio.sleep(RETRY_DELAY)
+    raise HostExecUnavailable(
+        f"❌ Host exec service unreachable at {url} after {ATTEMPTS} attempts "
+        f"({type(last_error).__name__})"
+    )
+
+
+def _code_block(text: str, room: int) -> tuple[str, bool]:
+    text = text.replace("```", "``\u200b`")  # a fence inside the output must not close ours
+    if len(text) <= room:
+        return text, False
+    return text[: max(room, 0)], True
+
+
+def _format(command: str, body: dict[str, object]) -> str:
+    exit_code = body.get("exit_code")
+    mark = "✅" if exit_code == 0 else "⚠️"
+    header = f"{mark} `{command}` (exit code: {exit_code})"
+    stdout, stderr = str(body.get("stdout") or ""), str(body.get("stderr") or "")
+    notes = ["output capped by the host-exec service"] if body.get("truncated") else []
+    output = stdout if stdout.strip() else stderr
+    budget = MAX_REPLY - len(header) - 120
+    shown, cut = _code_block(output.rstrip("\n"), budget)
+    if cut:
+        notes.append(f"showing {len(shown):,} of {len(output):,} characters")
+    parts = [header]
+    if shown:
+        parts.append(f"```\n{shown}\n```")
+    if notes:
+        parts.append(f"_({'; '.join(notes)})_")
+    return "\n".join(parts)
+
+
+async def run(query: str) -> str:
+    command = " ".join(query.split())
+    if not command:
+        raise AgentReplyError("Give a command, e.g. `uname -a`")
+    response = await _post(command)
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    status = response.status_code
+    if status == 200:
+        return _format(command, body)
+    if status == 401:
+        raise HostExecAuthFailed("❌ Host exec authentication failed (check HOST_EXEC_TOKEN)")
+    if status == 403:
+        raise CommandBlocked(f"⚠️ Command blocked by whitelist: `{command}`")
+    if status == 400:
+        raise CommandBlocked(f"⚠️ Command refused: {body.get('error', 'invalid command')}")
+    if status == 504:
+        limit = body.get("timeout_s", _timeout_for(command) - RESPONSE_MARGIN)
+        raise CommandTimedOut(f"❌ Command timed out after {limit:g}s: `{command}`")
+    if status == 429:
+        raise HostExecBusy("⏳ Host exec is busy running other commands; try again shortly")
+    raise HostExecUnavailable(f"❌ Host exec service error (HTTP {status})")
