@@ -83,7 +83,7 @@ class HostExecSettings:
     port: int = 8765
     allowlist: Path | None = None  # None: the built-in default list
     max_concurrency: int = 4
-    max_output_bytes: int = 1_048_576
+    max_output_bytes: int = 262_144
     max_body_bytes: int = 16_384
     max_command_length: int = 1024
     default_timeout: float = 15.0

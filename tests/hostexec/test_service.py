@@ -1,0 +1,201 @@
+"""The host-exec service as a real process on loopback, with the test allow-list."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sel_otel.hostexec import LocalHostExec
+
+from .conftest import MAX_CONCURRENCY, SHORT_TIMEOUT_S, SPAWN_TREE, post_exec
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+MAX_OUTPUT_BYTES = 262_144  # the service's default cap
+RSS_GROWTH_LIMIT_KB = 4096
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+async def test_healthz_answers_without_a_token(service: LocalHostExec) -> None:
+    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+        response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_allowed_command_runs_and_replies_with_its_result(service: LocalHostExec) -> None:
+    response = await post_exec(service, {"command": "uname -a"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["exit_code"] == 0
+    assert os.uname().release in body["stdout"]
+    assert body["stderr"] == ""
+    assert (body["truncated"], body["timed_out"]) == (False, False)
+    assert 0 < body["duration_ms"] < 5000
+
+
+async def test_typed_operand_reaches_the_command(service: LocalHostExec, file_root: Path) -> None:
+    response = await post_exec(service, {"command": f"cat {file_root}/hello.txt"})
+    assert response.status_code == 200
+    assert response.json()["stdout"] == "hello\n"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer", "Bearer wrong-token-of-a-decent-length", "Basic dXNlcjpwYXNz"],
+)
+async def test_missing_or_wrong_token_is_401(
+    service: LocalHostExec, authorization: str | None
+) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+        response = await client.post("/exec", json={"command": "uname -a"}, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert "stdout" not in response.json()
+
+
+async def test_token_with_different_case_scheme_is_accepted(service: LocalHostExec) -> None:
+    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+        response = await client.post(
+            "/exec",
+            json={"command": "uname -a"},
+            headers={"Authorization": f"bearer {service.token}"},
+        )
+    assert response.status_code == 200
+
+
+async def test_command_outside_the_allowlist_is_403_naming_it(service: LocalHostExec) -> None:
+    response = await post_exec(service, {"command": "rm -rf /"})
+    assert response.status_code == 403
+    body = response.json()
+    assert body["error"] == "command not allowed: rm -rf /"
+    assert (body["reason"], body["command"]) == ("not_allowed", "rm -rf /")
+
+
+@pytest.mark.parametrize(
+    "body", [b"not json", b"[]", b'{"cmd": "uname -a"}', b'{"command": 1}', b"[" * 10_000]
+)
+async def test_malformed_body_is_400(service: LocalHostExec, body: bytes) -> None:
+    response = await post_exec(service, body)
+    assert response.status_code == 400
+    assert "command" in response.json()["error"]
+
+
+async def test_body_over_the_cap_is_413(service: LocalHostExec) -> None:
+    within = await post_exec(service, {"command": "uname -a", "padding": "x" * 15_000})
+    assert within.status_code == 200
+    over = await post_exec(service, {"command": "uname -a", "padding": "x" * 20_000})
+    assert over.status_code == 413
+    assert "16384" in over.json()["error"]
+
+
+async def test_child_environment_holds_no_token_and_an_empty_fresh_home(
+    service: LocalHostExec,
+) -> None:
+    first = (await post_exec(service, {"command": "env"})).json()["stdout"]
+    second = (await post_exec(service, {"command": "env"})).json()["stdout"]
+    env = dict(line.split("=", 1) for line in first.splitlines())
+    assert service.token not in first
+    assert not [name for name in env if name.startswith("HOST_EXEC_")]
+    assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    home = env["HOME"]
+    assert home != os.environ.get("HOME")
+    assert env["XDG_CONFIG_HOME"] == env["XDG_CONFIG_DIRS"] == home
+    assert f"HOME={home}" not in second  # a fresh directory per command
+    assert not await asyncio.to_thread(os.path.exists, home)  # removed after the command
+    listing = await post_exec(service, {"command": "ls -A"})  # runs in its empty HOME
+    assert listing.json() | {"duration_ms": 0} == {
+        "exit_code": 0,
+        "stdout": "",
+        "stderr": "",
+        "truncated": False,
+        "timed_out": False,
+        "duration_ms": 0,
+    }
+
+
+async def test_timeout_kills_the_whole_process_group(service: LocalHostExec) -> None:
+    command = shlex.join([sys.executable, str(SPAWN_TREE)])
+    started = time.perf_counter()
+    response = await post_exec(service, {"command": command})
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 504
+    body = response.json()
+    assert (body["timed_out"], body["timeout_s"], body["exit_code"]) == (True, 1.0, -9)
+    assert SHORT_TIMEOUT_S <= elapsed < SHORT_TIMEOUT_S + 1.5
+    pids = [int(pid) for pid in body["stdout"].split()]
+    assert len(pids) == 2  # the child and its grandchild, printed before the timeout
+    for _ in range(50):
+        if not any(_running(pid) for pid in pids):
+            break
+        await asyncio.sleep(0.02)
+    assert not [pid for pid in pids if _running(pid)]
+
+
+async def test_timed_out_command_is_answered_at_its_timeout(service: LocalHostExec) -> None:
+    response = await post_exec(service, {"command": "sleep 30"})
+    assert response.status_code == 504
+    body = response.json()
+    assert body["timed_out"] is True
+    assert SHORT_TIMEOUT_S * 1000 <= body["duration_ms"] < SHORT_TIMEOUT_S * 1000 + 500
+
+
+async def test_huge_output_is_capped_without_growing_the_service(service: LocalHostExec) -> None:
+    await post_exec(service, {"command": "yes"})  # warm up buffers and code paths
+    before = _rss_kb(service.pid)
+    for _ in range(5):
+        started = time.perf_counter()
+        response = await post_exec(service, {"command": "yes"})
+        assert time.perf_counter() - started < 5
+        body = response.json()
+        assert response.status_code == 200
+        assert (body["truncated"], body["timed_out"], body["exit_code"]) == (True, False, -9)
+        assert len(body["stdout"]) == MAX_OUTPUT_BYTES
+        assert set(body["stdout"]) == {"y", "\n"}
+    assert _rss_kb(service.pid) - before < RSS_GROWTH_LIMIT_KB
+
+
+async def test_excess_concurrent_commands_get_429_at_once(service: LocalHostExec) -> None:
+    busy = [
+        asyncio.create_task(post_exec(service, {"command": "sleep 2"}))
+        for _ in range(MAX_CONCURRENCY)
+    ]
+    await asyncio.sleep(0.5)
+    started = time.perf_counter()
+    excess = await post_exec(service, {"command": "uname -a"})
+    assert time.perf_counter() - started < 0.5
+    assert excess.status_code == 429
+    assert "too many" in excess.json()["error"]
+    assert [r.status_code for r in await asyncio.gather(*busy)] == [200] * MAX_CONCURRENCY
+    after = await post_exec(service, {"command": "uname -a"})
+    assert after.status_code == 200
+
+
+async def test_token_never_reaches_the_log(service: LocalHostExec) -> None:
+    await post_exec(service, {"command": "uname -a"})
+    log = service.log_path.read_text()
+    assert "exec uname exit=0" in log
+    assert service.token not in log
