@@ -1,0 +1,131 @@
+"""Spans: the request continues the caller's trace, each command is a child `exec` span."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from sel_otel.hostexec import HostExecSettings, create_app
+
+TOKEN = "tracing-test-token-0123456789"
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_ID = "b7ad6b7169203331"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest_asyncio.fixture
+async def client(
+    test_allowlist: Path, exporter: InMemorySpanExporter
+) -> AsyncIterator[TestClient[object, object]]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = HostExecSettings(token=TOKEN, allowlist=test_allowlist, host="127.0.0.1")
+    app = create_app(settings, tracer_provider=provider)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as test_client:
+        yield test_client
+    provider.shutdown()
+
+
+async def _post(client: TestClient[object, object], command: str) -> int:
+    response = await client.post(
+        "/exec",
+        json={"command": command},
+        headers={"Authorization": f"Bearer {TOKEN}", "traceparent": TRACEPARENT},
+    )
+    await response.read()
+    return response.status
+
+
+def _by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:
+    return {span.name: span for span in exporter.get_finished_spans()}
+
+
+async def test_request_span_continues_the_callers_trace(
+    client: TestClient[object, object], exporter: InMemorySpanExporter
+) -> None:
+    assert await _post(client, "uname -a") == 200
+    spans = _by_name(exporter)
+    server = spans["POST /exec"]
+    assert server.kind is SpanKind.SERVER
+    assert format(server.context.trace_id, "032x") == TRACE_ID
+    assert server.parent is not None
+    assert format(server.parent.span_id, "016x") == PARENT_ID
+    assert server.parent.is_remote
+    assert server.attributes is not None
+    assert server.attributes["http.request.method"] == "POST"
+    assert server.attributes["http.route"] == "/exec"
+    assert server.attributes["http.response.status_code"] == 200
+
+
+async def test_command_is_a_child_exec_span_with_exit_code_and_duration(
+    client: TestClient[object, object], exporter: InMemorySpanExporter
+) -> None:
+    assert await _post(client, "uname -a") == 200
+    spans = _by_name(exporter)
+    server, command = spans["POST /exec"], spans["exec uname"]
+    assert command.kind is SpanKind.INTERNAL
+    assert command.context.trace_id == server.context.trace_id
+    assert command.parent is not None
+    assert command.parent.span_id == server.context.span_id
+    assert command.attributes is not None
+    assert command.attributes["process.command"] == "uname"
+    assert command.attributes["process.command_args"] == ("uname", "-a")
+    assert command.attributes["process.exit.code"] == 0
+    assert command.attributes["sel.exec.timed_out"] is False
+    assert command.attributes["sel.exec.truncated"] is False
+    duration = command.attributes["sel.exec.duration_ms"]
+    assert isinstance(duration, float)
+    span_ns = (command.end_time or 0) - (command.start_time or 0)
+    assert 0 < duration * 1_000_000 <= span_ns
+    assert command.status.status_code is StatusCode.UNSET
+
+
+async def test_timed_out_command_marks_both_spans_as_errors(
+    client: TestClient[object, object], exporter: InMemorySpanExporter
+) -> None:
+    assert await _post(client, "sleep 30") == 504
+    spans = _by_name(exporter)
+    server, command = spans["POST /exec"], spans["exec sleep"]
+    assert command.status.status_code is StatusCode.ERROR
+    assert command.attributes is not None
+    assert command.attributes["error.type"] == "timeout"
+    assert command.attributes["sel.exec.timed_out"] is True
+    assert command.attributes["process.exit.code"] == -9
+    assert server.status.status_code is StatusCode.ERROR
+    assert server.attributes is not None
+    assert server.attributes["http.response.status_code"] == 504
+
+
+async def test_refused_command_has_no_exec_span_and_a_refusal_reason(
+    client: TestClient[object, object], exporter: InMemorySpanExporter
+) -> None:
+    assert await _post(client, "uname -a; id") == 403
+    spans = exporter.get_finished_spans()
+    assert [span.name for span in spans] == ["POST /exec"]
+    assert spans[0].attributes is not None
+    assert spans[0].attributes["sel.exec.refusal"] == "shell_syntax"
+    assert spans[0].status.status_code is StatusCode.UNSET
+
+
+async def test_request_without_traceparent_starts_a_new_trace(
+    client: TestClient[object, object], exporter: InMemorySpanExporter
+) -> None:
+    response = await client.get("/healthz")
+    assert response.status == 200
+    (server,) = exporter.get_finished_spans()
+    assert server.name == "GET /healthz"
+    assert server.parent is None
+    assert format(server.context.trace_id, "032x") != TRACE_ID
