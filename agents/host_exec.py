@@ -143,6 +143,13 @@ def _format(command: str, body: dict[str, object]) -> str:
     return "\n".join(parts)
 
 
+async def close() -> None:
+    """Close the client of the running event loop."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
 async def run(query: str) -> str:
     command = " ".join(query.split())
     if not command:

@@ -12,6 +12,7 @@ INVALIDATED_BY = {"rm", "mv"}       # optional: inputs whose first word clears t
 PRIVILEGED = False                  # optional: only allowed users may run it
 CACHE_PER_USER = False              # optional: the user id goes into the cache key
 def run(query: str) -> str: ...     # or: async def run(query: str) -> str
+async def close() -> None: ...      # optional: release resources when the runtime stops
 ```
 `CACHE_TTL_BY_INPUT` keys match the stripped input exactly, or else its first word.
 """
@@ -47,6 +48,7 @@ class Agent:
     invalidated_by: frozenset[str] = frozenset()
     privileged: bool = False
     cache_per_user: bool = False
+    close: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
     path: Path | None = None
 
     def ttl_for(self, query: str) -> float:
@@ -103,6 +105,9 @@ class Agent:
         invalidated_by = getattr(module, "INVALIDATED_BY", ())
         if isinstance(invalidated_by, str) or not all(isinstance(w, str) for w in invalidated_by):
             raise broken("INVALIDATED_BY must be a collection of command words")
+        close = getattr(module, "close", None)
+        if close is not None and not inspect.iscoroutinefunction(close):
+            raise broken("close must be an async function taking no arguments")
         flags = {}
         for flag in ("PRIVILEGED", "CACHE_PER_USER"):
             flags[flag] = getattr(module, flag, False)
@@ -121,6 +126,7 @@ class Agent:
             invalidated_by=frozenset(invalidated_by),
             privileged=flags["PRIVILEGED"],
             cache_per_user=flags["CACHE_PER_USER"],
+            close=close,
             path=path,
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import logging
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,8 @@ from ._exceptions import AgentError, AgentFailed, AgentNotFound, AgentOutputErro
 from ._registry import AgentRegistry
 from ._settings import Settings
 from ._telemetry import package_version
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +128,16 @@ class AgentRuntime:
         return list(await asyncio.gather(*(self.run(name, query) for name, query in entries)))
 
     async def aclose(self) -> None:
-        """Stop the worker threads of sync agents (a hung one is abandoned, not awaited)."""
+        """Close the agents that hold resources, then stop the worker threads of sync agents.
+
+        A hung sync agent is abandoned, not awaited.
+        """
+        for agent in self.registry.agents.values():
+            if agent.close is not None:
+                try:
+                    await agent.close()
+                except Exception:
+                    logger.exception("closing agent %s failed", agent.name)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _cached_call(

@@ -1,0 +1,217 @@
+"""The host_exec agent end to end: agent → httpx → host-exec service process → command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache
+from sel_otel.hostexec import LocalHostExec
+
+AGENTS = Path(__file__).resolve().parent.parent / "agents"
+
+
+@pytest.fixture(scope="module")
+def allowlist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("allowlist") / "allowlist.json"
+    commands = [
+        {"argv": ["uname", "-a"]},
+        {"argv": ["sleep", "30"], "timeout": 1},
+        {"argv": ["sleep", "1"]},
+        {"argv": ["seq", "1", "20000"]},
+        {"argv": ["false"]},
+    ]
+    path.write_text(json.dumps({"roots": [], "commands": commands}))
+    return path
+
+
+@pytest.fixture
+async def service(allowlist: Path) -> AsyncIterator[LocalHostExec]:
+    async with LocalHostExec(
+        allowlist=allowlist, settings={"HOST_EXEC_MAX_CONCURRENCY": "1"}
+    ) as svc:
+        yield svc
+
+
+@pytest.fixture
+def configure(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    def point_at(url: str, token: str) -> None:
+        monkeypatch.setenv("HOST_EXEC_URL", url)
+        monkeypatch.setenv("HOST_EXEC_TOKEN", token)
+
+    yield point_at
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[AgentRuntime]:
+    registry = AgentRegistry(AGENTS)
+    registry.reload()
+    runtime = AgentRuntime(registry, ResultCache(LRUMemoryCache(100)))
+    yield runtime
+    await runtime.aclose()
+
+
+async def test_allowed_command_replies_with_exit_code_and_output(
+    service: LocalHostExec,
+    configure,
+    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+) -> None:
+    configure(service.url, service.token)
+    result = await runtime.run("host_exec", "uname -a")
+    assert result.ok, result.error
+    lines = (result.output or "").splitlines()
+    assert lines[0] == "✅ `uname -a` (exit code: 0)"
+    assert lines[1] == "```" and lines[2].startswith("Linux ") and lines[3] == "```"
+
+
+async def test_non_zero_exit_is_shown_as_a_warning(
+    service: LocalHostExec,
+    configure,
+    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+) -> None:
+    configure(service.url, service.token)
+    assert (await runtime.run("host_exec", "false")).output == "⚠️ `false` (exit code: 1)"
+
+
+async def test_cached_second_call_does_not_reach_the_service(
+    allowlist: Path,
+    configure,
+    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+) -> None:
+    async with LocalHostExec(allowlist=allowlist) as svc:
+        configure(svc.url, svc.token)
+        first = await runtime.run("host_exec", "uname -a")
+    second = await runtime.run("host_exec", " uname -a ")  # the service is gone now
+    assert (second.output, second.cached) == (first.output, True)
+
+
+async def test_wrong_token_is_an_authentication_error(
+    service: LocalHostExec,
+    configure,
+    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+) -> None:
+    configure(service.url, "not-the-token")
+    result = await runtime.run("host_exec", "uname -a")
+    assert result.error is not None
+    assert result.error.reply == "❌ Host exec authentication failed (check HOST_EXEC_TOKEN)"
+    assert result.error.error_type == "HostExecAuthFailed"
+
+
+async def test_command_outside_the_allow_list_is_blocked_and_not_cached(
+    service: LocalHostExec,
+    configure,
+    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+) -> None:
+    configure(service.url, service.token)
+    for _ in range(2):
+        result = await runtime.run("host_exec", "uname -r")
+        assert result.error is not None and not result.cached
+        assert result.error.reply == "⚠️ Command blocked by whitelist: `uname -r`"
+
+
+async def test_timeout_is_reported_with_its_limit(
+    service: LocalHostExec,
+    configure,
+    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+) -> None:
+    configure(service.url, service.token)
+    result = await runtime.run("host_exec", "sleep 30")
+    assert result.error is not None
+    assert result.error.reply == "❌ Command timed out after 1s: `sleep 30`"
+    assert result.duration < 10
+
+
+async def test_busy_service_answers_429_as_a_clear_message(
+    service: LocalHostExec,
+    configure,
+    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+) -> None:
+    configure(service.url, service.token)
+    slow = asyncio.create_task(runtime.run("host_exec", "sleep 1"))
+    await asyncio.sleep(0.3)
+    busy = await runtime.run("host_exec", "seq 1 20000")
+    assert (await slow).ok
+    assert busy.error is not None and busy.error.reply.startswith("⏳ Host exec is busy")
+
+
+async def test_long_output_is_cut_to_fit_a_discord_message(
+    service: LocalHostExec,
+    configure,
+    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+) -> None:
+    configure(service.url, service.token)
+    output = (await runtime.run("host_exec", "seq 1 20000")).output or ""
+    assert len(output) <= 2000
+    assert output.count("```") == 2  # the code block is closed
+    assert output.splitlines()[2] == "1"
+    assert output.endswith("characters)_") and "showing " in output
+
+
+class CountingDoor:
+    """A loopback listener that accepts connections and closes them at once, counting them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.connections = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self._thread.join(timeout=5)
+
+
+async def test_unreachable_service_is_retried_then_reported(
+    configure,
+    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+) -> None:
+    door = CountingDoor()
+    url = door.url
+    try:
+        configure(door.url, "token")
+        result = await runtime.run("host_exec", "uname -a")
+    finally:
+        door.close()
+    assert door.connections == 2
+    assert result.error is not None
+    assert result.error.reply.startswith(f"❌ Host exec service unreachable at {url}")
+
+
+async def test_mutating_command_invalidates_the_host_exec_cache(
+    service: LocalHostExec,
+    configure,
+    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+) -> None:
+    configure(service.url, service.token)
+    await runtime.run("host_exec", "uname -a")
+    assert (await runtime.run("host_exec", "uname -a")).cached
+    await runtime.run("host_exec", "rm -f /tmp/anything")  # refused, but may have changed state
+    assert not (await runtime.run("host_exec", "uname -a")).cached
+
+
+async def test_missing_configuration_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, runtime: AgentRuntime
+) -> None:
+    monkeypatch.delenv("HOST_EXEC_URL", raising=False)
+    result = await runtime.run("host_exec", "uname -a")
+    assert result.error is not None
+    assert "set HOST_EXEC_URL" in result.error.reply
