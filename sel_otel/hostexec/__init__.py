@@ -11,7 +11,7 @@ from ._local import LocalHostExec
 from ._policy import Approved, Policy, Refused
 from ._runner import ExecResult, Runner
 from ._server import create_app
-from ._service import main, run_service, tracer_provider_from_env
+from ._service import main, run_service
 from ._settings import HostExecSettings
 
 __all__ = [
@@ -28,5 +28,4 @@ __all__ = [
     "create_app",
     "main",
     "run_service",
-    "tracer_provider_from_env",
 ]

@@ -88,15 +88,14 @@ def create_app(
 async def _trace_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One SERVER span per request, continuing the caller's `traceparent`."""
     tracer = request.app[_SERVICE].tracer
-    route = request.match_info.route.resource
-    path = route.canonical if route is not None else request.path
-    attributes = {
-        names.HTTP_REQUEST_METHOD: request.method,
-        names.HTTP_ROUTE: path,
-        names.URL_PATH: request.path,
-    }
+    resource = request.match_info.route.resource
+    attributes = {names.HTTP_REQUEST_METHOD: request.method, names.URL_PATH: request.path}
+    name = request.method  # unmatched paths stay out of span names: low cardinality
+    if resource is not None:
+        attributes[names.HTTP_ROUTE] = resource.canonical
+        name = f"{request.method} {resource.canonical}"
     with tracer.start_as_current_span(
-        f"{request.method} {path}",
+        name,
         context=propagate.extract(request.headers),
         kind=trace.SpanKind.SERVER,
         attributes=attributes,

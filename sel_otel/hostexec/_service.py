@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -43,6 +44,8 @@ async def _serve(settings: HostExecSettings, tracer_provider: TracerProvider | N
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
             ) from exc
         logger.info("host-exec listening on %s", ", ".join(map(str, runner.addresses)))
+        if not _is_loopback(settings.host):
+            logger.warning("host-exec listens beyond loopback: the token crosses the network")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -53,7 +56,14 @@ async def _serve(settings: HostExecSettings, tracer_provider: TracerProvider | N
         await runner.cleanup()
 
 
-def tracer_provider_from_env(env: Mapping[str, str]) -> TracerProvider | None:
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _tracer_provider_from_env(env: Mapping[str, str]) -> TracerProvider | None:
     """A TracerProvider when `OTEL_TRACES_EXPORTER` asks for `otlp` or `console`, else None."""
     exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     if exporter in ("", "none"):
@@ -101,7 +111,7 @@ def main() -> int:
     provider: TracerProvider | None = None
     try:
         settings = HostExecSettings.from_env()
-        provider = tracer_provider_from_env(os.environ)
+        provider = _tracer_provider_from_env(os.environ)
         run_service(settings, tracer_provider=provider)
     except ConfigError as exc:
         print(f"host-exec: {exc}", file=sys.stderr)

@@ -129,3 +129,15 @@ async def test_request_without_traceparent_starts_a_new_trace(
     assert server.name == "GET /healthz"
     assert server.parent is None
     assert format(server.context.trace_id, "032x") != TRACE_ID
+
+
+async def test_unknown_path_keeps_the_span_name_low_cardinality(
+    client: TestClient[object, object], exporter: InMemorySpanExporter
+) -> None:
+    response = await client.get("/no/such/path/12345")
+    assert response.status == 404
+    (server,) = exporter.get_finished_spans()
+    assert server.name == "GET"
+    assert server.attributes is not None
+    assert "http.route" not in server.attributes
+    assert server.attributes["http.response.status_code"] == 404
