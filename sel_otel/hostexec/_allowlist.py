@@ -59,12 +59,6 @@ class Entry:
     pattern: tuple[Part, ...]
     timeout: float | None = None  # None: the service's default timeout
 
-    @property
-    def program(self) -> str:
-        first = self.pattern[0]
-        assert isinstance(first, str)
-        return first
-
     def __str__(self) -> str:
         return " ".join(
             part if isinstance(part, str) else part.placeholder for part in self.pattern

@@ -30,7 +30,6 @@ class Approved:
 
     argv: tuple[str, ...]
     timeout: float
-    entry: Entry
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ class Policy:
                 return checked
             argv.append(checked)
         timeout = self._default_timeout if entry.timeout is None else entry.timeout
-        return Approved(argv=tuple(argv), timeout=timeout, entry=entry)
+        return Approved(argv=tuple(argv), timeout=timeout)
 
 
 def _align(pattern: tuple[Part, ...], tokens: list[str]) -> list[str] | None:
