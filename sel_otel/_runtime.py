@@ -18,6 +18,7 @@ from . import _semconv as names
 from ._agent import Agent
 from ._cache import Lookup, ResultCache
 from ._exceptions import AgentError, AgentFailed, AgentNotFound, AgentOutputError, AgentTimeout
+from ._redact import span_content
 from ._registry import AgentRegistry
 from ._settings import Settings
 from ._telemetry import package_version
@@ -84,14 +85,15 @@ class AgentRuntime:
             agent = self.registry.get(name)
         except AgentNotFound as exc:
             return AgentResult(name, None, False, 0.0, exc)
+        attributes = {
+            names.GEN_AI_OPERATION_NAME: names.INVOKE_AGENT,
+            names.GEN_AI_AGENT_NAME: name,
+            names.GEN_AI_AGENT_DESCRIPTION: agent.description,
+        }
+        if self.settings.trace_content:
+            attributes[names.SEL_AGENT_INPUT] = span_content(query, self.settings.trace_content_max)
         span = self._tracer.start_span(
-            f"{names.INVOKE_AGENT} {name}",
-            kind=SpanKind.INTERNAL,
-            attributes={
-                names.GEN_AI_OPERATION_NAME: names.INVOKE_AGENT,
-                names.GEN_AI_AGENT_NAME: name,
-                names.GEN_AI_AGENT_DESCRIPTION: agent.description,
-            },
+            f"{names.INVOKE_AGENT} {name}", kind=SpanKind.INTERNAL, attributes=attributes
         )
         metric_attributes: dict[str, str | bool] = {names.GEN_AI_AGENT_NAME: name}
         start = time.perf_counter()
@@ -109,8 +111,9 @@ class AgentRuntime:
                 finally:
                     duration = time.perf_counter() - start
                     hit = lookup is Lookup.HIT
-                    span.set_attribute(names.SEL_CACHE_HIT, hit)
-                    span.set_attribute(names.SEL_AGENT_DURATION_MS, duration * 1000.0)
+                    span.set_attributes(
+                        {names.SEL_CACHE_HIT: hit, names.SEL_AGENT_DURATION_MS: duration * 1000.0}
+                    )
                     metric_attributes[names.SEL_CACHE_HIT] = hit
                     if error is not None:
                         _record_error(span, metric_attributes, error, error.error_type)

@@ -31,6 +31,10 @@ SEL_AGENT_DURATION_MS: Final = "sel.agent.duration_ms"
 SEL_AGENT_INPUT: Final = "sel.agent.input"
 SEL_USER_ID: Final = "sel.user.id"
 
+# Frontend requests: one root span per request, named "{frontend} {request}"
+SEL_FRONTEND: Final = "sel.frontend"  # console, cli, discord
+SEL_REQUEST: Final = "sel.request"  # agent, stats, agents, reload, help
+
 # Error types that are not exception class names
 ERROR_TIMEOUT: Final = "timeout"
 

@@ -70,8 +70,22 @@ async def test_sampling_attributes_are_set_when_the_span_starts(
             "gen_ai.operation.name": "invoke_agent",
             "gen_ai.agent.name": "echo",
             "gen_ai.agent.description": "Echoes its input",
+            "sel.agent.input": "hi",
         }
     ]
+
+
+async def test_input_is_recorded_scrubbed_and_cut_and_can_be_turned_off(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> None:
+    write_agent("echo", ECHO)
+    await make_runtime(trace_content_max=20).run("echo", "login password=hunter2 and more text")
+    await make_runtime(trace_content=False).run("echo", "password=hunter2")
+    captured, off = telemetry.finished()
+    assert captured.attributes["sel.agent.input"] == "login password=[RED…"  # 20 characters
+    assert "sel.agent.input" not in off.attributes
+    assert all("hunter2" not in str(s.attributes) for s in telemetry.finished())
+    assert all("sel.agent.output" not in s.attributes for s in telemetry.finished())
 
 
 async def test_second_identical_call_is_a_cache_hit_span_and_metric(
