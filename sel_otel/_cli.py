@@ -17,7 +17,7 @@ from ._commands import RunAgent
 from ._console import run_console
 from ._exceptions import ConfigError
 from ._settings import Settings
-from ._telemetry import Telemetry
+from ._telemetry import Telemetry, enable_sdk_self_metrics
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # The SDK exporters warn on every retry; sel_otel._export reports failures once instead.
     logging.getLogger("opentelemetry.exporter").setLevel(logging.ERROR)
+    enable_sdk_self_metrics()
     try:
         settings = Settings.from_env()
         telemetry = Telemetry.from_env()

@@ -67,6 +67,8 @@ class GuardedSpanExporter(_Guard, SpanExporter):
         super().__init__(inner, "traces")
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._stopped:
+            return SpanExportResult.FAILURE
         try:
             result = self.inner.export(spans)
         except Exception as exc:
@@ -98,6 +100,8 @@ class GuardedMetricExporter(_Guard, MetricExporter):
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
+        if self._stopped:
+            return MetricExportResult.FAILURE
         try:
             result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception as exc:

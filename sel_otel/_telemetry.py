@@ -70,6 +70,15 @@ def package_version() -> str:
         return "0+unknown"
 
 
+def enable_sdk_self_metrics() -> None:
+    """Turn on the SDK's own metrics (spans dropped on a full queue, failed exports).
+
+    The SDK reads `OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED` from the process environment;
+    entry points call this before building providers, and an explicit setting wins.
+    """
+    os.environ.setdefault("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+
+
 def stats_reader() -> InMemoryMetricReader:
     """A metric reader with cumulative temporality, so reading it never resets the figures."""
     return InMemoryMetricReader(preferred_temporality=CUMULATIVE)
@@ -103,17 +112,20 @@ class Telemetry:
         """Providers with exporters chosen by the `OTEL_*` variables (see the module doc)."""
         env = os.environ if env is None else env
         resource = build_resource(default_service_name)
-        span_exporters = [GuardedSpanExporter(e) for e in _span_exporters(env)]
-        metric_exporters = [GuardedMetricExporter(e) for e in _metric_exporters(env)]
-        reader = stats_reader()
-        readers: list[MetricReader] = [reader]
-        readers += [PeriodicExportingMetricReader(e) for e in metric_exporters]
-        meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-        tracer_provider = TracerProvider(resource=resource)
-        for span_exporter in span_exporters:
-            tracer_provider.add_span_processor(
-                BatchSpanProcessor(span_exporter, meter_provider=meter_provider)
-            )
+        try:
+            metric_exporters = [GuardedMetricExporter(e) for e in _metric_exporters(env)]
+            reader = stats_reader()
+            readers: list[MetricReader] = [reader]
+            readers += [PeriodicExportingMetricReader(e) for e in metric_exporters]
+            meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+            span_exporters = [GuardedSpanExporter(e) for e in _span_exporters(env, meter_provider)]
+            tracer_provider = TracerProvider(resource=resource)
+            for span_exporter in span_exporters:
+                tracer_provider.add_span_processor(
+                    BatchSpanProcessor(span_exporter, meter_provider=meter_provider)
+                )
+        except ValueError as exc:  # the SDK's own checks of OTEL_BSP_* and friends
+            raise ConfigError(f"invalid OpenTelemetry setting: {exc}") from exc
         return cls(tracer_provider, meter_provider, reader, (*span_exporters, *metric_exporters))
 
     def shutdown(self, timeout: float = 2.0) -> None:
@@ -168,7 +180,7 @@ def _protocol(env: Mapping[str, str], signal: str) -> str:
     return protocol
 
 
-def _span_exporters(env: Mapping[str, str]) -> list[SpanExporter]:
+def _span_exporters(env: Mapping[str, str], meter_provider: MeterProvider) -> list[SpanExporter]:
     exporters: list[SpanExporter] = []
     for name in _exporter_names(env, "TRACES"):
         if name == "console":
@@ -178,11 +190,11 @@ def _span_exporters(env: Mapping[str, str]) -> list[SpanExporter]:
                 OTLPSpanExporter as GrpcSpanExporter,
             )
 
-            exporters.append(GrpcSpanExporter())
+            exporters.append(GrpcSpanExporter(meter_provider=meter_provider))
         else:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            exporters.append(OTLPSpanExporter())
+            exporters.append(OTLPSpanExporter(meter_provider=meter_provider))
     return exporters
 
 

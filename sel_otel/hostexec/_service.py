@@ -5,23 +5,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import signal
 import sys
-from collections.abc import Mapping
 
 from aiohttp import web
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace import TracerProvider
 
 from .._exceptions import ConfigError
+from .._telemetry import Telemetry, enable_sdk_self_metrics
 from ._server import create_app
 from ._settings import HostExecSettings
 
 logger = logging.getLogger(__name__)
 
-_DEFAULT_SERVICE_NAME = "sel-otel-host-exec"
+_DEFAULT_SERVICE_NAME = "sel-host-exec"
 
 
 def run_service(
@@ -63,44 +60,6 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _tracer_provider_from_env(env: Mapping[str, str]) -> TracerProvider | None:
-    """A TracerProvider when `OTEL_TRACES_EXPORTER` asks for `otlp` or `console`, else None."""
-    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    if exporter in ("", "none"):
-        return None
-    processor: SpanProcessor
-    if exporter == "console":
-        processor = BatchSpanProcessor(ConsoleSpanExporter())
-    elif exporter == "otlp":
-        processor = BatchSpanProcessor(_otlp_exporter(env))
-    else:
-        raise ConfigError(f"OTEL_TRACES_EXPORTER={exporter!r}: expected otlp, console or none")
-    attributes = {} if env.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: _DEFAULT_SERVICE_NAME}
-    provider = TracerProvider(resource=Resource.create(attributes))
-    provider.add_span_processor(processor)
-    return provider
-
-
-def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
-    protocol = (
-        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    # Imported on demand: each exporter pulls in its own transport (grpc is heavy).
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter()
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpSpanExporter,
-        )
-
-        return HttpSpanExporter()
-    raise ConfigError(f"OTLP protocol {protocol!r}: expected grpc or http/protobuf")
-
-
 def main() -> int:
     """Entry point of `python -m sel_otel.hostexec`; returns the process exit status."""
     logging.basicConfig(
@@ -108,15 +67,19 @@ def main() -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    provider: TracerProvider | None = None
+    logging.getLogger("opentelemetry.exporter").setLevel(logging.ERROR)
+    enable_sdk_self_metrics()
     try:
         settings = HostExecSettings.from_env()
-        provider = _tracer_provider_from_env(os.environ)
-        run_service(settings, tracer_provider=provider)
+        telemetry = Telemetry.from_env(_DEFAULT_SERVICE_NAME)
+    except ConfigError as exc:
+        print(f"host-exec: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run_service(settings, tracer_provider=telemetry.tracer_provider)
     except ConfigError as exc:
         print(f"host-exec: {exc}", file=sys.stderr)
         return 2
     finally:
-        if provider is not None:
-            provider.shutdown()
+        telemetry.shutdown()
     return 0

@@ -6,12 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
 
 import sel_otel.hostexec
 from sel_otel._exceptions import ConfigError
 from sel_otel.hostexec import LocalHostExec
-from sel_otel.hostexec._service import _tracer_provider_from_env
 
 
 def test_exported_members_are_exactly_all() -> None:
@@ -54,20 +52,3 @@ def _state(pid: int) -> str | None:
 
 def _exists(path: Path) -> bool:
     return path.exists()
-
-
-@pytest.mark.parametrize("value", ["", "none"])
-def test_no_tracer_provider_unless_export_is_asked_for(value: str) -> None:
-    assert _tracer_provider_from_env({"OTEL_TRACES_EXPORTER": value}) is None
-
-
-def test_console_export_builds_a_named_tracer_provider() -> None:
-    provider = _tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "console"})
-    assert isinstance(provider, TracerProvider)
-    assert provider.resource.attributes["service.name"] == "sel-otel-host-exec"
-    provider.shutdown()
-
-
-def test_unknown_exporter_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="OTEL_TRACES_EXPORTER"):
-        _tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
