@@ -34,7 +34,9 @@ class SelApp:
             tracer_provider=telemetry.tracer_provider,
             meter_provider=telemetry.meter_provider,
         )
-        self.commands = CommandHandler(self.runtime, telemetry.stats_reader)
+        self.commands = CommandHandler(
+            self.runtime, telemetry.stats_reader, tracer_provider=telemetry.tracer_provider
+        )
 
     async def __aenter__(self) -> SelApp:
         report = self.registry.reload()

@@ -62,7 +62,7 @@ async def _console(settings: Settings, telemetry: Telemetry) -> int:
 async def _run_once(settings: Settings, telemetry: Telemetry, agent: str, query: str) -> int:
     embedded = _embedded_host_exec(settings) if agent == "host_exec" else contextlib.nullcontext()
     async with embedded, SelApp(settings, telemetry) as app:
-        reply = await app.commands.execute(RunAgent(agent, query), user="cli")
+        reply = await app.commands.execute(RunAgent(agent, query), user="cli", frontend="cli")
     print(reply.text, file=sys.stdout if reply.ok else sys.stderr)
     return 0 if reply.ok else 1
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from . import _semconv as names
 from ._registry import AgentRegistry
 from ._runtime import AgentResult, AgentRuntime
 from ._stats import format_stats, read_stats
@@ -54,6 +56,14 @@ class ShowHelp:
 
 
 Request = RunAgent | ShowStats | ListAgents | ReloadAgents | ShowHelp
+
+_REQUEST_NAMES: dict[type[Request], str] = {
+    RunAgent: "agent",
+    ShowStats: "stats",
+    ListAgents: "agents",
+    ReloadAgents: "reload",
+    ShowHelp: "help",
+}
 
 
 def parse_request(text: str) -> Request:
@@ -100,18 +110,47 @@ def format_agents(registry: AgentRegistry) -> str:
 
 
 class CommandHandler:
-    """Answers requests with the runtime, the registry and the stats reader."""
+    """Answers requests with the runtime, the registry and the stats reader.
 
-    def __init__(self, runtime: AgentRuntime, stats_reader: InMemoryMetricReader) -> None:
+    Given a `frontend` name, each request is a root span `{frontend} {request}` (such as
+    `console agent`), so that one trace holds the request and the agent call it makes.
+    """
+
+    def __init__(
+        self,
+        runtime: AgentRuntime,
+        stats_reader: InMemoryMetricReader,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
         self.runtime = runtime
         self.stats_reader = stats_reader
+        self._tracer = trace.get_tracer(names.SCOPE_NAME, tracer_provider=tracer_provider)
 
-    async def handle(self, text: str, user: str | None = None) -> Reply:
+    async def handle(
+        self, text: str, user: str | None = None, frontend: str | None = None
+    ) -> Reply:
         """Answer one line of user input."""
-        return await self.execute(parse_request(text), user)
+        return await self.execute(parse_request(text), user, frontend)
 
-    async def execute(self, request: Request, user: str | None = None) -> Reply:
-        """Answer a parsed request."""
+    async def execute(
+        self, request: Request, user: str | None = None, frontend: str | None = None
+    ) -> Reply:
+        """Answer a parsed request, in a root span of its own when `frontend` is given."""
+        if frontend is None:
+            return await self._answer(request, user)
+        kind = _REQUEST_NAMES[type(request)]
+        with self._tracer.start_as_current_span(
+            f"{frontend} {kind}",
+            context=trace.set_span_in_context(trace.INVALID_SPAN),
+            attributes={names.SEL_FRONTEND: frontend, names.SEL_REQUEST: kind},
+        ) as span:
+            reply = await self._answer(request, user)
+            if not reply.ok:
+                span.set_status(trace.StatusCode.ERROR)
+            return reply
+
+    async def _answer(self, request: Request, user: str | None) -> Reply:
         match request:
             case RunAgent(agent, query):
                 result = await self.runtime.run(agent, query, user=user)

@@ -25,7 +25,7 @@ async def run_console(
             return failures
         if not line.strip():
             continue
-        reply = await commands.handle(line, user="console")
+        reply = await commands.handle(line, user="console", frontend="console")
         failures += not reply.ok
         stdout.write(reply.text + "\n")
         stdout.flush()

@@ -68,3 +68,22 @@ async def test_reload_reports_changes(handler: CommandHandler, write_agent: Agen
     assert "added: new" in reply.text
     assert not reply.ok  # broken.py still fails, and says so
     assert "broken.py" in reply.text
+
+
+async def test_frontend_requests_are_root_spans_holding_the_agent_call(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> None:
+    write_agent("echo", "DESCRIPTION='Echoes'\ndef run(q):\n    return q\n")
+    handler = CommandHandler(
+        make_runtime(), telemetry.reader, tracer_provider=telemetry.tracer_provider
+    )
+    with telemetry.tracer_provider.get_tracer("t").start_as_current_span("unrelated"):
+        await handler.handle("agent:echo hi", frontend="console")
+    await handler.handle("agent:nope", frontend="console")
+    [call] = telemetry.finished("invoke_agent echo")
+    request, failed = telemetry.finished("console agent")
+    assert request.parent is None
+    assert call.parent.span_id == request.context.span_id
+    assert dict(request.attributes) == {"sel.frontend": "console", "sel.request": "agent"}
+    assert request.status.status_code.name == "UNSET"
+    assert failed.status.status_code.name == "ERROR"
