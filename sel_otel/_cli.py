@@ -1,4 +1,4 @@
-"""The `sel-otel` command: `console`, `run`, `host-exec`."""
+"""The `sel-otel` command: `console`, `run`, `bot`, `host-exec`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from opentelemetry import metrics, trace
 
 from ._app import SelApp
+from ._bot_settings import BotSettings
 from ._commands import RunAgent
 from ._console import run_console
 from ._exceptions import ConfigError
@@ -29,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run one agent call and exit (non-zero on error)")
     run.add_argument("agent", help="agent name")
     run.add_argument("input", nargs="*", help="agent input")
+    commands.add_parser("bot", help="run the Discord bot (DISCORD_TOKEN, SEL_DISCORD_* settings)")
     commands.add_parser("host-exec", help="serve the host-exec API (HOST_EXEC_* settings)")
     return parser
 
@@ -67,6 +69,18 @@ async def _run_once(settings: Settings, telemetry: Telemetry, agent: str, query:
     return 0 if reply.ok else 1
 
 
+async def _bot(settings: Settings, bot_settings: BotSettings, telemetry: Telemetry) -> int:
+    from ._bot import run_bot  # discord.py is imported by the bot alone
+
+    try:
+        async with _embedded_host_exec(settings):
+            await run_bot(settings, bot_settings, telemetry)
+    except ConfigError as exc:
+        print(f"sel-otel: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sel-otel` console script."""
     args = _parser().parse_args(argv)
@@ -83,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     enable_sdk_self_metrics()
     try:
         settings = Settings.from_env()
+        bot_settings = BotSettings.from_env() if args.command == "bot" else None
         telemetry = Telemetry.from_env()
     except ConfigError as exc:
         print(f"sel-otel: {exc}", file=sys.stderr)
@@ -94,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "console":
             return asyncio.run(_console(settings, telemetry))
+        if bot_settings is not None:
+            return asyncio.run(_bot(settings, bot_settings, telemetry))
         return asyncio.run(_run_once(settings, telemetry, args.agent, " ".join(args.input)))
     except KeyboardInterrupt:
         return 130

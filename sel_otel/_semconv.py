@@ -52,3 +52,25 @@ DURATION_BUCKETS: Final = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+
+# ---------------------------------------------------------------------------------------------
+# Discord frontend
+# ---------------------------------------------------------------------------------------------
+# Every Discord command is a root span, kind SERVER, named "discord.command {command}" (e.g.
+# "discord.command /sel_agent"); the agent call's "invoke_agent {agent}" span is its child.
+# Ids are strings: Discord snowflakes do not fit a JavaScript number in trace viewers.
+# The user id is `sel.user.id` (above). Message content is never recorded.
+DISCORD_COMMAND: Final = "discord.command"
+SEL_DISCORD_COMMAND: Final = "sel.discord.command"  # /sel_agent, ..., or "agent:" (prefix)
+SEL_DISCORD_TRIGGER: Final = "sel.discord.trigger"  # slash or prefix
+SEL_DISCORD_GUILD_ID: Final = "sel.discord.guild.id"  # absent in direct messages
+SEL_DISCORD_CHANNEL_ID: Final = "sel.discord.channel.id"
+SEL_DISCORD_OUTCOME: Final = "sel.discord.outcome"  # see the DISCORD_OUTCOME_* values
+SEL_DISCORD_DEFERRED: Final = "sel.discord.deferred"  # bool: acknowledged first, answered later
+
+DISCORD_TRIGGER_SLASH: Final = "slash"
+DISCORD_TRIGGER_PREFIX: Final = "prefix"
+DISCORD_OUTCOME_OK: Final = "ok"  # answered
+DISCORD_OUTCOME_ERROR: Final = "error"  # answered with an error (the agent call failed)
+DISCORD_OUTCOME_FORBIDDEN: Final = "forbidden"  # refused: not allowed, nothing ran
+DISCORD_OUTCOME_COOLDOWN: Final = "cooldown"  # refused: the user's cooldown, nothing ran

@@ -1,0 +1,419 @@
+"""The Discord frontend: slash commands and the `agent:NAME INPUT` prefix over the shared commands.
+
+Policy lives here (who may run what, cooldowns, when to defer, one root span per command);
+parsing, agent calls and reply texts come from `_commands`, sizing and embeds from
+`_discord_format`. Slash commands:
+
+- `/sel_agent agent input`   run an agent (agent names autocompleted from the registry)
+- `/sel_agent_stats [agent]` stats embed with uptime and totals
+- `/sel_agents`              agent list
+- `/sel_agent_reload`        re-read the agents directory (owners only)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import discord
+from discord import app_commands
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from . import _semconv as names
+from ._agent import Agent
+from ._app import SelApp
+from ._bot_settings import BotSettings
+from ._commands import CommandHandler, ListAgents, ReloadAgents, Reply, RunAgent, parse_request
+from ._discord_format import (
+    CONTENT_LIMIT,
+    MAX_CHOICES,
+    agents_embed,
+    choice_name,
+    fit,
+    stats_embed,
+)
+from ._exceptions import AgentNotFound, ConfigError
+from ._settings import Settings
+from ._stats import read_stats
+from ._telemetry import Telemetry, package_version
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "agent:"
+#: Discord must see an answer within 3 s; a call still running after this long is deferred.
+DEFER_AFTER = 1.5
+NO_MENTIONS = discord.AllowedMentions.none()
+FRONTEND = "discord"
+#: Each command's request kind (`sel.request`), as the console names it.
+_REQUESTS = {
+    "/sel_agent": "agent",
+    PREFIX: "agent",
+    "/sel_agent_stats": "stats",
+    "/sel_agents": "agents",
+    "/sel_agent_reload": "reload",
+}
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who is an owner, and who may run privileged agents."""
+
+    owner_ids: frozenset[int] = frozenset()
+    allowed_user_ids: frozenset[int] = frozenset()
+    allowed_role_ids: frozenset[int] = frozenset()
+
+    def is_owner(self, user: discord.abc.User) -> bool:
+        return user.id in self.owner_ids
+
+    def may_run(self, agent: Agent, user: discord.abc.User) -> bool:
+        """Anyone may run an ordinary agent; a privileged one needs an owner or an allowed id."""
+        if not agent.privileged or self.is_owner(user) or user.id in self.allowed_user_ids:
+            return True
+        roles: Iterable[discord.abc.Snowflake] = getattr(user, "roles", ())
+        return any(role.id in self.allowed_role_ids for role in roles)
+
+
+class Cooldown:
+    """Per-user spacing of agent calls: `retry_after` is 0 and books the call, or the wait."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._last: dict[int, float] = {}
+
+    def retry_after(self, user_id: int) -> float:
+        now = self._clock()
+        last = self._last.get(user_id)
+        if last is not None and now - last < self.seconds:
+            return self.seconds - (now - last)
+        if len(self._last) >= 1024:  # forget users whose cooldown is over
+            self._last = {u: t for u, t in self._last.items() if now - t < self.seconds}
+        self._last[user_id] = now
+        return 0.0
+
+
+class SelBot(discord.Client):
+    """The SEL bot: a discord.py client with the sel_otel slash commands and prefix handler."""
+
+    def __init__(
+        self,
+        commands: CommandHandler,
+        settings: BotSettings,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        defer_after: float = DEFER_AFTER,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = settings.message_prefix
+        super().__init__(intents=intents, allowed_mentions=NO_MENTIONS)
+        self.commands = commands
+        self.settings = settings
+        self.access = Access(
+            settings.owner_ids, settings.allowed_user_ids, settings.allowed_role_ids
+        )
+        self.cooldown = Cooldown(settings.cooldown, clock)
+        self.defer_after = defer_after
+        self._clock = clock
+        self.started = clock()
+        self._tracer = trace.get_tracer(names.SCOPE_NAME, package_version(), tracer_provider)
+        self.tree: app_commands.CommandTree[SelBot] = app_commands.CommandTree(self)
+        _add_commands(self.tree, self)
+
+    # -- connection -------------------------------------------------------------------------
+
+    async def setup_hook(self) -> None:
+        """Before connecting: find the owners when none are configured, sync the commands."""
+        if not self.access.owner_ids:
+            self.access = replace(self.access, owner_ids=await self._application_owners())
+        guild = discord.Object(self.settings.guild_id) if self.settings.guild_id else None
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        synced = await self.tree.sync(guild=guild)
+        logger.info(
+            "synced %d commands %s",
+            len(synced),
+            f"to guild {guild.id}" if guild else "globally (may take up to an hour to show)",
+        )
+
+    async def _application_owners(self) -> frozenset[int]:
+        info = await self.application_info()
+        if info.team is not None:
+            return frozenset(member.id for member in info.team.members)
+        return frozenset({info.owner.id})
+
+    async def on_ready(self) -> None:
+        logger.warning("connected to Discord as %s", self.user)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def agent_choices(self, current: str) -> list[app_commands.Choice[str]]:
+        """Registry agents whose name contains `current`, those starting with it first."""
+        needle = current.strip().lower()
+        agents = self.commands.runtime.registry.agents
+        matches = sorted(
+            (name for name in agents if needle in name.lower()),
+            key=lambda name: (not name.lower().startswith(needle), name),
+        )
+        return [
+            app_commands.Choice(name=choice_name(name, agents[name].description), value=name)
+            for name in matches[:MAX_CHOICES]
+        ]
+
+    async def run_agent(
+        self, interaction: discord.Interaction[Any], agent: str, query: str
+    ) -> None:
+        """`/sel_agent`: refuse, or run the agent, deferring when it outlasts `defer_after`."""
+        with self._command_span("/sel_agent", names.DISCORD_TRIGGER_SLASH, interaction) as span:
+            refusal = self._refusal(agent, interaction.user, span)
+            if refusal is not None:
+                await interaction.response.send_message(
+                    refusal, ephemeral=True, allowed_mentions=NO_MENTIONS
+                )
+                return
+            call = asyncio.create_task(
+                self.commands.execute(RunAgent(agent, query), user=str(interaction.user.id))
+            )
+            deferred = False
+            try:
+                done, _ = await asyncio.wait({call}, timeout=max(self.defer_after, 0))
+                if not done:
+                    await interaction.response.defer(thinking=True)
+                    deferred = True
+                    span.set_attribute(names.SEL_DISCORD_DEFERRED, True)
+                reply = await call
+            finally:
+                call.cancel()  # only when the interaction failed before the call ended
+            _set_outcome(span, reply)
+            content = fit(reply.text, CONTENT_LIMIT)
+            if deferred:
+                await interaction.followup.send(content, allowed_mentions=NO_MENTIONS)
+            else:
+                await interaction.response.send_message(content, allowed_mentions=NO_MENTIONS)
+
+    async def show_stats(self, interaction: discord.Interaction[Any], agent: str | None) -> None:
+        """`/sel_agent_stats [agent]`: an embed, open to everyone."""
+        with self._command_span(
+            "/sel_agent_stats", names.DISCORD_TRIGGER_SLASH, interaction
+        ) as span:
+            rows = read_stats(self.commands.stats_reader, agent or None)
+            embed = stats_embed(rows, self._clock() - self.started, agent or None)
+            span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_OK)
+            await interaction.response.send_message(embed=embed, allowed_mentions=NO_MENTIONS)
+
+    async def list_agents(self, interaction: discord.Interaction[Any]) -> None:
+        """`/sel_agents`: the shared agent list in an embed, open to everyone."""
+        with self._command_span("/sel_agents", names.DISCORD_TRIGGER_SLASH, interaction) as span:
+            reply = await self.commands.execute(ListAgents())
+            embed = agents_embed(reply.text, len(self.commands.runtime.registry.agents))
+            span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_OK)
+            await interaction.response.send_message(embed=embed, allowed_mentions=NO_MENTIONS)
+
+    async def reload_agents(self, interaction: discord.Interaction[Any]) -> None:
+        """`/sel_agent_reload`: owners only; the report is shown to the owner alone."""
+        with self._command_span(
+            "/sel_agent_reload", names.DISCORD_TRIGGER_SLASH, interaction
+        ) as span:
+            if not self.access.is_owner(interaction.user):
+                span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_FORBIDDEN)
+                await interaction.response.send_message(
+                    "🔒 Only the bot's owners may reload the agents.",
+                    ephemeral=True,
+                    allowed_mentions=NO_MENTIONS,
+                )
+                return
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            span.set_attribute(names.SEL_DISCORD_DEFERRED, True)
+            reply = await self.commands.execute(ReloadAgents())
+            _set_outcome(span, reply)
+            await interaction.followup.send(
+                fit(reply.text, CONTENT_LIMIT), ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+
+    async def on_message(self, message: discord.Message) -> None:
+        """`agent:NAME INPUT` in a channel the bot reads (message content intent)."""
+        if not self.settings.message_prefix or message.author.bot:
+            return
+        if message.content.startswith(PREFIX):
+            await self.handle_prefix(message)
+
+    async def handle_prefix(self, message: discord.Message) -> None:
+        """Answer one `agent:NAME INPUT` message with a reply, by the rules of /sel_agent."""
+        with self._command_span(PREFIX, names.DISCORD_TRIGGER_PREFIX, message) as span:
+            request = parse_request(message.content)
+            if not isinstance(request, RunAgent):
+                reply = await self.commands.execute(request)
+                _set_outcome(span, reply)
+                await message.reply(fit(reply.text), allowed_mentions=NO_MENTIONS)
+                return
+            refusal = self._refusal(request.agent, message.author, span)
+            if refusal is not None:
+                await message.reply(refusal, allowed_mentions=NO_MENTIONS)
+                return
+            async with message.channel.typing():
+                reply = await self.commands.execute(request, user=str(message.author.id))
+            _set_outcome(span, reply)
+            await message.reply(fit(reply.text), allowed_mentions=NO_MENTIONS)
+
+    # -- policy -----------------------------------------------------------------------------
+
+    def _refusal(self, agent_name: str, user: discord.abc.User, span: trace.Span) -> str | None:
+        """Why `user` may not run `agent_name` now, or None; an unknown agent is the runtime's."""
+        try:
+            agent: Agent | None = self.commands.runtime.registry.get(agent_name)
+        except AgentNotFound:
+            agent = None
+        if agent is not None and not self.access.may_run(agent, user):
+            span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_FORBIDDEN)
+            return (
+                f"🔒 `{agent_name}` is a privileged agent: only allowed users and roles "
+                "may run it. Ask the bot's owner for access."
+            )
+        if self.access.is_owner(user):
+            return None
+        wait = self.cooldown.retry_after(user.id)
+        if wait > 0:
+            span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_COOLDOWN)
+            return f"⏳ Slow down: try again in {math.ceil(wait)}s."
+        return None
+
+    @contextlib.contextmanager
+    def _command_span(self, command: str, trigger: str, source: Any) -> Iterator[trace.Span]:
+        """A root span for one command, with where it came from and who sent it."""
+        user = getattr(source, "user", None) or source.author
+        attributes: dict[str, str] = {
+            names.SEL_FRONTEND: FRONTEND,
+            names.SEL_REQUEST: _REQUESTS[command],
+            names.SEL_DISCORD_COMMAND: command,
+            names.SEL_DISCORD_TRIGGER: trigger,
+            names.SEL_USER_ID: str(user.id),
+        }
+        if source.guild is not None:
+            attributes[names.SEL_DISCORD_GUILD_ID] = str(source.guild.id)
+        if source.channel is not None:
+            attributes[names.SEL_DISCORD_CHANNEL_ID] = str(source.channel.id)
+        with self._tracer.start_as_current_span(
+            f"{names.DISCORD_COMMAND} {command}",
+            context=otel_context.Context(),  # a root span, whatever is current
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield span
+            except Exception as exc:
+                span.set_status(Status(StatusCode.ERROR, str(exc) or type(exc).__qualname__))
+                span.record_exception(exc)
+                span.set_attribute(names.ERROR_TYPE, type(exc).__qualname__)
+                raise
+
+
+def _set_outcome(span: trace.Span, reply: Reply) -> None:
+    outcome = names.DISCORD_OUTCOME_OK if reply.ok else names.DISCORD_OUTCOME_ERROR
+    span.set_attribute(names.SEL_DISCORD_OUTCOME, outcome)
+
+
+def _add_commands(tree: app_commands.CommandTree[SelBot], bot: SelBot) -> None:
+    """Register the slash commands; each callback hands over to a `SelBot` method."""
+
+    async def agent_names(
+        interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        return bot.agent_choices(current)
+
+    @tree.command(name="sel_agent", description="Run a SEL agent")
+    @app_commands.describe(agent="agent name", input="what the agent is asked")
+    @app_commands.autocomplete(agent=agent_names)
+    async def sel_agent(interaction: discord.Interaction[Any], agent: str, input: str = "") -> None:
+        await bot.run_agent(interaction, agent, input)
+
+    @tree.command(name="sel_agent_stats", description="Calls, cache hits, times and errors")
+    @app_commands.describe(agent="only this agent")
+    @app_commands.autocomplete(agent=agent_names)
+    async def sel_agent_stats(
+        interaction: discord.Interaction[Any], agent: str | None = None
+    ) -> None:
+        await bot.show_stats(interaction, agent)
+
+    @tree.command(name="sel_agents", description="Agent names and descriptions")
+    async def sel_agents(interaction: discord.Interaction[Any]) -> None:
+        await bot.list_agents(interaction)
+
+    @tree.command(name="sel_agent_reload", description="Re-read the agents directory (owners)")
+    async def sel_agent_reload(interaction: discord.Interaction[Any]) -> None:
+        await bot.reload_agents(interaction)
+
+    @tree.error
+    async def on_error(
+        interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+    ) -> None:
+        logger.error(
+            "command %s failed",
+            interaction.command.name if interaction.command else "?",
+            exc_info=error,
+        )
+        text = "❌ Something went wrong answering this command; it has been logged."
+        with contextlib.suppress(discord.HTTPException):
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+
+
+async def serve(bot: discord.Client, token: str, stop: asyncio.Event | None = None) -> None:
+    """Run `bot` until `stop` is set, SIGINT or SIGTERM arrives, or the connection fails.
+
+    The client is closed on the way out. A rejected token or a missing privileged intent
+    becomes a `ConfigError` saying what to fix.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)
+            handled.append(signum)
+    try:
+        async with bot:
+            runner = asyncio.create_task(bot.start(token))
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopper.cancel()
+                await bot.close()
+                try:
+                    await asyncio.wait_for(runner, timeout=5)
+                except TimeoutError:
+                    logger.warning("the Discord connection did not stop within 5s")
+    except discord.LoginFailure as exc:
+        raise ConfigError(f"DISCORD_TOKEN was rejected by Discord: {exc}") from exc
+    except discord.PrivilegedIntentsRequired as exc:
+        raise ConfigError(
+            "The message content intent is not enabled for this application: enable it in the "
+            "Developer Portal (Bot, Privileged Gateway Intents) or set "
+            "SEL_DISCORD_MESSAGE_PREFIX=off"
+        ) from exc
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
+async def run_bot(settings: Settings, bot_settings: BotSettings, telemetry: Telemetry) -> None:
+    """Run the SEL bot until stopped; the agents, cache and runtime close when it stops.
+
+    Telemetry stays the caller's to shut down.
+    """
+    async with SelApp(settings, telemetry) as app:
+        bot = SelBot(app.commands, bot_settings, tracer_provider=telemetry.tracer_provider)
+        await serve(bot, bot_settings.token)
