@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("console", help="answer requests read line by line from standard input")
     run = commands.add_parser("run", help="run one agent call and exit (non-zero on error)")
     run.add_argument("agent", help="agent name")
-    run.add_argument("input", nargs="*", help="agent input")
+    run.add_argument("input", nargs=argparse.REMAINDER, help="agent input")
     commands.add_parser("bot", help="run the Discord bot (DISCORD_TOKEN, SEL_DISCORD_* settings)")
     commands.add_parser("host-exec", help="serve the host-exec API (HOST_EXEC_* settings)")
     return parser

@@ -70,3 +70,12 @@ def test_calls_succeed_when_the_otlp_endpoint_is_down() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["2+2 = 4"] * 20
+    # Reported once, not per retry or per batch; nothing else is printed.
+    assert done.stderr.count("traces export failing") == 1
+    assert [line for line in done.stderr.splitlines() if "export failing" not in line] == []
+
+
+def test_run_passes_options_through_to_the_agent_input() -> None:
+    done = sel_otel("run", "host_exec", "uname", "-a")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("✅ `uname -a` (exit code: 0)")

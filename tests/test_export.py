@@ -1,0 +1,237 @@
+"""Telemetry leaves the process over OTLP, and exporter faults never hurt agent calls."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from sel_otel import (
+    AgentRegistry,
+    AgentRuntime,
+    ConfigError,
+    LRUMemoryCache,
+    ResultCache,
+    Telemetry,
+)
+
+from .otlp_receiver import OtlpReceiver
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """A clean OTEL_* environment with fast batching, for providers built from it."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "200")
+    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    yield monkeypatch
+
+
+def make_runtime(agents: Path, telemetry: Telemetry) -> AgentRuntime:
+    (agents / "echo.py").write_text("DESCRIPTION = 'echo'\ndef run(q):\n    return q\n")
+    registry = AgentRegistry(agents)
+    registry.reload()
+    return AgentRuntime(
+        registry,
+        ResultCache(LRUMemoryCache(10)),
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+    )
+
+
+def sdk_counter(telemetry: Telemetry, name: str, error_type: str) -> int:
+    data = telemetry.stats_reader.get_metrics_data()
+    return sum(
+        int(point.value)
+        for rm in (data.resource_metrics if data else ())
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+        if (point.attributes or {}).get("error.type") == error_type
+    )
+
+
+def test_no_exporter_by_default(otel_env: pytest.MonkeyPatch) -> None:
+    telemetry = Telemetry.from_env()
+    assert telemetry.exporters == ()
+    telemetry.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("OTEL_TRACES_EXPORTER", "zipkin", r"unsupported \['zipkin'\]"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "not supported"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "99999", "invalid OpenTelemetry setting"),
+    ],
+)
+def test_bad_settings_are_configuration_errors(
+    otel_env: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    otel_env.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    otel_env.setenv(variable, value)
+    with pytest.raises(ConfigError, match=message):
+        Telemetry.from_env()
+
+
+async def test_spans_and_metrics_reach_an_otlp_http_receiver_with_the_resource(
+    otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    otel_env.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+    telemetry = Telemetry.from_env()
+    runtime = make_runtime(tmp_path, telemetry)
+    for _ in range(3):
+        await runtime.run("echo", "hello")
+    await runtime.aclose()
+    telemetry.shutdown()
+    spans = otlp_receiver.wait_for_spans(lambda s: s.name == "invoke_agent echo", count=3)
+    assert [s.attributes["sel.cache.hit"] for s in spans] == [False, True, True]
+    resource = spans[0].resource
+    assert resource["service.name"] == "sel-bot"
+    assert resource["deployment.environment"] == "test"
+    assert resource["service.version"] and len(resource["service.instance.id"]) == 36
+    [metric] = otlp_receiver.wait_for_metrics(
+        lambda m: m.name == "gen_ai.client.operation.duration"
+    )
+    assert sum(p.count or 0 for p in metric.points) == 3
+    assert metric.unit == "s"
+
+
+class GrpcTraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """A real OTLP/gRPC trace receiver on loopback, keeping the span names it was sent."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.names += [
+            span.name
+            for resource_spans in request.resource_spans
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
+        ]
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def test_spans_reach_an_otlp_grpc_receiver(
+    otel_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    receiver = GrpcTraceReceiver()
+    try:
+        otel_env.setenv("OTEL_TRACES_EXPORTER", "otlp")
+        otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+        otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.port}")
+        telemetry = Telemetry.from_env()
+        runtime = make_runtime(tmp_path, telemetry)
+        await runtime.run("echo", "over grpc")
+        await runtime.aclose()
+        telemetry.shutdown()
+        assert receiver.names == ["invoke_agent echo"]
+    finally:
+        receiver.server.stop(grace=None)
+
+
+@pytest.mark.parametrize("fault", ["absent", "hanging", "503"])
+async def test_calls_succeed_whatever_the_collector_does_and_exit_stays_prompt(
+    otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, tmp_path: Path, fault: str
+) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    otel_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    otel_env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "64")
+    otel_env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "16")
+    {"absent": otlp_receiver.stop, "hanging": lambda: otlp_receiver.hang(10),
+     "503": otlp_receiver.fail}[fault]()  # fmt: skip
+    telemetry = Telemetry.from_env()
+    runtime = make_runtime(tmp_path, telemetry)
+    results = [await runtime.run("echo", str(i % 50)) for i in range(500)]
+    assert all(r.ok for r in results)
+    # The queue is bounded: what does not fit is dropped, and counted.
+    assert sdk_counter(telemetry, "otel.sdk.processor.span.processed", "queue_full") > 0
+    await runtime.aclose()
+    started = time.monotonic()
+    telemetry.shutdown(timeout=1.0)
+    assert time.monotonic() - started < 4.0
+    assert not any(s.name == "invoke_agent echo" for s in otlp_receiver.spans)
+
+
+async def test_export_resumes_when_the_collector_comes_back(
+    otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+    otlp_receiver.stop()
+    telemetry = Telemetry.from_env()
+    runtime = make_runtime(tmp_path, telemetry)
+    assert all([(await runtime.run("echo", "while down")).ok for _ in range(20)])
+    otlp_receiver.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert (await runtime.run("echo", "after return")).ok
+        try:
+            await otlp_receiver.wait_for_spans_async(
+                lambda s: s.attributes.get("sel.agent.input") == "after return", timeout=0.5
+            )
+            break
+        except TimeoutError:
+            continue
+    else:
+        pytest.fail("no span arrived after the collector came back")
+    await runtime.aclose()
+    telemetry.shutdown()
+
+
+def test_one_trace_follows_a_request_across_the_host_exec_process(
+    otlp_receiver: OtlpReceiver,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SEL_", "HOST_"))}
+    env |= {
+        "SEL_AGENTS_DIR": str(ROOT / "agents"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url,
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "sel_otel._cli", "run", "host_exec", "uname", "-a"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    exec_span, *_ = otlp_receiver.wait_for_spans(lambda s: s.name == "exec uname", timeout=10)
+    trace = {s.span_id: s for s in otlp_receiver.spans if s.trace_id == exec_span.trace_id}
+    chain, span = [], exec_span
+    while span is not None:
+        chain.append(span)
+        span = trace.get(span.parent_span_id)
+    assert [(s.name, s.resource["service.name"]) for s in reversed(chain)] == [
+        ("cli agent", "sel-bot"),
+        ("invoke_agent host_exec", "sel-bot"),
+        ("POST", "sel-bot"),
+        ("POST /exec", "sel-host-exec"),
+        ("exec uname", "sel-host-exec"),
+    ]
+    assert chain[-1].parent_span_id == ""
