@@ -1,0 +1,123 @@
+"""Bot settings from the environment, `sel-otel bot` without a token, and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import discord
+import pytest
+
+from sel_otel import ConfigError
+from sel_otel._bot import serve
+from sel_otel._bot_settings import BotSettings
+from tests.test_cli import sel_otel
+
+
+def test_settings_are_read_from_the_environment() -> None:
+    settings = BotSettings.from_env(
+        {
+            "DISCORD_TOKEN": " abc.def ",
+            "SEL_DISCORD_GUILD_ID": "123456789012345678",
+            "SEL_DISCORD_OWNER_IDS": "1, 2",
+            "SEL_DISCORD_ALLOWED_USER_IDS": "3 4,5",
+            "SEL_DISCORD_ALLOWED_ROLE_IDS": "6",
+            "SEL_DISCORD_COOLDOWN": "2.5",
+            "SEL_DISCORD_MESSAGE_PREFIX": "on",
+        }
+    )
+    assert settings == BotSettings(
+        token="abc.def",
+        guild_id=123456789012345678,
+        owner_ids=frozenset({1, 2}),
+        allowed_user_ids=frozenset({3, 4, 5}),
+        allowed_role_ids=frozenset({6}),
+        cooldown=2.5,
+        message_prefix=True,
+    )
+    assert "abc.def" not in repr(settings)
+
+
+def test_defaults_sync_globally_and_leave_the_prefix_off() -> None:
+    settings = BotSettings.from_env({"DISCORD_TOKEN": "t"})
+    assert settings.guild_id is None
+    assert settings.owner_ids == settings.allowed_user_ids == settings.allowed_role_ids == set()
+    assert (settings.cooldown, settings.message_prefix) == (3.0, False)
+
+
+def test_a_missing_token_names_the_variable_and_the_console() -> None:
+    with pytest.raises(ConfigError, match=r"DISCORD_TOKEN is not set.*sel-otel console"):
+        BotSettings.from_env({"DISCORD_TOKEN": "  "})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SEL_DISCORD_GUILD_ID", "my-server"),
+        ("SEL_DISCORD_GUILD_ID", "1,2"),
+        ("SEL_DISCORD_OWNER_IDS", "1,@me"),
+        ("SEL_DISCORD_ALLOWED_ROLE_IDS", "-5"),
+        ("SEL_DISCORD_COOLDOWN", "-1"),
+        ("SEL_DISCORD_COOLDOWN", "nan"),
+        ("SEL_DISCORD_MESSAGE_PREFIX", "maybe"),
+    ],
+)
+def test_invalid_values_are_configuration_errors_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        BotSettings.from_env({"DISCORD_TOKEN": "t", name: value})
+
+
+def test_sel_otel_bot_without_a_token_exits_2_pointing_to_the_console() -> None:
+    done = sel_otel("bot", DISCORD_TOKEN="")
+    assert done.returncode == 2
+    assert "DISCORD_TOKEN is not set" in done.stderr
+    assert "sel-otel console" in done.stderr
+    assert done.stdout == ""
+
+
+class FakeClient:
+    """Stands in for `discord.Client` in `serve`: start runs until close."""
+
+    def __init__(self, fail_with: BaseException | None = None) -> None:
+        self.fail_with = fail_with
+        self.closed = asyncio.Event()
+        self.tokens: list[str] = []
+
+    async def __aenter__(self) -> FakeClient:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def start(self, token: str) -> None:
+        self.tokens.append(token)
+        if self.fail_with is not None:
+            raise self.fail_with
+        await self.closed.wait()
+
+    async def close(self) -> None:
+        self.closed.set()
+
+
+async def test_serve_closes_the_client_when_asked_to_stop() -> None:
+    client = FakeClient()
+    stop = asyncio.Event()
+    serving = asyncio.create_task(serve(client, "tok", stop))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    assert client.tokens == ["tok"] and not serving.done()
+    stop.set()
+    await asyncio.wait_for(serving, timeout=2)
+    assert client.closed.is_set()
+
+
+async def test_a_rejected_token_becomes_a_configuration_error() -> None:
+    client = FakeClient(fail_with=discord.LoginFailure("Improper token has been passed."))
+    with pytest.raises(ConfigError, match="DISCORD_TOKEN was rejected"):
+        await serve(client, "bad")  # type: ignore[arg-type]
+    assert client.closed.is_set()
+
+
+async def test_a_missing_message_content_intent_says_what_to_change() -> None:
+    client = FakeClient(fail_with=discord.PrivilegedIntentsRequired(None))
+    with pytest.raises(ConfigError, match="SEL_DISCORD_MESSAGE_PREFIX=off"):
+        await serve(client, "tok")  # type: ignore[arg-type]
