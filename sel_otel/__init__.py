@@ -1,7 +1,10 @@
 """sel_otel: an observability-first agent runtime for the SEL Discord bot."""
 
+from typing import TYPE_CHECKING
+
 from ._agent import Agent
 from ._app import SelApp
+from ._bot_settings import BotSettings
 from ._cache import MISS, CacheOutcome, Lookup, LRUMemoryCache, ResultCache, cache_from_settings
 from ._commands import CommandHandler, Reply, format_result, parse_request
 from ._exceptions import (
@@ -21,6 +24,9 @@ from ._settings import Settings
 from ._stats import AgentStats, format_stats, read_stats
 from ._telemetry import Telemetry, stats_reader
 
+if TYPE_CHECKING:
+    from ._bot import SelBot, run_bot
+
 __all__ = [
     "MISS",
     "Agent",
@@ -35,6 +41,7 @@ __all__ = [
     "AgentRuntime",
     "AgentStats",
     "AgentTimeout",
+    "BotSettings",
     "CacheOutcome",
     "CommandHandler",
     "ConfigError",
@@ -44,6 +51,7 @@ __all__ = [
     "Reply",
     "ResultCache",
     "SelApp",
+    "SelBot",
     "SelOtelError",
     "Settings",
     "Telemetry",
@@ -52,5 +60,15 @@ __all__ = [
     "format_stats",
     "parse_request",
     "read_stats",
+    "run_bot",
     "stats_reader",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The Discord frontend imports discord.py, which only the bot needs: load it on first use.
+    if name in {"SelBot", "run_bot"}:
+        from . import _bot
+
+        return getattr(_bot, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -121,3 +121,15 @@ async def test_a_missing_message_content_intent_says_what_to_change() -> None:
     client = FakeClient(fail_with=discord.PrivilegedIntentsRequired(None))
     with pytest.raises(ConfigError, match="SEL_DISCORD_MESSAGE_PREFIX=off"):
         await serve(client, "tok")  # type: ignore[arg-type]
+
+
+def test_importing_sel_otel_leaves_discord_unloaded_until_the_bot_is_used() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sel_otel; assert 'discord' not in sys.modules; "
+        "assert sel_otel.SelBot.__module__ == 'sel_otel._bot'; assert 'discord' in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
