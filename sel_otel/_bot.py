@@ -152,7 +152,7 @@ class SelBot(discord.Client):
         return frozenset({info.owner.id})
 
     async def on_ready(self) -> None:
-        logger.warning("connected to Discord as %s", self.user)
+        logger.info("connected to Discord as %s", self.user)
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -297,10 +297,13 @@ class SelBot(discord.Client):
             names.SEL_DISCORD_TRIGGER: trigger,
             names.SEL_USER_ID: str(user.id),
         }
-        if source.guild is not None:
-            attributes[names.SEL_DISCORD_GUILD_ID] = str(source.guild.id)
-        if source.channel is not None:
-            attributes[names.SEL_DISCORD_CHANNEL_ID] = str(source.channel.id)
+        # An interaction knows its ids even where the guild is not cached (user installs).
+        guild_id = getattr(source, "guild_id", None) or getattr(source.guild, "id", None)
+        channel_id = getattr(source, "channel_id", None) or getattr(source.channel, "id", None)
+        if guild_id is not None:
+            attributes[names.SEL_DISCORD_GUILD_ID] = str(guild_id)
+        if channel_id is not None:
+            attributes[names.SEL_DISCORD_CHANNEL_ID] = str(channel_id)
         with self._tracer.start_as_current_span(
             f"{names.DISCORD_COMMAND} {command}",
             context=otel_context.Context(),  # a root span, whatever is current
