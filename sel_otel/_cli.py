@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any
 
 from opentelemetry import metrics, trace
 
@@ -53,6 +55,29 @@ async def _embedded_host_exec(settings: Settings) -> AsyncIterator[None]:
             yield
         finally:
             del os.environ["HOST_EXEC_URL"], os.environ["HOST_EXEC_TOKEN"]
+
+
+async def _until_signalled(main: Coroutine[Any, Any, int]) -> int:
+    """Run `main`; SIGTERM or SIGINT cancels it, so every resource closes in order.
+
+    Returns what `main` returns, or 128 + the signal number when a signal ended it.
+    """
+    task = asyncio.ensure_future(main)
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        return 128 + received[0]
 
 
 async def _console(settings: Settings, telemetry: Telemetry) -> int:
@@ -108,10 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics.set_meter_provider(telemetry.meter_provider)
     try:
         if args.command == "console":
-            return asyncio.run(_console(settings, telemetry))
+            return asyncio.run(_until_signalled(_console(settings, telemetry)))
         if bot_settings is not None:
             return asyncio.run(_bot(settings, bot_settings, telemetry))
-        return asyncio.run(_run_once(settings, telemetry, args.agent, " ".join(args.input)))
+        query = " ".join(args.input)
+        return asyncio.run(_until_signalled(_run_once(settings, telemetry, args.agent, query)))
     except KeyboardInterrupt:
         return 130
     finally:

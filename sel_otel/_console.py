@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
+from collections.abc import AsyncIterator
 from typing import TextIO
 
 from ._commands import CommandHandler
+
+
+async def _lines(stdin: TextIO) -> AsyncIterator[str]:
+    """Lines of `stdin`, read by a daemon thread so that a pending read never blocks exit."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
+
+    def read() -> None:
+        while True:
+            line = stdin.readline()
+            asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
+            if not line:
+                return
+
+    threading.Thread(target=read, name="sel-console-stdin", daemon=True).start()
+    while line := await queue.get():
+        yield line
 
 
 async def run_console(
@@ -14,18 +33,18 @@ async def run_console(
 ) -> int:
     """Answer each line of `stdin` until end of input; return how many requests failed."""
     interactive = stdin.isatty()
-    loop = asyncio.get_running_loop()
     failures = 0
-    while True:
+
+    def prompt() -> None:
         if interactive:
             stdout.write("sel> ")
             stdout.flush()
-        line = await loop.run_in_executor(None, stdin.readline)
-        if not line:
-            return failures
-        if not line.strip():
-            continue
-        reply = await commands.handle(line, user="console", frontend="console")
-        failures += not reply.ok
-        stdout.write(reply.text + "\n")
-        stdout.flush()
+
+    prompt()
+    async for line in _lines(stdin):
+        if line.strip():
+            reply = await commands.handle(line, user="console", frontend="console")
+            failures += not reply.ok
+            stdout.write(reply.text + "\n")
+        prompt()
+    return failures

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -235,3 +236,37 @@ def test_one_trace_follows_a_request_across_the_host_exec_process(
         ("exec uname", "sel-host-exec"),
     ]
     assert chain[-1].parent_span_id == ""
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_ends_the_console_promptly_and_flushes_its_spans(
+    otlp_receiver: OtlpReceiver, signum: int, status: int
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SEL_", "HOST_"))}
+    env |= {
+        "SEL_AGENTS_DIR": str(ROOT / "agents"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing leaves before shutdown
+        "OTEL_METRIC_EXPORT_INTERVAL": "60000",
+    }
+    console = subprocess.Popen(
+        [sys.executable, "-m", "sel_otel._cli", "console"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert console.stdin is not None and console.stdout is not None
+        console.stdin.write("agent:calc 20+22\n")
+        console.stdin.flush()
+        assert console.stdout.readline() == "20+22 = 42\n"
+        console.send_signal(signum)  # standard input stays open: the read is pending
+        assert console.wait(timeout=15) == status
+    finally:
+        console.kill()
+        console.communicate()
+    spans = otlp_receiver.wait_for_spans(lambda s: s.name == "invoke_agent calc")
+    assert spans[0].attributes["sel.agent.input"] == "20+22"
+    otlp_receiver.wait_for_metrics(lambda m: m.name == "gen_ai.client.operation.duration")
