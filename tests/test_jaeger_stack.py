@@ -105,7 +105,8 @@ def test_the_cli_call_exports_the_span_the_stack_test_searches_for(
     assert span.attributes["sel.cache.hit"] is False
     assert span.resource["service.name"] == SERVICE_NAME
     assert span.resource["deployment.environment"] == environment
-    assert span.parent_span_id == ""
+    (request,) = otlp_receiver.wait_for_spans(lambda s: s.name == "cli agent")
+    assert (span.parent_span_id, request.parent_span_id) == (request.span_id, "")
     otlp_receiver.wait_for_metrics(lambda m: m.name == "gen_ai.client.operation.duration")
 
 
