@@ -5,7 +5,16 @@ from typing import TYPE_CHECKING
 from ._agent import Agent
 from ._app import SelApp
 from ._bot_settings import BotSettings
-from ._cache import MISS, CacheOutcome, Lookup, LRUMemoryCache, ResultCache, cache_from_settings
+from ._cache import (
+    MISS,
+    CacheOutcome,
+    Claim,
+    Lookup,
+    LRUMemoryCache,
+    ResultCache,
+    SharedBackend,
+    cache_from_settings,
+)
 from ._commands import CommandHandler, Reply, format_result, parse_request
 from ._exceptions import (
     AgentError,
@@ -18,6 +27,7 @@ from ._exceptions import (
     ConfigError,
     SelOtelError,
 )
+from ._redis_cache import OutputSerializer, RedisResultBackend
 from ._registry import AgentRegistry, ReloadReport
 from ._runtime import AgentResult, AgentRuntime
 from ._settings import Settings
@@ -43,10 +53,13 @@ __all__ = [
     "AgentTimeout",
     "BotSettings",
     "CacheOutcome",
+    "Claim",
     "CommandHandler",
     "ConfigError",
     "LRUMemoryCache",
     "Lookup",
+    "OutputSerializer",
+    "RedisResultBackend",
     "ReloadReport",
     "Reply",
     "ResultCache",
@@ -54,6 +67,7 @@ __all__ = [
     "SelBot",
     "SelOtelError",
     "Settings",
+    "SharedBackend",
     "Telemetry",
     "cache_from_settings",
     "format_result",

@@ -26,7 +26,9 @@ class SelApp:
         self.settings = settings
         self.telemetry = telemetry
         self.registry = AgentRegistry(settings.agents_dir)
-        self.cache = cache_from_settings(settings, telemetry.meter_provider)
+        self.cache = cache_from_settings(
+            settings, telemetry.meter_provider, telemetry.tracer_provider
+        )
         self.runtime = AgentRuntime(
             self.registry,
             self.cache,

@@ -2,23 +2,41 @@
 
 `ResultCache` owns the policy: keys (blake2b of agent, user and input), TTL, single-flight,
 invalidation, and treating every backend failure as a miss. The backends own storage:
-`LRUMemoryCache` bounds aiocache's memory backend to a number of entries.
+`LRUMemoryCache` bounds aiocache's memory backend to a number of entries; `RedisResultBackend`
+(`_redis_cache.py`) shares entries between processes.
+
+With a shared backend (one that implements `SharedBackend`), `ResultCache` also:
+
+- runs one execution per key across every process: the in-process single-flight sends one
+  `claim` per key, which returns the stored value or takes the key's lock (SET NX PX with a
+  random token, a lease renewed every third of the lease while the agent runs, released by
+  token); callers that find the lock held poll `claim` until the value appears or the lock
+  goes (a holder that died frees the key when its lease runs out), at most `lock_wait`;
+- opens a circuit breaker on a backend failure: for `retry_after` seconds calls skip the
+  backend (a miss, `circuit_open`), then one call probes it and closes the breaker on success;
+- records a short child span per backend operation (`cache get`, `cache lock`, `cache set`,
+  `cache invalidate`). The in-memory path records none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import logging
+import re
+import secrets
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 from aiocache import SimpleMemoryCache
 from aiocache.base import BaseCache
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import _semconv as names
 from ._exceptions import ConfigError
@@ -34,6 +52,14 @@ class _Miss(enum.Enum):
 
 #: Returned by lookups that found nothing, so that no stored value is ever confused with a miss.
 MISS: Final = _Miss.MISS
+
+#: Appended to a key to name its single-flight lock in a shared backend.
+LOCK_SUFFIX: Final = ":lock"
+
+#: Longest pause between two looks at a lock held by another process.
+LOCK_POLL_MAX: Final = 0.02
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
@@ -131,6 +157,57 @@ class CacheOutcome:
     cache_error: str | None = None
 
 
+class Claim(enum.Enum):
+    """What `SharedBackend.claim` found when the key held no value."""
+
+    ACQUIRED = "acquired"  # the lock is ours: run the agent, store, release
+    HELD = "held"  # another process holds the lock
+
+
+@runtime_checkable
+class SharedBackend(Protocol):
+    """What a backend shared by several processes adds for distributed single-flight."""
+
+    #: Attributes of its spans (`db.system.name`, `server.address`, ...).
+    db_attributes: Mapping[str, str | int]
+
+    async def claim(self, key: str, lock_key: str, token: str, lease: float) -> str | Claim:
+        """The stored output of `key`, else take `lock_key` for `lease` seconds if free."""
+        ...
+
+    async def extend_lock(self, lock_key: str, token: str, lease: float) -> bool:
+        """Renew the lock's lease if `token` still holds it."""
+        ...
+
+    async def release_lock(self, lock_key: str, token: str) -> bool:
+        """Delete the lock if `token` still holds it."""
+        ...
+
+
+class _Breaker:
+    """Skip a failing backend for `retry_after` seconds, then let one call probe it."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        self._open_until = 0.0
+
+    def allow(self) -> bool:
+        if not self._open_until:
+            return True
+        now = time.monotonic()
+        if now < self._open_until:
+            return False
+        self._open_until = now + self.retry_after  # this caller probes; the others still skip
+        return True
+
+    def failure(self) -> None:
+        if self.retry_after > 0:
+            self._open_until = time.monotonic() + self.retry_after
+
+    def success(self) -> None:
+        self._open_until = 0.0
+
+
 class _LeaderCancelled(Exception):
     """The call executing for a key was cancelled; its followers must retry."""
 
@@ -139,7 +216,10 @@ class ResultCache:
     """Best-effort cache of agent outputs with single-flight and per-agent invalidation.
 
     A backend failure is logged once (until the backend recovers), reported to `on_error`
-    and handled as a miss: the cache never fails a call.
+    and handled as a miss: the cache never fails a call. A shared backend (`SharedBackend`)
+    adds a distributed lock per key (`lock_lease`, renewed while the agent runs; callers wait
+    for a held lock at most `lock_wait`), a circuit breaker (`retry_after`; 0 disables it) and
+    a child span per backend operation.
     """
 
     def __init__(
@@ -148,12 +228,22 @@ class ResultCache:
         *,
         namespace: str = "sel",
         on_error: Callable[[str], None] | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        lock_lease: float = 5.0,
+        lock_wait: float = 35.0,
+        retry_after: float = 0.0,
     ) -> None:
         self.backend = backend
         self.namespace = namespace
+        self.lock_lease = lock_lease
+        self.lock_wait = lock_wait
         self._on_error = on_error
         self._flights: dict[str, asyncio.Future[str]] = {}
         self._failing = False
+        self._breaker = _Breaker(retry_after)
+        self._shared = backend if isinstance(backend, SharedBackend) else None
+        self._tracer = trace.get_tracer(names.SCOPE_NAME, package_version(), tracer_provider)
+        self._db_attributes = dict(self._shared.db_attributes) if self._shared else {}
 
     def key(self, agent: str, query: str, user: str | None = None) -> str:
         """The cache key: the agent's prefix and blake2b of (agent, user, stripped input)."""
@@ -176,6 +266,8 @@ class ResultCache:
         """
         if ttl <= 0:
             return CacheOutcome(await compute(), Lookup.BYPASS)
+        if self._shared is not None:
+            return await self._get_or_run_shared(self._shared, key, ttl, compute)
         error = None
         while True:
             try:
@@ -216,7 +308,10 @@ class ResultCache:
                 flight.exception()  # mark retrieved: a flight nobody joined must not warn
 
     async def invalidate(self, agent: str) -> None:
-        """Drop every cached result of `agent`."""
+        """Drop every cached result of `agent` (in a shared backend: for every process)."""
+        if self._shared is not None:
+            await self._invalidate_shared(agent)
+            return
         try:
             await self.backend.clear(namespace=self.agent_prefix(agent))
         except Exception as exc:
@@ -231,8 +326,179 @@ class ResultCache:
         except Exception:
             logger.exception("closing the cache backend failed")
 
+    # -- shared backend ---------------------------------------------------------------------
+
+    async def _get_or_run_shared(
+        self, shared: SharedBackend, key: str, ttl: float, compute: Callable[[], Awaitable[str]]
+    ) -> CacheOutcome:
+        while True:
+            value, error = await self._shared_get(key)
+            if isinstance(value, str):
+                return CacheOutcome(value, Lookup.HIT, error)
+            flight = self._flights.get(key)
+            if flight is None:
+                break
+            try:
+                return CacheOutcome(await asyncio.shield(flight), Lookup.COALESCED, error)
+            except _LeaderCancelled:
+                continue
+        flight = asyncio.get_running_loop().create_future()
+        self._flights[key] = flight
+        try:
+            outcome = await self._lead_shared(shared, key, ttl, compute, error)
+            flight.set_result(outcome.output)
+            return outcome
+        except asyncio.CancelledError:
+            flight.set_exception(_LeaderCancelled())
+            raise
+        except BaseException as exc:
+            flight.set_exception(exc)
+            raise
+        finally:
+            del self._flights[key]
+            if flight.done() and not flight.cancelled():
+                flight.exception()
+
+    async def _lead_shared(
+        self,
+        shared: SharedBackend,
+        key: str,
+        ttl: float,
+        compute: Callable[[], Awaitable[str]],
+        error: str | None,
+    ) -> CacheOutcome:
+        """This process's one execution for `key`, under the key's lock when it can be had."""
+        if error is not None:  # the backend is failing: no lock, no store
+            return CacheOutcome(await compute(), Lookup.MISS, error)
+        lock_key = key + LOCK_SUFFIX
+        token = secrets.token_hex(16)
+        claimed, waited, error = await self._claim(shared, key, lock_key, token)
+        if isinstance(claimed, str):
+            return CacheOutcome(claimed, Lookup.COALESCED if waited else Lookup.HIT, error)
+        if claimed is None:  # failed or skipped: run without the cache
+            return CacheOutcome(await compute(), Lookup.MISS, error)
+        if claimed is Claim.HELD:  # waited lock_wait for a live holder: run anyway
+            output = await compute()
+            return CacheOutcome(output, Lookup.MISS, await self._shared_set(key, output, ttl))
+        keeper = asyncio.create_task(self._keep_lock(shared, lock_key, token))
+        try:
+            output = await compute()
+            error = await self._shared_set(key, output, ttl)
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            await self._release(shared, lock_key, token)
+        return CacheOutcome(output, Lookup.MISS, error)
+
+    async def _shared_get(self, key: str) -> tuple[object, str | None]:
+        if not self._breaker.allow():
+            return MISS, self._skipped()
+        with self._span(names.CACHE_GET, "GET") as span:
+            try:
+                value = await self.backend.get(key, default=MISS)
+            except Exception as exc:
+                return MISS, _span_failed(span, self._failed("get", exc))
+            self._answered()
+            span.set_attribute(names.SEL_CACHE_HIT, isinstance(value, str))
+            return value, None
+
+    async def _claim(
+        self, shared: SharedBackend, key: str, lock_key: str, token: str
+    ) -> tuple[str | Claim | None, bool, str | None]:
+        """(value, lock taken or still held after `lock_wait`, or None on failure), waited?"""
+        start = time.monotonic()
+        delay = 0.002
+        waited = False
+        with self._span(names.CACHE_LOCK, "EVALSHA") as span:
+            while True:
+                if not self._breaker.allow():
+                    return None, waited, self._skipped()
+                try:
+                    claimed = await shared.claim(key, lock_key, token, self.lock_lease)
+                except Exception as exc:
+                    return None, waited, _span_failed(span, self._failed("lock", exc))
+                self._answered()
+                if claimed is not Claim.HELD or time.monotonic() - start >= self.lock_wait:
+                    break
+                waited = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, LOCK_POLL_MAX)
+            span.set_attribute(names.SEL_CACHE_LOCK_ACQUIRED, claimed is Claim.ACQUIRED)
+            span.set_attribute(names.SEL_CACHE_HIT, isinstance(claimed, str))
+            span.set_attribute(names.SEL_CACHE_LOCK_WAIT_MS, (time.monotonic() - start) * 1e3)
+        return claimed, waited, None
+
+    async def _shared_set(self, key: str, output: str, ttl: float) -> str | None:
+        if not self._breaker.allow():
+            return self._skipped()
+        with self._span(names.CACHE_SET, "SET") as span:
+            try:
+                await self.backend.set(key, output, ttl=ttl)
+            except Exception as exc:
+                return _span_failed(span, self._failed("set", exc))
+        self._answered()
+        return None
+
+    async def _keep_lock(self, shared: SharedBackend, lock_key: str, token: str) -> None:
+        """Renew the lease every third of it while the agent runs; stop once it is lost."""
+        while True:
+            await asyncio.sleep(self.lock_lease / 3)
+            try:
+                if not await shared.extend_lock(lock_key, token, self.lock_lease):
+                    logger.debug("lock %s expired while its agent ran", lock_key)
+                    return
+            except Exception as exc:  # the lease runs out by itself if the backend stays away
+                logger.debug("renewing lock %s failed: %r", lock_key, exc)
+
+    async def _release(self, shared: SharedBackend, lock_key: str, token: str) -> None:
+        if not self._breaker.allow():
+            return  # the lease frees the key
+        try:
+            await shared.release_lock(lock_key, token)
+        except Exception as exc:
+            self._failed("unlock", exc)
+        else:
+            self._answered()
+
+    async def _invalidate_shared(self, agent: str) -> None:
+        # Never skipped by the breaker: a stale result outliving a mutating command is worse
+        # than one operation's timeout.
+        with self._span(names.CACHE_INVALIDATE, "SCAN") as span:
+            try:
+                deleted = await self.backend.clear(namespace=self.agent_prefix(agent))
+            except Exception as exc:
+                _span_failed(span, self._failed("invalidate", exc))
+                return
+            span.set_attribute(names.SEL_CACHE_DELETED, int(deleted))
+        self._answered()
+
+    @contextlib.contextmanager
+    def _span(self, name: str, operation: str) -> Iterator[trace.Span]:
+        attributes = {**self._db_attributes, names.DB_OPERATION_NAME: operation}
+        with self._tracer.start_as_current_span(
+            name,
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            yield span
+
+    def _skipped(self) -> str:
+        if self._on_error is not None:
+            self._on_error(names.CACHE_ERROR_CIRCUIT_OPEN)
+        return names.CACHE_ERROR_CIRCUIT_OPEN
+
+    def _answered(self) -> None:
+        self._breaker.success()
+        if self._failing:
+            self._recovered()
+
+    # -- failures ---------------------------------------------------------------------------
+
     def _failed(self, operation: str, exc: Exception) -> str:
         error_type = "timeout" if isinstance(exc, TimeoutError) else type(exc).__qualname__
+        self._breaker.failure()
         if not self._failing:
             self._failing = True
             logger.warning(
@@ -248,10 +514,22 @@ class ResultCache:
             logger.warning("cache backend answers again")
 
 
+def _span_failed(span: trace.Span, error_type: str) -> str:
+    span.set_status(Status(StatusCode.ERROR, error_type))
+    span.set_attribute(names.ERROR_TYPE, error_type)
+    return error_type
+
+
 def cache_from_settings(
-    settings: Settings, meter_provider: metrics.MeterProvider | None = None
+    settings: Settings,
+    meter_provider: metrics.MeterProvider | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
 ) -> ResultCache:
-    """The result cache `settings.cache_url` asks for, counting evictions and backend errors."""
+    """The result cache `settings.cache_url` asks for, counting evictions and backend errors.
+
+    `memory://` is a per-process LRU cache; `redis://` and `rediss://` a cache shared by every
+    process on that Redis, apart by `settings.cache_namespace`.
+    """
     meter = metrics.get_meter(names.SCOPE_NAME, package_version(), meter_provider)
     evictions = meter.create_counter(
         names.CACHE_EVICTIONS, unit="{entry}", description="Cache entries evicted by the LRU bound"
@@ -261,12 +539,31 @@ def cache_from_settings(
         unit="{error}",
         description="Cache backend operations that failed and were served as misses",
     )
+
+    def on_error(error_type: str) -> None:
+        errors.add(1, {names.ERROR_TYPE: error_type})
+
     scheme = settings.cache_url.partition("://")[0]
+    if scheme in ("redis", "rediss"):
+        from ._redis_cache import RedisResultBackend  # imports this module
+
+        if not _NAMESPACE.fullmatch(settings.cache_namespace):
+            raise ConfigError(
+                f"SEL_CACHE_NAMESPACE={settings.cache_namespace!r}: use letters, digits, "
+                "'_', '.' and '-' only (it prefixes keys in a shared Redis)"
+            )
+        return ResultCache(
+            RedisResultBackend.from_url(settings.cache_url, timeout=settings.cache_timeout),
+            namespace=settings.cache_namespace,
+            on_error=on_error,
+            tracer_provider=tracer_provider,
+            lock_lease=settings.cache_lock_lease,
+            lock_wait=settings.agent_timeout + settings.cache_lock_lease,
+            retry_after=settings.cache_retry_after,
+        )
     if scheme != "memory":
-        raise ConfigError(f"SEL_CACHE_URL={settings.cache_url!r}: unsupported scheme {scheme!r}")
+        raise ConfigError(
+            f"SEL_CACHE_URL: unsupported scheme {scheme!r} (memory://, redis://, rediss://)"
+        )
     backend = LRUMemoryCache(settings.cache_max_entries, on_evict=lambda: evictions.add(1))
-    return ResultCache(
-        backend,
-        namespace=settings.cache_namespace,
-        on_error=lambda error_type: errors.add(1, {names.ERROR_TYPE: error_type}),
-    )
+    return ResultCache(backend, namespace=settings.cache_namespace, on_error=on_error)

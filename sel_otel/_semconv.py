@@ -74,3 +74,27 @@ DISCORD_OUTCOME_OK: Final = "ok"  # answered
 DISCORD_OUTCOME_ERROR: Final = "error"  # answered with an error (the agent call failed)
 DISCORD_OUTCOME_FORBIDDEN: Final = "forbidden"  # refused: not allowed, nothing ran
 DISCORD_OUTCOME_COOLDOWN: Final = "cooldown"  # refused: the user's cooldown, nothing ran
+
+# -- Cache ----------------------------------------------------------------------------------
+# Child spans of `invoke_agent {agent}` around the operations of a remote (Redis) cache. The
+# in-memory cache records none: its cost is part of the agent span.
+CACHE_GET: Final = "cache get"  # read a result (GET)
+CACHE_LOCK: Final = "cache lock"  # read a result or take the key's lock, waiting while held
+CACHE_SET: Final = "cache set"  # store a result with its TTL (SET PX)
+CACHE_INVALIDATE: Final = "cache invalidate"  # delete one agent's results (SCAN + UNLINK)
+
+# Standard database attributes on those spans (OpenTelemetry database conventions)
+DB_SYSTEM_NAME: Final = "db.system.name"
+DB_SYSTEM_REDIS: Final = "redis"
+DB_OPERATION_NAME: Final = "db.operation.name"
+DB_NAMESPACE: Final = "db.namespace"  # the Redis database index
+SERVER_ADDRESS: Final = "server.address"
+SERVER_PORT: Final = "server.port"
+
+# Project attributes on those spans (`sel.cache.hit` too, on `cache get` and `cache lock`)
+SEL_CACHE_LOCK_ACQUIRED: Final = "sel.cache.lock.acquired"  # this instance runs the agent
+SEL_CACHE_LOCK_WAIT_MS: Final = "sel.cache.lock.wait_ms"  # time spent waiting for the holder
+SEL_CACHE_DELETED: Final = "sel.cache.deleted"  # results deleted by an invalidation
+
+# `error.type` of a cache operation skipped while the backend is considered down
+CACHE_ERROR_CIRCUIT_OPEN: Final = "circuit_open"

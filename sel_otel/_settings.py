@@ -70,6 +70,8 @@ class Settings:
     trace_content: bool = True
     trace_content_max: int = 256
     telemetry_shutdown_timeout: float = 2.0
+    cache_lock_lease: float = 5.0
+    cache_retry_after: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -90,4 +92,6 @@ class Settings:
             telemetry_shutdown_timeout=_get(
                 env, "SEL_TELEMETRY_SHUTDOWN_TIMEOUT", _positive(float), 2.0
             ),
+            cache_lock_lease=_get(env, "SEL_CACHE_LOCK_LEASE", _positive(float), 5.0),
+            cache_retry_after=_get(env, "SEL_CACHE_RETRY_AFTER", _positive(float), 2.0),
         )

@@ -1,0 +1,236 @@
+"""The Redis storage of the result cache: aiocache's Redis backend, made safe to share.
+
+`RedisResultBackend` extends aiocache's `RedisCache` the way aiocache's own backends are
+built (primitives only; `ResultCache` keeps the policy), and adds what sharing one Redis
+between several bot instances needs:
+
+- connections from a `redis://[[user]:password@]host[:port][/db]` or `rediss://` URL, with a
+  connect timeout, a socket timeout and an operation timeout (aiocache and redis-py set none);
+- `OutputSerializer`: JSON of `{"output": str}`, never pickle; anything else read back (garbage
+  bytes, JSON of another shape, a pickle payload) is a miss and is never executed;
+- `_clear` that deletes one prefix with SCAN and UNLINK in batches and refuses to run without a
+  prefix (aiocache's un-namespaced clear is FLUSHDB on a shared database);
+- the primitives of the distributed single-flight lock: `claim` (read the value, or take the
+  lock with SET NX PX, in one Lua script), `extend_lock` and `release_lock` (token-checked).
+
+Redis's own `maxmemory` with `maxmemory-policy allkeys-lru` bounds the entries; every entry
+carries its TTL as a Redis expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from aiocache import RedisCache
+from aiocache.serializers import BaseSerializer
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from . import _semconv as names
+from ._cache import LOCK_SUFFIX, Claim
+from ._exceptions import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: Keys deleted per UNLINK and asked for per SCAN step during invalidation.
+SCAN_BATCH: Final = 500
+
+# KEYS[1] value key, KEYS[2] lock key; ARGV[1] token, ARGV[2] lease in ms.
+# Returns {1, value} when a value is stored, {2} when the lock was taken, {0} when it is held.
+_CLAIM = """
+local value = redis.call('GET', KEYS[1])
+if value then return {1, value} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {0}
+"""
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+class OutputSerializer(BaseSerializer):  # type: ignore[misc]
+    """Agent outputs as JSON `{"output": "..."}` in UTF-8; nothing else is ever loaded.
+
+    `loads` works on raw bytes and returns None (a miss) for anything that is not exactly that
+    shape: undecodable bytes, other JSON, a pickle payload. Nothing read is ever executed.
+    """
+
+    DEFAULT_ENCODING = None  # raw bytes both ways: bad bytes are a miss, not a decode error
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rejected = 0
+
+    def dumps(self, value: str) -> bytes:
+        if not isinstance(value, str):
+            raise TypeError(f"only str outputs are cached, not {type(value).__name__}")
+        return json.dumps({"output": value}, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def loads(self, value: bytes | str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            decoded = json.loads(value)
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
+            decoded = None
+        if type(decoded) is dict and len(decoded) == 1:
+            output = decoded.get("output")
+            if type(output) is str:
+                return output
+        self.rejected += 1
+        if self.rejected == 1:
+            logger.warning("ignored a cached value that is not a JSON agent output (a miss)")
+        return None
+
+
+class RedisResultBackend(RedisCache):  # type: ignore[misc]
+    """aiocache's Redis backend with bounded timeouts, a safe serializer and shared locks.
+
+    Build it with `from_url`. Keys are used as given (no backend namespace): `ResultCache`
+    builds them under its own namespace.
+    """
+
+    def __init__(self, *, timeout: float, description: str, **kwargs: Any) -> None:
+        super().__init__(serializer=OutputSerializer(), timeout=timeout, **kwargs)
+        self.description = description
+        self.db_attributes: Mapping[str, str | int] = {
+            names.DB_SYSTEM_NAME: names.DB_SYSTEM_REDIS,
+            names.SERVER_ADDRESS: self.endpoint,
+            names.SERVER_PORT: self.port,
+            names.DB_NAMESPACE: str(self.db),
+        }
+        self._claim = self.client.register_script(_CLAIM)
+        self._extend = self.client.register_script(_EXTEND)
+        self._release = self.client.register_script(_RELEASE)
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float) -> RedisResultBackend:
+        """A backend for `redis://` or `rediss://` `url`; every operation bounded by `timeout`.
+
+        The URL's user, password, db and TLS (`rediss://`, plus redis-py's `ssl_*` query
+        options) are honoured. Connect and socket timeouts are `timeout` too, and a command
+        is retried once at once on a broken connection (a pooled connection from before a
+        Redis restart), never beyond the operation timeout.
+        """
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss"):
+            raise ConfigError(f"not a redis:// or rediss:// URL: {redact(url)!r}")
+        try:
+            options: dict[str, Any] = dict(parse_url(url))
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
+        host = options.pop("host", "127.0.0.1")
+        port = int(options.pop("port", 6379))
+        db = int(options.pop("db", 0))
+        password = options.pop("password", None)
+        pool_options = {
+            **options,  # username, connection_class (TLS), ssl_* and other query options
+            "socket_timeout": timeout,
+            "retry": Retry(NoBackoff(), 1),
+        }
+        return cls(
+            endpoint=host,
+            port=port,
+            db=db,
+            password=password,
+            create_connection_timeout=timeout,
+            connection_pool_kwargs=pool_options,
+            timeout=timeout,
+            description=f"{scheme}://{host}:{port}/{db}",
+        )
+
+    async def _set(
+        self,
+        key: str,
+        value: bytes,
+        ttl: float | None = None,
+        _cas_token: object = None,
+        _conn: object = None,
+    ) -> Any:
+        if _cas_token is not None:
+            return await super()._set(key, value, ttl=ttl, _cas_token=_cas_token, _conn=_conn)
+        # SET PX: redis-py deprecates the SETEX/PSETEX aiocache sends
+        return await self.client.set(key, value, px=None if ttl is None else _ms(ttl))
+
+    async def _clear(self, namespace: str | None = None, _conn: object = None) -> int:
+        """Delete the keys that start with `namespace` (SCAN + UNLINK); never FLUSHDB."""
+        if not namespace:
+            raise ValueError("refusing to clear a shared Redis database without a key prefix")
+        pattern = _GLOB_SPECIAL.sub(r"\\\1", namespace) + "*"
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self.client.scan_iter(match=pattern, count=SCAN_BATCH):
+            if key.endswith(LOCK_SUFFIX.encode()):
+                continue  # a lock in use is its holder's to release
+            batch.append(key)
+            if len(batch) >= SCAN_BATCH:
+                deleted += await self.client.unlink(*batch)
+                batch.clear()
+        if batch:
+            deleted += await self.client.unlink(*batch)
+        return deleted
+
+    async def clear(self, namespace: str | None = None, _conn: object = None, **kwargs: Any) -> Any:
+        # A prefix may span many SCAN steps: allow more than one operation's timeout in all
+        # (each step is still bounded by the socket timeout).
+        kwargs.setdefault("timeout", max(1.0, 8 * (self.timeout or 0)))
+        return await super().clear(namespace, _conn=_conn, **kwargs)
+
+    async def claim(self, key: str, lock_key: str, token: str, lease: float) -> str | Claim:
+        """The stored output of `key`, or take `lock_key` for `lease` seconds, in one trip."""
+        async with asyncio.timeout(self.timeout):
+            reply = await self._claim(keys=[key, lock_key], args=[token, _ms(lease)])
+            if reply[0] == 1:
+                value = self.serializer.loads(reply[1])
+                if value is not None:
+                    return str(value)
+                # An invalid value is a miss: lock as if the key were empty.
+                taken = await self.client.set(lock_key, token, nx=True, px=_ms(lease))
+                return Claim.ACQUIRED if taken else Claim.HELD
+            return Claim.ACQUIRED if reply[0] == 2 else Claim.HELD
+
+    async def extend_lock(self, lock_key: str, token: str, lease: float) -> bool:
+        """Push the lock's expiry to `lease` from now, if `token` still holds it."""
+        async with asyncio.timeout(self.timeout):
+            return bool(await self._extend(keys=[lock_key], args=[token, _ms(lease)]))
+
+    async def release_lock(self, lock_key: str, token: str) -> bool:
+        """Delete the lock, if `token` still holds it."""
+        async with asyncio.timeout(self.timeout):
+            return bool(await self._release(keys=[lock_key], args=[token]))
+
+    async def _close(self, *args: Any, _conn: object = None, **kwargs: Any) -> None:
+        await self.client.aclose()  # redis-py deprecates the close() aiocache calls
+
+    def __repr__(self) -> str:
+        return f"RedisResultBackend({self.description})"
+
+
+def redact(url: str) -> str:
+    """`url` without its password, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))

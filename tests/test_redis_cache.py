@@ -1,0 +1,588 @@
+"""The shared cache on Redis: safe values, namespaced invalidation, one execution across
+processes, and calls that never fail when Redis dies or stalls.
+
+Every test runs against a real `redis-server` on a loopback port (tests/redis_server.py); the
+ones marked by the `redis_url` fixture run a second time against testcontainers' Redis where
+a Docker engine answers. Runtime processes are real child processes
+(`tests.redis_server.RuntimeProcess`); agents count their executions in a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection
+
+from sel_otel import (
+    AgentRegistry,
+    AgentRuntime,
+    ConfigError,
+    Lookup,
+    OutputSerializer,
+    RedisResultBackend,
+    ResultCache,
+    SelApp,
+    Settings,
+    Telemetry,
+    cache_from_settings,
+)
+from tests.conftest import AgentWriter, TelemetryFixture
+
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer, RuntimeProcess
+
+pytest_plugins = ["tests.redis_server"]  # redis_server, redis_container_url
+
+TIMEOUT = 0.25  # SEL_CACHE_TIMEOUT's default
+
+COUNTER_AGENT = """
+    import os, time
+    DESCRIPTION = "appends its input to a file, sleeps the seconds after the first word"
+    CACHE_TTL = 60
+    INVALIDATED_BY = {"reset"}
+    def run(query):
+        with open(os.environ["SEL_TEST_COUNT_FILE"], "a") as f:
+            f.write(query + "\\n")
+        word, _, delay = query.partition(" ")
+        time.sleep(float(os.environ.get("SEL_TEST_DELAY") or delay or 0))
+        return f"result of {word}"
+"""
+
+
+@pytest.fixture(params=["redis-server", "testcontainers"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """A Redis URL: the local redis-server, then testcontainers' Redis (skips without Docker)."""
+    if request.param == "redis-server":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url
+    return str(request.getfixturevalue("redis_container_url"))
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def count_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "executions.txt"
+    path.touch()
+    monkeypatch.setenv("SEL_TEST_COUNT_FILE", str(path))
+    return path
+
+
+def executions(count_file: Path, query: str | None = None) -> int:
+    lines = count_file.read_text().splitlines()
+    return len([line for line in lines if query is None or line == query])
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+class Counting:
+    def __init__(self, output: str = "out", delay: float = 0.0) -> None:
+        self.output, self.delay, self.calls = output, delay, 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        return self.output
+
+
+CacheFactory = Callable[..., ResultCache]
+
+
+@pytest.fixture
+async def make_cache(redis_url: str, namespace: str) -> AsyncIterator[CacheFactory]:
+    """Result caches on the test's Redis: each one plays a separate instance."""
+    caches: list[ResultCache] = []
+
+    def make(**options: Any) -> ResultCache:
+        url = options.pop("url", redis_url)
+        options.setdefault("namespace", namespace)
+        options.setdefault("retry_after", 0.2)
+        cache = ResultCache(RedisResultBackend.from_url(url, timeout=TIMEOUT), **options)
+        caches.append(cache)
+        return cache
+
+    yield make
+    for cache in caches:
+        await cache.close()
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+async def test_url_password_db_and_timeouts_reach_the_connection_pool() -> None:
+    backend = RedisResultBackend.from_url("redis://app:s3cret@10.1.2.3:6380/3", timeout=0.2)
+    try:
+        options = backend.client.connection_pool.connection_kwargs
+        assert (options["host"], options["port"], options["db"]) == ("10.1.2.3", 6380, 3)
+        assert (options["username"], options["password"]) == ("app", "s3cret")
+        assert options["socket_timeout"] == options["socket_connect_timeout"] == 0.2
+        assert backend.timeout == 0.2
+        assert "s3cret" not in repr(backend)
+    finally:
+        await backend.close()
+
+
+async def test_rediss_selects_tls_connections() -> None:
+    backend = RedisResultBackend.from_url("rediss://:pw@cache.example:6390", timeout=0.2)
+    try:
+        pool = backend.client.connection_pool
+        assert pool.connection_class is SSLConnection
+        assert pool.connection_kwargs["db"] == 0
+    finally:
+        await backend.close()
+
+
+def test_other_schemes_and_unsafe_namespaces_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="unsupported scheme 'memcached'"):
+        cache_from_settings(Settings(cache_url="memcached://localhost"))
+    with pytest.raises(ConfigError, match="SEL_CACHE_NAMESPACE"):
+        cache_from_settings(Settings(cache_url="redis://localhost", cache_namespace="a:b*"))
+    with pytest.raises(ConfigError) as error:
+        RedisResultBackend.from_url("http://u:hunter2@h/0", timeout=0.1)
+    assert "hunter2" not in str(error.value)
+
+
+class _Executes:
+    """Unpickling this creates a marker file: proof that a payload was executed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_the_serializer_round_trips_strings_and_rejects_everything_else(tmp_path: Path) -> None:
+    serializer = OutputSerializer()
+    for output in ("", "plain", 'quotes " and \\ and \n', "ünïcode ✓ 🎉"):
+        assert serializer.loads(serializer.dumps(output)) == output
+    marker = tmp_path / "executed"
+    for planted in (
+        b"\xff\xfe\x00garbage",
+        b"42",
+        b'"bare string"',
+        b'["output"]',
+        b'{"output": 1}',
+        b'{"output": "x", "extra": 1}',
+        b"[" * 100_000,
+        pickle.dumps(_Executes(marker)),
+    ):
+        assert serializer.loads(planted) is None, planted[:20]
+    assert not marker.exists()
+    with pytest.raises(TypeError):
+        serializer.dumps(42)  # type: ignore[arg-type]
+
+
+# -- one process -----------------------------------------------------------------------------
+
+
+async def test_results_are_json_with_the_ttl_as_redis_expiry(
+    make_cache: CacheFactory, raw: aioredis.Redis
+) -> None:
+    cache = make_cache()
+    key = cache.key("agent", "q")
+    compute = Counting("ünï")
+    assert (await cache.get_or_run(key, 30, compute)).lookup is Lookup.MISS
+    assert await raw.get(key) == '{"output":"ünï"}'.encode()
+    assert 29_000 < await raw.pttl(key) <= 30_000
+    assert await raw.exists(key + ":lock") == 0  # released
+    assert (await cache.get_or_run(key, 30, compute)).lookup is Lookup.HIT
+    assert compute.calls == 1
+
+
+async def test_entries_expire_in_redis_after_their_ttl(make_cache: CacheFactory) -> None:
+    cache = make_cache()
+    compute = Counting()
+    key = cache.key("agent", "q")
+    await cache.get_or_run(key, 0.2, compute)
+    assert (await cache.get_or_run(key, 0.2, compute)).lookup is Lookup.HIT
+    await asyncio.sleep(0.3)
+    assert (await cache.get_or_run(key, 0.2, compute)).lookup is Lookup.MISS
+    assert compute.calls == 2
+
+
+async def test_instances_share_hits_within_a_namespace_only(make_cache: CacheFactory) -> None:
+    first, second, other_deployment = make_cache(), make_cache(), make_cache(namespace="other")
+    compute = Counting()
+    await first.get_or_run(first.key("a", "q"), 60, compute)
+    assert (await second.get_or_run(second.key("a", "q"), 60, compute)).lookup is Lookup.HIT
+    outcome = await other_deployment.get_or_run(other_deployment.key("a", "q"), 60, compute)
+    assert outcome.lookup is Lookup.MISS
+    assert compute.calls == 2
+
+
+async def _command_calls(raw: aioredis.Redis) -> dict[str, int]:
+    stats = await raw.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+async def test_invalidation_scans_and_unlinks_only_that_agents_keys(
+    make_cache: CacheFactory, raw: aioredis.Redis, namespace: str
+) -> None:
+    cache, serializer = make_cache(), OutputSerializer()
+    async with raw.pipeline(transaction=False) as pipe:
+        for i in range(1_234):  # more than two SCAN/UNLINK batches
+            pipe.set(cache.key("x", f"q{i}"), serializer.dumps("v"), ex=60)
+        pipe.set(cache.key("xy", "q"), serializer.dumps("v"))  # an agent whose name extends x
+        pipe.set(cache.key("y", "q"), serializer.dumps("v"))
+        pipe.set(f"other:x:{'0' * 32}", serializer.dumps("v"))  # another deployment
+        pipe.set("unrelated", "keep")
+        await pipe.execute()
+    await raw.config_resetstat()
+
+    await cache.invalidate("x")
+
+    assert [k async for k in raw.scan_iter(match=f"{namespace}:x:*")] == []
+    assert await raw.exists(cache.key("xy", "q"), cache.key("y", "q"), "unrelated") == 3
+    assert await raw.exists(f"other:x:{'0' * 32}") == 1
+    calls = await _command_calls(raw)
+    assert calls.get("scan", 0) >= 3 and calls.get("unlink", 0) >= 3
+    assert "keys" not in calls and "flushdb" not in calls and "flushall" not in calls
+
+
+async def test_an_unprefixed_clear_is_refused_rather_than_flushing_the_database(
+    make_cache: CacheFactory, raw: aioredis.Redis
+) -> None:
+    cache = make_cache()
+    await raw.set("someone-elses", "data")
+    with pytest.raises(ValueError, match="refusing"):
+        await cache.backend.clear()
+    assert await raw.get("someone-elses") == b"data"
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [b"\xff\x00garbage", b"[1, 2]", b'{"output": 7}', b"PICKLE"],
+    ids=["garbage-bytes", "json-list", "json-non-string", "pickle-payload"],
+)
+async def test_a_planted_invalid_value_is_a_miss_and_never_executed(
+    make_cache: CacheFactory, raw: aioredis.Redis, tmp_path: Path, planted: bytes
+) -> None:
+    marker = tmp_path / "executed"
+    if planted == b"PICKLE":
+        planted = pickle.dumps(_Executes(marker))
+    cache = make_cache()
+    key = cache.key("agent", "q")
+    await raw.set(key, planted)
+    compute = Counting("fresh")
+    outcome = await cache.get_or_run(key, 60, compute)
+    assert (outcome.output, outcome.lookup, outcome.cache_error) == ("fresh", Lookup.MISS, None)
+    assert not marker.exists()
+    assert await raw.get(key) == b'{"output":"fresh"}'  # replaced by a valid value
+    assert (await cache.get_or_run(key, 60, compute)).lookup is Lookup.HIT
+
+
+async def test_concurrent_misses_in_two_instances_execute_once(make_cache: CacheFactory) -> None:
+    first, second = make_cache(), make_cache()
+    compute = Counting(delay=0.2)
+    key = first.key("agent", "same")
+    outcomes = await asyncio.gather(
+        *(cache.get_or_run(key, 60, compute) for cache in (first, second) for _ in range(50))
+    )
+    assert compute.calls == 1
+    assert {o.output for o in outcomes} == {"out"}
+    lookups = [o.lookup for o in outcomes]
+    assert lookups.count(Lookup.MISS) == 1
+    assert set(lookups) <= {Lookup.MISS, Lookup.COALESCED, Lookup.HIT}
+
+
+async def test_the_lease_is_renewed_while_a_long_agent_runs(make_cache: CacheFactory) -> None:
+    first, second = make_cache(lock_lease=0.3), make_cache(lock_lease=0.3)
+    compute = Counting(delay=1.2)  # four leases
+    key = first.key("agent", "slow")
+    leader = asyncio.create_task(first.get_or_run(key, 60, compute))
+    await asyncio.sleep(0.1)
+    outcome = await second.get_or_run(key, 60, compute)
+    assert (await leader).lookup is Lookup.MISS
+    assert (outcome.lookup, compute.calls) == (Lookup.COALESCED, 1)
+
+
+async def test_a_dead_lock_holder_blocks_the_key_no_longer_than_its_lease(
+    make_cache: CacheFactory, raw: aioredis.Redis
+) -> None:
+    cache = make_cache(lock_lease=5.0)
+    key = cache.key("agent", "q")
+    await raw.set(key + ":lock", "token-of-a-dead-process", px=600)
+    compute = Counting()
+    start = time.monotonic()
+    outcome = await cache.get_or_run(key, 60, compute)
+    waited = time.monotonic() - start
+    assert (outcome.lookup, compute.calls) == (Lookup.MISS, 1)
+    assert 0.5 < waited < 1.0
+
+
+async def test_a_live_holder_is_waited_for_at_most_lock_wait(
+    make_cache: CacheFactory, raw: aioredis.Redis
+) -> None:
+    cache = make_cache(lock_wait=0.3)
+    key = cache.key("agent", "q")
+    await raw.set(key + ":lock", "a-holder-that-never-ends", px=60_000)
+    start = time.monotonic()
+    outcome = await cache.get_or_run(key, 60, Counting())
+    assert outcome.lookup is Lookup.MISS
+    assert 0.3 <= time.monotonic() - start < 0.6
+
+
+# -- through the runtime: spans, metrics, faults ---------------------------------------------
+
+
+@pytest.fixture
+async def redis_runtime(
+    agents_dir: Path, telemetry: TelemetryFixture, namespace: str
+) -> AsyncIterator[Callable[..., AgentRuntime]]:
+    """Runtimes on a Redis URL, built by `cache_from_settings` with the test's telemetry."""
+    runtimes: list[AgentRuntime] = []
+
+    def make(url: str, **settings: Any) -> AgentRuntime:
+        settings.setdefault("cache_retry_after", 0.2)
+        config = Settings(
+            agents_dir=agents_dir, cache_url=url, cache_namespace=namespace, **settings
+        )
+        registry = AgentRegistry(agents_dir)
+        registry.reload()
+        cache = cache_from_settings(config, telemetry.meter_provider, telemetry.tracer_provider)
+        runtime = AgentRuntime(
+            registry,
+            cache,
+            settings=config,
+            tracer_provider=telemetry.tracer_provider,
+            meter_provider=telemetry.meter_provider,
+        )
+        runtimes.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in runtimes:
+        await runtime.aclose()
+        await runtime.cache.close()
+
+
+async def test_cache_operations_are_child_spans_of_the_agent_span(
+    redis_server: RedisServer,
+    redis_runtime: Callable[..., AgentRuntime],
+    write_agent: AgentWriter,
+    telemetry: TelemetryFixture,
+    count_file: Path,
+) -> None:
+    write_agent("counter", COUNTER_AGENT)
+    runtime = redis_runtime(redis_server.url)
+    assert (await runtime.run("counter", "a")).cached is False
+    assert (await runtime.run("counter", "a")).cached is True
+
+    first, second = telemetry.finished("invoke_agent counter")
+    children = {
+        span.context.trace_id: [s for s in telemetry.finished() if s.parent is not None]
+        for span in (first, second)
+    }
+    miss_children = [s for s in children[first.context.trace_id] if s.parent == first.context]
+    assert [s.name for s in miss_children] == ["cache get", "cache lock", "cache set"]
+    get, lock, put = miss_children
+    for span in miss_children:
+        assert span.kind.name == "INTERNAL"
+        assert span.attributes["db.system.name"] == "redis"
+        assert span.attributes["server.port"] == redis_server.port
+    assert get.attributes["db.operation.name"] == "GET" and get.attributes["sel.cache.hit"] is False
+    assert lock.attributes["sel.cache.lock.acquired"] is True
+    assert put.attributes["db.operation.name"] == "SET"
+    hit_children = [s for s in children[second.context.trace_id] if s.parent == second.context]
+    assert [(s.name, s.attributes["sel.cache.hit"]) for s in hit_children] == [("cache get", True)]
+    assert executions(count_file) == 1
+
+
+async def test_a_dead_redis_never_fails_a_call_and_hits_resume_after_restart(
+    redis_server: RedisServer,
+    redis_runtime: Callable[..., AgentRuntime],
+    write_agent: AgentWriter,
+    telemetry: TelemetryFixture,
+    count_file: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    write_agent("counter", COUNTER_AGENT)
+    runtime = redis_runtime(redis_server.url)
+    assert (await runtime.run("counter", "a")).ok
+    redis_server.kill()
+
+    results = [await runtime.run("counter", "a") for _ in range(20)]
+    assert all(r.ok and r.output == "result of a" and not r.cached for r in results)
+    spans = telemetry.finished("invoke_agent counter")[1:]
+    assert spans[0].attributes["sel.cache.error"] in {"ConnectionError", "timeout"}
+    assert {s.attributes["sel.cache.error"] for s in spans[1:]} >= {"circuit_open"}
+    errors = {p.attributes["error.type"]: p.value for p in telemetry.points("sel.cache.errors")}
+    assert sum(errors.values()) >= 20 and errors.get("circuit_open", 0) >= 10
+    assert len([r for r in caplog.records if "serving without cache" in r.message]) == 1
+
+    redis_server.start()
+    await asyncio.sleep(0.25)  # past retry_after: the next call probes Redis again
+    assert (await runtime.run("counter", "a")).cached is False  # the restart lost the data
+    assert (await runtime.run("counter", "a")).cached is True
+    assert len([r for r in caplog.records if "answers again" in r.message]) == 1
+
+
+async def test_a_stalled_redis_costs_one_timeout_then_calls_skip_it(
+    redis_server: RedisServer,
+    redis_runtime: Callable[..., AgentRuntime],
+    write_agent: AgentWriter,
+    count_file: Path,
+) -> None:
+    write_agent("counter", COUNTER_AGENT)
+    runtime = redis_runtime(redis_server.url, cache_retry_after=1.0)
+    assert (await runtime.run("counter", "a")).ok
+    redis_server.pause()
+    try:
+        start = time.monotonic()
+        results = [await runtime.run("counter", "a") for _ in range(10)]
+        elapsed = time.monotonic() - start
+    finally:
+        redis_server.resume()
+    assert all(r.ok and r.output == "result of a" for r in results)
+    assert TIMEOUT * 0.8 < results[0].duration < TIMEOUT * 3  # the first one meets the timeout
+    assert max(r.duration for r in results[1:]) < 0.1  # the breaker is open: no Redis wait
+    assert elapsed < TIMEOUT * 3 + 1.0
+    await asyncio.sleep(1.0)
+    for _ in range(3):
+        last = await runtime.run("counter", "a")
+    assert last.cached is True
+
+
+async def test_warm_up_fills_redis_for_every_instance(
+    redis_server: RedisServer,
+    redis_runtime: Callable[..., AgentRuntime],
+    agents_dir: Path,
+    write_agent: AgentWriter,
+    namespace: str,
+    count_file: Path,
+) -> None:
+    write_agent("counter", COUNTER_AGENT)
+    settings = Settings(
+        agents_dir=agents_dir,
+        cache_url=redis_server.url,
+        cache_namespace=namespace,
+        cache_warmup=(("counter", "warm"),),
+    )
+    telemetry = Telemetry.from_env(env={})
+    try:
+        async with SelApp(settings, telemetry):
+            pass
+    finally:
+        telemetry.shutdown()
+    other_instance = redis_runtime(redis_server.url)
+    assert (await other_instance.run("counter", "warm")).cached is True
+    assert executions(count_file) == 1
+
+
+# -- separate processes ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def spawn(
+    agents_dir: Path, write_agent: AgentWriter, namespace: str, count_file: Path
+) -> Iterator[Callable[..., RuntimeProcess]]:
+    """Start runtime processes on a Redis URL; all share the namespace and the count file."""
+    from tests.redis_server import RuntimeProcess
+
+    write_agent("counter", COUNTER_AGENT)
+    processes: list[RuntimeProcess] = []
+
+    def start(url: str, env: dict[str, str] | None = None, **config: Any) -> RuntimeProcess:
+        config = {"url": url, "namespace": namespace, "agents_dir": str(agents_dir), **config}
+        env = {"SEL_TEST_COUNT_FILE": str(count_file), **(env or {})}
+        process = RuntimeProcess(config, env)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.close()
+
+
+def test_two_processes_share_hits(
+    redis_url: str, spawn: Callable[..., RuntimeProcess], count_file: Path
+) -> None:
+    first, second = spawn(redis_url), spawn(redis_url)
+    (miss,) = first.call({"op": "run", "agent": "counter", "query": "q"})
+    (hit,) = second.call({"op": "run", "agent": "counter", "query": "q"})
+    assert (miss["cached"], hit["cached"]) == (False, True)
+    assert hit["output"] == miss["output"] == "result of q"
+    assert executions(count_file) == 1
+
+
+def test_concurrent_misses_in_three_processes_execute_once(
+    redis_url: str, spawn: Callable[..., RuntimeProcess], count_file: Path
+) -> None:
+    processes = [spawn(redis_url) for _ in range(3)]
+    for process in processes:
+        process.send({"op": "run", "agent": "counter", "query": "same 0.5", "n": 40})
+    results = [r for process in processes for r in process.results()]
+    assert len(results) == 120
+    assert {r["output"] for r in results} == {"result of same"}
+    assert {r["error"] for r in results} == {None}
+    assert executions(count_file) == 1
+    assert sum(not r["cached"] and not r["coalesced"] for r in results) == 1
+
+
+def test_invalidation_by_one_process_is_seen_by_the_other(
+    redis_server: RedisServer, spawn: Callable[..., RuntimeProcess], count_file: Path
+) -> None:
+    first, second = spawn(redis_server.url), spawn(redis_server.url)
+    first.call({"op": "run", "agent": "counter", "query": "q"})
+    assert second.call({"op": "run", "agent": "counter", "query": "q"})[0]["cached"] is True
+    first.call({"op": "run", "agent": "counter", "query": "reset"})
+    (after,) = second.call({"op": "run", "agent": "counter", "query": "q"})
+    assert after["cached"] is False
+    assert executions(count_file, "q") == 2
+
+
+def test_redis_killed_mid_load_and_restarted_every_call_succeeds_and_hits_resume(
+    redis_server: RedisServer, spawn: Callable[..., RuntimeProcess]
+) -> None:
+    processes = [spawn(redis_server.url, retry_after=0.2) for _ in range(2)]
+    queries = [f"q{i} 0.005" for i in range(5)]
+    for process in processes:
+        process.send({"op": "load", "agent": "counter", "queries": queries, "seconds": 3.0})
+    time.sleep(0.8)
+    redis_server.kill()
+    time.sleep(0.8)
+    redis_server.start()
+    for process in processes:
+        results = process.results(timeout=30)
+        assert len(results) > 50
+        assert all(r["error"] is None and r["output"] for r in results)
+        before = [r for r in results if float(r["at"]) < 0.7]  # type: ignore[arg-type]
+        after = [r for r in results if float(r["at"]) > 2.4]  # type: ignore[arg-type]
+        assert any(r["cached"] for r in before) and after and all(r["cached"] for r in after)
+
+
+def test_a_lock_holder_process_killed_mid_run_frees_the_key_after_its_lease(
+    redis_server: RedisServer, spawn: Callable[..., RuntimeProcess], count_file: Path
+) -> None:
+    holder = spawn(redis_server.url, lease=1.0, env={"SEL_TEST_DELAY": "60"})
+    waiter = spawn(redis_server.url, lease=1.0, env={"SEL_TEST_DELAY": "0.05"})
+    holder.send({"op": "run", "agent": "counter", "query": "q"})
+    deadline = time.monotonic() + 10
+    while executions(count_file) == 0:  # the holder took the lock and runs the agent
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    holder.process.kill()
+    holder.process.wait()
+    start = time.monotonic()
+    (result,) = waiter.call({"op": "run", "agent": "counter", "query": "q"})
+    waited = time.monotonic() - start
+    assert (result["error"], result["cached"]) == (None, False)
+    assert executions(count_file, "q") == 2
+    assert 0.5 < waited < 1.0 + 1.0  # blocked by the dead holder's lease, and no longer
