@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from opentelemetry import metrics, trace
+from opentelemetry import context, metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import _semconv as names
@@ -96,29 +96,29 @@ class AgentRuntime:
             f"{names.INVOKE_AGENT} {name}", kind=SpanKind.INTERNAL, attributes=attributes
         )
         metric_attributes: dict[str, str | bool] = {names.GEN_AI_AGENT_NAME: name}
-        start = time.perf_counter()
         output = error = None
         lookup = Lookup.BYPASS
+        start = time.perf_counter()
+        token = context.attach(trace.set_span_in_context(span))
         try:
-            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-                try:
-                    output, lookup = await self._cached_call(agent, query, user, span)
-                except AgentError as exc:
-                    error = exc
-                except asyncio.CancelledError as exc:
-                    _record_error(span, metric_attributes, exc, "cancelled")
-                    raise
-                finally:
-                    duration = time.perf_counter() - start
-                    hit = lookup is Lookup.HIT
-                    span.set_attributes(
-                        {names.SEL_CACHE_HIT: hit, names.SEL_AGENT_DURATION_MS: duration * 1000.0}
-                    )
-                    metric_attributes[names.SEL_CACHE_HIT] = hit
-                    if error is not None:
-                        _record_error(span, metric_attributes, error, error.error_type)
+            output, lookup = await self._cached_call(agent, query, user, span)
+        except AgentError as exc:
+            error = exc
+        except asyncio.CancelledError as exc:
+            _record_error(span, metric_attributes, exc, "cancelled")
+            raise
         finally:
+            context.detach(token)
+            duration = time.perf_counter() - start
+            hit = lookup is Lookup.HIT
+            span.set_attributes(
+                {names.SEL_CACHE_HIT: hit, names.SEL_AGENT_DURATION_MS: duration * 1000.0}
+            )
+            metric_attributes[names.SEL_CACHE_HIT] = hit
+            if error is not None:
+                _record_error(span, metric_attributes, error, error.error_type)
             span.end()
+            # Recorded outside the span's context: no exemplar cost on every call.
             self._duration.record(duration, metric_attributes)
         if lookup is Lookup.COALESCED:
             self._coalesced.add(1, {names.GEN_AI_AGENT_NAME: name})
