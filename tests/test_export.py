@@ -270,3 +270,24 @@ def test_a_signal_ends_the_console_promptly_and_flushes_its_spans(
     spans = otlp_receiver.wait_for_spans(lambda s: s.name == "invoke_agent calc")
     assert spans[0].attributes["sel.agent.input"] == "20+22"
     otlp_receiver.wait_for_metrics(lambda m: m.name == "gen_ai.client.operation.duration")
+
+
+async def test_sampled_out_traces_still_count_in_the_stats(
+    otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    from sel_otel import read_stats
+
+    otel_env.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.traces_url)
+    otel_env.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+    otel_env.setenv("OTEL_TRACES_SAMPLER_ARG", "0.1")
+    telemetry = Telemetry.from_env()
+    runtime = make_runtime(tmp_path, telemetry)
+    for i in range(300):
+        await runtime.run("echo", str(i))
+    [row] = read_stats(telemetry.stats_reader)
+    await runtime.aclose()
+    telemetry.shutdown()
+    assert row.calls == 300
+    exported = [s for s in otlp_receiver.spans if s.name == "invoke_agent echo"]
+    assert 5 <= len(exported) <= 80  # about 30 of 300; never all of them
+    assert not otlp_receiver.metrics  # only the traces endpoint was given
