@@ -10,7 +10,6 @@ from ._cache import (
     CacheOutcome,
     Claim,
     Lookup,
-    LRUMemoryCache,
     ResultCache,
     SharedBackend,
     cache_from_settings,
@@ -27,6 +26,7 @@ from ._exceptions import (
     ConfigError,
     SelOtelError,
 )
+from ._memory_cache import LRUMemoryCache
 from ._redis_cache import OutputSerializer, RedisResultBackend
 from ._registry import AgentRegistry, ReloadReport
 from ._runtime import AgentResult, AgentRuntime

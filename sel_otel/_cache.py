@@ -2,8 +2,8 @@
 
 `ResultCache` owns the policy: keys (blake2b of agent, user and input), TTL, single-flight,
 invalidation, and treating every backend failure as a miss. The backends own storage:
-`LRUMemoryCache` bounds aiocache's memory backend to a number of entries; `RedisResultBackend`
-(`_redis_cache.py`) shares entries between processes.
+`LRUMemoryCache` (`_memory_cache.py`) bounds aiocache's memory backend to a number of entries;
+`RedisResultBackend` (`_redis_cache.py`) shares entries between processes.
 
 With a shared backend (one that implements `SharedBackend`), `ResultCache` also:
 
@@ -29,18 +29,17 @@ import logging
 import re
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
-from aiocache import SimpleMemoryCache
 from aiocache.base import BaseCache
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import _semconv as names
 from ._exceptions import ConfigError
+from ._memory_cache import LRUMemoryCache
 from ._settings import Settings
 from ._telemetry import package_version
 
@@ -61,83 +60,6 @@ LOCK_SUFFIX: Final = ":lock"
 LOCK_POLL_MAX: Final = 0.02
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-class LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
-    """aiocache's memory backend, bounded to `max_size` entries with least-recently-used eviction.
-
-    Only the storage primitives are overridden. Each key with a TTL has one expiry timer; the
-    timer is cancelled whenever its key leaves the cache (eviction, delete, clear), so a stale
-    timer can never delete a key that was set again later. Values are stored by reference:
-    store immutable values (the result cache stores `str`).
-    """
-
-    def __init__(
-        self, max_size: int = 500, *, on_evict: Callable[[], None] | None = None, **kwargs: Any
-    ) -> None:
-        kwargs.setdefault("timeout", None)  # no asyncio.wait_for around in-memory dict access
-        super().__init__(**kwargs)
-        if max_size < 1:
-            raise ValueError("max_size must be at least 1")
-        self.max_size = max_size
-        self._on_evict = on_evict
-        self._cache: OrderedDict[str, object] = OrderedDict()
-
-    async def _get(self, key: str, encoding: str = "utf-8", _conn: object = None) -> object:
-        value = self._cache.get(key)
-        if value is not None:
-            self._cache.move_to_end(key)
-        return value
-
-    async def _multi_get(
-        self, keys: list[str], encoding: str = "utf-8", _conn: object = None
-    ) -> list[object]:
-        return [await self._get(key) for key in keys]
-
-    async def _set(
-        self,
-        key: str,
-        value: object,
-        ttl: float | None = None,
-        _cas_token: object = None,
-        _conn: object = None,
-    ) -> bool | int:
-        if _cas_token is not None and _cas_token != self._cache.get(key):
-            return 0
-        self._cancel_timer(key)
-        self._cache[key] = value
-        self._cache.move_to_end(key)
-        if ttl:
-            self._handlers[key] = asyncio.get_running_loop().call_later(ttl, self._remove, key)
-        while len(self._cache) > self.max_size:
-            oldest = next(iter(self._cache))
-            self._remove(oldest)
-            if self._on_evict is not None:
-                self._on_evict()
-        return True
-
-    async def _delete(self, key: str, _conn: object = None) -> int:
-        return self._remove(key)
-
-    async def _clear(self, namespace: str | None = None, _conn: object = None) -> bool:
-        doomed = (
-            [k for k in self._cache if k.startswith(namespace)] if namespace else [*self._cache]
-        )
-        for key in doomed:
-            self._remove(key)
-        return True
-
-    async def _redlock_release(self, key: str, value: object) -> int:
-        return self._remove(key) if self._cache.get(key) == value else 0
-
-    def _remove(self, key: str) -> int:
-        self._cancel_timer(key)
-        return 0 if self._cache.pop(key, None) is None else 1
-
-    def _cancel_timer(self, key: str) -> None:
-        handle = self._handlers.pop(key, None)
-        if handle is not None:
-            handle.cancel()
 
 
 class Lookup(enum.Enum):
@@ -270,16 +192,27 @@ class ResultCache:
         if ttl <= 0:
             return CacheOutcome(await compute(), Lookup.BYPASS)
         if self._shared is not None:
-            return await self._get_or_run_shared(self._shared, key, ttl, compute)
-        error = None
+            shared = self._shared
+            return await self._single_flight(
+                key,
+                lambda: self._shared_get(key),
+                lambda error: self._lead_shared(shared, key, ttl, compute, error),
+            )
+        return await self._single_flight(
+            key,
+            lambda: self._local_get(key),
+            lambda error: self._lead_local(key, ttl, compute, error),
+        )
+
+    async def _single_flight(
+        self,
+        key: str,
+        read: Callable[[], Awaitable[tuple[object, str | None]]],
+        lead: Callable[[str | None], Awaitable[CacheOutcome]],
+    ) -> CacheOutcome:
+        """`read` the key; on a miss join the call in flight for it, or `lead` one."""
         while True:
-            try:
-                value = await self.backend.get(key, default=MISS)
-            except Exception as exc:
-                error = self._failed("get", exc)
-                value = MISS
-            else:
-                self._recovered()
+            value, error = await read()
             if isinstance(value, str):
                 return CacheOutcome(value, Lookup.HIT, error)
             flight = self._flights.get(key)
@@ -292,13 +225,9 @@ class ResultCache:
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
         try:
-            output = await compute()
-            try:
-                await self.backend.set(key, output, ttl=ttl)
-            except Exception as exc:
-                error = self._failed("set", exc)
-            flight.set_result(output)
-            return CacheOutcome(output, Lookup.MISS, error)
+            outcome = await lead(error)
+            flight.set_result(outcome.output)
+            return outcome
         except asyncio.CancelledError:
             flight.set_exception(_LeaderCancelled())
             raise
@@ -309,6 +238,24 @@ class ResultCache:
             del self._flights[key]
             if flight.done() and not flight.cancelled():
                 flight.exception()  # mark retrieved: a flight nobody joined must not warn
+
+    async def _local_get(self, key: str) -> tuple[object, str | None]:
+        try:
+            value = await self.backend.get(key, default=MISS)
+        except Exception as exc:
+            return MISS, self._failed("get", exc)
+        self._recovered()
+        return value, None
+
+    async def _lead_local(
+        self, key: str, ttl: float, compute: Callable[[], Awaitable[str]], error: str | None
+    ) -> CacheOutcome:
+        output = await compute()
+        try:
+            await self.backend.set(key, output, ttl=ttl)
+        except Exception as exc:
+            error = self._failed("set", exc)
+        return CacheOutcome(output, Lookup.MISS, error)
 
     async def invalidate(self, agent: str) -> None:
         """Drop every cached result of `agent` (in a shared backend: for every process)."""
@@ -330,37 +277,6 @@ class ResultCache:
             logger.exception("closing the cache backend failed")
 
     # -- shared backend ---------------------------------------------------------------------
-
-    async def _get_or_run_shared(
-        self, shared: SharedBackend, key: str, ttl: float, compute: Callable[[], Awaitable[str]]
-    ) -> CacheOutcome:
-        while True:
-            value, error = await self._shared_get(key)
-            if isinstance(value, str):
-                return CacheOutcome(value, Lookup.HIT, error)
-            flight = self._flights.get(key)
-            if flight is None:
-                break
-            try:
-                return CacheOutcome(await asyncio.shield(flight), Lookup.COALESCED, error)
-            except _LeaderCancelled:
-                continue
-        flight = asyncio.get_running_loop().create_future()
-        self._flights[key] = flight
-        try:
-            outcome = await self._lead_shared(shared, key, ttl, compute, error)
-            flight.set_result(outcome.output)
-            return outcome
-        except asyncio.CancelledError:
-            flight.set_exception(_LeaderCancelled())
-            raise
-        except BaseException as exc:
-            flight.set_exception(exc)
-            raise
-        finally:
-            del self._flights[key]
-            if flight.done() and not flight.cancelled():
-                flight.exception()
 
     async def _lead_shared(
         self,

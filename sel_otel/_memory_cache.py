@@ -1,0 +1,87 @@
+"""In-memory cache backend: aiocache's memory backend with least-recently-used eviction."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from aiocache import SimpleMemoryCache
+
+
+class LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
+    """aiocache's memory backend, bounded to `max_size` entries with least-recently-used eviction.
+
+    Only the storage primitives are overridden. Each key with a TTL has one expiry timer; the
+    timer is cancelled whenever its key leaves the cache (eviction, delete, clear), so a stale
+    timer can never delete a key that was set again later. Values are stored by reference:
+    store immutable values (the result cache stores `str`).
+    """
+
+    def __init__(
+        self, max_size: int = 500, *, on_evict: Callable[[], None] | None = None, **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("timeout", None)  # no asyncio.wait_for around in-memory dict access
+        super().__init__(**kwargs)
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self.max_size = max_size
+        self._on_evict = on_evict
+        self._cache: OrderedDict[str, object] = OrderedDict()
+
+    async def _get(self, key: str, encoding: str = "utf-8", _conn: object = None) -> object:
+        value = self._cache.get(key)
+        if value is not None:
+            self._cache.move_to_end(key)
+        return value
+
+    async def _multi_get(
+        self, keys: list[str], encoding: str = "utf-8", _conn: object = None
+    ) -> list[object]:
+        return [await self._get(key) for key in keys]
+
+    async def _set(
+        self,
+        key: str,
+        value: object,
+        ttl: float | None = None,
+        _cas_token: object = None,
+        _conn: object = None,
+    ) -> bool | int:
+        if _cas_token is not None and _cas_token != self._cache.get(key):
+            return 0
+        self._cancel_timer(key)
+        self._cache[key] = value
+        self._cache.move_to_end(key)
+        if ttl:
+            self._handlers[key] = asyncio.get_running_loop().call_later(ttl, self._remove, key)
+        while len(self._cache) > self.max_size:
+            oldest = next(iter(self._cache))
+            self._remove(oldest)
+            if self._on_evict is not None:
+                self._on_evict()
+        return True
+
+    async def _delete(self, key: str, _conn: object = None) -> int:
+        return self._remove(key)
+
+    async def _clear(self, namespace: str | None = None, _conn: object = None) -> bool:
+        doomed = (
+            [k for k in self._cache if k.startswith(namespace)] if namespace else [*self._cache]
+        )
+        for key in doomed:
+            self._remove(key)
+        return True
+
+    async def _redlock_release(self, key: str, value: object) -> int:
+        return self._remove(key) if self._cache.get(key) == value else 0
+
+    def _remove(self, key: str) -> int:
+        self._cancel_timer(key)
+        return 0 if self._cache.pop(key, None) is None else 1
+
+    def _cancel_timer(self, key: str) -> None:
+        handle = self._handlers.pop(key, None)
+        if handle is not None:
+            handle.cancel()
