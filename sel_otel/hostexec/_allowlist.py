@@ -13,7 +13,9 @@
 An entry's `argv` is matched token by token against the user's command line. Literal
 tokens must be typed exactly, except `--`, which is always placed in the executed argv
 whether or not the user typed it. Placeholders accept one operand of a type
-(`OperandType`); `<path>` operands must resolve under one of `roots`.
+(`OperandType`); `<path>` operands must resolve under one of `roots`, through directories
+that only root or the service's user can change (see `_policy`): a root such as /var/log
+owned by root and not group- or world-writable qualifies, anything under /tmp does not.
 """
 
 from __future__ import annotations

@@ -4,6 +4,13 @@ Checks run in order, before anything is executed, and the first failure wins: le
 control characters (NUL included), non-ASCII characters (look-alikes of `;`, `|`, `-`...),
 shell syntax, quoting, then a match against the allow-list with typed operands. Nothing
 here runs a process or touches a shell; the argv is executed as is.
+
+A `<path>` operand is resolved and must lie under an allowed root, and its path must be
+trusted: every directory from `/` down to its parent (and the operand itself when it is a
+directory) is owned by root or by the service's user, and writable by no one else (group
+write only for root's group or the service's own group; never world-writable, sticky or
+not; no ACL granting write). The command opens the path later, by name; only then can no
+other user swap a component for a symbolic link between the check and the open.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +30,8 @@ _SHELL_SYNTAX = frozenset(";&|<>$`\\(){}")
 _GLOB = re.compile(r"[A-Za-z0-9._+@%,=:*?\[\]-]+")
 _WORD = re.compile(r"[A-Za-z0-9._@:+-]+")
 _MAX_OPERAND = 256
+#: Holds a directory's POSIX access ACL; the group bits of its mode are then the ACL mask.
+_ACL_XATTR = "system.posix_acl_access"
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,14 @@ class Policy:
         self._allowlist = allowlist
         self._max_length = max_length
         self._default_timeout = default_timeout
+        self._trust = _Trust(
+            owners=frozenset({0, os.geteuid()}), groups=frozenset({0, os.getegid()})
+        )
+
+    def untrusted_roots(self) -> list[Refused]:
+        """Why each allowed root that fails the trusted-path rule is refused (for start-up logs)."""
+        problems = (self._trust.check(root) for root in self._allowlist.roots)
+        return [problem for problem in problems if problem is not None]
 
     def check(self, line: str) -> Approved | Refused:
         """Approve `line` with its argv, or refuse it with a reason."""
@@ -107,7 +125,7 @@ class Policy:
             if isinstance(part, str):
                 argv.append(part)
                 continue
-            checked = _check_operand(part, token, self._allowlist.roots)
+            checked = _check_operand(part, token, self._allowlist.roots, self._trust)
             if isinstance(checked, Refused):
                 return checked
             argv.append(checked)
@@ -138,13 +156,15 @@ def _align(pattern: tuple[Part, ...], tokens: list[str]) -> list[str] | None:
     return aligned if index == len(tokens) else None
 
 
-def _check_operand(kind: OperandType, token: str, roots: tuple[Path, ...]) -> str | Refused:
+def _check_operand(
+    kind: OperandType, token: str, roots: tuple[Path, ...], trust: _Trust
+) -> str | Refused:
     if token.startswith("-"):
         return _forbidden("option_operand", f"options are not allowed here: {token}")
     if not token or len(token) > _MAX_OPERAND:
         return _forbidden("bad_operand", f"operand must be 1 to {_MAX_OPERAND} characters")
     if kind is OperandType.PATH:
-        return _check_path(token, roots)
+        return _check_path(token, roots, trust)
     if kind is OperandType.GLOB and not _GLOB.fullmatch(token):
         return _forbidden("bad_operand", f"not a file-name pattern: {token}")
     if kind is OperandType.WORD and not _WORD.fullmatch(token):
@@ -152,11 +172,68 @@ def _check_operand(kind: OperandType, token: str, roots: tuple[Path, ...]) -> st
     return token
 
 
-def _check_path(token: str, roots: tuple[Path, ...]) -> str | Refused:
+def _check_path(token: str, roots: tuple[Path, ...], trust: _Trust) -> str | Refused:
     if not os.path.isabs(token):
         return _forbidden("relative_path", f"path must be absolute: {token}")
-    resolved = Path(os.path.realpath(token))
-    if any(resolved == root or root in resolved.parents for root in roots):
-        return str(resolved)
-    allowed = ", ".join(str(root) for root in roots)
-    return _forbidden("outside_roots", f"path {token} is outside the allowed roots ({allowed})")
+    try:
+        resolved = Path(os.path.realpath(token))
+    except OSError as exc:  # a link that changed while being followed
+        return _untrusted(f"path {token} changed while it was checked: {exc.strerror}")
+    if not any(resolved == root or root in resolved.parents for root in roots):
+        allowed = ", ".join(str(root) for root in roots)
+        return _forbidden("outside_roots", f"path {token} is outside the allowed roots ({allowed})")
+    return trust.check(resolved) or str(resolved)
+
+
+@dataclass(frozen=True)
+class _Trust:
+    """The trusted-path rule: who may own, and which groups may write, a path's directories."""
+
+    owners: frozenset[int]
+    groups: frozenset[int]
+
+    def check(self, path: Path) -> Refused | None:
+        """None when no one outside `owners`/`groups` can change what `path` names."""
+        directories = [*reversed(path.parents), path]
+        for index, directory in enumerate(directories):
+            try:
+                info = os.lstat(directory)
+            except FileNotFoundError:
+                # Nothing below exists, and only a trusted user may create it here.
+                return None
+            except OSError as exc:
+                return _untrusted(f"{directory} cannot be checked: {exc.strerror}")
+            last = index == len(directories) - 1
+            if last and not stat.S_ISDIR(info.st_mode):
+                return None  # a file in a trusted directory: it cannot be swapped
+            problem = self._writer(directory, info)
+            if problem is not None:
+                return _untrusted(f"{directory} is writable by {problem}")
+        return None
+
+    def _writer(self, directory: Path, info: os.stat_result) -> str | None:
+        """Who besides the trusted users can change `directory`'s entries, if anyone."""
+        if stat.S_ISLNK(info.st_mode):
+            return "whoever swapped it for a symbolic link"  # it was resolved a moment ago
+        if info.st_uid not in self.owners:
+            return f"uid {info.st_uid} (its owner)"
+        if info.st_mode & stat.S_IWOTH:
+            return "everyone"
+        if info.st_mode & stat.S_IWGRP:
+            if info.st_gid not in self.groups:
+                return f"group gid {info.st_gid}"
+            if _has_acl(directory):
+                return "the users and groups its ACL names"
+        return None
+
+
+def _has_acl(path: Path) -> bool:
+    try:
+        os.getxattr(path, _ACL_XATTR, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
+
+
+def _untrusted(message: str) -> Refused:
+    return _forbidden("untrusted_path", message)

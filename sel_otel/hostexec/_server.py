@@ -63,13 +63,14 @@ def create_app(
 ) -> web.Application:
     """Build the host-exec application; raises ConfigError for a bad allow-list."""
     allowlist = AllowList.load(settings.allowlist)
+    policy = Policy(
+        allowlist, max_length=settings.max_command_length, default_timeout=settings.default_timeout
+    )
+    for problem in policy.untrusted_roots():
+        logger.warning("every <path> under this root will be refused: %s", problem.message)
     service = _Service(
         token=settings.token.encode(),
-        policy=Policy(
-            allowlist,
-            max_length=settings.max_command_length,
-            default_timeout=settings.default_timeout,
-        ),
+        policy=policy,
         runner=Runner(
             env=child_environment(settings, os.environ),
             max_output_bytes=settings.max_output_bytes,

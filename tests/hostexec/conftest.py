@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from sel_otel.hostexec import LocalHostExec
+from sel_otel.hostexec import AllowList, LocalHostExec, Policy
 
 SPAWN_TREE = Path(__file__).with_name("spawn_tree.py")
 #: Timeout of the test entries that sleep past it.
@@ -39,9 +41,38 @@ def write_allowlist(path: Path, root: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def trusted_dir() -> Iterator[Path]:
+    """A directory the trusted-path rule accepts, for `<path>` roots.
+
+    Not under /tmp: a world-writable directory (sticky or not) makes every path below it
+    untrusted. The home directory is owned by the user running the tests (the service's
+    user too) and writable by no one else.
+    """
+    try:
+        path = Path(tempfile.mkdtemp(prefix=".sel-hostexec-test-", dir=Path.home()))
+    except OSError as exc:
+        pytest.skip(f"no trusted directory for path operands: {exc}")
+    policy = Policy(AllowList.from_json({"roots": [str(path)], "commands": [{"argv": ["ls"]}]}))
+    problems = policy.untrusted_roots()
+    if problems:
+        shutil.rmtree(path)
+        pytest.skip(f"no trusted directory for path operands: {problems[0].message}")
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def trusted_tmp(trusted_dir: Path) -> Iterator[Path]:
+    """A fresh, empty trusted directory for one test."""
+    path = Path(tempfile.mkdtemp(dir=trusted_dir))
+    yield path
+    shutil.rmtree(path)
+
+
 @pytest.fixture(scope="module")
-def file_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("root")
+def file_root(trusted_dir: Path) -> Path:
+    root = Path(tempfile.mkdtemp(prefix="root-", dir=trusted_dir))
     (root / "hello.txt").write_text("hello\n", encoding="utf-8")
     return root
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +61,12 @@ def test_exact_entry_refuses_extra_and_missing_arguments(tmp_path: Path) -> None
     assert _refused(policy, "df").reason == "not_allowed"
 
 
-def test_operands_go_after_a_double_dash_typed_or_not(tmp_path: Path) -> None:
-    (tmp_path / "notes").write_text("x")
-    policy = _policy(tmp_path, {"argv": ["cat", "--", "<path>"]})
-    expected = ("cat", "--", str(tmp_path / "notes"))
-    assert _approved(policy, f"cat {tmp_path}/notes").argv == expected
-    assert _approved(policy, f"cat -- {tmp_path}/notes").argv == expected
+def test_operands_go_after_a_double_dash_typed_or_not(trusted_tmp: Path) -> None:
+    (trusted_tmp / "notes").write_text("x")
+    policy = _policy(trusted_tmp, {"argv": ["cat", "--", "<path>"]})
+    expected = ("cat", "--", str(trusted_tmp / "notes"))
+    assert _approved(policy, f"cat {trusted_tmp}/notes").argv == expected
+    assert _approved(policy, f"cat -- {trusted_tmp}/notes").argv == expected
 
 
 def test_operand_starting_with_dash_is_refused(tmp_path: Path) -> None:
@@ -89,20 +91,24 @@ def test_symlink_out_of_the_root_is_refused(tmp_path: Path) -> None:
     assert _refused(policy, f"cat {root}/link").reason == "outside_roots"
 
 
-def test_path_operand_is_passed_resolved(tmp_path: Path) -> None:
-    (tmp_path / "a").mkdir()
-    policy = _policy(tmp_path, {"argv": ["ls", "--", "<path>"]})
-    assert _approved(policy, f"ls {tmp_path}/a/../a/.").argv == ("ls", "--", str(tmp_path / "a"))
+def test_path_operand_is_passed_resolved(trusted_tmp: Path) -> None:
+    (trusted_tmp / "a").mkdir()
+    policy = _policy(trusted_tmp, {"argv": ["ls", "--", "<path>"]})
+    assert _approved(policy, f"ls {trusted_tmp}/a/../a/.").argv == (
+        "ls",
+        "--",
+        str(trusted_tmp / "a"),
+    )
 
 
-def test_glob_and_word_operands_accept_only_their_characters(tmp_path: Path) -> None:
+def test_glob_and_word_operands_accept_only_their_characters(trusted_tmp: Path) -> None:
     policy = _policy(
-        tmp_path,
+        trusted_tmp,
         {"argv": ["find", "<path>", "-name", "<glob>"]},
         {"argv": ["ip", "addr", "show", "<word>"]},
     )
-    assert _approved(policy, f"find {tmp_path} -name '*.log'").argv[-1] == "*.log"
-    assert _refused(policy, f"find {tmp_path} -name a/b").reason == "bad_operand"
+    assert _approved(policy, f"find {trusted_tmp} -name '*.log'").argv[-1] == "*.log"
+    assert _refused(policy, f"find {trusted_tmp} -name a/b").reason == "bad_operand"
     assert _approved(policy, "ip addr show eth0").argv[-1] == "eth0"
     assert _refused(policy, "ip addr show 'eth0 x'").reason == "bad_operand"
 
@@ -173,3 +179,100 @@ def test_placeholders_cover_every_operand_type() -> None:
         "commands": [{"argv": ["x", *(f"<{t.value}>" for t in OperandType)]}],
     }
     assert AllowList.from_json(data).entries[0].pattern[1:] == tuple(OperandType)
+
+
+# -- the trusted-path rule: no one but root or the service's user can swap a component --------
+
+_AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="changing ownership needs root")
+_OTHER_ID = 12345
+
+
+def _cat_policy(root: Path) -> Policy:
+    return _policy(root, {"argv": ["cat", "--", "<path>"]}, {"argv": ["ls", "--", "<path>"]})
+
+
+def _tree(root: Path) -> Path:
+    """`root/d/file`, all owned by the test's user, mode 755/644."""
+    (root / "d").mkdir()
+    (root / "d" / "file").write_text("x")
+    return root / "d"
+
+
+def test_trusted_tree_is_allowed(trusted_tmp: Path) -> None:
+    directory = _tree(trusted_tmp)
+    policy = _cat_policy(trusted_tmp)
+    assert policy.untrusted_roots() == []
+    assert _approved(policy, f"cat {directory}/file").argv[-1] == str(directory / "file")
+    assert _approved(policy, f"ls {directory}").argv[-1] == str(directory)
+    assert _approved(policy, f"cat {directory}/absent/file").argv[-1].endswith("absent/file")
+
+
+@_AS_ROOT
+def test_directory_owned_by_another_user_is_refused(trusted_tmp: Path) -> None:
+    directory = _tree(trusted_tmp)
+    os.chown(directory, _OTHER_ID, _OTHER_ID)
+    policy = _cat_policy(trusted_tmp)
+    refused = _refused(policy, f"cat {directory}/file")
+    assert (refused.status, refused.reason) == (403, "untrusted_path")
+    assert refused.message == f"{directory} is writable by uid {_OTHER_ID} (its owner)"
+    assert _refused(policy, f"ls {directory}").reason == "untrusted_path"  # the operand itself
+    (trusted_tmp / "other").write_text("y")
+    assert _approved(policy, f"cat {trusted_tmp}/other")  # a sibling stays readable
+
+
+@_AS_ROOT
+def test_root_owned_by_another_user_refuses_every_path_and_is_reported(trusted_tmp: Path) -> None:
+    directory = _tree(trusted_tmp)
+    os.chown(trusted_tmp, _OTHER_ID, _OTHER_ID)
+    policy = _cat_policy(trusted_tmp)
+    assert _refused(policy, f"cat {directory}/file").reason == "untrusted_path"
+    assert [p.message for p in policy.untrusted_roots()] == [
+        f"{trusted_tmp} is writable by uid {_OTHER_ID} (its owner)"
+    ]
+
+
+@_AS_ROOT
+def test_group_writable_directory_is_refused_unless_the_group_is_trusted(
+    trusted_tmp: Path,
+) -> None:
+    directory = _tree(trusted_tmp)
+    directory.chmod(0o775)
+    os.chown(directory, -1, _OTHER_ID)
+    policy = _cat_policy(trusted_tmp)
+    refused = _refused(policy, f"cat {directory}/file")
+    assert refused.message == f"{directory} is writable by group gid {_OTHER_ID}"
+    os.chown(directory, -1, 0)  # root's group
+    assert _approved(policy, f"cat {directory}/file")
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o757])
+def test_world_writable_directory_is_refused_even_when_sticky(trusted_tmp: Path, mode: int) -> None:
+    directory = _tree(trusted_tmp)
+    directory.chmod(mode)
+    policy = _cat_policy(trusted_tmp)
+    refused = _refused(policy, f"cat {directory}/file")
+    assert refused.message == f"{directory} is writable by everyone"
+
+
+def test_a_writable_file_in_a_trusted_directory_is_allowed(trusted_tmp: Path) -> None:
+    directory = _tree(trusted_tmp)
+    (directory / "file").chmod(0o666)  # its content may change, not what the name points at
+    assert _approved(_cat_policy(trusted_tmp), f"cat {directory}/file")
+
+
+def test_paths_under_a_world_writable_tmp_are_refused(tmp_path: Path) -> None:
+    top = Path(tmp_path.parts[0], tmp_path.parts[1])  # /tmp, or wherever pytest keeps them
+    if not top.stat().st_mode & stat.S_IWOTH:
+        pytest.skip(f"{top} is not world-writable here")
+    (tmp_path / "file").write_text("x")
+    refused = _refused(_cat_policy(tmp_path), f"cat {tmp_path}/file")
+    assert refused.message == f"{top} is writable by everyone"
+
+
+def test_default_root_var_log_is_trusted_on_a_stock_system() -> None:
+    info = os.stat("/var/log")
+    if info.st_uid != 0 or info.st_mode & 0o002 or (info.st_mode & 0o020 and info.st_gid != 0):
+        pytest.skip("/var/log is writable beyond root here (for example by group syslog)")
+    policy = Policy(AllowList.load())
+    assert policy.untrusted_roots() == []
+    assert _approved(policy, "ls /var/log").argv == ("ls", "--", "/var/log")
