@@ -17,9 +17,18 @@ import pytest_asyncio
 from sel_otel.hostexec import AllowList, LocalHostExec, Policy
 
 SPAWN_TREE = Path(__file__).with_name("spawn_tree.py")
+ESCAPE_GROUP = Path(__file__).with_name("escape_group.py")
 #: Timeout of the test entries that sleep past it.
 SHORT_TIMEOUT_S = 1.0
 MAX_CONCURRENCY = 2
+
+
+def not_a_program(directory: Path) -> Path:
+    """An executable file that is neither a binary nor a script: exec fails with ENOEXEC."""
+    path = directory / "not-a-program"
+    path.write_bytes(b"\x00\x01\x02 not a program\n")
+    path.chmod(0o755)
+    return path
 
 
 def write_allowlist(path: Path, root: Path) -> Path:
@@ -33,6 +42,9 @@ def write_allowlist(path: Path, root: Path) -> Path:
             {"argv": ["sleep", "2"], "timeout": 10},
             {"argv": ["sleep", "30"], "timeout": SHORT_TIMEOUT_S},
             {"argv": [sys.executable, str(SPAWN_TREE)], "timeout": SHORT_TIMEOUT_S},
+            {"argv": [sys.executable, str(ESCAPE_GROUP)], "timeout": SHORT_TIMEOUT_S},
+            {"argv": [sys.executable, str(ESCAPE_GROUP), "exit"], "timeout": 10},
+            {"argv": [str(not_a_program(path.parent))]},
             {"argv": ["yes"]},  # prints until it is killed
             {"argv": ["cat", "--", "<path>"]},
         ],

@@ -14,7 +14,14 @@ import pytest
 
 from sel_otel.hostexec import LocalHostExec
 
-from .conftest import MAX_CONCURRENCY, SHORT_TIMEOUT_S, SPAWN_TREE, post_exec
+from .conftest import (
+    ESCAPE_GROUP,
+    MAX_CONCURRENCY,
+    SHORT_TIMEOUT_S,
+    SPAWN_TREE,
+    not_a_program,
+    post_exec,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -153,6 +160,58 @@ async def test_timeout_kills_the_whole_process_group(service: LocalHostExec) -> 
             break
         await asyncio.sleep(0.02)
     assert not [pid for pid in pids if _running(pid)]
+
+
+async def _gone(pids: list[int], within: float = 2.0) -> list[int]:
+    """The pids still running after waiting up to `within` seconds for them to end."""
+    for _ in range(int(within / 0.02)):
+        if not any(_running(pid) for pid in pids):
+            break
+        await asyncio.sleep(0.02)
+    return [pid for pid in pids if _running(pid)]
+
+
+async def test_process_escaping_the_group_with_the_output_open_holds_neither_answer_nor_slot(
+    service: LocalHostExec,
+) -> None:
+    command = shlex.join([sys.executable, str(ESCAPE_GROUP)])
+    started = time.perf_counter()
+    responses = await asyncio.gather(
+        *(post_exec(service, {"command": command}) for _ in range(MAX_CONCURRENCY))
+    )
+    assert time.perf_counter() - started < SHORT_TIMEOUT_S + 1.0
+    for response in responses:
+        assert response.status_code == 504
+        assert response.json()["timed_out"] is True
+    after = await post_exec(service, {"command": "uname -a"})  # every slot is free again
+    assert after.status_code == 200
+    sleepers = [int(response.json()["stdout"]) for response in responses]
+    assert await _gone(sleepers) == []  # found by the pipe they held, and killed
+    assert "holding its output open; killed them" in service.log_path.read_text()
+
+
+async def test_command_that_exits_leaving_an_escaped_process_is_answered_at_once(
+    service: LocalHostExec,
+) -> None:
+    command = shlex.join([sys.executable, str(ESCAPE_GROUP), "exit"])
+    started = time.perf_counter()
+    response = await post_exec(service, {"command": command})
+    assert time.perf_counter() - started < 2.0  # not the sleeper's 20 s, nor the 10 s timeout
+    body = response.json()
+    assert response.status_code == 200
+    assert (body["exit_code"], body["timed_out"]) == (0, False)
+    assert await _gone([int(body["stdout"])]) == []
+
+
+async def test_program_that_cannot_be_executed_is_reported_not_a_server_error(
+    service: LocalHostExec, test_allowlist: Path
+) -> None:
+    program = not_a_program(test_allowlist.parent)
+    response = await post_exec(service, {"command": str(program)})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["exit_code"] == 126
+    assert body["stderr"] == f"{program}: cannot run: Exec format error\n"
 
 
 async def test_timed_out_command_is_answered_at_its_timeout(service: LocalHostExec) -> None:
