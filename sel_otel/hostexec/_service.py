@@ -19,6 +19,11 @@ from ._settings import HostExecSettings
 logger = logging.getLogger(__name__)
 
 _DEFAULT_SERVICE_NAME = "sel-host-exec"
+#: Header limits well above what the bot sends (a few short headers, a 43-character token)
+#: and below aiohttp's defaults (8190 bytes, 128 headers), so a connection buffers less.
+_MAX_LINE_SIZE = 4096
+_MAX_FIELD_SIZE = 4096
+_MAX_HEADERS = 32
 
 
 def run_service(
@@ -30,7 +35,15 @@ def run_service(
 
 async def _serve(settings: HostExecSettings, tracer_provider: TracerProvider | None) -> None:
     app = create_app(settings, tracer_provider=tracer_provider)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(
+        app,
+        # From the connection's start or its last answer: bounds idle connections and
+        # requests whose headers never end (aiohttp closes them while awaiting a request).
+        keepalive_timeout=settings.keepalive_timeout,
+        max_line_size=_MAX_LINE_SIZE,
+        max_field_size=_MAX_FIELD_SIZE,
+        max_headers=_MAX_HEADERS,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)

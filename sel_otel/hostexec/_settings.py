@@ -87,6 +87,7 @@ class HostExecSettings:
     max_body_bytes: int = 16_384
     max_command_length: int = 1024
     default_timeout: float = 15.0
+    keepalive_timeout: float = 15.0  # seconds a connection may sit idle or send its headers
     child_path: str = DEFAULT_PATH
     child_env: tuple[str, ...] = DEFAULT_CHILD_ENV
 
@@ -124,6 +125,9 @@ class HostExecSettings:
                 env, "HOST_EXEC_MAX_COMMAND_LENGTH", _positive_int, cls.max_command_length
             ),
             default_timeout=_get(env, "HOST_EXEC_TIMEOUT", _positive_float, cls.default_timeout),
+            keepalive_timeout=_get(
+                env, "HOST_EXEC_KEEPALIVE_TIMEOUT", _positive_float, cls.keepalive_timeout
+            ),
             child_path=_get(env, "HOST_EXEC_PATH", str, cls.child_path),
             child_env=_get(env, "HOST_EXEC_CHILD_ENV", _names, cls.child_env),
         )

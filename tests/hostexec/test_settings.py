@@ -20,6 +20,7 @@ def test_defaults_listen_on_loopback() -> None:
     assert settings.host == "127.0.0.1"
     assert settings.allowlist is None
     assert settings.default_timeout == 15.0
+    assert settings.keepalive_timeout == 15.0
     assert "PATH" not in settings.child_env
 
 
@@ -35,6 +36,7 @@ def test_values_are_read_from_the_environment(tmp_path: Path) -> None:
             "HOST_EXEC_MAX_BODY_BYTES": "2000",
             "HOST_EXEC_MAX_COMMAND_LENGTH": "300",
             "HOST_EXEC_TIMEOUT": "2.5",
+            "HOST_EXEC_KEEPALIVE_TIMEOUT": "4",
             "HOST_EXEC_PATH": "/bin",
             "HOST_EXEC_CHILD_ENV": "LANG, TZ",
         }
@@ -44,6 +46,7 @@ def test_values_are_read_from_the_environment(tmp_path: Path) -> None:
     assert settings.max_concurrency == 7
     assert (settings.max_output_bytes, settings.max_body_bytes) == (1000, 2000)
     assert (settings.max_command_length, settings.default_timeout) == (300, 2.5)
+    assert settings.keepalive_timeout == 4.0
     assert (settings.child_path, settings.child_env) == ("/bin", ("LANG", "TZ"))
 
 
