@@ -128,7 +128,9 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 
 def _authorized(request: web.Request, token: bytes) -> bool:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+    # Header bytes that are not UTF-8 arrive as surrogates: back to bytes, never a match.
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token)
 
 
 async def _read_command(request: web.Request) -> str | web.Response:

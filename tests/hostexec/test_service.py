@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import socket
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,26 @@ async def test_missing_or_wrong_token_is_401(
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == "Bearer"
     assert "stdout" not in response.json()
+
+
+def _raw_request(service: LocalHostExec, request: bytes) -> bytes:
+    host, port = service.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        return sock.recv(65536)
+
+
+@pytest.mark.parametrize("token", [b"\xff\xfe", b"\xc3\xa9t\xc3\xa9", b"\x80" * 40])
+async def test_token_that_is_not_ascii_is_401(service: LocalHostExec, token: bytes) -> None:
+    body = b'{"command": "uname -a"}'
+    request = (
+        b"POST /exec HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + token + b"\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    answer = await asyncio.to_thread(_raw_request, service, request)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
 
 
 async def test_token_with_different_case_scheme_is_accepted(service: LocalHostExec) -> None:
