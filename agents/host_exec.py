@@ -1,6 +1,8 @@
 """Run an allow-listed system command on the host through the host-exec service.
 
-Reads `HOST_EXEC_URL` and `HOST_EXEC_TOKEN` at each call. One `httpx.AsyncClient` per event
+Reads `HOST_EXEC_URL` and the token at each call: `HOST_EXEC_TOKEN`, or when it is unset the
+file named by `HOST_EXEC_TOKEN_FILE` (re-read when it changes), so a deployment can keep the
+token out of the environment. One `httpx.AsyncClient` per event
 loop, traced by the OpenTelemetry httpx instrumentation, so the HTTP call is a child of the
 agent span and carries `traceparent` to the service.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import httpx
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
@@ -50,6 +53,8 @@ RETRY_DELAY = 0.2
 MAX_REPLY = 2000
 
 _clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+#: The token read from each HOST_EXEC_TOKEN_FILE, by path, with the file's mtime then.
+_token_files: dict[str, tuple[int, str]] = {}
 
 
 class HostExecAuthFailed(AgentReplyError):
@@ -85,6 +90,26 @@ def _client() -> httpx.AsyncClient:
     return client
 
 
+def _token() -> str:
+    token = os.environ.get("HOST_EXEC_TOKEN", "").strip()
+    path = os.environ.get("HOST_EXEC_TOKEN_FILE", "").strip()
+    if token or not path:
+        return token
+    try:
+        mtime = os.stat(path).st_mtime_ns
+        cached = _token_files.get(path)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise HostExecAuthFailed(
+            f"❌ Host exec token file cannot be read (HOST_EXEC_TOKEN_FILE): {reason}"
+        ) from exc
+    _token_files[path] = (mtime, token)
+    return token
+
+
 def _timeout_for(command: str) -> float:
     program = command.split(" ", 1)[0]
     return (SLOW_TIMEOUT if program in SLOW_COMMANDS else DEFAULT_TIMEOUT) + RESPONSE_MARGIN
@@ -92,9 +117,9 @@ def _timeout_for(command: str) -> float:
 
 async def _post(command: str) -> httpx.Response:
     url = os.environ.get("HOST_EXEC_URL", "").rstrip("/")
-    token = os.environ.get("HOST_EXEC_TOKEN", "")
     if not url:
         raise HostExecUnavailable("❌ Host exec is not configured (set HOST_EXEC_URL)")
+    token = _token()
     mutating = command.split(" ", 1)[0] in INVALIDATED_BY
     # A read timeout may mean the command ran: only commands that change nothing are retried.
     retryable = (httpx.ConnectError, httpx.ConnectTimeout) if mutating else httpx.TransportError

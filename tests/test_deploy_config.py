@@ -304,21 +304,46 @@ def test_the_bot_reaches_redis_host_exec_and_names_itself(
 # -- secrets ---------------------------------------------------------------------------------
 
 
-def test_no_secret_is_written_in_compose_and_tokens_come_from_the_env_file(
-    services: dict[str, dict[str, Any]],
-) -> None:
-    for name, service in services.items():
-        for key in _env(service):
-            assert not _SECRET_NAME.search(key), f"{name} sets {key} in the compose file"
-    for name in ("bot", "host-exec"):
-        assert services[name]["env_file"] in (".env", [".env"]), name
-    example = dict(
+def _env_example() -> dict[str, str]:
+    return dict(
         line.split("=", 1)
         for line in (DEPLOY / ".env.example").read_text().splitlines()
         if line and not line.startswith("#")
     )
+
+
+def test_no_secret_is_written_in_compose_and_tokens_come_from_deploy_env(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    example = _env_example()
     assert {"DISCORD_TOKEN", "HOST_EXEC_TOKEN"} <= set(example)
     assert all(value == "" for key, value in example.items() if _SECRET_NAME.search(key))
+    secrets = compose.get("secrets") or {}
+    for name, service in services.items():
+        granted = set(service.get("secrets", ()))
+        for key, value in _env(service).items():
+            if not _SECRET_NAME.search(key):
+                continue
+            if key.endswith("_FILE"):  # a compose secret, sourced from deploy/.env
+                secret = value.removeprefix("/run/secrets/")
+                assert value.startswith("/run/secrets/") and secret in granted, (name, key)
+                assert secrets[secret]["environment"] in example, (name, key)
+            else:  # one variable of deploy/.env, interpolated by compose
+                reference = re.fullmatch(r"\$\{(\w+)(:-)?\}", value)
+                assert reference and reference[1] == key, f"{name} sets {key}"
+                assert key in example, f"{name}: {key} is not in .env.example"
+        assert "env_file" not in service, f"{name} would get every secret of deploy/.env"
+
+
+def test_the_host_exec_token_reaches_both_ends_as_a_file_not_an_environment_variable(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    assert compose["secrets"]["host_exec_token"] == {"environment": "HOST_EXEC_TOKEN"}
+    for name in ("host-exec", "bot"):
+        env = _env(services[name])
+        assert "HOST_EXEC_TOKEN" not in env, name
+        assert env["HOST_EXEC_TOKEN_FILE"] == "/run/secrets/host_exec_token", name
+        assert services[name]["secrets"] == ["host_exec_token"], name
 
 
 def test_the_real_env_file_is_never_committed_nor_sent_to_a_build() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -101,6 +102,31 @@ async def test_wrong_token_is_an_authentication_error(
     assert result.error is not None
     assert result.error.reply == "❌ Host exec authentication failed (check HOST_EXEC_TOKEN)"
     assert result.error.error_type == "HostExecAuthFailed"
+
+
+async def test_token_is_read_from_a_file_when_the_variable_is_unset_and_reread_on_change(
+    service: LocalHostExec,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    runtime: AgentRuntime,
+) -> None:
+    token_file = tmp_path / "host_exec_token"
+    token_file.write_text(service.token + "\n")
+    monkeypatch.setenv("HOST_EXEC_URL", service.url)
+    monkeypatch.delenv("HOST_EXEC_TOKEN", raising=False)
+    monkeypatch.setenv("HOST_EXEC_TOKEN_FILE", str(token_file))
+    assert (await runtime.run("host_exec", "uname -a")).ok
+    token_file.write_text("a-rotated-token-the-service-does-not-know")
+    os.utime(token_file, ns=(0, token_file.stat().st_mtime_ns + 1_000_000_000))
+    refused = await runtime.run("host_exec", "false")
+    assert refused.error is not None
+    assert refused.error.error_type == "HostExecAuthFailed"
+    token_file.unlink()
+    unreadable = await runtime.run("host_exec", "false")
+    assert unreadable.error is not None
+    assert unreadable.error.reply == (
+        "❌ Host exec token file cannot be read (HOST_EXEC_TOKEN_FILE): No such file or directory"
+    )
 
 
 async def test_command_outside_the_allow_list_is_blocked_and_not_cached(
