@@ -49,6 +49,10 @@ class _Service:
 
 
 _SERVICE = web.AppKey("service", _Service)
+#: Characters of the request path recorded on the span; the routes are far shorter.
+_MAX_URL_PATH = 256
+#: Characters of an argv's repr in the audit log; the policy already bounds the line.
+_MAX_LOGGED_ARGV = 2048
 
 
 def child_environment(settings: HostExecSettings, source: Mapping[str, str]) -> dict[str, str]:
@@ -90,7 +94,10 @@ async def _trace_requests(request: web.Request, handler: Handler) -> web.StreamR
     """One SERVER span per request, continuing the caller's `traceparent`."""
     tracer = request.app[_SERVICE].tracer
     resource = request.match_info.route.resource
-    attributes = {names.HTTP_REQUEST_METHOD: request.method, names.URL_PATH: request.path}
+    attributes = {
+        names.HTTP_REQUEST_METHOD: request.method,
+        names.URL_PATH: request.path[:_MAX_URL_PATH],  # any client may send any path
+    }
     name = request.method  # unmatched paths stay out of span names: low cardinality
     if resource is not None:
         attributes[names.HTTP_ROUTE] = resource.canonical
@@ -159,7 +166,7 @@ async def _exec(request: web.Request) -> web.Response:
     if service.slots.locked():
         return _error(429, "too many commands running; try again shortly")
     async with service.slots:
-        result = await _run(service, decision)
+        result = await _run(service, decision, request.remote)
     if result.timed_out:
         return web.json_response({**result.to_json(), "timeout_s": decision.timeout}, status=504)
     return web.json_response(result.to_json())
@@ -173,8 +180,17 @@ def _refuse(refused: Refused, command: str) -> web.Response:
     return _error(refused.status, refused.message, reason=refused.reason)
 
 
-async def _run(service: _Service, approved: Approved) -> ExecResult:
+async def _run(service: _Service, approved: Approved, remote: str | None) -> ExecResult:
     program = approved.argv[0]
+    # The audit record of every command, whether or not its trace is sampled and exported.
+    logger.info(
+        "exec %.*r timeout=%gs from %s trace_id=%s",
+        _MAX_LOGGED_ARGV,
+        approved.argv,
+        approved.timeout,
+        remote,
+        format(trace.get_current_span().get_span_context().trace_id, "032x"),
+    )
     attributes: dict[str, AttributeValue] = {
         names.PROCESS_COMMAND: program,
         names.PROCESS_COMMAND_ARGS: list(approved.argv),

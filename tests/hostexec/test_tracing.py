@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -141,3 +142,35 @@ async def test_unknown_path_keeps_the_span_name_low_cardinality(
     assert server.attributes is not None
     assert "http.route" not in server.attributes
     assert server.attributes["http.response.status_code"] == 404
+
+
+async def test_long_request_path_is_capped_on_the_span(
+    client: TestClient[object, object], exporter: InMemorySpanExporter
+) -> None:
+    response = await client.get("/" + "A" * 5000)
+    assert response.status == 404
+    (server,) = exporter.get_finished_spans()
+    assert server.name == "GET"
+    assert server.attributes is not None
+    assert server.attributes["url.path"] == "/" + "A" * 255
+
+
+async def test_every_command_is_logged_with_its_argv_even_when_its_trace_is_not_sampled(
+    client: TestClient[object, object],
+    exporter: InMemorySpanExporter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sel_otel.hostexec")
+    response = await client.post(
+        "/exec",
+        json={"command": "uname   -a"},
+        headers={
+            "Authorization": f"Bearer {TOKEN}",
+            "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00",
+        },
+    )
+    assert response.status == 200
+    assert exporter.get_finished_spans() == ()  # the caller chose not to sample
+    (audit,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("exec (")]
+    assert audit.startswith("exec ('uname', '-a') timeout=15s from 127.0.0.1 ")
+    assert audit.endswith(f"trace_id={TRACE_ID}")
