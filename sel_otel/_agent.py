@@ -14,7 +14,7 @@ CACHE_PER_USER = False              # optional: the user id goes into the cache 
 def run(query: str) -> str: ...     # or: async def run(query: str) -> str
 async def close() -> None: ...      # optional: release resources when the runtime stops
 ```
-`CACHE_TTL_BY_INPUT` keys match the stripped input exactly, or else its first word.
+`CACHE_TTL_BY_INPUT` keys match the input (white space collapsed) exactly, or else its first word.
 """
 
 from __future__ import annotations
@@ -52,21 +52,27 @@ class Agent:
     path: Path | None = None
 
     def ttl_for(self, query: str) -> float:
-        """Seconds to cache the result of `query`; 0 means do not cache it."""
+        """Seconds to cache the result of `query`; 0 means do not cache it.
+
+        Overrides match the input with its white space collapsed, or else its first word.
+        """
         if not self.cacheable:
             return 0.0
         if self.ttl_by_input:
-            stripped = query.strip()
-            ttl = self.ttl_by_input.get(stripped)
-            if ttl is None:
-                ttl = self.ttl_by_input.get(stripped.split(" ", 1)[0])
+            words = query.split()
+            ttl = self.ttl_by_input.get(" ".join(words))
+            if ttl is None and words:
+                ttl = self.ttl_by_input.get(words[0])
             if ttl is not None:
                 return ttl
         return self.cache_ttl
 
     def invalidates(self, query: str) -> bool:
         """True when running `query` changes state, so the agent's cached results go stale."""
-        return bool(self.invalidated_by) and query.strip().split(" ", 1)[0] in self.invalidated_by
+        if not self.invalidated_by:
+            return False
+        words = query.split(maxsplit=1)
+        return bool(words) and words[0] in self.invalidated_by
 
     @classmethod
     def from_module(cls, name: str, module: ModuleType, path: Path | None = None) -> Agent:
@@ -94,7 +100,7 @@ class Agent:
         if not isinstance(overrides, Mapping) or not all(isinstance(k, str) for k in overrides):
             raise broken("CACHE_TTL_BY_INPUT must map input strings to seconds")
         ttl_by_input = {
-            key.strip(): _seconds(value, f"CACHE_TTL_BY_INPUT[{key!r}]", broken)
+            " ".join(key.split()): _seconds(value, f"CACHE_TTL_BY_INPUT[{key!r}]", broken)
             for key, value in overrides.items()
         }
         timeout = getattr(module, "TIMEOUT", None)

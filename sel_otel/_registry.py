@@ -50,7 +50,6 @@ class ReloadReport:
 @dataclass(frozen=True)
 class _Loaded:
     agent: Agent
-    module: ModuleType
     digest: bytes
 
 
@@ -61,6 +60,7 @@ class AgentRegistry:
         self.directory = Path(directory)
         self._loaded: dict[str, _Loaded] = {}
         self._agents: dict[str, Agent] = {}
+        self._retired: list[Agent] = []
         self.agents: Mapping[str, Agent] = MappingProxyType(self._agents)
         self.failures: Mapping[Path, str] = MappingProxyType({})
 
@@ -70,6 +70,14 @@ class AgentRegistry:
             return self._agents[name]
         except KeyError:
             raise AgentNotFound(name, known=sorted(self._agents)) from None
+
+    def take_retired(self) -> list[Agent]:
+        """Agents replaced or removed by reloads since the last call, for their owner to close.
+
+        They are not closed at reload time: calls in flight may still be using them.
+        """
+        retired, self._retired = self._retired, []
+        return retired
 
     def reload(self) -> ReloadReport:
         """Re-read the directory: load new and changed files, drop deleted ones."""
@@ -101,10 +109,13 @@ class AgentRegistry:
                 continue
             self._loaded[name] = loaded
             self._agents[name] = loaded.agent
+            if previous is not None:
+                self._retired.append(previous.agent)
             (updated if previous is not None else added).append(name)
         removed = sorted(set(self._loaded) - set(files))
         for name in removed:
-            del self._loaded[name], self._agents[name]
+            self._retired.append(self._loaded.pop(name).agent)
+            del self._agents[name]
             sys.modules.pop(_MODULE_PREFIX + name, None)
         self.failures = MappingProxyType(failed)
         report = ReloadReport(tuple(added), tuple(updated), tuple(removed), failed)
@@ -136,7 +147,7 @@ def _load(name: str, path: Path, digest: bytes) -> _Loaded:
     except BaseException:
         _restore(module_name, old_module)
         raise
-    return _Loaded(agent, module, digest)
+    return _Loaded(agent, digest)
 
 
 def _restore(module_name: str, old_module: ModuleType | None) -> None:

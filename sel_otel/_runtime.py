@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import functools
 import inspect
 import logging
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from opentelemetry import context, metrics, trace
@@ -22,6 +21,7 @@ from ._redact import span_content
 from ._registry import AgentRegistry
 from ._settings import Settings
 from ._telemetry import package_version
+from ._threads import DaemonThreads
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,9 @@ class AgentRuntime:
             unit=names.COUNT_UNIT,
             description="Agent calls answered by an identical call already in flight",
         )
-        self._executor = ThreadPoolExecutor(
-            self.settings.agent_threads, thread_name_prefix="sel-agent"
+        self._threads = DaemonThreads(self.settings.agent_threads)
+        self._input_attribute = functools.lru_cache(maxsize=1024)(
+            functools.partial(span_content, limit=self.settings.trace_content_max)
         )
 
     async def run(self, name: str, query: str, user: str | None = None) -> AgentResult:
@@ -91,7 +92,9 @@ class AgentRuntime:
             names.GEN_AI_AGENT_DESCRIPTION: agent.description,
         }
         if self.settings.trace_content:
-            attributes[names.SEL_AGENT_INPUT] = span_content(query, self.settings.trace_content_max)
+            # Memoized: inputs recur (that is why they are cached), and scrubbing one costs more
+            # than the rest of a cache hit.
+            attributes[names.SEL_AGENT_INPUT] = self._input_attribute(query)
         span = self._tracer.start_span(
             f"{names.INVOKE_AGENT} {name}", kind=SpanKind.INTERNAL, attributes=attributes
         )
@@ -131,17 +134,16 @@ class AgentRuntime:
         return list(await asyncio.gather(*(self.run(name, query) for name, query in entries)))
 
     async def aclose(self) -> None:
-        """Close the agents that hold resources, then stop the worker threads of sync agents.
+        """Close the agents that hold resources, current and replaced by reloads alike.
 
-        A hung sync agent is abandoned, not awaited.
+        A hung sync agent is abandoned on its daemon thread, not awaited.
         """
-        for agent in self.registry.agents.values():
+        for agent in [*self.registry.agents.values(), *self.registry.take_retired()]:
             if agent.close is not None:
                 try:
                     await agent.close()
                 except Exception:
                     logger.exception("closing agent %s failed", agent.name)
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _cached_call(
         self, agent: Agent, query: str, user: str | None, span: trace.Span
@@ -168,10 +170,7 @@ class AgentRuntime:
                 if agent.is_async:
                     output = await agent.function(query)
                 else:
-                    context = contextvars.copy_context()
-                    output = await asyncio.get_running_loop().run_in_executor(
-                        self._executor, context.run, agent.function, query
-                    )
+                    output = await self._threads.run(agent.function, query)
                     if inspect.isawaitable(output):
                         output = await output
         except TimeoutError as exc:
@@ -180,7 +179,10 @@ class AgentRuntime:
             raise AgentFailed(agent.name, original=exc) from exc
         except AgentError:
             raise
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # An agent calling sys.exit() or raising KeyboardInterrupt fails its call, not the bot.
             raise AgentFailed(agent.name, original=exc) from exc
         if not isinstance(output, str):
             raise AgentOutputError(

@@ -73,6 +73,8 @@ def test_ttl_by_input_matches_exact_input_then_first_word() -> None:
     assert agent.ttl_for("uname -r") == 5
     assert agent.ttl_for("cat /etc/hostname") == 0
     assert agent.ttl_for("uptime") == 10
+    assert agent.ttl_for("uname\t -a") == 3600  # white space is not significant
+    assert agent.ttl_for("cat\t/etc/passwd") == 0
 
 
 def test_not_cacheable_means_zero_ttl_whatever_the_overrides() -> None:
@@ -88,3 +90,5 @@ def test_invalidation_matches_the_first_word_only() -> None:
     assert agent.invalidates(" mv a b")
     assert not agent.invalidates("cat rm")
     assert not agent.invalidates("rmdir x")
+    assert agent.invalidates("rm\tx") and agent.invalidates("\nmv\na b")
+    assert not agent.invalidates("   ")

@@ -79,3 +79,17 @@ def test_run_passes_options_through_to_the_agent_input() -> None:
     done = sel_otel("run", "host_exec", "uname", "-a")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("✅ `uname -a` (exit code: 0)")
+
+
+def test_a_hung_sync_agent_does_not_hold_up_exit(tmp_path: Path) -> None:
+    (tmp_path / "hang.py").write_text(
+        "import time\nDESCRIPTION = 'hangs'\nTIMEOUT = 0.5\n"
+        "def run(q):\n    time.sleep(60)\n    return q\n"
+    )
+    import time
+
+    started = time.monotonic()
+    done = sel_otel("run", "hang", "x", SEL_AGENTS_DIR=str(tmp_path))
+    assert done.returncode == 1
+    assert "timed out after 0.5s" in done.stderr
+    assert time.monotonic() - started < 30  # not the agent's 60 s

@@ -20,6 +20,10 @@ from sel_otel._redact import REDACTED, scrub, span_content
         ("gh ghp_abcdefghijklmnopqrstuvwxyz0123456789", "ghp_abc"),
         ("aws AKIAABCDEFGHIJKLMNOP", "AKIAABCDEFGHIJKLMNOP"),
         ("secret: 'quoted value'", "quoted value"),
+        ("redis://:s3cr3t@cache:6379/0", "s3cr3t"),
+        ("deploy --token abc123def456", "abc123def456"),
+        ("curl -u admin:hunter2 https://example.test", "hunter2"),
+        ("tok github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz", "github_pat_"),
     ],
 )
 def test_secret_values_are_redacted(text: str, secret: str) -> None:
@@ -28,7 +32,9 @@ def test_secret_values_are_redacted(text: str, secret: str) -> None:
     assert REDACTED in scrubbed
 
 
-@pytest.mark.parametrize("text", ["uname -a", "df -h /var", "2**10 / 4", "Europe/Paris"])
+@pytest.mark.parametrize(
+    "text", ["uname -a", "df -h /var", "2**10 / 4", "Europe/Paris", "ls -u /tmp", "grep -rn auth"]
+)
 def test_ordinary_inputs_are_kept(text: str) -> None:
     assert scrub(text) == text
 

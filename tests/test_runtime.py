@@ -306,3 +306,60 @@ async def test_warm_up_caches_the_listed_calls(
     results = await runtime.warm_up([("echo", "a"), ("nope", "b")])
     assert [r.ok for r in results] == [True, False]
     assert (await runtime.run("echo", "a")).cached
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        ("raise SystemExit(3)", ""),
+        ("raise KeyboardInterrupt", ""),
+        ("raise SystemExit(4)", "async "),
+    ],
+)
+async def test_an_agent_exiting_fails_its_call_not_the_process(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, body: str, kind: str
+) -> None:
+    write_agent("exiter", f"DESCRIPTION='d'\n{kind}def run(q):\n    {body}\n")
+    write_agent("echo", ECHO)
+    runtime = make_runtime()
+    result = await runtime.run("exiter", "x")
+    assert isinstance(result.error, AgentFailed)
+    assert result.error.error_type in {"SystemExit", "KeyboardInterrupt"}
+    assert (await runtime.run("echo", "still serving")).ok
+
+
+async def test_hung_sync_agents_hold_their_thread_slot_until_they_end(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter
+) -> None:
+    write_agent(
+        "hang", "import time\nDESCRIPTION='d'\ndef run(q):\n    time.sleep(0.3)\n    return q\n"
+    )
+    runtime = make_runtime(agent_timeout=0.05, agent_threads=1)
+    first = await runtime.run("hang", "a")  # abandoned; its thread runs on for 0.3 s
+    second = await runtime.run("hang", "b")  # waits for the slot, then times out
+    assert isinstance(first.error, AgentTimeout) and isinstance(second.error, AgentTimeout)
+    await asyncio.sleep(0.4)  # the first thread has ended and released its slot
+    third = await make_runtime(agent_timeout=1.0, agent_threads=1).run("hang", "c")
+    assert third.output == "c"
+
+
+async def test_agents_replaced_by_reloads_are_closed_with_the_runtime(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, agents_dir
+) -> None:  # type: ignore[no-untyped-def]
+    log = agents_dir.parent / "closed.txt"
+    source = """
+import pathlib
+DESCRIPTION = "d"
+def run(q):
+    return q
+async def close():
+    path = pathlib.Path({log!r})
+    path.write_text((path.read_text() if path.exists() else "") + "{version} ")
+"""
+    write_agent("holder", source.format(log=str(log), version="v1"))
+    runtime = make_runtime()
+    write_agent("holder", source.format(log=str(log), version="v2"))
+    runtime.registry.reload()
+    assert not log.exists()  # not at reload time: calls in flight may still use v1
+    await runtime.aclose()
+    assert sorted(log.read_text().split()) == ["v1", "v2"]
