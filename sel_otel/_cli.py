@@ -50,11 +50,16 @@ async def _embedded_host_exec(settings: Settings) -> AsyncIterator[None]:
     from .hostexec import LocalHostExec
 
     async with LocalHostExec() as service:
+        saved = {name: os.environ.get(name) for name in ("HOST_EXEC_URL", "HOST_EXEC_TOKEN")}
         os.environ["HOST_EXEC_URL"], os.environ["HOST_EXEC_TOKEN"] = service.url, service.token
         try:
             yield
         finally:
-            del os.environ["HOST_EXEC_URL"], os.environ["HOST_EXEC_TOKEN"]
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 async def _until_signalled(main: Coroutine[Any, Any, int]) -> int:
@@ -113,15 +118,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .hostexec import main as host_exec_main
 
         return host_exec_main()
-    logging.basicConfig(
-        level=os.environ.get("SEL_LOG_LEVEL", "WARNING").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # The SDK exporters warn on every retry; sel_otel._export reports failures once instead.
-    logging.getLogger("opentelemetry.exporter").setLevel(logging.ERROR)
-    enable_sdk_self_metrics()
     try:
         settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"sel-otel: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # The SDK exporters log every retry and failure; sel_otel._export reports them once.
+    logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
+    enable_sdk_self_metrics()
+    try:
         bot_settings = BotSettings.from_env() if args.command == "bot" else None
         telemetry = Telemetry.from_env()
     except ConfigError as exc:
@@ -138,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_bot(settings, bot_settings, telemetry))
         query = " ".join(args.input)
         return asyncio.run(_until_signalled(_run_once(settings, telemetry, args.agent, query)))
+    except ConfigError as exc:  # met while starting: the cache backend, the local service
+        print(f"sel-otel: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     finally:

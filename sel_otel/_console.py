@@ -14,12 +14,15 @@ from ._commands import CommandHandler
 async def _lines(stdin: TextIO) -> AsyncIterator[str]:
     """Lines of `stdin`, read by a daemon thread so that a pending read never blocks exit."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
+    queue: asyncio.Queue[str] = asyncio.Queue()
 
     def read() -> None:
         while True:
             line = stdin.readline()
-            asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+            except RuntimeError:  # the loop is closed: the console has ended
+                return
             if not line:
                 return
 

@@ -25,6 +25,13 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}")
 
 
+def _parse_log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
 def _parse_warmup(raw: str) -> tuple[tuple[str, str], ...]:
     entries = []
     for item in raw.split(";"):
@@ -47,8 +54,8 @@ def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: 
 def _positive(parse: Callable[[str], T]) -> Callable[[str], T]:
     def parse_positive(raw: str) -> T:
         value = parse(raw)
-        if value <= 0:  # type: ignore[operator]
-            raise ValueError("must be greater than 0")
+        if not value > 0 or value == float("inf"):  # type: ignore[operator]
+            raise ValueError("must be a finite number greater than 0")
         return value
 
     return parse_positive
@@ -72,6 +79,7 @@ class Settings:
     telemetry_shutdown_timeout: float = 2.0
     cache_lock_lease: float = 5.0
     cache_retry_after: float = 2.0
+    log_level: str = "WARNING"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -81,17 +89,29 @@ class Settings:
             agents_dir=_get(env, "SEL_AGENTS_DIR", Path, cls.agents_dir),
             cache_url=_get(env, "SEL_CACHE_URL", str.strip, cls.cache_url),
             cache_namespace=_get(env, "SEL_CACHE_NAMESPACE", str.strip, cls.cache_namespace),
-            cache_max_entries=_get(env, "SEL_CACHE_MAX_ENTRIES", _positive(int), 500),
+            cache_max_entries=_get(
+                env, "SEL_CACHE_MAX_ENTRIES", _positive(int), cls.cache_max_entries
+            ),
             cache_timeout=_get(env, "SEL_CACHE_TIMEOUT", _positive(float), cls.cache_timeout),
-            cache_warmup=_get(env, "SEL_CACHE_WARMUP", _parse_warmup, ()),
+            cache_warmup=_get(env, "SEL_CACHE_WARMUP", _parse_warmup, cls.cache_warmup),
             agent_timeout=_get(env, "SEL_AGENT_TIMEOUT", _positive(float), cls.agent_timeout),
-            agent_max_output=_get(env, "SEL_AGENT_MAX_OUTPUT", _positive(int), 1_000_000),
+            agent_max_output=_get(
+                env, "SEL_AGENT_MAX_OUTPUT", _positive(int), cls.agent_max_output
+            ),
             agent_threads=_get(env, "SEL_AGENT_THREADS", _positive(int), cls.agent_threads),
             trace_content=_get(env, "SEL_TRACE_CONTENT", _parse_bool, cls.trace_content),
             trace_content_max=_get(env, "SEL_TRACE_CONTENT_MAX", int, cls.trace_content_max),
             telemetry_shutdown_timeout=_get(
-                env, "SEL_TELEMETRY_SHUTDOWN_TIMEOUT", _positive(float), 2.0
+                env,
+                "SEL_TELEMETRY_SHUTDOWN_TIMEOUT",
+                _positive(float),
+                cls.telemetry_shutdown_timeout,
             ),
-            cache_lock_lease=_get(env, "SEL_CACHE_LOCK_LEASE", _positive(float), 5.0),
-            cache_retry_after=_get(env, "SEL_CACHE_RETRY_AFTER", _positive(float), 2.0),
+            log_level=_get(env, "SEL_LOG_LEVEL", _parse_log_level, cls.log_level),
+            cache_lock_lease=_get(
+                env, "SEL_CACHE_LOCK_LEASE", _positive(float), cls.cache_lock_lease
+            ),
+            cache_retry_after=_get(
+                env, "SEL_CACHE_RETRY_AFTER", _positive(float), cls.cache_retry_after
+            ),
         )

@@ -106,20 +106,24 @@ class Telemetry:
     exporters: tuple[GuardedSpanExporter | GuardedMetricExporter, ...] = ()
 
     @classmethod
-    def from_env(
-        cls, default_service_name: str = DEFAULT_SERVICE_NAME, env: Mapping[str, str] | None = None
-    ) -> Telemetry:
-        """Providers with exporters chosen by the `OTEL_*` variables (see the module doc)."""
-        env = os.environ if env is None else env
+    def from_env(cls, default_service_name: str = DEFAULT_SERVICE_NAME) -> Telemetry:
+        """Providers with exporters chosen by the `OTEL_*` variables (see the module doc).
+
+        The providers do not register their own shutdown at exit: their owner calls
+        `shutdown`, which bounds the time it takes.
+        """
+        env = os.environ
         resource = build_resource(default_service_name)
         try:
             metric_exporters = [GuardedMetricExporter(e) for e in _metric_exporters(env)]
             reader = stats_reader()
             readers: list[MetricReader] = [reader]
             readers += [PeriodicExportingMetricReader(e) for e in metric_exporters]
-            meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+            meter_provider = MeterProvider(
+                resource=resource, metric_readers=readers, shutdown_on_exit=False
+            )
             span_exporters = [GuardedSpanExporter(e) for e in _span_exporters(env, meter_provider)]
-            tracer_provider = TracerProvider(resource=resource)
+            tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
             for span_exporter in span_exporters:
                 tracer_provider.add_span_processor(
                     BatchSpanProcessor(span_exporter, meter_provider=meter_provider)
@@ -129,26 +133,29 @@ class Telemetry:
         return cls(tracer_provider, meter_provider, reader, (*span_exporters, *metric_exporters))
 
     def shutdown(self, timeout: float = 2.0) -> None:
-        """Flush and stop both providers within about `timeout` seconds.
+        """Flush and stop both providers, returning within about `timeout` seconds.
 
-        Exporters already failing are stopped at once; the others get until the timeout to
-        deliver what is left, so a collector that is down or hanging never holds up exit.
+        Exporters already failing are stopped at once. The others deliver what is left on a
+        daemon thread; when the timeout passes first (a collector that hangs mid-request),
+        their retries are stopped and what was not sent is dropped, so exit stays prompt.
         """
         for exporter in self.exporters:
             if exporter.failing:
                 exporter.abort()
-        deadline = threading.Timer(timeout, self._abort_exports)
-        deadline.daemon = True
-        deadline.start()
-        try:
-            self.tracer_provider.shutdown()
-            self.meter_provider.shutdown(timeout_millis=timeout * 1000)
-        finally:
-            deadline.cancel()
+        flush = threading.Thread(target=self._shutdown_providers, name="sel-telemetry-flush")
+        flush.daemon = True
+        flush.start()
+        flush.join(timeout)
+        if flush.is_alive():
+            for exporter in self.exporters:
+                exporter.abort()
+            flush.join(0.2)
+            if not any(exporter.failing for exporter in self.exporters):  # else said already
+                logger.warning("telemetry not flushed within %gs; the rest is dropped", timeout)
 
-    def _abort_exports(self) -> None:
-        for exporter in self.exporters:
-            exporter.abort()
+    def _shutdown_providers(self) -> None:
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
 
 
 def _exporter_names(env: Mapping[str, str], signal: str) -> list[str]:

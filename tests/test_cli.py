@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -50,10 +52,21 @@ def test_console_exit_code_reports_failed_requests() -> None:
     assert sel_otel("console", stdin="agent:calc 1/0\n").returncode == 1
 
 
-def test_invalid_settings_are_reported_clearly() -> None:
-    done = sel_otel("run", "calc", "1", SEL_AGENT_TIMEOUT="soon")
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SEL_AGENT_TIMEOUT", "soon", "SEL_AGENT_TIMEOUT='soon' is invalid"),
+        ("SEL_AGENT_TIMEOUT", "nan", "must be a finite number"),
+        ("SEL_LOG_LEVEL", "verbose", "SEL_LOG_LEVEL='verbose' is invalid"),
+        ("SEL_CACHE_URL", "foo://x", "unsupported scheme 'foo'"),
+        ("OTEL_TRACES_EXPORTER", "zipkin", "unsupported ['zipkin']"),
+    ],
+)
+def test_invalid_settings_are_reported_clearly(variable: str, value: str, message: str) -> None:
+    done = sel_otel("run", "calc", "1", **{variable: value})
     assert done.returncode == 2
-    assert "SEL_AGENT_TIMEOUT='soon' is invalid" in done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_calls_succeed_when_the_otlp_endpoint_is_down() -> None:

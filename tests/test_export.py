@@ -158,8 +158,7 @@ async def test_spans_reach_an_otlp_grpc_receiver(
 async def test_calls_succeed_whatever_the_collector_does_and_exit_stays_prompt(
     otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, tmp_path: Path, fault: str
 ) -> None:
-    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
-    otel_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)  # default 10 s timeout
     otel_env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "64")
     otel_env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "16")
     {"absent": otlp_receiver.stop, "hanging": lambda: otlp_receiver.hang(10),
@@ -173,7 +172,7 @@ async def test_calls_succeed_whatever_the_collector_does_and_exit_stays_prompt(
     await runtime.aclose()
     started = time.monotonic()
     telemetry.shutdown(timeout=1.0)
-    assert time.monotonic() - started < 4.0
+    assert time.monotonic() - started < 2.5  # the timeout and a little, whatever the exporter
     assert not any(s.name == "invoke_agent echo" for s in otlp_receiver.spans)
 
 

@@ -10,6 +10,7 @@ a Docker engine answers. Runtime processes are real child processes
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import time
 import uuid
@@ -488,6 +489,7 @@ async def test_warm_up_fills_redis_for_every_instance(
     write_agent: AgentWriter,
     namespace: str,
     count_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     write_agent("counter", COUNTER_AGENT)
     settings = Settings(
@@ -496,7 +498,9 @@ async def test_warm_up_fills_redis_for_every_instance(
         cache_namespace=namespace,
         cache_warmup=(("counter", "warm"),),
     )
-    telemetry = Telemetry.from_env(env={})
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    telemetry = Telemetry.from_env()
     try:
         async with SelApp(settings, telemetry):
             pass

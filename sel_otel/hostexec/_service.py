@@ -80,7 +80,7 @@ def main() -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("opentelemetry.exporter").setLevel(logging.ERROR)
+    logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
     enable_sdk_self_metrics()
     try:
         settings = HostExecSettings.from_env()
