@@ -163,6 +163,7 @@ class ResultCache:
         self.lock_wait = lock_wait
         self._on_error = on_error
         self._flights: dict[str, asyncio.Future[str]] = {}
+        self._generations: dict[str, int] = {}
         self._failing = False
         self._breaker = _Breaker(retry_after)
         self._slow_hit_ns = int(slow_hit * 1e9)
@@ -182,12 +183,20 @@ class ResultCache:
         return f"{self.namespace}:{agent}:"
 
     async def get_or_run(
-        self, key: str, ttl: float, compute: Callable[[], Awaitable[str]]
+        self,
+        key: str,
+        ttl: float,
+        compute: Callable[[], Awaitable[str]],
+        *,
+        compute_timeout: float | None = None,
     ) -> CacheOutcome:
         """Return the cached output for `key`, or run `compute` once for all concurrent callers.
 
         Only successful outputs are stored, for `ttl` seconds; `ttl <= 0` bypasses the cache.
-        Errors raised by `compute` reach every caller sharing that execution.
+        An output is not stored when its agent's results were invalidated while it was being
+        computed (it may predate the change). Errors raised by `compute` reach every caller
+        sharing that execution. `compute_timeout` is how long `compute` may take: another process's
+        execution of the same key is waited for at most that plus the lock lease.
         """
         if ttl <= 0:
             return CacheOutcome(await compute(), Lookup.BYPASS)
@@ -196,7 +205,7 @@ class ResultCache:
             return await self._single_flight(
                 key,
                 lambda: self._shared_get(key),
-                lambda error: self._lead_shared(shared, key, ttl, compute, error),
+                lambda error: self._lead_shared(shared, key, ttl, compute, error, compute_timeout),
             )
         return await self._single_flight(
             key,
@@ -250,15 +259,24 @@ class ResultCache:
     async def _lead_local(
         self, key: str, ttl: float, compute: Callable[[], Awaitable[str]], error: str | None
     ) -> CacheOutcome:
+        generation = self._generation(key)
         output = await compute()
+        if self._generation(key) != generation:  # invalidated meanwhile: may be stale
+            return CacheOutcome(output, Lookup.MISS, error)
         try:
             await self.backend.set(key, output, ttl=ttl)
         except Exception as exc:
             error = self._failed("set", exc)
         return CacheOutcome(output, Lookup.MISS, error)
 
+    def _generation(self, key: str) -> int:
+        """How many times the agent owning `key` was invalidated by this process."""
+        return self._generations.get(key.rpartition(":")[0], 0)
+
     async def invalidate(self, agent: str) -> None:
         """Drop every cached result of `agent` (in a shared backend: for every process)."""
+        scope = self.agent_prefix(agent).rpartition(":")[0]  # what _generation sees of a key
+        self._generations[scope] = self._generations.get(scope, 0) + 1
         if self._shared is not None:
             await self._invalidate_shared(agent)
             return
@@ -285,24 +303,30 @@ class ResultCache:
         ttl: float,
         compute: Callable[[], Awaitable[str]],
         error: str | None,
+        compute_timeout: float | None,
     ) -> CacheOutcome:
         """This process's one execution for `key`, under the key's lock when it can be had."""
         if error is not None:  # the backend is failing: no lock, no store
             return CacheOutcome(await compute(), Lookup.MISS, error)
         lock_key = key + LOCK_SUFFIX
         token = secrets.token_hex(16)
-        claimed, waited, error = await self._claim(shared, key, lock_key, token)
+        wait = self.lock_wait if compute_timeout is None else compute_timeout + self.lock_lease
+        claimed, waited, error = await self._claim(shared, key, lock_key, token, wait)
         if isinstance(claimed, str):
             return CacheOutcome(claimed, Lookup.COALESCED if waited else Lookup.HIT, error)
         if claimed is None:  # failed or skipped: run without the cache
             return CacheOutcome(await compute(), Lookup.MISS, error)
-        if claimed is Claim.HELD:  # waited lock_wait for a live holder: run anyway
+        generation = self._generation(key)
+        if claimed is Claim.HELD:  # waited `wait` for a live holder: run anyway
             output = await compute()
+            if self._generation(key) != generation:
+                return CacheOutcome(output, Lookup.MISS, error)
             return CacheOutcome(output, Lookup.MISS, await self._shared_set(key, output, ttl))
         keeper = asyncio.create_task(self._keep_lock(shared, lock_key, token))
         try:
             output = await compute()
-            error = await self._shared_set(key, output, ttl)
+            if self._generation(key) == generation:  # else invalidated meanwhile: may be stale
+                error = await self._shared_set(key, output, ttl)
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
@@ -330,9 +354,9 @@ class ResultCache:
         return value, None
 
     async def _claim(
-        self, shared: SharedBackend, key: str, lock_key: str, token: str
+        self, shared: SharedBackend, key: str, lock_key: str, token: str, wait: float
     ) -> tuple[str | Claim | None, bool, str | None]:
-        """(value, lock taken or still held after `lock_wait`, or None on failure), waited?"""
+        """(value, lock taken or still held after `wait` seconds, or None on failure), waited?"""
         start = time.monotonic()
         delay = 0.002
         waited = False
@@ -347,7 +371,7 @@ class ResultCache:
                     _span_failed(span, error)
                     return None, waited, error
                 self._answered()
-                if claimed is not Claim.HELD or time.monotonic() - start >= self.lock_wait:
+                if claimed is not Claim.HELD or time.monotonic() - start >= wait:
                     break
                 waited = True
                 await asyncio.sleep(delay)

@@ -152,7 +152,12 @@ class AgentRuntime:
         ttl = 0.0 if invalidates else agent.ttl_for(query)
         key = self.cache.key(agent.name, query, user if agent.cache_per_user else None)
         try:
-            outcome = await self.cache.get_or_run(key, ttl, lambda: self._execute(agent, query))
+            outcome = await self.cache.get_or_run(
+                key,
+                ttl,
+                lambda: self._execute(agent, query),
+                compute_timeout=agent.timeout or self.settings.agent_timeout,
+            )
         finally:
             if invalidates:
                 await self.cache.invalidate(agent.name)

@@ -184,3 +184,23 @@ async def test_backend_failures_are_misses_reported_once_in_the_log(
     assert compute.calls == 3
     assert errors == ["ConnectionError"] * 6  # a get and a set per call
     assert len([r for r in caplog.records if "serving without cache" in r.message]) == 1
+
+
+async def test_a_result_computed_across_an_invalidation_is_not_stored() -> None:
+    cache = ResultCache(LRUMemoryCache(10))
+    key = cache.key("files", "ls")
+    started = asyncio.Event()
+
+    async def slow_listing() -> str:
+        started.set()
+        await asyncio.sleep(0.05)
+        return "files: ['a']"  # read before the invalidation below
+
+    listing = asyncio.create_task(cache.get_or_run(key, 60, slow_listing))
+    await started.wait()
+    await cache.invalidate("files")  # e.g. `rm a` ran meanwhile
+    assert (await listing).output == "files: ['a']"
+    fresh = Counting("files: []")
+    outcome = await cache.get_or_run(key, 60, fresh)
+    assert (outcome.output, outcome.lookup, fresh.calls) == ("files: []", Lookup.MISS, 1)
+    assert (await cache.get_or_run(key, 60, fresh)).lookup is Lookup.HIT  # stored this time
