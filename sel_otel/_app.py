@@ -18,8 +18,9 @@ logger = logging.getLogger(__name__)
 class SelApp:
     """Owns the registry, cache and runtime of one process; use as `async with SelApp(...)`.
 
-    Entering loads the agents and runs the cache warm-up list; leaving stops the runtime and
-    closes the cache. Telemetry is passed in and stays its owner's to shut down.
+    Entering connects the cache, loads the agents and runs the cache warm-up list; leaving
+    stops the runtime and closes the cache. Telemetry is passed in and stays its owner's to
+    shut down.
     """
 
     def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
@@ -41,6 +42,7 @@ class SelApp:
         )
 
     async def __aenter__(self) -> SelApp:
+        await self.cache.open()
         report = self.registry.reload()
         for path, reason in report.failed.items():
             logger.warning("agent file %s skipped: %s", path, reason)

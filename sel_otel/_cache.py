@@ -106,6 +106,10 @@ class SharedBackend(Protocol):
         """Delete the lock if `token` still holds it."""
         ...
 
+    async def connect(self) -> None:
+        """Open a connection and prepare the lock scripts ahead of the first call."""
+        ...
+
 
 class _Breaker:
     """Skip a failing backend for `retry_after` seconds, then let one call probe it."""
@@ -219,14 +223,20 @@ class ResultCache:
         read: Callable[[], Awaitable[tuple[object, str | None]]],
         lead: Callable[[str | None], Awaitable[CacheOutcome]],
     ) -> CacheOutcome:
-        """`read` the key; on a miss join the call in flight for it, or `lead` one."""
+        """Join the call in flight for `key`, or `read` it; on a miss `lead` a call.
+
+        The flight is checked before reading, so N concurrent callers send one read.
+        """
+        error = None
         while True:
-            value, error = await read()
-            if isinstance(value, str):
-                return CacheOutcome(value, Lookup.HIT, error)
             flight = self._flights.get(key)
             if flight is None:
-                break
+                value, error = await read()
+                if isinstance(value, str):
+                    return CacheOutcome(value, Lookup.HIT, error)
+                flight = self._flights.get(key)  # a leader may have started during the read
+                if flight is None:
+                    break
             try:
                 return CacheOutcome(await asyncio.shield(flight), Lookup.COALESCED, error)
             except _LeaderCancelled:
@@ -286,6 +296,19 @@ class ResultCache:
             self._failed("clear", exc)
         else:
             self._recovered()
+
+    async def open(self) -> None:
+        """Connect a shared backend ahead of the first call, so that calls made at start do not
+        pay for the connection within their short operation timeout. A backend that does not
+        answer is logged and handled like any failure: calls run without the cache."""
+        if self._shared is None:
+            return
+        try:
+            await self._shared.connect()
+        except Exception as exc:
+            self._failed("connect", exc)
+        else:
+            self._answered()
 
     async def close(self) -> None:
         """Release the backend's connections."""

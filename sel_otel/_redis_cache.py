@@ -205,6 +205,13 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         async with asyncio.timeout(limit or None):
             return await super().clear(namespace, _conn=_conn, timeout=0, **kwargs)
 
+    async def connect(self) -> None:
+        """Connect and load the lock scripts, allowing more than one operation's timeout."""
+        async with asyncio.timeout(max(1.0, 8 * (self.timeout or 0))):
+            await self.client.ping()
+            for script in (self._claim, self._extend, self._release):
+                await self.client.script_load(script.script)
+
     async def claim(self, key: str, lock_key: str, token: str, lease: float) -> str | Claim:
         """The stored output of `key`, or take `lock_key` for `lease` seconds, in one trip."""
         async with asyncio.timeout(self.timeout):

@@ -206,6 +206,7 @@ async def _serve(config: dict[str, object]) -> None:
     registry = AgentRegistry(settings.agents_dir)
     registry.reload()
     cache = cache_from_settings(settings)
+    await cache.open()
     runtime = AgentRuntime(registry, cache, settings=settings)
     loop = asyncio.get_running_loop()
     print(json.dumps({"ready": os.getpid()}), flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -611,3 +612,22 @@ def test_a_lock_holder_process_killed_mid_run_frees_the_key_after_its_lease(
     assert (result["error"], result["cached"]) == (None, False)
     assert executions(count_file, "q") == 2
     assert 0.5 < waited < 1.0 + 1.0  # blocked by the dead holder's lease, and no longer
+
+
+async def test_open_connects_ahead_and_reports_a_redis_that_is_down(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    up = cache_from_settings(Settings(cache_url=redis_server.url))
+    await up.open()
+    assert not caplog.records
+    await up.close()
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = cache_from_settings(Settings(cache_url=f"redis://127.0.0.1:{port}/0"))
+    await down.open()
+    assert "cache connect failed" in caplog.text
+    compute = Counting()
+    outcome = await down.get_or_run(down.key("a", "q"), 60, compute)
+    assert (outcome.output, outcome.cache_error) == ("out", "circuit_open")
+    await down.close()
