@@ -1,14 +1,18 @@
 #!/bin/sh
-# Prepare a fresh checkout: a virtual environment with sel-otel and its test tools, and the
-# Debian packages the tests use (redis-server) when running as root on Debian/Ubuntu.
+# Prepare a fresh checkout: the Debian packages the project and its tests use (python3-venv,
+# redis-server; installed when missing and running as root), then a virtual environment in
+# .venv with sel-otel and its test tools.
 set -eu
 cd "$(dirname "$0")/.."
-if ! command -v redis-server >/dev/null 2>&1; then
+missing=""
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$missing python3-venv"
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
     else
-        echo "setup: redis-server not found; Redis tests will be skipped (install redis-server)" >&2
+        echo "setup: please install:$missing (Redis tests are skipped without redis-server)" >&2
     fi
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
