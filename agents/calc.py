@@ -31,7 +31,24 @@ _FUNCTIONS: dict[str, Callable[..., float]] = {
 } | {"abs": abs, "round": round, "min": min, "max": max}
 _CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
 _MAX_EXPONENT = 10_000
+#: Largest integer result, in bits (about 4,900 digits): big-integer arithmetic holds the
+#: interpreter lock, so an unbounded product or power would stall the whole bot.
+_MAX_BITS = 16_384
 _MAX_LENGTH = 500
+
+
+def _check_size(op: ast.operator, left: float, right: float) -> None:
+    """Refuse integer products and powers whose result would exceed _MAX_BITS."""
+    if not (isinstance(left, int) and isinstance(right, int)):
+        return
+    if isinstance(op, ast.Pow) and right > 0 and abs(left) > 1:
+        bits = right * math.log2(abs(left))
+    elif isinstance(op, ast.Mult):
+        bits = left.bit_length() + right.bit_length()
+    else:
+        return
+    if bits > _MAX_BITS:
+        raise ValueError(f"result too large (over {_MAX_BITS:,} bits)")
 
 
 def _evaluate(node: ast.AST) -> float:
@@ -45,6 +62,7 @@ def _evaluate(node: ast.AST) -> float:
         left, right = _evaluate(node.left), _evaluate(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
             raise ValueError(f"exponent {right:g} is too large (limit {_MAX_EXPONENT})")
+        _check_size(node.op, left, right)
         return _BINARY[type(node.op)](left, right)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_evaluate(node.operand))
