@@ -326,7 +326,7 @@ async def test_a_dead_lock_holder_blocks_the_key_no_longer_than_its_lease(
     outcome = await cache.get_or_run(key, 60, compute)
     waited = time.monotonic() - start
     assert (outcome.lookup, compute.calls) == (Lookup.MISS, 1)
-    assert 0.5 < waited < 1.0
+    assert 0.5 < waited < 3.0  # the dead holder's 0.6 s, not this cache's 5 s lease
 
 
 async def test_a_live_holder_is_waited_for_at_most_lock_wait(
@@ -338,7 +338,7 @@ async def test_a_live_holder_is_waited_for_at_most_lock_wait(
     start = time.monotonic()
     outcome = await cache.get_or_run(key, 60, Counting())
     assert outcome.lookup is Lookup.MISS
-    assert 0.3 <= time.monotonic() - start < 0.6
+    assert 0.3 <= time.monotonic() - start < 3.0  # lock_wait, not the holder's 60 s
 
 
 # -- through the runtime: spans, metrics, faults ---------------------------------------------
@@ -475,7 +475,7 @@ async def test_a_stalled_redis_costs_one_timeout_then_calls_skip_it(
         redis_server.resume()
     assert all(r.ok and r.output == "result of a" for r in results)
     assert TIMEOUT * 0.8 < results[0].duration < TIMEOUT * 3  # the first one meets the timeout
-    assert max(r.duration for r in results[1:]) < 0.1  # the breaker is open: no Redis wait
+    assert max(r.duration for r in results[1:]) < TIMEOUT * 0.8  # breaker open: no Redis wait
     assert elapsed < TIMEOUT * 3 + 1.0
     await asyncio.sleep(1.0)
     for _ in range(3):

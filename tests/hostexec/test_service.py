@@ -266,7 +266,7 @@ async def test_excess_concurrent_commands_get_429_at_once(service: LocalHostExec
     await asyncio.sleep(0.5)
     started = time.perf_counter()
     excess = await post_exec(service, {"command": "uname -a"})
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 1.2  # refused at once, not queued behind `sleep 2`
     assert excess.status_code == 429
     assert "too many" in excess.json()["error"]
     assert [r.status_code for r in await asyncio.gather(*busy)] == [200] * MAX_CONCURRENCY
