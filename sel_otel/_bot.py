@@ -407,6 +407,13 @@ async def serve(bot: discord.Client, token: str, stop: asyncio.Event | None = No
             "Developer Portal (Bot, Privileged Gateway Intents) or set "
             "SEL_DISCORD_MESSAGE_PREFIX=off"
         ) from exc
+    except discord.Forbidden as exc:
+        raise ConfigError(
+            f"Discord refused the bot ({exc.text or exc.status}): invite it with the scopes "
+            "`bot applications.commands`, and check SEL_DISCORD_GUILD_ID names a server it is in"
+        ) from exc
+    except (discord.HTTPException, discord.GatewayNotFound, OSError) as exc:
+        raise ConfigError(f"cannot reach Discord: {type(exc).__name__}: {exc}") from exc
     finally:
         for signum in handled:
             loop.remove_signal_handler(signum)

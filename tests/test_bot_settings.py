@@ -123,6 +123,31 @@ async def test_a_missing_message_content_intent_says_what_to_change() -> None:
         await serve(client, "tok")  # type: ignore[arg-type]
 
 
+class _Response:
+    """Enough of an aiohttp response for discord.py's HTTP exceptions."""
+
+    status = 403
+    reason = "Forbidden"
+
+
+@pytest.mark.parametrize(
+    ("failure", "message"),
+    [
+        (
+            discord.Forbidden(_Response(), {"code": 50001, "message": "Missing Access"}),
+            "applications.commands",
+        ),
+        (ConnectionRefusedError(111, "Connection refused"), "cannot reach Discord"),
+        (discord.GatewayNotFound(), "cannot reach Discord"),
+    ],
+)
+async def test_start_failures_say_what_to_check(failure: BaseException, message: str) -> None:
+    client = FakeClient(fail_with=failure)
+    with pytest.raises(ConfigError, match=message):
+        await serve(client, "tok")  # type: ignore[arg-type]
+    assert client.closed.is_set()
+
+
 def test_importing_sel_otel_leaves_discord_unloaded_until_the_bot_is_used() -> None:
     import subprocess
     import sys
