@@ -20,6 +20,7 @@ async def close() -> None: ...      # optional: release resources when the runti
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,6 @@ class Agent:
 
 
 def _seconds(value: object, what: str, broken: Callable[[str], AgentLoadError]) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise broken(f"{what} must be a number of seconds >= 0")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise broken(f"{what} must be a finite number of seconds >= 0")
     return float(value)

@@ -518,11 +518,13 @@ def cache_from_settings(
     """
     meter = metrics.get_meter(names.SCOPE_NAME, package_version(), meter_provider)
     evictions = meter.create_counter(
-        names.CACHE_EVICTIONS, unit="{entry}", description="Cache entries evicted by the LRU bound"
+        names.CACHE_EVICTIONS,
+        unit=names.ENTRY_UNIT,
+        description="Cache entries evicted by the LRU bound",
     )
     errors = meter.create_counter(
         names.CACHE_ERRORS,
-        unit="{error}",
+        unit=names.ERROR_UNIT,
         description="Cache backend operations that failed and were served as misses",
     )
 

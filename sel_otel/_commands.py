@@ -20,6 +20,7 @@ from . import _semconv as names
 from ._registry import AgentRegistry
 from ._runtime import AgentResult, AgentRuntime
 from ._stats import format_stats, read_stats
+from ._telemetry import package_version
 
 HELP = """\
 agent:NAME INPUT          run agent NAME with INPUT
@@ -125,7 +126,7 @@ class CommandHandler:
     ) -> None:
         self.runtime = runtime
         self.stats_reader = stats_reader
-        self._tracer = trace.get_tracer(names.SCOPE_NAME, tracer_provider=tracer_provider)
+        self._tracer = trace.get_tracer(names.SCOPE_NAME, package_version(), tracer_provider)
 
     async def handle(
         self, text: str, user: str | None = None, frontend: str | None = None

@@ -45,6 +45,8 @@ CACHE_EVICTIONS: Final = "sel.cache.evictions"
 CACHE_COALESCED: Final = "sel.cache.coalesced_calls"
 CACHE_ERRORS: Final = "sel.cache.errors"
 COUNT_UNIT: Final = "{call}"
+ENTRY_UNIT: Final = "{entry}"
+ERROR_UNIT: Final = "{error}"
 
 #: Bucket boundaries (seconds) for the duration histogram: fine enough that a p95 read from
 #: the buckets separates a 20 µs cache hit from a 2 ms agent run.

@@ -45,6 +45,8 @@ def test_async_run_is_detected() -> None:
         ({"DESCRIPTION": "d", "run": lambda: "x"}, "one argument"),
         ({"DESCRIPTION": "d", "run": echo, "CACHE_TTL": -1}, "CACHE_TTL"),
         ({"DESCRIPTION": "d", "run": echo, "CACHE_TTL": "60"}, "CACHE_TTL"),
+        ({"DESCRIPTION": "d", "run": echo, "CACHE_TTL": float("nan")}, "CACHE_TTL"),
+        ({"DESCRIPTION": "d", "run": echo, "TIMEOUT": float("inf")}, "TIMEOUT"),
         ({"DESCRIPTION": "d", "run": echo, "CACHEABLE": "yes"}, "CACHEABLE"),
         ({"DESCRIPTION": "d", "run": echo, "TIMEOUT": 0}, "TIMEOUT"),
         ({"DESCRIPTION": "d", "run": echo, "CACHE_TTL_BY_INPUT": {"x": "1"}}, "CACHE_TTL_BY"),
