@@ -1,6 +1,6 @@
 """host_exec round trip: agent → httpx → host-exec service → `uname -a` process, on loopback.
 
-Two phases in separate processes, alternated three times, each with its own local host-exec
+Two phases in separate processes, alternated five times, each with its own local host-exec
 service: `traced` (SDK providers in the bot process, httpx instrumentation, and the service
 exporting its spans over OTLP to a sink process) and `plain` (no providers anywhere). Each
 phase prints the median milliseconds of uncached `uname -a` calls through the runtime; this
@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CALLS = 200
+CALLS = 300
+ROUNDS = 5
 
 
 def free_port() -> int:
@@ -81,7 +82,7 @@ def main() -> None:
     try:
         time.sleep(0.5)
         traced, plain = [], []
-        for _ in range(3):
+        for _ in range(ROUNDS):
             traced.append(run_phase(True, sink_port))
             plain.append(run_phase(False, sink_port))
     finally:

@@ -20,7 +20,7 @@ from ._commands import RunAgent
 from ._console import run_console
 from ._exceptions import ConfigError
 from ._settings import Settings
-from ._telemetry import Telemetry, enable_sdk_self_metrics
+from ._telemetry import Telemetry
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,7 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # The SDK exporters log every retry and failure; sel_otel._export reports them once.
     logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
-    enable_sdk_self_metrics()
     try:
         bot_settings = BotSettings.from_env() if args.command == "bot" else None
         telemetry = Telemetry.from_env()

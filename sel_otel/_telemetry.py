@@ -13,11 +13,12 @@ exporters are added beside it as the environment asks:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -70,13 +71,26 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def enable_sdk_self_metrics() -> None:
-    """Turn on the SDK's own metrics (spans dropped on a full queue, failed exports).
+_SELF_METRICS = "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"
 
-    The SDK reads `OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED` from the process environment;
-    entry points call this before building providers, and an explicit setting wins.
+
+@contextlib.contextmanager
+def _export_self_metrics() -> Iterator[None]:
+    """Turn on the SDK's own metrics for the span processors and exporters built inside.
+
+    They count spans dropped on a full queue and failed exports, per batch. The SDK reads one
+    switch for all its self-metrics, each time a component is built, and its per-span ones
+    (spans started, live) double the cost of a span; so unless the variable is set explicitly
+    it is on only while the processors and exporters are built.
     """
-    os.environ.setdefault("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    if _SELF_METRICS in os.environ:
+        yield
+        return
+    os.environ[_SELF_METRICS] = "true"
+    try:
+        yield
+    finally:
+        del os.environ[_SELF_METRICS]
 
 
 def stats_reader() -> InMemoryMetricReader:
@@ -122,12 +136,15 @@ class Telemetry:
             meter_provider = MeterProvider(
                 resource=resource, metric_readers=readers, shutdown_on_exit=False
             )
-            span_exporters = [GuardedSpanExporter(e) for e in _span_exporters(env, meter_provider)]
             tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-            for span_exporter in span_exporters:
-                tracer_provider.add_span_processor(
-                    BatchSpanProcessor(span_exporter, meter_provider=meter_provider)
-                )
+            with _export_self_metrics():
+                span_exporters = [
+                    GuardedSpanExporter(e) for e in _span_exporters(env, meter_provider)
+                ]
+                for span_exporter in span_exporters:
+                    tracer_provider.add_span_processor(
+                        BatchSpanProcessor(span_exporter, meter_provider=meter_provider)
+                    )
         except ValueError as exc:  # the SDK's own checks of OTEL_BSP_* and friends
             raise ConfigError(f"invalid OpenTelemetry setting: {exc}") from exc
         return cls(tracer_provider, meter_provider, reader, (*span_exporters, *metric_exporters))

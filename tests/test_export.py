@@ -37,7 +37,6 @@ def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
             monkeypatch.delenv(name)
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "200")
-    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
     yield monkeypatch
 
 
@@ -64,6 +63,16 @@ def sdk_counter(telemetry: Telemetry, name: str, error_type: str) -> int:
         for point in metric.data.data_points
         if (point.attributes or {}).get("error.type") == error_type
     )
+
+
+def metric_names(telemetry: Telemetry) -> set[str]:
+    data = telemetry.stats_reader.get_metrics_data()
+    return {
+        metric.name
+        for rm in (data.resource_metrics if data else ())
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+    }
 
 
 def test_no_exporter_by_default(otel_env: pytest.MonkeyPatch) -> None:
@@ -167,8 +176,10 @@ async def test_calls_succeed_whatever_the_collector_does_and_exit_stays_prompt(
     runtime = make_runtime(tmp_path, telemetry)
     results = [await runtime.run("echo", str(i % 50)) for i in range(500)]
     assert all(r.ok for r in results)
-    # The queue is bounded: what does not fit is dropped, and counted.
+    # The queue is bounded: what does not fit is dropped, and counted; the SDK's per-span
+    # self-metrics stay off (they would double the cost of every span).
     assert sdk_counter(telemetry, "otel.sdk.processor.span.processed", "queue_full") > 0
+    assert "otel.sdk.span.started" not in metric_names(telemetry)
     await runtime.aclose()
     started = time.monotonic()
     telemetry.shutdown(timeout=1.0)

@@ -12,7 +12,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 
 from .._exceptions import ConfigError
-from .._telemetry import Telemetry, enable_sdk_self_metrics
+from .._telemetry import Telemetry
 from ._server import create_app
 from ._settings import HostExecSettings
 
@@ -81,7 +81,6 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
-    enable_sdk_self_metrics()
     try:
         settings = HostExecSettings.from_env()
         telemetry = Telemetry.from_env(_DEFAULT_SERVICE_NAME)
