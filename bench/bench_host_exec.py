@@ -1,11 +1,13 @@
 """host_exec round trip: agent → httpx → host-exec service → `uname -a` process, on loopback.
 
-Two phases in separate processes, alternated five times, each with its own local host-exec
-service: `traced` (SDK providers in the bot process, httpx instrumentation, and the service
-exporting its spans over OTLP to a sink process) and `plain` (no providers anywhere). Each
-phase prints the median milliseconds of uncached `uname -a` calls through the runtime; this
-script prints the medians and the tracing overhead ratio (target: traced/plain <= 1.05, and
-round trip <= 10 ms).
+Traced and untraced calls are interleaved in one process, so that machine noise hits both
+alike. Two local host-exec services run side by side: one exports its spans over OTLP to a
+sink process, one has no exporter. A traced call goes through a runtime with SDK providers
+(BatchSpanProcessor, OTLP export to the sink), the instrumented httpx client and the traced
+service; an untraced call through a runtime with no-op providers, with the httpx
+instrumentation suppressed, to the untraced service. Every call misses the cache.
+
+Prints the median round trip of each (target <= 10 ms) and their ratio (target <= 1.05).
 
 Run: .venv/bin/python bench/bench_host_exec.py
 """
@@ -13,6 +15,7 @@ Run: .venv/bin/python bench/bench_host_exec.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -21,9 +24,14 @@ import sys
 import time
 from pathlib import Path
 
+from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.utils import suppress_http_instrumentation
+
+from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache, Telemetry
+from sel_otel.hostexec import LocalHostExec
+
 ROOT = Path(__file__).resolve().parent.parent
-CALLS = 300
-ROUNDS = 5
+PAIRS, WARM_UP = 600, 30
 
 
 def free_port() -> int:
@@ -32,70 +40,61 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def phase() -> None:
-    from opentelemetry import metrics, trace
-
-    from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache, Telemetry
-    from sel_otel.hostexec import LocalHostExec
-
-    telemetry = Telemetry.from_env()
-    traced = bool(telemetry.exporters)
-    if traced:  # as the CLI does: the httpx instrumentation reports to the global provider
-        trace.set_tracer_provider(telemetry.tracer_provider)
-        metrics.set_meter_provider(telemetry.meter_provider)
+def runtime(tracer_provider: trace.TracerProvider, telemetry: Telemetry) -> AgentRuntime:
     registry = AgentRegistry(ROOT / "agents")
     registry.reload()
-    runtime = AgentRuntime(
+    return AgentRuntime(
         registry,
         ResultCache(LRUMemoryCache(500)),
-        tracer_provider=telemetry.tracer_provider if traced else trace.NoOpTracerProvider(),
+        tracer_provider=tracer_provider,
         meter_provider=telemetry.meter_provider,
     )
-    async with LocalHostExec() as service:
-        os.environ["HOST_EXEC_URL"], os.environ["HOST_EXEC_TOKEN"] = service.url, service.token
-        timings = []
-        for i in range(CALLS + 20):
-            await runtime.cache.invalidate("host_exec")  # every call goes to the host
-            start = time.perf_counter()
-            result = await runtime.run("host_exec", "uname -a")
-            if i >= 20:  # warm-up: connection set-up, imports
-                timings.append(time.perf_counter() - start)
-            assert result.ok, result.error
-    await runtime.aclose()
+
+
+async def timed_call(agent_runtime: AgentRuntime, url: str, token: str) -> float:
+    os.environ["HOST_EXEC_URL"], os.environ["HOST_EXEC_TOKEN"] = url, token
+    await agent_runtime.cache.invalidate("host_exec")  # every call goes to the host
+    start = time.perf_counter()
+    result = await agent_runtime.run("host_exec", "uname -a")
+    elapsed = time.perf_counter() - start
+    assert result.ok, result.error
+    return elapsed
+
+
+async def main(sink_port: int) -> None:
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink_port}"
+    telemetry = Telemetry.from_env()
+    # As the CLI does: the httpx instrumentation reports to the global providers.
+    trace.set_tracer_provider(telemetry.tracer_provider)
+    metrics.set_meter_provider(telemetry.meter_provider)
+    traced_runtime = runtime(telemetry.tracer_provider, telemetry)
+    plain_runtime = runtime(trace.NoOpTracerProvider(), telemetry)
+    untraced_service = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
+    async with LocalHostExec() as traced, LocalHostExec(settings=untraced_service) as plain:
+        traced_times, plain_times = [], []
+        for i in range(PAIRS + WARM_UP):
+            traced_time = await timed_call(traced_runtime, traced.url, traced.token)
+            with suppress_http_instrumentation():
+                plain_time = await timed_call(plain_runtime, plain.url, plain.token)
+            if i >= WARM_UP:  # connection set-up, imports
+                traced_times.append(traced_time)
+                plain_times.append(plain_time)
+    for agent_runtime in (traced_runtime, plain_runtime):
+        await agent_runtime.aclose()
     telemetry.shutdown(timeout=1.0)
-    print(statistics.median(timings))
-
-
-def run_phase(traced: bool, sink_port: int) -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "HOST_EXEC_"))}
-    if traced:
-        env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}"}
-    done = subprocess.run(
-        [sys.executable, __file__, "--phase"], env=env, capture_output=True, text=True, check=True
-    )
-    return float(done.stdout.strip().splitlines()[-1])
-
-
-def main() -> None:
-    sink_port = free_port()
-    sink = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_sink.py"), str(sink_port)])
-    try:
-        time.sleep(0.5)
-        traced, plain = [], []
-        for _ in range(ROUNDS):
-            traced.append(run_phase(True, sink_port))
-            plain.append(run_phase(False, sink_port))
-    finally:
-        sink.terminate()
-        sink.wait()
-    traced_median, plain_median = statistics.median(traced), statistics.median(plain)
+    traced_median, plain_median = statistics.median(traced_times), statistics.median(plain_times)
     print(f"uname -a round trip, traced  : {traced_median * 1e3:6.2f} ms  (target <= 10 ms)")
     print(f"uname -a round trip, untraced: {plain_median * 1e3:6.2f} ms")
     print(f"tracing overhead ratio       : {traced_median / plain_median:6.3f}  (target <= 1.05)")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--phase"]:
-        asyncio.run(phase())
-    else:
-        main()
+    port = free_port()
+    sink = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_sink.py"), str(port)])
+    try:
+        time.sleep(0.5)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main(port))
+    finally:
+        sink.terminate()
+        sink.wait()
