@@ -20,7 +20,6 @@ so the command line and environment the stack test relies on are checked everywh
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import re
@@ -31,7 +30,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +39,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.docker_engine import docker_engine_problem
 from tests.otlp_receiver import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,33 +112,9 @@ def test_the_cli_call_exports_the_span_the_stack_test_searches_for(
 # -- the containerised stack -----------------------------------------------------------------
 
 
-def _docker_engine_problem() -> str | None:
-    """Why no Docker engine can be used, or None when one answers a ping."""
-    try:
-        import docker
-    except ImportError as exc:
-        return f"the docker package is not installed ({exc})"
-    # docker-py leaves its socket open when the engine is absent; collect it here, quietly,
-    # rather than let a ResourceWarning surface in whichever test runs next.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        try:
-            client = docker.from_env(timeout=5)
-            try:
-                client.ping()
-            finally:
-                client.close()
-        except Exception as exc:
-            host = os.environ.get("DOCKER_HOST", "the default socket")
-            return f"no Docker engine answers at {host}: {type(exc).__name__}: {exc}"
-        finally:
-            gc.collect()
-    return None
-
-
 @pytest.fixture(scope="module")
 def docker_engine() -> None:
-    problem = _docker_engine_problem()
+    problem = docker_engine_problem()
     if problem is not None:
         pytest.skip(f"needs a Docker engine to run Jaeger and the collector; {problem}")
 
