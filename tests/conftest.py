@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -13,14 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from sel_otel import (
-    AgentRegistry,
-    AgentRuntime,
-    LRUMemoryCache,
-    ResultCache,
-    Settings,
-    stats_reader,
-)
+from sel_otel import AgentRegistry, AgentRuntime, Settings, cache_from_settings, stats_reader
 
 pytest_plugins = ["tests.otlp_receiver"]
 
@@ -84,18 +79,31 @@ def write_agent(agents_dir: Path) -> AgentWriter:
 RuntimeFactory = Callable[..., AgentRuntime]
 
 
+class Counting:
+    """A computation standing in for an agent, counting its executions."""
+
+    def __init__(self, output: str = "out", delay: float = 0.0) -> None:
+        self.output, self.delay, self.calls = output, delay, 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        return self.output
+
+
 @pytest.fixture
 async def make_runtime(
     agents_dir: Path, telemetry: TelemetryFixture
 ) -> AsyncIterator[RuntimeFactory]:
-    """Build a runtime over the agents dir with the test's telemetry and a memory cache."""
+    """Build a runtime over the agents dir with the test's telemetry, its cache built from the
+    settings by `cache_from_settings` (memory unless `cache_url` says otherwise)."""
     runtimes: list[AgentRuntime] = []
 
-    def make(*, max_entries: int = 500, **settings: object) -> AgentRuntime:
-        config = Settings(agents_dir=agents_dir, **settings)  # type: ignore[arg-type]
+    def make(**settings: Any) -> AgentRuntime:
+        config = Settings(agents_dir=agents_dir, **settings)
         registry = AgentRegistry(agents_dir)
         registry.reload()
-        cache = ResultCache(LRUMemoryCache(max_entries))
+        cache = cache_from_settings(config, telemetry.meter_provider, telemetry.tracer_provider)
         runtime = AgentRuntime(
             registry,
             cache,

@@ -9,17 +9,7 @@ import pytest
 
 from sel_otel import MISS, Lookup, LRUMemoryCache, ResultCache
 
-
-class Counting:
-    """An agent stand-in that counts its executions."""
-
-    def __init__(self, output: str = "out", delay: float = 0.0) -> None:
-        self.output, self.delay, self.calls = output, delay, 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        await asyncio.sleep(self.delay)
-        return self.output
+from .conftest import Counting
 
 
 async def test_lru_evicts_the_least_recently_used_entry_at_the_bound() -> None:

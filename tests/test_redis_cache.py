@@ -24,7 +24,6 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection
 
 from sel_otel import (
-    AgentRegistry,
     AgentRuntime,
     ConfigError,
     Lookup,
@@ -36,7 +35,7 @@ from sel_otel import (
     Telemetry,
     cache_from_settings,
 )
-from tests.conftest import AgentWriter, TelemetryFixture
+from tests.conftest import AgentWriter, Counting, RuntimeFactory, TelemetryFixture
 
 if TYPE_CHECKING:
     from tests.redis_server import RedisServer, RuntimeProcess
@@ -91,16 +90,6 @@ async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
-
-
-class Counting:
-    def __init__(self, output: str = "out", delay: float = 0.0) -> None:
-        self.output, self.delay, self.calls = output, delay, 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        await asyncio.sleep(self.delay)
-        return self.output
 
 
 CacheFactory = Callable[..., ResultCache]
@@ -345,34 +334,14 @@ async def test_a_live_holder_is_waited_for_at_most_lock_wait(
 
 
 @pytest.fixture
-async def redis_runtime(
-    agents_dir: Path, telemetry: TelemetryFixture, namespace: str
-) -> AsyncIterator[Callable[..., AgentRuntime]]:
-    """Runtimes on a Redis URL, built by `cache_from_settings` with the test's telemetry."""
-    runtimes: list[AgentRuntime] = []
+def redis_runtime(make_runtime: RuntimeFactory, namespace: str) -> Callable[..., AgentRuntime]:
+    """Runtimes on a Redis URL, built like `make_runtime`'s with the test's telemetry."""
 
     def make(url: str, **settings: Any) -> AgentRuntime:
         settings.setdefault("cache_retry_after", 0.2)
-        config = Settings(
-            agents_dir=agents_dir, cache_url=url, cache_namespace=namespace, **settings
-        )
-        registry = AgentRegistry(agents_dir)
-        registry.reload()
-        cache = cache_from_settings(config, telemetry.meter_provider, telemetry.tracer_provider)
-        runtime = AgentRuntime(
-            registry,
-            cache,
-            settings=config,
-            tracer_provider=telemetry.tracer_provider,
-            meter_provider=telemetry.meter_provider,
-        )
-        runtimes.append(runtime)
-        return runtime
+        return make_runtime(cache_url=url, cache_namespace=namespace, **settings)
 
-    yield make
-    for runtime in runtimes:
-        await runtime.aclose()
-        await runtime.cache.close()
+    return make
 
 
 async def test_cache_operations_are_child_spans_of_the_agent_span(
