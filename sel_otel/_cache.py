@@ -166,7 +166,7 @@ class ResultCache:
         self.lock_lease = lock_lease
         self.lock_wait = lock_wait
         self._on_error = on_error
-        self._flights: dict[str, asyncio.Future[str]] = {}
+        self._flights: dict[str, asyncio.Future[CacheOutcome]] = {}
         self._generations: dict[str, int] = {}
         self._failing = False
         self._breaker = _Breaker(retry_after)
@@ -199,8 +199,8 @@ class ResultCache:
         Only successful outputs are stored, for `ttl` seconds; `ttl <= 0` bypasses the cache.
         An output is not stored when its agent's results were invalidated while it was being
         computed (it may predate the change). Errors raised by `compute` reach every caller
-        sharing that execution. `compute_timeout` is how long `compute` may take: another process's
-        execution of the same key is waited for at most that plus the lock lease.
+        sharing that execution. `compute_timeout` is how long `compute` may take: another
+        process's execution of the same key is waited for at most that plus the lock lease.
         """
         if ttl <= 0:
             return CacheOutcome(await compute(), Lookup.BYPASS)
@@ -210,6 +210,7 @@ class ResultCache:
                 key,
                 lambda: self._shared_get(key),
                 lambda error: self._lead_shared(shared, key, ttl, compute, error, compute_timeout),
+                read_in_flight=True,
             )
         return await self._single_flight(
             key,
@@ -222,15 +223,22 @@ class ResultCache:
         key: str,
         read: Callable[[], Awaitable[tuple[object, str | None]]],
         lead: Callable[[str | None], Awaitable[CacheOutcome]],
+        *,
+        read_in_flight: bool = False,
     ) -> CacheOutcome:
         """Join the call in flight for `key`, or `read` it; on a miss `lead` a call.
 
-        The flight is checked before reading, so N concurrent callers send one read.
+        With `read_in_flight` (a backend whose reads wait on the network) the first caller
+        reads inside its flight, so N concurrent callers send one read; callers joining a
+        flight that was answered from the cache count as hits. A memory read never waits,
+        so there callers read first and only misses make a flight.
         """
         error = None
         while True:
             flight = self._flights.get(key)
             if flight is None:
+                if read_in_flight:
+                    break
                 value, error = await read()
                 if isinstance(value, str):
                     return CacheOutcome(value, Lookup.HIT, error)
@@ -238,14 +246,22 @@ class ResultCache:
                 if flight is None:
                     break
             try:
-                return CacheOutcome(await asyncio.shield(flight), Lookup.COALESCED, error)
+                shared = await asyncio.shield(flight)
             except _LeaderCancelled:
                 continue
+            lookup = Lookup.HIT if shared.lookup is Lookup.HIT else Lookup.COALESCED
+            return CacheOutcome(shared.output, lookup, shared.cache_error)
         flight = asyncio.get_running_loop().create_future()
         self._flights[key] = flight
         try:
-            outcome = await lead(error)
-            flight.set_result(outcome.output)
+            outcome = None
+            if read_in_flight:
+                value, error = await read()
+                if isinstance(value, str):
+                    outcome = CacheOutcome(value, Lookup.HIT, error)
+            if outcome is None:
+                outcome = await lead(error)
+            flight.set_result(outcome)
             return outcome
         except asyncio.CancelledError:
             flight.set_exception(_LeaderCancelled())

@@ -10,14 +10,22 @@ from typing import TextIO
 
 from ._commands import CommandHandler
 
+_READ_AHEAD = 64
+
 
 async def _lines(stdin: TextIO) -> AsyncIterator[str]:
-    """Lines of `stdin`, read by a daemon thread so that a pending read never blocks exit."""
+    """Lines of `stdin`, read by a daemon thread so that a pending read never blocks exit.
+
+    The thread reads at most `_READ_AHEAD` lines ahead of the console, so a fast producer
+    (a large file, `yes`) cannot fill memory.
+    """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str] = asyncio.Queue()
+    room = threading.BoundedSemaphore(_READ_AHEAD)
 
     def read() -> None:
         while True:
+            room.acquire()
             line = stdin.readline()
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, line)
@@ -28,6 +36,7 @@ async def _lines(stdin: TextIO) -> AsyncIterator[str]:
 
     threading.Thread(target=read, name="sel-console-stdin", daemon=True).start()
     while line := await queue.get():
+        room.release()
         yield line
 
 

@@ -33,7 +33,11 @@ class DaemonThreads:
         def work() -> None:
             try:
                 result = context.run(function, argument)
-            except BaseException as exc:
+            except StopIteration as exc:  # a future refuses StopIteration: wrap it
+                error = RuntimeError(f"StopIteration raised: {exc}")
+                error.__cause__ = exc
+                _deliver(loop, future, None, error, self._slots)
+            except BaseException as exc:  # handed to the awaiting caller
                 _deliver(loop, future, None, exc, self._slots)
             else:
                 _deliver(loop, future, result, None, self._slots)

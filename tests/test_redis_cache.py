@@ -293,6 +293,29 @@ async def test_concurrent_misses_in_two_instances_execute_once(make_cache: Cache
     assert set(lookups) <= {Lookup.MISS, Lookup.COALESCED, Lookup.HIT}
 
 
+async def test_concurrent_identical_calls_in_one_process_send_one_read(
+    make_cache: CacheFactory,
+) -> None:
+    cache = make_cache()
+    reads = 0
+    backend_get = cache.backend.get
+
+    async def counted_get(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await backend_get(*args, **kwargs)
+
+    cache.backend.get = counted_get  # type: ignore[method-assign]
+    key = cache.key("agent", "same")
+    compute = Counting(delay=0.05)
+    misses = await asyncio.gather(*(cache.get_or_run(key, 60, compute) for _ in range(20)))
+    assert (reads, compute.calls) == (1, 1)
+    assert [o.lookup for o in misses].count(Lookup.MISS) == 1
+    hits = await asyncio.gather(*(cache.get_or_run(key, 60, compute) for _ in range(20)))
+    assert reads == 2  # one more read for all twenty hits
+    assert {o.lookup for o in hits} == {Lookup.HIT}
+
+
 async def test_the_lease_is_renewed_while_a_long_agent_runs(make_cache: CacheFactory) -> None:
     first, second = make_cache(lock_lease=0.3), make_cache(lock_lease=0.3)
     compute = Counting(delay=1.2)  # four leases

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
@@ -329,18 +330,31 @@ async def test_an_agent_exiting_fails_its_call_not_the_process(
 
 
 async def test_hung_sync_agents_hold_their_thread_slot_until_they_end(
-    make_runtime: RuntimeFactory, write_agent: AgentWriter
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, agents_dir: Path
 ) -> None:
+    started = agents_dir.parent / "started"
+    started.mkdir()
     write_agent(
-        "hang", "import time\nDESCRIPTION='d'\ndef run(q):\n    time.sleep(0.3)\n    return q\n"
+        "worker",
+        f"""
+        import pathlib, time
+        DESCRIPTION = "d"
+        CACHEABLE = False
+        def run(q):
+            (pathlib.Path({str(started)!r}) / q).touch()
+            if q == "slow":
+                time.sleep(0.5)
+            return q
+        """,
     )
-    runtime = make_runtime(agent_timeout=0.05, agent_threads=1)
-    first = await runtime.run("hang", "a")  # abandoned; its thread runs on for 0.3 s
-    second = await runtime.run("hang", "b")  # waits for the slot, then times out
-    assert isinstance(first.error, AgentTimeout) and isinstance(second.error, AgentTimeout)
-    await asyncio.sleep(0.4)  # the first thread has ended and released its slot
-    third = await make_runtime(agent_timeout=1.0, agent_threads=1).run("hang", "c")
-    assert third.output == "c"
+    runtime = make_runtime(agent_timeout=0.15, agent_threads=1)
+    assert isinstance((await runtime.run("worker", "slow")).error, AgentTimeout)
+    # The abandoned thread still holds the only slot: the next call waits, then times out
+    # without ever starting.
+    assert isinstance((await runtime.run("worker", "quick")).error, AgentTimeout)
+    assert sorted(p.name for p in started.iterdir()) == ["slow"]
+    await asyncio.sleep(0.6)  # the slow thread has ended and released its slot
+    assert (await runtime.run("worker", "quick")).output == "quick"
 
 
 async def test_agents_replaced_by_reloads_are_closed_with_the_runtime(
@@ -363,3 +377,12 @@ async def close():
     assert not log.exists()  # not at reload time: calls in flight may still use v1
     await runtime.aclose()
     assert sorted(log.read_text().split()) == ["v1", "v2"]
+
+
+async def test_a_sync_agent_raising_stop_iteration_fails_at_once(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter
+) -> None:
+    write_agent("stopit", "DESCRIPTION='d'\ndef run(q):\n    return next(iter([]))\n")
+    result = await make_runtime(agent_timeout=30).run("stopit", "x")
+    assert isinstance(result.error, AgentFailed)
+    assert result.duration < 5  # not the 30 s timeout
