@@ -31,9 +31,10 @@ _FUNCTIONS: dict[str, Callable[..., float]] = {
 } | {"abs": abs, "round": round, "min": min, "max": max}
 _CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
 _MAX_EXPONENT = 10_000
-#: Largest integer result, in bits (about 4,900 digits): big-integer arithmetic holds the
-#: interpreter lock, so an unbounded product or power would stall the whole bot.
-_MAX_BITS = 16_384
+#: Largest integer result, in bits (about 4,200 digits, under Python's 4,300-digit limit for
+#: printing an int): big-integer arithmetic holds the interpreter lock, so an unbounded
+#: product or power would stall the whole bot.
+_MAX_BITS = 14_000
 _MAX_LENGTH = 500
 
 
@@ -61,7 +62,8 @@ def _evaluate(node: ast.AST) -> float:
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _evaluate(node.left), _evaluate(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
-            raise ValueError(f"exponent {right:g} is too large (limit {_MAX_EXPONENT})")
+            shown = right if isinstance(right, int) and right.bit_length() < 64 else "that"
+            raise ValueError(f"exponent {shown} is too large (limit {_MAX_EXPONENT})")
         _check_size(node.op, left, right)
         return _BINARY[type(node.op)](left, right)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:

@@ -1,7 +1,7 @@
 """Run an allow-listed system command on the host through the host-exec service.
 
 Reads `HOST_EXEC_URL` and the token at each call: `HOST_EXEC_TOKEN`, or when it is unset the
-file named by `HOST_EXEC_TOKEN_FILE` (re-read when it changes), so a deployment can keep the
+file named by `HOST_EXEC_TOKEN_FILE` (read at each call), so a deployment can keep the
 token out of the environment. One `httpx.AsyncClient` per event
 loop, traced by the OpenTelemetry httpx instrumentation, so the HTTP call is a child of the
 agent span and carries `traceparent` to the service.
@@ -53,8 +53,6 @@ RETRY_DELAY = 0.2
 MAX_REPLY = 2000
 
 _clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
-#: The token read from each HOST_EXEC_TOKEN_FILE, by path, with the file's mtime then.
-_token_files: dict[str, tuple[int, str]] = {}
 
 
 class HostExecAuthFailed(AgentReplyError):
@@ -91,23 +89,19 @@ def _client() -> httpx.AsyncClient:
 
 
 def _token() -> str:
+    """HOST_EXEC_TOKEN, else the content of HOST_EXEC_TOKEN_FILE, read at each call so that a
+    rotated token is used at once (a small read beside a network round trip)."""
     token = os.environ.get("HOST_EXEC_TOKEN", "").strip()
     path = os.environ.get("HOST_EXEC_TOKEN_FILE", "").strip()
     if token or not path:
         return token
     try:
-        mtime = os.stat(path).st_mtime_ns
-        cached = _token_files.get(path)
-        if cached is not None and cached[0] == mtime:
-            return cached[1]
-        token = Path(path).read_text(encoding="utf-8").strip()
+        return Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
         raise HostExecAuthFailed(
             f"❌ Host exec token file cannot be read (HOST_EXEC_TOKEN_FILE): {reason}"
         ) from exc
-    _token_files[path] = (mtime, token)
-    return token
 
 
 def _timeout_for(command: str) -> float:

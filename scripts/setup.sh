@@ -15,5 +15,6 @@ if [ -n "$missing" ]; then
         echo "setup: please install:$missing (Redis tests are skipped without redis-server)" >&2
     fi
 fi
-[ -x .venv/bin/python ] || python3 -m venv .venv
+# A venv left half-made (no pip) by a failed earlier run is made again.
+.venv/bin/python -m pip --version >/dev/null 2>&1 || python3 -m venv --clear .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -42,15 +42,19 @@ class SelApp:
         )
 
     async def __aenter__(self) -> SelApp:
-        await self.cache.open()
-        report = self.registry.reload()
-        for path, reason in report.failed.items():
-            logger.warning("agent file %s skipped: %s", path, reason)
-        if self.settings.cache_warmup:
-            results = await self.runtime.warm_up(self.settings.cache_warmup)
-            for result in results:
-                if result.error is not None:
-                    logger.warning("cache warm-up of %s failed: %s", result.agent, result.error)
+        try:
+            await self.cache.open()
+            report = self.registry.reload()
+            for path, reason in report.failed.items():
+                logger.warning("agent file %s skipped: %s", path, reason)
+            if self.settings.cache_warmup:
+                results = await self.runtime.warm_up(self.settings.cache_warmup)
+                for result in results:
+                    if result.error is not None:
+                        logger.warning("cache warm-up of %s failed: %s", result.agent, result.error)
+        except BaseException:  # e.g. cancelled by SIGTERM during warm-up: close what opened
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(

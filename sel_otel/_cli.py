@@ -50,8 +50,12 @@ async def _embedded_host_exec(settings: Settings) -> AsyncIterator[None]:
     from .hostexec import LocalHostExec
 
     async with LocalHostExec() as service:
-        saved = {name: os.environ.get(name) for name in ("HOST_EXEC_URL", "HOST_EXEC_TOKEN")}
-        os.environ["HOST_EXEC_URL"], os.environ["HOST_EXEC_TOKEN"] = service.url, service.token
+        # The token travels as a private file: child processes of the bot do not inherit it.
+        names = ("HOST_EXEC_URL", "HOST_EXEC_TOKEN", "HOST_EXEC_TOKEN_FILE")
+        saved = {name: os.environ.get(name) for name in names}
+        os.environ.pop("HOST_EXEC_TOKEN", None)
+        os.environ["HOST_EXEC_URL"] = service.url
+        os.environ["HOST_EXEC_TOKEN_FILE"] = str(service.token_file)
         try:
             yield
         finally:

@@ -66,6 +66,13 @@ class LocalHostExec:
         self._process: asyncio.subprocess.Process | None = None
 
     @property
+    def token_file(self) -> Path:
+        """A private (0600) file holding the token, kept while the service runs."""
+        if self._dir is None:
+            raise RuntimeError("the service is not running")
+        return self._dir / "token"
+
+    @property
     def url(self) -> str:
         """Base URL of the service, such as `http://127.0.0.1:40123`."""
         return f"http://{_LOOPBACK}:{self._port}"
@@ -86,7 +93,7 @@ class LocalHostExec:
 
     async def __aenter__(self) -> LocalHostExec:
         self._dir = Path(tempfile.mkdtemp(prefix="sel-hostexec-local-"))
-        token_file = self._dir / "token"
+        token_file = self.token_file
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(self.token)
