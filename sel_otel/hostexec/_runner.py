@@ -264,15 +264,17 @@ class Runner:
             held = not all_closed.done()
             for opened in transports:
                 opened.close()
+            if held:
+                # Here, not after the block: a cancelled request must not leave them running.
+                # The scan of /proc is short and this path is rare, so it runs inline.
+                killed = _kill_pipe_holders(inodes)
+                logger.warning(
+                    "command pid %d left %d process(es) outside its process group holding its "
+                    "output open; killed them",
+                    process.pid,
+                    killed,
+                )
             await all_closed
-        if held:
-            killed = await asyncio.to_thread(_kill_pipe_holders, inodes)
-            logger.warning(
-                "command pid %d left %d process(es) outside its process group holding its "
-                "output open; killed them",
-                process.pid,
-                killed,
-            )
         return ExecResult(
             exit_code=exit_code,
             stdout=_decode(stdout),
