@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -19,14 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import free_port, per_call_seconds
+
 HERE = Path(__file__).resolve().parent
 CALLS, ROUNDS = 2_000, 9
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def phase() -> None:
@@ -44,15 +39,12 @@ async def phase() -> None:
             meter_provider=telemetry.meter_provider,
         )
         await runtime.run("echo", "uname -a")
-        rounds = []
-        for _ in range(ROUNDS):
-            start = time.perf_counter()
-            for _ in range(CALLS):
-                await runtime.run("echo", "uname -a")
-            rounds.append((time.perf_counter() - start) / CALLS)
+        seconds = await per_call_seconds(
+            lambda: runtime.run("echo", "uname -a"), rounds=ROUNDS, calls_per_round=CALLS
+        )
         await runtime.aclose()
     telemetry.shutdown(timeout=1.0)
-    print(statistics.median(rounds))
+    print(seconds)
 
 
 def run_phase(endpoint: str) -> float:

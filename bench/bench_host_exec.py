@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _common import free_port
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 
@@ -32,12 +32,6 @@ from sel_otel.hostexec import LocalHostExec
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS, WARM_UP = 600, 30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def runtime(tracer_provider: trace.TracerProvider, telemetry: Telemetry) -> AgentRuntime:

@@ -26,14 +26,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from _common import DiscardingExporter, free_port, per_call_seconds
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from sel_otel import AgentRegistry, AgentRuntime, Settings, cache_from_settings, stats_reader
 
@@ -44,19 +45,12 @@ THROUGHPUT_SECONDS = 3.0
 ECHO_AGENT = "DESCRIPTION = 'echo'\nCACHE_TTL = 3600\ndef run(q):\n    return q\n"
 
 
-class DiscardingExporter(SpanExporter):
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
-
-
 @contextmanager
 def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     binary = shutil.which("redis-server")
     if binary is None:
         sys.exit("redis-server is not installed; pass --url")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as directory:
         process = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -94,16 +88,6 @@ def build_runtime(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
     )
-
-
-async def per_call_seconds(call: Callable[[], Awaitable[object]]) -> float:
-    rounds = []
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        for _ in range(CALLS_PER_ROUND):
-            await call()
-        rounds.append((time.perf_counter() - start) / CALLS_PER_ROUND)
-    return statistics.median(rounds)
 
 
 async def throughput(runtime: AgentRuntime, seconds: float) -> int:
@@ -209,8 +193,12 @@ async def main(url: str | None) -> None:
 
         cached_rounds, raw_rounds = [], []
         for _ in range(3):  # interleaved, so that machine noise hits both alike
-            cached_rounds.append(await per_call_seconds(cached_call))
-            raw_rounds.append(await per_call_seconds(raw_get))
+            cached_rounds.append(
+                await per_call_seconds(cached_call, rounds=ROUNDS, calls_per_round=CALLS_PER_ROUND)
+            )
+            raw_rounds.append(
+                await per_call_seconds(raw_get, rounds=ROUNDS, calls_per_round=CALLS_PER_ROUND)
+            )
         cached, raw = statistics.median(cached_rounds), statistics.median(raw_rounds)
         c_get = redis_benchmark_get(url)
 

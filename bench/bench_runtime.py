@@ -18,36 +18,18 @@ import statistics
 import tempfile
 import time
 import timeit
-from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from _common import DiscardingExporter, per_call_seconds
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind
 
 from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache, stats_reader
 
 CALLS_PER_ROUND = 2_000
 ROUNDS = 15
-
-
-class DiscardingExporter(SpanExporter):
-    """Accepts every batch, so the benchmark measures the SDK, not a network."""
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
-
-
-async def per_call_seconds(call: Callable[[], Awaitable[object]]) -> float:
-    """Median seconds per call over ROUNDS rounds of CALLS_PER_ROUND awaited calls."""
-    rounds = []
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        for _ in range(CALLS_PER_ROUND):
-            await call()
-        rounds.append((time.perf_counter() - start) / CALLS_PER_ROUND)
-    return statistics.median(rounds)
 
 
 async def main() -> None:
@@ -100,8 +82,12 @@ async def main() -> None:
         # Interleave the two so that machine noise hits both alike.
         cached_rounds, floor_rounds = [], []
         for _ in range(3):
-            cached_rounds.append(await per_call_seconds(cached_call))
-            floor_rounds.append(await per_call_seconds(floor))
+            cached_rounds.append(
+                await per_call_seconds(cached_call, rounds=ROUNDS, calls_per_round=CALLS_PER_ROUND)
+            )
+            floor_rounds.append(
+                await per_call_seconds(floor, rounds=ROUNDS, calls_per_round=CALLS_PER_ROUND)
+            )
         cached, bare = statistics.median(cached_rounds), statistics.median(floor_rounds)
 
         lookup = min(timeit.repeat(lambda: registry.get("echo"), number=100_000, repeat=7))
