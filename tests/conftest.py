@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,18 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sel_otel import AgentRegistry, AgentRuntime, Settings, cache_from_settings, stats_reader
 
 pytest_plugins = ["tests.otlp_receiver"]
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The `sel-otel` command, run from the source tree.
+CLI = [sys.executable, "-m", "sel_otel._cli"]
+
+
+def cli_environment(**overrides: str) -> dict[str, str]:
+    """This process's environment without its OTEL_*, SEL_* and HOST_EXEC_* settings, with the
+    repository's agents, then `overrides`: what a `sel-otel` process under test starts with."""
+    own = ("OTEL_", "SEL_", "HOST_EXEC_")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(own)}
+    return environment | {"SEL_AGENTS_DIR": str(ROOT / "agents")} | overrides
 
 
 class TelemetryFixture:

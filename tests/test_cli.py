@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import CLI, cli_environment
 
 
 def sel_otel(*args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SEL_"))}
-    environment |= {"SEL_AGENTS_DIR": str(ROOT / "agents")} | env
     return subprocess.run(
-        [sys.executable, "-m", "sel_otel._cli", *args],
+        [*CLI, *args],
         input=stdin,
         capture_output=True,
         text=True,
-        env=environment,
+        env=cli_environment(**env),
         timeout=60,
         check=False,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,9 +23,8 @@ from sel_otel import (
     Telemetry,
 )
 
+from .conftest import CLI, cli_environment
 from .otlp_receiver import OtlpReceiver
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -216,15 +214,13 @@ async def test_export_resumes_when_the_collector_comes_back(
 def test_one_trace_follows_a_request_across_the_host_exec_process(
     otlp_receiver: OtlpReceiver,
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SEL_", "HOST_"))}
-    env |= {
-        "SEL_AGENTS_DIR": str(ROOT / "agents"),
-        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url,
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_BSP_SCHEDULE_DELAY": "50",
-    }
+    env = cli_environment(
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.url,
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_BSP_SCHEDULE_DELAY="50",
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "sel_otel._cli", "run", "host_exec", "uname", "-a"],
+        [*CLI, "run", "host_exec", "uname", "-a"],
         env=env,
         capture_output=True,
         text=True,
@@ -252,15 +248,13 @@ def test_one_trace_follows_a_request_across_the_host_exec_process(
 def test_a_signal_ends_the_console_promptly_and_flushes_its_spans(
     otlp_receiver: OtlpReceiver, signum: int, status: int
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SEL_", "HOST_"))}
-    env |= {
-        "SEL_AGENTS_DIR": str(ROOT / "agents"),
-        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url,
-        "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing leaves before shutdown
-        "OTEL_METRIC_EXPORT_INTERVAL": "60000",
-    }
+    env = cli_environment(
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_receiver.url,
+        OTEL_BSP_SCHEDULE_DELAY="60000",  # nothing leaves before shutdown
+        OTEL_METRIC_EXPORT_INTERVAL="60000",
+    )
     console = subprocess.Popen(
-        [sys.executable, "-m", "sel_otel._cli", "console"],
+        [*CLI, "console"],
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

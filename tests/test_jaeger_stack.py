@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import cli_environment
 from tests.docker_engine import docker_engine_problem
 from tests.otlp_receiver import OtlpReceiver
 
@@ -70,15 +70,13 @@ def _sel_otel() -> list[str]:
 
 def run_sysinfo(otlp_endpoint: str, environment: str) -> subprocess.CompletedProcess[str]:
     """`sel-otel run sysinfo`, exporting traces and metrics over OTLP/HTTP to the endpoint."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-    env.update(
+    env = cli_environment(
         OTEL_TRACES_EXPORTER="otlp",
         OTEL_METRICS_EXPORTER="otlp",
         OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint,
         OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
         OTEL_SERVICE_NAME=SERVICE_NAME,
         OTEL_RESOURCE_ATTRIBUTES=f"deployment.environment={environment}",
-        SEL_AGENTS_DIR=str(ROOT / "agents"),
         SEL_CACHE_URL="memory://",
     )
     return subprocess.run(
