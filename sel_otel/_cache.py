@@ -297,12 +297,12 @@ class ResultCache:
 
     def _generation(self, key: str) -> int:
         """How many times the agent owning `key` was invalidated by this process."""
-        return self._generations.get(key.rpartition(":")[0], 0)
+        return self._generations.get(key[: key.rfind(":") + 1], 0)  # the agent's prefix
 
     async def invalidate(self, agent: str) -> None:
         """Drop every cached result of `agent` (in a shared backend: for every process)."""
-        scope = self.agent_prefix(agent).rpartition(":")[0]  # what _generation sees of a key
-        self._generations[scope] = self._generations.get(scope, 0) + 1
+        prefix = self.agent_prefix(agent)
+        self._generations[prefix] = self._generations.get(prefix, 0) + 1
         if self._shared is not None:
             await self._invalidate_shared(agent)
             return
@@ -493,8 +493,7 @@ class ResultCache:
 
     def _answered(self) -> None:
         self._breaker.success()
-        if self._failing:
-            self._recovered()
+        self._recovered()
 
     # -- failures ---------------------------------------------------------------------------
 
