@@ -151,12 +151,10 @@ class AgentRuntime:
         invalidates = agent.invalidates(query)
         ttl = 0.0 if invalidates else agent.ttl_for(query)
         key = self.cache.key(agent.name, query, user if agent.cache_per_user else None)
+        timeout = agent.timeout or self.settings.agent_timeout
         try:
             outcome = await self.cache.get_or_run(
-                key,
-                ttl,
-                lambda: self._execute(agent, query),
-                compute_timeout=agent.timeout or self.settings.agent_timeout,
+                key, ttl, lambda: self._execute(agent, query, timeout), compute_timeout=timeout
             )
         finally:
             if invalidates:
@@ -167,9 +165,8 @@ class AgentRuntime:
             span.set_attribute(names.SEL_CACHE_ERROR, outcome.cache_error)
         return outcome.output, outcome.lookup
 
-    async def _execute(self, agent: Agent, query: str) -> str:
-        timeout = agent.timeout or self.settings.agent_timeout
-        deadline = asyncio.timeout(timeout)
+    async def _execute(self, agent: Agent, query: str, time_limit: float) -> str:
+        deadline = asyncio.timeout(time_limit)
         try:
             async with deadline:
                 if agent.is_async:
@@ -180,7 +177,7 @@ class AgentRuntime:
                         output = await output
         except TimeoutError as exc:
             if deadline.expired():
-                raise AgentTimeout(agent.name, timeout=timeout) from None
+                raise AgentTimeout(agent.name, timeout=time_limit) from None
             raise AgentFailed(agent.name, original=exc) from exc
         except AgentError:
             raise
