@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from .._exceptions import ConfigError
-
-T = TypeVar("T")
+from .._settings import _get, _positive
 
 #: Directories searched for commands; deliberately not the service's own PATH, which may
 #: hold user-writable directories.
@@ -22,23 +20,6 @@ MIN_TOKEN_LENGTH = 16
 _TOKEN_HINT = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
-def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return parse(raw.strip())
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from exc
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise ValueError("must be greater than 0")
-    return value
-
-
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 <= value <= 65535:
@@ -46,11 +27,8 @@ def _port(raw: str) -> int:
     return value
 
 
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("must be greater than 0")
-    return value
+def _path(raw: str) -> Path:
+    return Path(raw.strip())
 
 
 def _names(raw: str) -> tuple[str, ...]:
@@ -111,23 +89,25 @@ class HostExecSettings:
         env = os.environ if env is None else env
         return cls(
             token=_read_token(env),
-            host=_get(env, "HOST_EXEC_HOST", str, cls.host),
+            host=_get(env, "HOST_EXEC_HOST", str.strip, cls.host),
             port=_get(env, "HOST_EXEC_PORT", _port, cls.port),
-            allowlist=_get(env, "HOST_EXEC_ALLOWLIST", Path, None),
+            allowlist=_get(env, "HOST_EXEC_ALLOWLIST", _path, None),
             max_concurrency=_get(
-                env, "HOST_EXEC_MAX_CONCURRENCY", _positive_int, cls.max_concurrency
+                env, "HOST_EXEC_MAX_CONCURRENCY", _positive(int), cls.max_concurrency
             ),
             max_output_bytes=_get(
-                env, "HOST_EXEC_MAX_OUTPUT_BYTES", _positive_int, cls.max_output_bytes
+                env, "HOST_EXEC_MAX_OUTPUT_BYTES", _positive(int), cls.max_output_bytes
             ),
-            max_body_bytes=_get(env, "HOST_EXEC_MAX_BODY_BYTES", _positive_int, cls.max_body_bytes),
+            max_body_bytes=_get(
+                env, "HOST_EXEC_MAX_BODY_BYTES", _positive(int), cls.max_body_bytes
+            ),
             max_command_length=_get(
-                env, "HOST_EXEC_MAX_COMMAND_LENGTH", _positive_int, cls.max_command_length
+                env, "HOST_EXEC_MAX_COMMAND_LENGTH", _positive(int), cls.max_command_length
             ),
-            default_timeout=_get(env, "HOST_EXEC_TIMEOUT", _positive_float, cls.default_timeout),
+            default_timeout=_get(env, "HOST_EXEC_TIMEOUT", _positive(float), cls.default_timeout),
             keepalive_timeout=_get(
-                env, "HOST_EXEC_KEEPALIVE_TIMEOUT", _positive_float, cls.keepalive_timeout
+                env, "HOST_EXEC_KEEPALIVE_TIMEOUT", _positive(float), cls.keepalive_timeout
             ),
-            child_path=_get(env, "HOST_EXEC_PATH", str, cls.child_path),
+            child_path=_get(env, "HOST_EXEC_PATH", str.strip, cls.child_path),
             child_env=_get(env, "HOST_EXEC_CHILD_ENV", _names, cls.child_env),
         )
