@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,6 +25,13 @@ pytest_plugins = ["tests.otlp_receiver"]
 ROOT = Path(__file__).resolve().parent.parent
 #: The `sel-otel` command, run from the source tree.
 CLI = [sys.executable, "-m", "sel_otel._cli"]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def cli_environment(**overrides: str) -> dict[str, str]:

@@ -24,15 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tests.docker_engine import docker_engine_problem
 
 REDIS_SERVER = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class RedisServer:

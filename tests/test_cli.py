@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CLI, cli_environment
+from .conftest import CLI, cli_environment, free_port
 
 
 def sel_otel(*args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
@@ -66,11 +66,7 @@ def test_invalid_settings_are_reported_clearly(variable: str, value: str, messag
 
 
 def test_calls_succeed_when_the_otlp_endpoint_is_down() -> None:
-    import socket
-
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     done = sel_otel(
         "console",
         stdin="agent:calc 2+2\n" * 20,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -35,7 +34,7 @@ from sel_otel import (
     Telemetry,
     cache_from_settings,
 )
-from tests.conftest import AgentWriter, Counting, RuntimeFactory, TelemetryFixture
+from tests.conftest import AgentWriter, Counting, RuntimeFactory, TelemetryFixture, free_port
 
 if TYPE_CHECKING:
     from tests.redis_server import RedisServer, RuntimeProcess
@@ -613,9 +612,7 @@ async def test_open_connects_ahead_and_reports_a_redis_that_is_down(
     await up.open()
     assert not caplog.records
     await up.close()
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     down = cache_from_settings(Settings(cache_url=f"redis://127.0.0.1:{port}/0"))
     await down.open()
     assert "cache connect failed" in caplog.text
