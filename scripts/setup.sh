@@ -17,4 +17,4 @@ if [ -n "$missing" ]; then
 fi
 # A venv left half-made (no pip) by a failed earlier run is made again.
 .venv/bin/python -m pip --version >/dev/null 2>&1 || python3 -m venv --clear .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'

@@ -7,6 +7,7 @@ and health checks; a mismatch would only show up as a stack that starts and sees
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -358,11 +361,26 @@ def test_the_real_env_file_is_never_committed_nor_sent_to_a_build() -> None:
 def test_the_dockerfile_installs_the_project_with_pip_and_runs_sel_otel() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.1[12]-slim[\w-]*$", text, re.M)
-    assert "COPY pyproject.toml README.md ./" in text
+    assert "COPY pyproject.toml README.md constraints.txt ./" in text
     assert "COPY sel_otel ./sel_otel" in text
-    assert re.search(r"^RUN pip install \.$", text, re.M)
+    assert re.search(r"^RUN pip install -c constraints\.txt \.$", text, re.M)
+    assert "constraints.txt" not in (ROOT / ".dockerignore").read_text().split()
     assert 'ENTRYPOINT ["sel-otel"]' in text
     assert 'CMD ["bot"]' in text
     assert re.search(r"^USER \w+", text, re.M), "runs as root"
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'sel-otel = "sel_otel._cli:main"' in pyproject  # the entrypoint the image calls
+
+
+def test_constraints_pin_every_requirement_within_its_range() -> None:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    for requirement in map(Requirement, requirements):
+        version = pins.get(canonicalize_name(requirement.name))
+        assert version is not None, f"constraints.txt does not pin {requirement.name}"
+        assert requirement.specifier.contains(version, prereleases=True), (requirement, version)
