@@ -270,7 +270,8 @@ class ResultCache:
             flight.set_exception(exc)
             raise
         finally:
-            del self._flights[key]
+            if self._flights.get(key) is flight:  # an invalidation may have dropped it already
+                del self._flights[key]
             if flight.done() and not flight.cancelled():
                 flight.exception()  # mark retrieved: a flight nobody joined must not warn
 
@@ -303,6 +304,9 @@ class ResultCache:
         """Drop every cached result of `agent` (in a shared backend: for every process)."""
         prefix = self.agent_prefix(agent)
         self._generations[prefix] = self._generations.get(prefix, 0) + 1
+        # Calls made from now on must not join an execution that started before the change.
+        for key in [key for key in self._flights if key.startswith(prefix)]:
+            del self._flights[key]
         if self._shared is not None:
             await self._invalidate_shared(agent)
             return

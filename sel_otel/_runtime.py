@@ -181,8 +181,12 @@ class AgentRuntime:
             raise AgentFailed(agent.name, original=exc) from exc
         except AgentError:
             raise
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # Raised by the agent itself, not a cancellation of this call.
+            raise AgentFailed(agent.name, original=exc) from exc
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
             # An agent calling sys.exit() or raising KeyboardInterrupt fails its call, not the bot.
             raise AgentFailed(agent.name, original=exc) from exc

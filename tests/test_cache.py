@@ -194,3 +194,25 @@ async def test_a_result_computed_across_an_invalidation_is_not_stored() -> None:
     outcome = await cache.get_or_run(key, 60, fresh)
     assert (outcome.output, outcome.lookup, fresh.calls) == ("files: []", Lookup.MISS, 1)
     assert (await cache.get_or_run(key, 60, fresh)).lookup is Lookup.HIT  # stored this time
+
+
+async def test_a_call_after_an_invalidation_does_not_join_an_execution_from_before_it() -> None:
+    cache = ResultCache(LRUMemoryCache(10))
+    key = cache.key("files", "ls")
+    files = ["a", "b"]
+    started = asyncio.Event()
+
+    async def listing() -> str:
+        snapshot = f"files: {files}"
+        started.set()
+        await asyncio.sleep(0.05)
+        return snapshot
+
+    before = asyncio.create_task(cache.get_or_run(key, 60, listing))
+    await started.wait()
+    files.remove("a")  # `rm a` ran,
+    await cache.invalidate("files")  # and invalidated the agent's results
+    after = await cache.get_or_run(key, 60, listing)
+    assert (after.output, after.lookup) == ("files: ['b']", Lookup.MISS)
+    assert (await before).output == "files: ['a', 'b']"  # asked before the change
+    assert (await cache.get_or_run(key, 60, listing)).output == "files: ['b']"

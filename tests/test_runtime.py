@@ -315,9 +315,11 @@ async def test_warm_up_caches_the_listed_calls(
         ("raise SystemExit(3)", ""),
         ("raise KeyboardInterrupt", ""),
         ("raise SystemExit(4)", "async "),
+        ("raise __import__('asyncio').CancelledError('from the agent')", ""),
+        ("raise __import__('asyncio').CancelledError('from the agent')", "async "),
     ],
 )
-async def test_an_agent_exiting_fails_its_call_not_the_process(
+async def test_an_agent_raising_exit_or_cancelled_fails_its_call_not_the_process(
     make_runtime: RuntimeFactory, write_agent: AgentWriter, body: str, kind: str
 ) -> None:
     write_agent("exiter", f"DESCRIPTION='d'\n{kind}def run(q):\n    {body}\n")
@@ -325,7 +327,7 @@ async def test_an_agent_exiting_fails_its_call_not_the_process(
     runtime = make_runtime()
     result = await runtime.run("exiter", "x")
     assert isinstance(result.error, AgentFailed)
-    assert result.error.error_type in {"SystemExit", "KeyboardInterrupt"}
+    assert result.error.error_type in {"SystemExit", "KeyboardInterrupt", "CancelledError"}
     assert (await runtime.run("echo", "still serving")).ok
 
 
