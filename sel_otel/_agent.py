@@ -20,7 +20,6 @@ async def close() -> None: ...      # optional: release resources when the runti
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,8 @@ from ._exceptions import AgentLoadError
 AgentFunction = Callable[[str], Awaitable[Any]] | Callable[[str], Any]
 
 DEFAULT_CACHE_TTL = 60.0
+#: The longest TTL or timeout an agent may declare; a cache backend must be able to take it.
+MAX_SECONDS = 365 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,10 @@ class Agent:
 
 
 def _seconds(value: object, what: str, broken: Callable[[str], AgentLoadError]) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-        raise broken(f"{what} must be a finite number of seconds >= 0")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= MAX_SECONDS
+    ):
+        raise broken(f"{what} must be a number of seconds from 0 to {MAX_SECONDS:,} (a year)")
     return float(value)

@@ -47,6 +47,9 @@ def test_async_run_is_detected() -> None:
         ({"DESCRIPTION": "d", "run": echo, "CACHE_TTL": "60"}, "CACHE_TTL"),
         ({"DESCRIPTION": "d", "run": echo, "CACHE_TTL": float("nan")}, "CACHE_TTL"),
         ({"DESCRIPTION": "d", "run": echo, "TIMEOUT": float("inf")}, "TIMEOUT"),
+        ({"DESCRIPTION": "d", "run": echo, "CACHE_TTL": 1e300}, "CACHE_TTL"),
+        ({"DESCRIPTION": "d", "run": echo, "CACHE_TTL_BY_INPUT": {"x": 10**12}}, "a year"),
+        ({"DESCRIPTION": "d", "run": echo, "TIMEOUT": 365 * 24 * 3600 + 1}, "TIMEOUT"),
         ({"DESCRIPTION": "d", "run": echo, "CACHEABLE": "yes"}, "CACHEABLE"),
         ({"DESCRIPTION": "d", "run": echo, "TIMEOUT": 0}, "TIMEOUT"),
         ({"DESCRIPTION": "d", "run": echo, "CACHE_TTL_BY_INPUT": {"x": "1"}}, "CACHE_TTL_BY"),
@@ -59,6 +62,14 @@ def test_contract_violations_name_the_problem(attributes: dict[str, object], rea
         Agent.from_module("bad", module(**attributes))
     assert reason in caught.value.reason
     assert caught.value.agent == "bad"
+
+
+def test_a_year_is_the_longest_ttl_and_timeout() -> None:
+    year = 365 * 24 * 3600
+    agent = Agent.from_module(
+        "long", module(DESCRIPTION="d", run=echo, CACHE_TTL=year, TIMEOUT=year)
+    )
+    assert (agent.cache_ttl, agent.timeout) == (year, year)
 
 
 def test_ttl_by_input_matches_exact_input_then_first_word() -> None:
