@@ -44,7 +44,7 @@ class SelApp:
     async def __aenter__(self) -> SelApp:
         try:
             await self.cache.open()
-            report = self.registry.reload()
+            report = await self.runtime.reload()
             for path, reason in report.failed.items():
                 logger.warning("agent file %s skipped: %s", path, reason)
             if self.settings.cache_warmup:

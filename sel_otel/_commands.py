@@ -161,7 +161,7 @@ class CommandHandler:
             case ListAgents():
                 return Reply(format_agents(self.runtime.registry))
             case ReloadAgents():
-                report = self.runtime.registry.reload()
+                report = await self.runtime.reload()
                 return Reply(f"Agents reloaded: {report}", ok=not report.failed)
             case ShowHelp(problem):
                 return Reply(f"{problem}\n{HELP}" if problem else HELP, ok=problem is None)

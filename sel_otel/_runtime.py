@@ -18,7 +18,7 @@ from ._agent import Agent
 from ._cache import Lookup, ResultCache
 from ._exceptions import AgentError, AgentFailed, AgentNotFound, AgentOutputError, AgentTimeout
 from ._redact import span_content
-from ._registry import AgentRegistry
+from ._registry import AgentRegistry, ReloadReport
 from ._settings import Settings
 from ._telemetry import package_version
 from ._threads import DaemonThreads
@@ -76,6 +76,10 @@ class AgentRuntime:
             description="Agent calls answered by an identical call already in flight",
         )
         self._threads = DaemonThreads(self.settings.agent_threads)
+        #: Calls in flight per agent object (by id), and agents replaced by a reload that
+        #: still had calls in flight then: each is closed when its last call ends.
+        self._calls: dict[int, int] = {}
+        self._retired: dict[int, Agent] = {}
         self._input_attribute = functools.lru_cache(maxsize=1024)(
             functools.partial(span_content, limit=self.settings.trace_content_max)
         )
@@ -101,6 +105,8 @@ class AgentRuntime:
         metric_attributes: dict[str, str | bool] = {names.GEN_AI_AGENT_NAME: name}
         output = error = None
         lookup = Lookup.BYPASS
+        agent_id = id(agent)
+        self._calls[agent_id] = self._calls.get(agent_id, 0) + 1
         start = time.perf_counter()
         token = context.attach(trace.set_span_in_context(span))
         try:
@@ -123,6 +129,12 @@ class AgentRuntime:
             span.end()
             # Recorded outside the span's context: no exemplar cost on every call.
             self._duration.record(duration, metric_attributes)
+            if self._calls[agent_id] > 1:
+                self._calls[agent_id] -= 1
+            else:
+                del self._calls[agent_id]
+                if agent_id in self._retired:
+                    await _close(self._retired.pop(agent_id))
         if lookup is Lookup.COALESCED:
             self._coalesced.add(1, {names.GEN_AI_AGENT_NAME: name})
         return AgentResult(
@@ -133,17 +145,31 @@ class AgentRuntime:
         """Run each (agent, input) once so that its result is cached before users ask."""
         return list(await asyncio.gather(*(self.run(name, query) for name, query in entries)))
 
+    async def reload(self) -> ReloadReport:
+        """Re-read the agents directory, as `AgentRegistry.reload` does.
+
+        The cached results of updated and removed agents are dropped: they came from the old
+        code. Replaced agents are closed now, or when their last call in flight ends.
+        """
+        report = self.registry.reload()
+        for name in (*report.updated, *report.removed):
+            await self.cache.invalidate(name)
+        for agent in self.registry.take_retired():
+            if id(agent) in self._calls:
+                self._retired[id(agent)] = agent
+            else:
+                await _close(agent)
+        return report
+
     async def aclose(self) -> None:
         """Close the agents that hold resources, current and replaced by reloads alike.
 
         A hung sync agent is abandoned on its daemon thread, not awaited.
         """
-        for agent in [*self.registry.agents.values(), *self.registry.take_retired()]:
-            if agent.close is not None:
-                try:
-                    await agent.close()
-                except Exception:
-                    logger.exception("closing agent %s failed", agent.name)
+        retired, self._retired = self._retired, {}
+        agents = [*self.registry.agents.values(), *self.registry.take_retired()]
+        for agent in [*agents, *retired.values()]:
+            await _close(agent)
 
     async def _cached_call(
         self, agent: Agent, query: str, user: str | None, span: trace.Span
@@ -201,6 +227,15 @@ class AgentRuntime:
                 agent=agent.name,
             )
         return output
+
+
+async def _close(agent: Agent) -> None:
+    """Let an agent release what it holds; a failure is logged, never raised."""
+    if agent.close is not None:
+        try:
+            await agent.close()
+        except Exception:
+            logger.exception("closing agent %s failed", agent.name)
 
 
 def _record_error(

@@ -359,26 +359,59 @@ async def test_hung_sync_agents_hold_their_thread_slot_until_they_end(
     assert (await runtime.run("worker", "quick")).output == "quick"
 
 
-async def test_agents_replaced_by_reloads_are_closed_with_the_runtime(
-    make_runtime: RuntimeFactory, write_agent: AgentWriter, agents_dir
-) -> None:  # type: ignore[no-untyped-def]
-    log = agents_dir.parent / "closed.txt"
-    source = """
-import pathlib
+CLOSE_LOGGING = """
+import asyncio, pathlib
 DESCRIPTION = "d"
-def run(q):
-    return q
+CACHE_TTL = 3600
+async def run(q):
+    if q == "slow":
+        await asyncio.sleep(0.2)
+    return "{version} " + q
 async def close():
     path = pathlib.Path({log!r})
     path.write_text((path.read_text() if path.exists() else "") + "{version} ")
 """
-    write_agent("holder", source.format(log=str(log), version="v1"))
+
+
+async def test_a_reload_closes_a_replaced_agent_when_its_last_call_ends(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, agents_dir: Path
+) -> None:
+    log = agents_dir.parent / "closed.txt"
+    write_agent("holder", CLOSE_LOGGING.format(log=str(log), version="v1"))
     runtime = make_runtime()
-    write_agent("holder", source.format(log=str(log), version="v2"))
-    runtime.registry.reload()
-    assert not log.exists()  # not at reload time: calls in flight may still use v1
+    in_flight = asyncio.create_task(runtime.run("holder", "slow"))
+    await asyncio.sleep(0.05)
+    write_agent("holder", CLOSE_LOGGING.format(log=str(log), version="v2"))
+    assert (await runtime.reload()).updated == ("holder",)
+    assert not log.exists()  # v1 still has a call in flight
+    assert (await in_flight).output == "v1 slow"
+    assert log.read_text().split() == ["v1"]
+    write_agent("holder", CLOSE_LOGGING.format(log=str(log), version="v3"))
+    await runtime.reload()
+    assert log.read_text().split() == ["v1", "v2"]  # nothing in flight: closed at once
     await runtime.aclose()
-    assert sorted(log.read_text().split()) == ["v1", "v2"]
+    assert log.read_text().split() == ["v1", "v2", "v3"]
+
+
+async def test_a_reload_drops_the_cached_results_of_updated_and_removed_agents(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, agents_dir: Path
+) -> None:
+    log = agents_dir.parent / "closed.txt"
+    path = write_agent("holder", CLOSE_LOGGING.format(log=str(log), version="v1"))
+    write_agent("echo", ECHO.replace("DESCRIPTION", "CACHE_TTL = 3600\nDESCRIPTION"))
+    runtime = make_runtime()
+    for agent in ("holder", "echo"):
+        await runtime.run(agent, "x")
+    write_agent("holder", CLOSE_LOGGING.format(log=str(log), version="v2"))
+    await runtime.reload()
+    updated = await runtime.run("holder", "x")
+    assert (updated.output, updated.cached) == ("v2 x", False)
+    assert (await runtime.run("echo", "x")).cached  # unchanged agents keep their results
+    path.unlink()
+    await runtime.reload()
+    write_agent("holder", CLOSE_LOGGING.format(log=str(log), version="v2"))
+    await runtime.reload()  # the same source back: its old results must not return
+    assert not (await runtime.run("holder", "x")).cached
 
 
 async def test_a_sync_agent_raising_stop_iteration_fails_at_once(
