@@ -27,6 +27,7 @@ from ._commands import (
     parse_request,
 )
 from ._exceptions import (
+    AgentBusy,
     AgentError,
     AgentFailed,
     AgentLoadError,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MISS",
     "Agent",
+    "AgentBusy",
     "AgentError",
     "AgentFailed",
     "AgentLoadError",

@@ -7,6 +7,7 @@ SelOtelError
 │   ├── AgentNotFound         no agent of that name (carries `known`)
 │   ├── AgentLoadError        an agent file failed to import or breaks the contract (carries `path`)
 │   ├── AgentTimeout          the call ran past its timeout
+│   ├── AgentBusy             a sync agent found no free thread before its timeout
 │   ├── AgentFailed           the agent raised (carries `original`)
 │   └── AgentOutputError      the agent returned a non-string or an output over the cap
 └── AgentReplyError           raised by agent code: fail the call with a message for the user
@@ -72,6 +73,21 @@ class AgentTimeout(AgentError):
 
     def __init__(self, agent: str, *, timeout: float) -> None:
         super().__init__(f"Agent {agent!r} timed out after {timeout:g}s", agent=agent)
+        self.timeout = timeout
+
+
+class AgentBusy(AgentError):
+    """A sync agent's call could not start before its timeout: every thread for sync agents
+    was taken, by calls still running (hung agents keep theirs until they end)."""
+
+    error_type = "no_free_thread"
+
+    def __init__(self, agent: str, *, timeout: float, threads: int) -> None:
+        super().__init__(
+            f"Agent {agent!r} could not start within {timeout:g}s: all {threads} threads for "
+            "sync agents are taken by calls still running",
+            agent=agent,
+        )
         self.timeout = timeout
 
 

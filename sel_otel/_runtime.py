@@ -7,8 +7,9 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import context, metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -16,7 +17,14 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import _semconv as names
 from ._agent import Agent
 from ._cache import Lookup, ResultCache
-from ._exceptions import AgentError, AgentFailed, AgentNotFound, AgentOutputError, AgentTimeout
+from ._exceptions import (
+    AgentBusy,
+    AgentError,
+    AgentFailed,
+    AgentNotFound,
+    AgentOutputError,
+    AgentTimeout,
+)
 from ._redact import span_content
 from ._registry import AgentRegistry, ReloadReport
 from ._settings import Settings
@@ -80,6 +88,7 @@ class AgentRuntime:
         #: still had calls in flight then: each is closed when its last call ends.
         self._calls: dict[int, int] = {}
         self._retired: dict[int, Agent] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._input_attribute = functools.lru_cache(maxsize=1024)(
             functools.partial(span_content, limit=self.settings.trace_content_max)
         )
@@ -166,6 +175,7 @@ class AgentRuntime:
 
         A hung sync agent is abandoned on its daemon thread, not awaited.
         """
+        await asyncio.gather(*self._background)
         retired, self._retired = self._retired, {}
         agents = [*self.registry.agents.values(), *self.registry.take_retired()]
         for agent in [*agents, *retired.values()]:
@@ -193,18 +203,26 @@ class AgentRuntime:
 
     async def _execute(self, agent: Agent, query: str, time_limit: float) -> str:
         deadline = asyncio.timeout(time_limit)
+        thread: asyncio.Future[Any] | None = None
         try:
             async with deadline:
                 if agent.is_async:
                     output = await agent.function(query)
                 else:
-                    output = await self._threads.run(agent.function, query)
+                    thread = await self._threads.start(
+                        agent.function, query, on_abandoned=self._after_abandoned(agent, query)
+                    )
+                    output = await thread
                     if inspect.isawaitable(output):
                         output = await output
         except TimeoutError as exc:
-            if deadline.expired():
-                raise AgentTimeout(agent.name, timeout=time_limit) from None
-            raise AgentFailed(agent.name, original=exc) from exc
+            if not deadline.expired():
+                raise AgentFailed(agent.name, original=exc) from exc
+            if not agent.is_async and thread is None:
+                raise AgentBusy(
+                    agent.name, timeout=time_limit, threads=self.settings.agent_threads
+                ) from None
+            raise AgentTimeout(agent.name, timeout=time_limit) from None
         except AgentError:
             raise
         except asyncio.CancelledError as exc:
@@ -227,6 +245,18 @@ class AgentRuntime:
                 agent=agent.name,
             )
         return output
+
+    def _after_abandoned(self, agent: Agent, query: str) -> Callable[[], object] | None:
+        """What to do when a sync call that timed out really ends: an invalidating one made
+        its change only then, so the agent's results are invalidated again."""
+        if not agent.invalidates(query):
+            return None
+        return lambda: self._in_background(self.cache.invalidate(agent.name))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 async def _close(agent: Agent) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from sel_otel import AgentFailed, AgentNotFound, AgentOutputError, AgentTimeout
+from sel_otel import AgentBusy, AgentFailed, AgentNotFound, AgentOutputError, AgentTimeout
 
 from .conftest import AgentWriter, RuntimeFactory, TelemetryFixture
 
@@ -351,12 +351,45 @@ async def test_hung_sync_agents_hold_their_thread_slot_until_they_end(
     )
     runtime = make_runtime(agent_timeout=0.15, agent_threads=1)
     assert isinstance((await runtime.run("worker", "slow")).error, AgentTimeout)
-    # The abandoned thread still holds the only slot: the next call waits, then times out
-    # without ever starting.
-    assert isinstance((await runtime.run("worker", "quick")).error, AgentTimeout)
+    # The abandoned thread still holds the only slot: the next call waits, then fails
+    # without ever starting, as a call that found no thread, not as its own timeout.
+    waited = (await runtime.run("worker", "quick")).error
+    assert isinstance(waited, AgentBusy)
+    assert waited.error_type == "no_free_thread"
+    assert "all 1 threads for sync agents are taken" in str(waited)
     assert sorted(p.name for p in started.iterdir()) == ["slow"]
     await asyncio.sleep(0.6)  # the slow thread has ended and released its slot
     assert (await runtime.run("worker", "quick")).output == "quick"
+
+
+async def test_an_invalidating_call_that_timed_out_invalidates_again_when_it_really_ends(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, agents_dir: Path
+) -> None:
+    state = agents_dir.parent / "files.txt"
+    state.write_text("a b")
+    write_agent(
+        "files",
+        f"""
+        import pathlib, time
+        DESCRIPTION = "d"
+        CACHE_TTL = 3600
+        INVALIDATED_BY = {{"rm"}}
+        STATE = pathlib.Path({str(state)!r})
+        def run(q):
+            if q.startswith("rm"):
+                time.sleep(0.4)  # past the timeout: the change lands after the call gave up
+                STATE.write_text("b")
+                return "removed"
+            return STATE.read_text()
+        """,
+    )
+    runtime = make_runtime(agent_timeout=0.1)
+    assert (await runtime.run("files", "ls")).output == "a b"
+    assert isinstance((await runtime.run("files", "rm a")).error, AgentTimeout)
+    assert (await runtime.run("files", "ls")).output == "a b"  # rm has not happened yet
+    await asyncio.sleep(0.5)
+    listing = await runtime.run("files", "ls")
+    assert (listing.output, listing.cached) == ("b", False)
 
 
 CLOSE_LOGGING = """
