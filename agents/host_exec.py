@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shlex
 from pathlib import Path
 
 import httpx
@@ -51,6 +53,10 @@ ATTEMPTS = 2
 RETRY_DELAY = 0.2
 #: Discord's message limit, less room for the header and code fences.
 MAX_REPLY = 2000
+
+#: A backtick followed by another: a zero-width space goes between them, so no run of three
+#: (a code fence) survives in command output.
+_BACKTICK_RUN = re.compile(r"`(?=`)")
 
 _clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
 
@@ -104,8 +110,16 @@ def _token() -> str:
         ) from exc
 
 
-def _timeout_for(command: str) -> float:
-    program = command.split(" ", 1)[0]
+def _program(command: str) -> str:
+    """The program the service will run: the first word of the line as shlex reads it."""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # unbalanced quotes: the service refuses the line
+        words = command.split()
+    return words[0] if words else ""
+
+
+def _timeout_for(program: str) -> float:
     return (SLOW_TIMEOUT if program in SLOW_COMMANDS else DEFAULT_TIMEOUT) + RESPONSE_MARGIN
 
 
@@ -114,9 +128,9 @@ async def _post(command: str) -> httpx.Response:
     if not url:
         raise HostExecUnavailable("❌ Host exec is not configured (set HOST_EXEC_URL)")
     token = _token()
-    mutating = command.split(" ", 1)[0] in INVALIDATED_BY
-    # A read timeout may mean the command ran: only commands that change nothing are retried.
-    retryable = (httpx.ConnectError, httpx.ConnectTimeout) if mutating else httpx.TransportError
+    program = _program(command)
+    timeout = _timeout_for(program)
+    mutating = program in INVALIDATED_BY
     last_error: Exception | None = None
     for attempt in range(ATTEMPTS):
         try:
@@ -124,9 +138,20 @@ async def _post(command: str) -> httpx.Response:
                 f"{url}/exec",
                 json={"command": command},
                 headers={"Authorization": f"Bearer {token}"},
-                timeout=httpx.Timeout(_timeout_for(command), connect=3.0),
+                timeout=httpx.Timeout(timeout, connect=3.0),
             )
-        except retryable as exc:
+        except httpx.ReadTimeout as exc:
+            # The service may still be running it: another attempt would run it twice.
+            raise CommandTimedOut(
+                f"❌ No answer from the host-exec service within {timeout:g}s: `{command}`"
+            ) from exc
+        except httpx.TransportError as exc:
+            # A command that changes the system is sent again only if it never got there.
+            if mutating and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                raise HostExecUnavailable(
+                    f"❌ Host exec connection lost during `{command}` "
+                    f"({type(exc).__name__}); it may have run"
+                ) from exc
             last_error = exc
             if attempt + 1 < ATTEMPTS:
                 await asyncio.sleep(RETRY_DELAY)
@@ -137,7 +162,7 @@ async def _post(command: str) -> httpx.Response:
 
 
 def _code_block(text: str, room: int) -> tuple[str, bool]:
-    text = text.replace("```", "``\u200b`")  # a fence inside the output must not close ours
+    text = _BACKTICK_RUN.sub("`\u200b", text)  # no fence inside the output may close ours
     if len(text) <= room:
         return text, False
     return text[: max(room, 0)], True
@@ -170,7 +195,7 @@ async def close() -> None:
 
 
 async def run(query: str) -> str:
-    command = " ".join(query.split())
+    command = query.strip()
     if not command:
         raise AgentReplyError("Give a command, e.g. `uname -a`")
     response = await _post(command)
@@ -190,7 +215,7 @@ async def run(query: str) -> str:
     if status == 400:
         raise CommandBlocked(f"⚠️ Command refused: {body.get('error', 'invalid command')}")
     if status == 504:
-        limit = body.get("timeout_s", _timeout_for(command) - RESPONSE_MARGIN)
+        limit = body.get("timeout_s", _timeout_for(_program(command)) - RESPONSE_MARGIN)
         raise CommandTimedOut(f"❌ Command timed out after {limit:g}s: `{command}`")
     if status == 429:
         raise HostExecBusy("⏳ Host exec is busy running other commands; try again shortly")

@@ -179,11 +179,26 @@ async def test_long_output_is_cut_to_fit_a_discord_message(
     assert output.endswith("characters)_") and "showing " in output
 
 
-class CountingDoor:
-    """A loopback listener that accepts connections and closes them at once, counting them."""
+@pytest.mark.parametrize("run", ["```", "````", "``````", "`` ```` `"])
+def test_backticks_in_the_output_never_close_the_code_block(
+    runtime: AgentRuntime, run: str
+) -> None:
+    # The service refuses backticks and backslashes in command lines, but a file may hold them.
+    format_reply = runtime.registry.get("host_exec").function.__globals__["_format"]
+    output = f"x{run}\n# heading\n[log in](https://example.invalid)"
+    reply = format_reply("cat /var/log/app.log", {"exit_code": 0, "stdout": output})
+    assert reply.count("```") == 2, reply  # only ours: the output's runs are broken up
+    assert reply.replace("\u200b", "").count(run) >= 1  # and shown as they were
 
-    def __init__(self) -> None:
+
+class CountingDoor:
+    """A loopback listener that accepts connections, counting them, and closes them at once
+    or, when `silent`, holds them open without ever answering."""
+
+    def __init__(self, *, silent: bool = False) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
+        self.silent = silent
+        self.held: list[socket.socket] = []
         self.connections = 0
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -199,9 +214,14 @@ class CountingDoor:
             except OSError:
                 return
             self.connections += 1
-            conn.close()
+            if self.silent:
+                self.held.append(conn)
+            else:
+                conn.close()
 
     def close(self) -> None:
+        for conn in self.held:
+            conn.close()
         self.sock.close()
         self._thread.join(timeout=5)
 
@@ -220,6 +240,25 @@ async def test_unreachable_service_is_retried_then_reported(
     assert door.connections == 2
     assert result.error is not None
     assert result.error.reply.startswith(f"❌ Host exec service unreachable at {url}")
+
+
+async def test_a_service_that_never_answers_is_not_sent_the_command_twice(
+    configure,
+    runtime: AgentRuntime,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    agent_globals = runtime.registry.get("host_exec").function.__globals__
+    monkeypatch.setitem(agent_globals, "DEFAULT_TIMEOUT", 0.3)
+    monkeypatch.setitem(agent_globals, "RESPONSE_MARGIN", 0.0)
+    door = CountingDoor(silent=True)
+    try:
+        configure(door.url, "token")
+        result = await runtime.run("host_exec", "uname -a")
+    finally:
+        door.close()
+    assert door.connections == 1  # it may be running the command: no second attempt
+    assert result.error is not None
+    assert result.error.reply == "❌ No answer from the host-exec service within 0.3s: `uname -a`"
 
 
 async def test_mutating_command_invalidates_the_host_exec_cache(
