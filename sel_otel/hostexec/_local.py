@@ -2,6 +2,9 @@
 
 Used as the embedded default when no `HOST_EXEC_URL` is configured, and by tests. The token
 reaches the child through a private file (`HOST_EXEC_TOKEN_FILE`), never its environment.
+The listening socket is bound here and inherited by the child (`HOST_EXEC_LISTEN_FD`), so no
+other process can take the port between its choice and the child's start and be sent the
+token. The child gets only the environment a service needs, not the parent's secrets.
 """
 
 from __future__ import annotations
@@ -26,16 +29,21 @@ _LOOPBACK = "127.0.0.1"
 _POLL_INTERVAL = 0.05
 _STOP_GRACE = 5.0
 _LOG_TAIL = 2000
-#: Variables of the parent that must not configure the child: its own settings are given
-#: explicitly, and the parent's service name would mislabel the child's spans.
-_NOT_INHERITED = ("HOST_EXEC_", "OTEL_SERVICE_NAME")
+#: What the child inherits of the parent's environment: the interpreter's, locale, proxy and
+#: CA settings, and the OpenTelemetry configuration (but its service name, which would
+#: mislabel the child's spans). Nothing else: the bot's own secrets stay with the bot.
+_INHERITED = frozenset(
+    {"PATH", "HOME", "TMPDIR", "TZ", "LANG", "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR"}
+    | {"REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"}
+    | {"http_proxy", "https_proxy", "no_proxy"}
+)
+_INHERITED_PREFIXES = ("LC_", "PYTHON", "OTEL_")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _inherited(name: str) -> bool:
+    return name != "OTEL_SERVICE_NAME" and (
+        name in _INHERITED or name.startswith(_INHERITED_PREFIXES)
+    )
 
 
 class LocalHostExec:
@@ -61,7 +69,7 @@ class LocalHostExec:
         self._settings = dict(settings or {})
         self._startup_timeout = startup_timeout
         self.token = secrets.token_urlsafe(32)
-        self._port = _free_port()
+        self._port: int | None = None
         self._dir: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
 
@@ -75,6 +83,8 @@ class LocalHostExec:
     @property
     def url(self) -> str:
         """Base URL of the service, such as `http://127.0.0.1:40123`."""
+        if self._port is None:
+            raise RuntimeError("the service has not been started")
         return f"http://{_LOOPBACK}:{self._port}"
 
     @property
@@ -97,27 +107,27 @@ class LocalHostExec:
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(self.token)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
+        env = {name: value for name, value in os.environ.items() if _inherited(name)}
         env.update(self._settings)
-        env.update(
-            HOST_EXEC_HOST=_LOOPBACK,
-            HOST_EXEC_PORT=str(self._port),
-            HOST_EXEC_TOKEN_FILE=str(token_file),
-        )
+        env["HOST_EXEC_TOKEN_FILE"] = str(token_file)
         env.pop("HOST_EXEC_TOKEN", None)
         if self._allowlist is not None:
             env["HOST_EXEC_ALLOWLIST"] = str(self._allowlist)
         try:
-            with self.log_path.open("wb") as log:
-                self._process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "sel_otel.hostexec",
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=asyncio.subprocess.STDOUT,
-                    env=env,
-                )
+            with socket.create_server((_LOOPBACK, 0)) as listener:
+                self._port = listener.getsockname()[1]
+                env["HOST_EXEC_LISTEN_FD"] = str(listener.fileno())
+                with self.log_path.open("wb") as log:
+                    self._process = await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        "sel_otel.hostexec",
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=asyncio.subprocess.STDOUT,
+                        env=env,
+                        pass_fds=(listener.fileno(),),
+                    )
             await self._wait_healthy()
         except BaseException:
             await self._stop()

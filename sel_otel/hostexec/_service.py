@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import socket
 import sys
 
 from aiohttp import web
@@ -46,15 +47,9 @@ async def _serve(settings: HostExecSettings, tracer_provider: TracerProvider | N
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
-            ) from exc
+        host = await _start_site(runner, settings)
         logger.info("host-exec listening on %s", ", ".join(map(str, runner.addresses)))
-        if not _is_loopback(settings.host):
+        if not _is_loopback(host):
             logger.warning("host-exec listens beyond loopback: the token crosses the network")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -64,6 +59,26 @@ async def _serve(settings: HostExecSettings, tracer_provider: TracerProvider | N
         logger.info("host-exec stopping")
     finally:
         await runner.cleanup()
+
+
+async def _start_site(runner: web.AppRunner, settings: HostExecSettings) -> str:
+    """Listen on the inherited socket, or on host and port; return the host listened on."""
+    if settings.listen_fd is None:
+        site: web.BaseSite = web.TCPSite(runner, settings.host, settings.port)
+        host, where = settings.host, f"{settings.host}:{settings.port}"
+    else:
+        where = f"HOST_EXEC_LISTEN_FD={settings.listen_fd}"
+        try:
+            sock = socket.socket(fileno=settings.listen_fd)
+            host = str(sock.getsockname()[0])
+        except OSError as exc:
+            raise ConfigError(f"{where} is not a usable socket: {exc.strerror}") from exc
+        site = web.SockSite(runner, sock)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from exc
+    return host
 
 
 def _is_loopback(host: str) -> bool:

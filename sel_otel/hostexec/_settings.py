@@ -27,6 +27,13 @@ def _port(raw: str) -> int:
     return value
 
 
+def _listen_fd(raw: str) -> int:
+    value = int(raw)
+    if value < 3:
+        raise ValueError("must be the number of an inherited listening socket (3 or more)")
+    return value
+
+
 def _path(raw: str) -> Path:
     return Path(raw.strip())
 
@@ -59,6 +66,9 @@ class HostExecSettings:
     token: str = field(repr=False)
     host: str = "127.0.0.1"
     port: int = 8765
+    #: A listening socket inherited from the process that started the service; when set,
+    #: host and port are not used.
+    listen_fd: int | None = None
     allowlist: Path | None = None  # None: the built-in default list
     max_concurrency: int = 4
     max_output_bytes: int = 262_144
@@ -91,6 +101,7 @@ class HostExecSettings:
             token=_read_token(env),
             host=_get(env, "HOST_EXEC_HOST", str.strip, cls.host),
             port=_get(env, "HOST_EXEC_PORT", _port, cls.port),
+            listen_fd=_get(env, "HOST_EXEC_LISTEN_FD", _listen_fd, None),
             allowlist=_get(env, "HOST_EXEC_ALLOWLIST", _path, None),
             max_concurrency=_get(
                 env, "HOST_EXEC_MAX_CONCURRENCY", _positive(int), cls.max_concurrency

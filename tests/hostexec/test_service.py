@@ -37,6 +37,11 @@ def _rss_kb(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+def _environment_names(pid: int) -> set[str]:
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    return {entry.partition(b"=")[0].decode() for entry in environ.split(b"\0") if entry}
+
+
 def _running(pid: int) -> bool:
     """True while `pid` exists and is not a zombie waiting to be reaped."""
     try:
@@ -279,3 +284,18 @@ async def test_token_never_reaches_the_log(service: LocalHostExec) -> None:
     log = service.log_path.read_text()
     assert "exec uname exit=0" in log
     assert service.token not in log
+
+
+async def test_the_local_service_inherits_none_of_its_parents_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "discord-secret")
+    monkeypatch.setenv("SEL_CACHE_URL", "redis://:password@127.0.0.1:1/0")
+    monkeypatch.setenv("HOST_EXEC_TOKEN", "a-token-the-parent-holds")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "sel-bot")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+    async with LocalHostExec() as local:
+        names = _environment_names(local.pid)
+    assert names.isdisjoint({"DISCORD_TOKEN", "SEL_CACHE_URL", "HOST_EXEC_TOKEN"})
+    assert "OTEL_SERVICE_NAME" not in names  # the child names itself sel-host-exec
+    assert {"PATH", "OTEL_RESOURCE_ATTRIBUTES", "HOST_EXEC_TOKEN_FILE"} <= names

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from sel_otel._exceptions import ConfigError
@@ -89,6 +92,7 @@ def test_token_variables_cannot_be_passed_to_children() -> None:
         ("HOST_EXEC_MAX_CONCURRENCY", "0"),
         ("HOST_EXEC_TIMEOUT", "-1"),
         ("HOST_EXEC_MAX_OUTPUT_BYTES", "lots"),
+        ("HOST_EXEC_LISTEN_FD", "1"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:
@@ -108,3 +112,46 @@ def test_service_process_refuses_to_start_without_a_token() -> None:
     )
     assert completed.returncode == 2
     assert "HOST_EXEC_TOKEN is not set" in completed.stderr
+
+
+def _start(env: dict[str, str], pass_fds: tuple[int, ...]) -> subprocess.Popen[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HOST_EXEC_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "sel_otel.hostexec"],
+        env={**base, "HOST_EXEC_TOKEN": TOKEN, **env},
+        pass_fds=pass_fds,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_service_listens_on_an_inherited_socket_instead_of_host_and_port() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        fd = str(listener.fileno())
+        # HOST_EXEC_PORT=1 could not be bound: only the inherited socket can answer.
+        process = _start({"HOST_EXEC_LISTEN_FD": fd, "HOST_EXEC_PORT": "1"}, (listener.fileno(),))
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.communicate()[1]
+                assert time.monotonic() < deadline, "the service never answered"
+                time.sleep(0.05)
+        assert response.status_code == 200
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
+
+
+def test_an_inherited_descriptor_that_is_no_socket_is_a_clear_error(tmp_path: Path) -> None:
+    with (tmp_path / "not-a-socket").open("w") as file:
+        fd = file.fileno()
+        process = _start({"HOST_EXEC_LISTEN_FD": str(fd)}, (fd,))
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert f"HOST_EXEC_LISTEN_FD={fd} is not a usable socket" in stderr
