@@ -80,9 +80,15 @@ class AgentRegistry:
         return retired
 
     def reload(self) -> ReloadReport:
-        """Re-read the directory: load new and changed files, drop deleted ones."""
+        """Re-read the directory: load new and changed files, drop deleted ones.
+
+        A directory that is not there (gone for a moment during a deploy, say) changes
+        nothing: it is reported as failed and the agents loaded keep serving.
+        """
         if not self.directory.is_dir():
             logger.warning("agents directory %s does not exist", self.directory)
+            self.failures = MappingProxyType({self.directory: "directory does not exist"})
+            return ReloadReport(failed=dict(self.failures))
         files = {
             path.stem: path
             for path in sorted(self.directory.glob("*.py"))

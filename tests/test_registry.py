@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sel_otel import AgentNotFound, AgentRegistry
+from sel_otel import AgentNotFound, AgentRegistry, ReloadReport
 
 from .conftest import AgentWriter, RuntimeFactory
 
@@ -146,5 +146,21 @@ async def test_reload_does_not_drop_calls_in_flight(
 
 def test_missing_directory_loads_nothing(tmp_path: Path) -> None:
     registry = AgentRegistry(tmp_path / "absent")
-    assert registry.reload().added == ()
+    report = registry.reload()
+    assert report.added == ()
+    assert report.failed == {tmp_path / "absent": "directory does not exist"}
     assert not registry.agents
+
+
+def test_a_directory_gone_for_a_moment_removes_no_agent(tmp_path: Path) -> None:
+    directory = tmp_path / "agents"
+    directory.mkdir()
+    (directory / "echo.py").write_text('DESCRIPTION = "d"\ndef run(q):\n    return q\n')
+    registry = AgentRegistry(directory)
+    registry.reload()
+    directory.rename(tmp_path / "agents.old")  # e.g. a deploy swapping the directory
+    report = registry.reload()
+    assert (report.removed, list(report.failed)) == ((), [directory])
+    assert list(registry.agents) == ["echo"]
+    (tmp_path / "agents.old").rename(directory)
+    assert registry.reload() == ReloadReport()  # back, unchanged: nothing to do
