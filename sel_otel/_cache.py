@@ -56,6 +56,11 @@ MISS: Final = _Miss.MISS
 #: Appended to a key to name its single-flight lock in a shared backend.
 LOCK_SUFFIX: Final = ":lock"
 
+#: Appended to an agent's key prefix to name, in a shared backend, the count of that agent's
+#: invalidations by any process: a result is stored only if the count did not move while it
+#: was computed.
+GENERATION_KEY: Final = "~generation"
+
 #: Longest pause between two looks at a lock held by another process.
 LOCK_POLL_MAX: Final = 0.02
 
@@ -87,6 +92,15 @@ class Claim(enum.Enum):
     HELD = "held"  # another process holds the lock
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A claim's answer: the stored output or what became of the lock, and the agent's
+    generation then, which a later `SharedBackend.store` must find unchanged."""
+
+    outcome: str | Claim
+    generation: str
+
+
 @runtime_checkable
 class SharedBackend(Protocol):
     """What a backend shared by several processes adds for distributed single-flight."""
@@ -94,8 +108,22 @@ class SharedBackend(Protocol):
     #: Attributes of its spans (`db.system.name`, `server.address`, ...).
     db_attributes: Mapping[str, str | int]
 
-    async def claim(self, key: str, lock_key: str, token: str, lease: float) -> str | Claim:
-        """The stored output of `key`, else take `lock_key` for `lease` seconds if free."""
+    async def claim(
+        self, key: str, lock_key: str, generation_key: str, token: str, lease: float
+    ) -> Claimed:
+        """The stored output of `key`, else take `lock_key` for `lease` seconds if free; with
+        the generation held in `generation_key`."""
+        ...
+
+    async def store(
+        self, key: str, output: str, ttl: float, generation_key: str, generation: str
+    ) -> bool:
+        """Store `output` for `ttl` seconds unless `generation_key` moved on from
+        `generation` (the agent's results were invalidated meanwhile); False when it did."""
+        ...
+
+    async def advance_generation(self, generation_key: str) -> None:
+        """Count one more invalidation, so that results computed before it are not stored."""
         ...
 
     async def extend_lock(self, lock_key: str, token: str, lease: float) -> bool:
@@ -308,7 +336,7 @@ class ResultCache:
         for key in [key for key in self._flights if key.startswith(prefix)]:
             del self._flights[key]
         if self._shared is not None:
-            await self._invalidate_shared(agent)
+            await self._invalidate_shared(self._shared, agent)
             return
         try:
             await self.backend.clear(namespace=self.agent_prefix(agent))
@@ -355,21 +383,22 @@ class ResultCache:
         token = secrets.token_hex(16)
         wait = self.lock_wait if compute_timeout is None else compute_timeout + self.lock_lease
         claimed, waited, error = await self._claim(shared, key, lock_key, token, wait)
-        if isinstance(claimed, str):
-            return CacheOutcome(claimed, Lookup.COALESCED if waited else Lookup.HIT, error)
         if claimed is None:  # failed or skipped: run without the cache
             return CacheOutcome(await compute(), Lookup.MISS, error)
+        if isinstance(claimed.outcome, str):
+            return CacheOutcome(claimed.outcome, Lookup.COALESCED if waited else Lookup.HIT, error)
         generation = self._generation(key)
-        if claimed is Claim.HELD:  # waited `wait` for a live holder: run anyway
+        if claimed.outcome is Claim.HELD:  # waited `wait` for a live holder: run anyway
             output = await compute()
             if self._generation(key) != generation:
                 return CacheOutcome(output, Lookup.MISS, error)
-            return CacheOutcome(output, Lookup.MISS, await self._shared_set(key, output, ttl))
+            error = await self._shared_set(shared, key, output, ttl, claimed.generation)
+            return CacheOutcome(output, Lookup.MISS, error)
         keeper = asyncio.create_task(self._keep_lock(shared, lock_key, token))
         try:
             output = await compute()
             if self._generation(key) == generation:  # else invalidated meanwhile: may be stale
-                error = await self._shared_set(key, output, ttl)
+                error = await self._shared_set(shared, key, output, ttl, claimed.generation)
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
@@ -398,8 +427,9 @@ class ResultCache:
 
     async def _claim(
         self, shared: SharedBackend, key: str, lock_key: str, token: str, wait: float
-    ) -> tuple[str | Claim | None, bool, str | None]:
-        """(value, lock taken or still held after `wait` seconds, or None on failure), waited?"""
+    ) -> tuple[Claimed | None, bool, str | None]:
+        """(value, lock taken or still held after `wait` seconds, or None on failure), waited?,
+        the error."""
         start = time.monotonic()
         delay = 0.002
         waited = False
@@ -408,34 +438,43 @@ class ResultCache:
                 if not self._breaker.allow():
                     return None, waited, self._skipped()
                 try:
-                    claimed = await shared.claim(key, lock_key, token, self.lock_lease)
+                    claimed = await shared.claim(
+                        key, lock_key, self._generation_key(key), token, self.lock_lease
+                    )
                 except Exception as exc:
                     error = self._failed("lock", exc)
                     _span_failed(span, error)
                     return None, waited, error
                 self._answered()
-                if claimed is not Claim.HELD or time.monotonic() - start >= wait:
+                if claimed.outcome is not Claim.HELD or time.monotonic() - start >= wait:
                     break
                 waited = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 1.5, LOCK_POLL_MAX)
-            span.set_attribute(names.SEL_CACHE_LOCK_ACQUIRED, claimed is Claim.ACQUIRED)
-            span.set_attribute(names.SEL_CACHE_HIT, isinstance(claimed, str))
+            span.set_attribute(names.SEL_CACHE_LOCK_ACQUIRED, claimed.outcome is Claim.ACQUIRED)
+            span.set_attribute(names.SEL_CACHE_HIT, isinstance(claimed.outcome, str))
             span.set_attribute(names.SEL_CACHE_LOCK_WAIT_MS, (time.monotonic() - start) * 1e3)
         return claimed, waited, None
 
-    async def _shared_set(self, key: str, output: str, ttl: float) -> str | None:
+    async def _shared_set(
+        self, shared: SharedBackend, key: str, output: str, ttl: float, generation: str
+    ) -> str | None:
+        """Store `output` unless any process invalidated its agent since `generation`."""
         if not self._breaker.allow():
             return self._skipped()
-        with self._span(names.CACHE_SET, "SET") as span:
+        with self._span(names.CACHE_SET, "EVALSHA") as span:
             try:
-                await self.backend.set(key, output, ttl=ttl)
+                stored = await shared.store(key, output, ttl, self._generation_key(key), generation)
             except Exception as exc:
                 error = self._failed("set", exc)
                 _span_failed(span, error)
                 return error
+            span.set_attribute(names.SEL_CACHE_STORED, stored)
         self._answered()
         return None
+
+    def _generation_key(self, key: str) -> str:
+        return key[: key.rfind(":") + 1] + GENERATION_KEY  # the agent's prefix
 
     async def _keep_lock(self, shared: SharedBackend, lock_key: str, token: str) -> None:
         """Renew the lease every third of it while the agent runs; stop once it is lost."""
@@ -458,11 +497,12 @@ class ResultCache:
         else:
             self._answered()
 
-    async def _invalidate_shared(self, agent: str) -> None:
+    async def _invalidate_shared(self, shared: SharedBackend, agent: str) -> None:
         # Never skipped by the breaker: a stale result outliving a mutating command is worse
         # than one operation's timeout.
         with self._span(names.CACHE_INVALIDATE, "SCAN") as span:
             try:
+                await shared.advance_generation(self.agent_prefix(agent) + GENERATION_KEY)
                 deleted = await self.backend.clear(namespace=self.agent_prefix(agent))
             except Exception as exc:
                 _span_failed(span, self._failed("invalidate", exc))

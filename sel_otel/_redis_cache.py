@@ -11,7 +11,10 @@ between several bot instances needs:
 - `_clear` that deletes one prefix with SCAN and UNLINK in batches and refuses to run without a
   prefix (aiocache's un-namespaced clear is FLUSHDB on a shared database);
 - the primitives of the distributed single-flight lock: `claim` (read the value, or take the
-  lock with SET NX PX, in one Lua script), `extend_lock` and `release_lock` (token-checked).
+  lock with SET NX PX, in one Lua script), `extend_lock` and `release_lock` (token-checked);
+- per-agent generations (INCR at each invalidation) and `store`, which sets a value only if
+  its agent's generation is the one read when the value's computation began, so that no
+  instance stores a result from before another instance's invalidation.
 
 Redis's own `maxmemory` with `maxmemory-policy allkeys-lru` bounds the entries; every entry
 carries its TTL as a Redis expiry.
@@ -34,7 +37,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import _semconv as names
-from ._cache import LOCK_SUFFIX, Claim
+from ._cache import GENERATION_KEY, LOCK_SUFFIX, Claim, Claimed
 from ._exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -42,13 +45,22 @@ logger = logging.getLogger(__name__)
 #: Keys deleted per UNLINK and asked for per SCAN step during invalidation.
 SCAN_BATCH: Final = 500
 
-# KEYS[1] value key, KEYS[2] lock key; ARGV[1] token, ARGV[2] lease in ms.
-# Returns {1, value} when a value is stored, {2} when the lock was taken, {0} when it is held.
+# KEYS[1] value key, KEYS[2] lock key, KEYS[3] generation key; ARGV[1] token, ARGV[2] lease
+# in ms. Returns {1, generation, value} when a value is stored, {2, generation} when the lock
+# was taken, {0, generation} when it is held.
 _CLAIM = """
+local generation = redis.call('GET', KEYS[3]) or '0'
 local value = redis.call('GET', KEYS[1])
-if value then return {1, value} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
-return {0}
+if value then return {1, generation, value} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, generation} end
+return {0, generation}
+"""
+# KEYS[1] value key, KEYS[2] generation key; ARGV[1] value, ARGV[2] ttl in ms, ARGV[3] the
+# generation the value was computed in. Returns 1 when stored, 0 when invalidated meanwhile.
+_STORE = """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 _EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -116,6 +128,7 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
             names.DB_NAMESPACE: str(self.db),
         }
         self._claim = self.client.register_script(_CLAIM)
+        self._store = self.client.register_script(_STORE)
         self._extend = self.client.register_script(_EXTEND)
         self._release = self.client.register_script(_RELEASE)
 
@@ -176,8 +189,8 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         deleted = 0
         batch: list[bytes] = []
         async for key in self.client.scan_iter(match=pattern, count=SCAN_BATCH):
-            if key.endswith(LOCK_SUFFIX.encode()):
-                continue  # a lock in use is its holder's to release
+            if key.endswith((LOCK_SUFFIX.encode(), GENERATION_KEY.encode())):
+                continue  # a lock in use is its holder's to release; generations only grow
             batch.append(key)
             if len(batch) >= SCAN_BATCH:
                 deleted += await self.client.unlink(*batch)
@@ -209,21 +222,42 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         """Connect and load the lock scripts, allowing more than one operation's timeout."""
         async with asyncio.timeout(max(1.0, 8 * (self.timeout or 0))):
             await self.client.ping()
-            for script in (self._claim, self._extend, self._release):
+            for script in (self._claim, self._store, self._extend, self._release):
                 await self.client.script_load(script.script)
 
-    async def claim(self, key: str, lock_key: str, token: str, lease: float) -> str | Claim:
-        """The stored output of `key`, or take `lock_key` for `lease` seconds, in one trip."""
+    async def claim(
+        self, key: str, lock_key: str, generation_key: str, token: str, lease: float
+    ) -> Claimed:
+        """The stored output of `key`, or take `lock_key` for `lease` seconds, in one trip;
+        with the agent's generation."""
         async with asyncio.timeout(self.timeout):
-            reply = await self._claim(keys=[key, lock_key], args=[token, _ms(lease)])
+            reply = await self._claim(
+                keys=[key, lock_key, generation_key], args=[token, _ms(lease)]
+            )
+            generation = reply[1].decode()
             if reply[0] == 1:
-                value = self.serializer.loads(reply[1])
+                value = self.serializer.loads(reply[2])
                 if value is not None:
-                    return str(value)
+                    return Claimed(str(value), generation)
                 # An invalid value is a miss: lock as if the key were empty.
                 taken = await self.client.set(lock_key, token, nx=True, px=_ms(lease))
-                return Claim.ACQUIRED if taken else Claim.HELD
-            return Claim.ACQUIRED if reply[0] == 2 else Claim.HELD
+                return Claimed(Claim.ACQUIRED if taken else Claim.HELD, generation)
+            return Claimed(Claim.ACQUIRED if reply[0] == 2 else Claim.HELD, generation)
+
+    async def store(
+        self, key: str, output: str, ttl: float, generation_key: str, generation: str
+    ) -> bool:
+        """Store `output` for `ttl` seconds unless the agent's generation moved on."""
+        async with asyncio.timeout(self.timeout):
+            value = self.serializer.dumps(output)
+            return bool(
+                await self._store(keys=[key, generation_key], args=[value, _ms(ttl), generation])
+            )
+
+    async def advance_generation(self, generation_key: str) -> None:
+        """One more invalidation of the agent: results computed before it are not stored."""
+        async with asyncio.timeout(self.timeout):
+            await self.client.incr(generation_key)
 
     async def extend_lock(self, lock_key: str, token: str, lease: float) -> bool:
         """Push the lock's expiry to `lease` from now, if `token` still holds it."""

@@ -97,6 +97,7 @@ SERVER_PORT: Final = "server.port"
 SEL_CACHE_LOCK_ACQUIRED: Final = "sel.cache.lock.acquired"  # this instance runs the agent
 SEL_CACHE_LOCK_WAIT_MS: Final = "sel.cache.lock.wait_ms"  # time spent waiting for the holder
 SEL_CACHE_DELETED: Final = "sel.cache.deleted"  # results deleted by an invalidation
+SEL_CACHE_STORED: Final = "sel.cache.stored"  # false: the agent was invalidated meanwhile
 
 # `error.type` of a cache operation skipped while the backend is considered down
 CACHE_ERROR_CIRCUIT_OPEN: Final = "circuit_open"

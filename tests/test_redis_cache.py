@@ -238,7 +238,11 @@ async def test_invalidation_scans_and_unlinks_only_that_agents_keys(
 
     await cache.invalidate("x")
 
-    assert [k async for k in raw.scan_iter(match=f"{namespace}:x:*")] == []
+    # Only the count of x's invalidations is left: results stored before it never come back.
+    assert [k async for k in raw.scan_iter(match=f"{namespace}:x:*")] == [
+        f"{namespace}:x:~generation".encode()
+    ]
+    assert await raw.get(f"{namespace}:x:~generation") == b"1"
     assert await raw.exists(cache.key("xy", "q"), cache.key("y", "q"), "unrelated") == 3
     assert await raw.exists(f"other:x:{'0' * 32}") == 1
     calls = await _command_calls(raw)
@@ -290,6 +294,30 @@ async def test_concurrent_misses_in_two_instances_execute_once(make_cache: Cache
     lookups = [o.lookup for o in outcomes]
     assert lookups.count(Lookup.MISS) == 1
     assert set(lookups) <= {Lookup.MISS, Lookup.COALESCED, Lookup.HIT}
+
+
+async def test_a_result_computed_across_another_instances_invalidation_is_not_stored(
+    make_cache: CacheFactory,
+) -> None:
+    first, second = make_cache(), make_cache()  # two bot instances on one Redis
+    key = first.key("files", "ls")
+    files = ["a", "b"]
+    started = asyncio.Event()
+
+    async def listing() -> str:
+        snapshot = f"files: {files}"
+        started.set()
+        await asyncio.sleep(0.1)
+        return snapshot
+
+    before = asyncio.create_task(first.get_or_run(key, 60, listing))
+    await started.wait()
+    files.remove("a")  # `rm a` ran on the second instance,
+    await second.invalidate("files")  # which invalidated the agent's results everywhere
+    assert (await before).output == "files: ['a', 'b']"
+    after = await second.get_or_run(key, 60, listing)
+    assert (after.output, after.lookup) == ("files: ['b']", Lookup.MISS)
+    assert (await first.get_or_run(key, 60, listing)).lookup is Lookup.HIT  # stored this time
 
 
 async def test_concurrent_identical_calls_in_one_process_send_one_read(
@@ -392,7 +420,8 @@ async def test_cache_operations_are_child_spans_of_the_agent_span(
         assert span.attributes["server.port"] == redis_server.port
     assert get.attributes["db.operation.name"] == "GET" and get.attributes["sel.cache.hit"] is False
     assert lock.attributes["sel.cache.lock.acquired"] is True
-    assert put.attributes["db.operation.name"] == "SET"
+    assert put.attributes["db.operation.name"] == "EVALSHA"
+    assert put.attributes["sel.cache.stored"] is True
     hit_children = [s for s in children[second.context.trace_id] if s.parent == second.context]
     assert hit_children == []  # a fast hit costs no span: the agent span times it
     assert executions(count_file) == 1
