@@ -58,6 +58,9 @@ MAX_REPLY = 2000
 #: (a code fence) survives in command output.
 _BACKTICK_RUN = re.compile(r"`(?=`)")
 
+#: Tabs and line breaks, which a pasted command may hold: spaces to the service's parser.
+_LINE_BREAKS = re.compile(r"[\t\n\r\v\f]")
+
 _clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
 
 
@@ -195,7 +198,7 @@ async def close() -> None:
 
 
 async def run(query: str) -> str:
-    command = query.strip()
+    command = _LINE_BREAKS.sub(" ", query).strip()
     if not command:
         raise AgentReplyError("Give a command, e.g. `uname -a`")
     response = await _post(command)

@@ -20,6 +20,7 @@ async def close() -> None: ...      # optional: release resources when the runti
 from __future__ import annotations
 
 import inspect
+import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ from ._exceptions import AgentLoadError
 AgentFunction = Callable[[str], Awaitable[Any]] | Callable[[str], Any]
 
 DEFAULT_CACHE_TTL = 60.0
+_QUOTING = frozenset("'\"\\")
+
 #: The longest TTL or timeout an agent may declare; a cache backend must be able to take it.
 MAX_SECONDS = 365 * 24 * 3600
 
@@ -61,20 +64,16 @@ class Agent:
         if not self.cacheable:
             return 0.0
         if self.ttl_by_input:
-            words = query.split()
-            ttl = self.ttl_by_input.get(" ".join(words))
-            if ttl is None and words:
-                ttl = self.ttl_by_input.get(words[0])
+            ttl = self.ttl_by_input.get(" ".join(query.split()))
+            if ttl is None:
+                ttl = self.ttl_by_input.get(_first_word(query))
             if ttl is not None:
                 return ttl
         return self.cache_ttl
 
     def invalidates(self, query: str) -> bool:
         """True when running `query` changes state, so the agent's cached results go stale."""
-        if not self.invalidated_by:
-            return False
-        words = query.split(maxsplit=1)
-        return bool(words) and words[0] in self.invalidated_by
+        return bool(self.invalidated_by) and _first_word(query) in self.invalidated_by
 
     @classmethod
     def from_module(cls, name: str, module: ModuleType, path: Path | None = None) -> Agent:
@@ -137,6 +136,20 @@ class Agent:
             close=close,
             path=path,
         )
+
+
+def _first_word(query: str) -> str:
+    """The first word of `query`, read as a shell would when it holds quotes or backslashes
+    (`'rm' x` starts with rm), so that quoting cannot dodge a per-word rule."""
+    word = next(iter(query.split(maxsplit=1)), "")
+    if _QUOTING.isdisjoint(word):
+        return word
+    lexer = shlex.shlex(query, posix=True)
+    lexer.whitespace_split = True
+    try:
+        return lexer.get_token() or ""
+    except ValueError:  # an unclosed quote
+        return word
 
 
 def _seconds(value: object, what: str, broken: Callable[[str], AgentLoadError]) -> float:

@@ -328,22 +328,26 @@ class ResultCache:
         """How many times the agent owning `key` was invalidated by this process."""
         return self._generations.get(key[: key.rfind(":") + 1], 0)  # the agent's prefix
 
-    async def invalidate(self, agent: str) -> None:
-        """Drop every cached result of `agent` (in a shared backend: for every process)."""
-        prefix = self.agent_prefix(agent)
-        self._generations[prefix] = self._generations.get(prefix, 0) + 1
-        # Calls made from now on must not join an execution that started before the change.
-        for key in [key for key in self._flights if key.startswith(prefix)]:
-            del self._flights[key]
-        if self._shared is not None:
-            await self._invalidate_shared(self._shared, agent)
-            return
-        try:
-            await self.backend.clear(namespace=self.agent_prefix(agent))
-        except Exception as exc:
-            self._failed("clear", exc)
-        else:
-            self._recovered()
+    async def invalidate(self, *agents: str) -> None:
+        """Drop every cached result of each of `agents` (in a shared backend: for every
+        process). From the call on, no result computed before it is stored or shared with
+        a later call, for any of them, even while the backend is still being cleared."""
+        for agent in agents:
+            prefix = self.agent_prefix(agent)
+            self._generations[prefix] = self._generations.get(prefix, 0) + 1
+            # Calls made from now on must not join an execution that started before the change.
+            for key in [key for key in self._flights if key.startswith(prefix)]:
+                del self._flights[key]
+        for agent in agents:
+            if self._shared is not None:
+                await self._invalidate_shared(self._shared, agent)
+                continue
+            try:
+                await self.backend.clear(namespace=self.agent_prefix(agent))
+            except Exception as exc:
+                self._failed("clear", exc)
+            else:
+                self._recovered()
 
     async def open(self) -> None:
         """Connect a shared backend ahead of the first call, so that calls made at start do not

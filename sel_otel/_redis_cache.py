@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import re
+import secrets
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -46,19 +47,26 @@ logger = logging.getLogger(__name__)
 SCAN_BATCH: Final = 500
 
 # KEYS[1] value key, KEYS[2] lock key, KEYS[3] generation key; ARGV[1] token, ARGV[2] lease
-# in ms. Returns {1, generation, value} when a value is stored, {2, generation} when the lock
-# was taken, {0, generation} when it is held.
+# in ms, ARGV[3] a random generation to start from when the key is missing (never counted
+# before, or lost to eviction or a restart: a count restarting from 0 could repeat one that a
+# computation in flight read). Returns {1, generation, value} when a value is stored,
+# {2, generation} when the lock was taken, {0, generation} when it is held.
 _CLAIM = """
-local generation = redis.call('GET', KEYS[3]) or '0'
+local generation = redis.call('GET', KEYS[3])
+if not generation then
+  generation = ARGV[3]
+  redis.call('SET', KEYS[3], generation)
+end
 local value = redis.call('GET', KEYS[1])
 if value then return {1, generation, value} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, generation} end
 return {0, generation}
 """
 # KEYS[1] value key, KEYS[2] generation key; ARGV[1] value, ARGV[2] ttl in ms, ARGV[3] the
-# generation the value was computed in. Returns 1 when stored, 0 when invalidated meanwhile.
+# generation the value was computed in. Returns 1 when stored, 0 when the generation moved on
+# or was lost meanwhile.
 _STORE = """
-if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
@@ -72,6 +80,9 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+#: Generations start from a random integer below this, so that INCR still applies.
+_GENERATION_SEEDS: Final = 2**62
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
@@ -231,8 +242,9 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         """The stored output of `key`, or take `lock_key` for `lease` seconds, in one trip;
         with the agent's generation."""
         async with asyncio.timeout(self.timeout):
+            start = secrets.randbelow(_GENERATION_SEEDS)
             reply = await self._claim(
-                keys=[key, lock_key, generation_key], args=[token, _ms(lease)]
+                keys=[key, lock_key, generation_key], args=[token, _ms(lease), start]
             )
             generation = reply[1].decode()
             if reply[0] == 1:

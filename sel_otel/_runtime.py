@@ -33,6 +33,9 @@ from ._threads import DaemonThreads
 
 logger = logging.getLogger(__name__)
 
+#: Seconds an agent's `close()` may take before it is abandoned.
+CLOSE_TIMEOUT = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class AgentResult:
@@ -142,8 +145,8 @@ class AgentRuntime:
                 self._calls[agent_id] -= 1
             else:
                 del self._calls[agent_id]
-                if agent_id in self._retired:
-                    await _close(self._retired.pop(agent_id))
+                if agent_id in self._retired:  # closed apart: the call's answer is ready
+                    self._in_background(_close(self._retired.pop(agent_id)))
         if lookup is Lookup.COALESCED:
             self._coalesced.add(1, {names.GEN_AI_AGENT_NAME: name})
         return AgentResult(
@@ -161,20 +164,18 @@ class AgentRuntime:
         code. Replaced agents are closed now, or when their last call in flight ends.
         """
         report = self.registry.reload()
-        for name in (*report.updated, *report.removed):
-            await self.cache.invalidate(name)
         for agent in self.registry.take_retired():
             if id(agent) in self._calls:
                 self._retired[id(agent)] = agent
             else:
-                await _close(agent)
+                self._in_background(_close(agent))
+        await self.cache.invalidate(*report.updated, *report.removed)
         return report
 
     async def aclose(self) -> None:
-        """Close the agents that hold resources, current and replaced by reloads alike.
-
-        A hung sync agent is abandoned on its daemon thread, not awaited.
-        """
+        """Close the agents that hold resources, current and replaced by reloads alike, each
+        within `CLOSE_TIMEOUT` seconds. A hung sync agent is abandoned on its daemon thread,
+        not awaited."""
         await asyncio.gather(*self._background)
         retired, self._retired = self._retired, {}
         agents = [*self.registry.agents.values(), *self.registry.take_retired()]
@@ -260,12 +261,20 @@ class AgentRuntime:
 
 
 async def _close(agent: Agent) -> None:
-    """Let an agent release what it holds; a failure is logged, never raised."""
-    if agent.close is not None:
-        try:
+    """Let an agent release what it holds, within `CLOSE_TIMEOUT` seconds; a failure is
+    logged, never raised."""
+    if agent.close is None:
+        return
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
             await agent.close()
-        except Exception:
-            logger.exception("closing agent %s failed", agent.name)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        logger.error("closing agent %s failed: it raised CancelledError", agent.name)
+    except Exception:
+        logger.exception("closing agent %s failed", agent.name)
 
 
 def _record_error(

@@ -88,6 +88,8 @@ def test_ttl_by_input_matches_exact_input_then_first_word() -> None:
     assert agent.ttl_for("uptime") == 10
     assert agent.ttl_for("uname\t -a") == 3600  # white space is not significant
     assert agent.ttl_for("cat\t/etc/passwd") == 0
+    assert agent.ttl_for("'cat' /etc/passwd") == 0  # quoted as a shell reads it
+    assert agent.ttl_for('"c"at /etc/passwd') == 0
 
 
 def test_not_cacheable_means_zero_ttl_whatever_the_overrides() -> None:
@@ -105,3 +107,6 @@ def test_invalidation_matches_the_first_word_only() -> None:
     assert not agent.invalidates("rmdir x")
     assert agent.invalidates("rm\tx") and agent.invalidates("\nmv\na b")
     assert not agent.invalidates("   ")
+    assert agent.invalidates("'rm' -f x") and agent.invalidates('r"m" x')  # no dodging by quotes
+    assert agent.invalidates("r\\m x")
+    assert not agent.invalidates("'rm x")  # an unclosed quote: the word as it stands

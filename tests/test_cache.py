@@ -216,3 +216,33 @@ async def test_a_call_after_an_invalidation_does_not_join_an_execution_from_befo
     assert (after.output, after.lookup) == ("files: ['b']", Lookup.MISS)
     assert (await before).output == "files: ['a', 'b']"  # asked before the change
     assert (await cache.get_or_run(key, 60, listing)).output == "files: ['b']"
+
+
+async def test_invalidating_several_agents_detaches_all_their_calls_before_any_clear() -> None:
+    cache = ResultCache(LRUMemoryCache(10))
+    clear = cache.backend.clear
+
+    async def slow_clear(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.05)  # as a shared backend's round trip
+        return await clear(*args, **kwargs)
+
+    cache.backend.clear = slow_clear  # type: ignore[method-assign]
+    version = "old"
+    started = asyncio.Event()
+
+    async def compute() -> str:
+        snapshot = version
+        started.set()
+        await asyncio.sleep(0.2)
+        return snapshot
+
+    key = cache.key("second", "q")
+    old_call = asyncio.create_task(cache.get_or_run(key, 60, compute))
+    await started.wait()
+    version = "new"
+    invalidation = asyncio.create_task(cache.invalidate("first", "second"))
+    await asyncio.sleep(0.01)  # it is clearing "first" now
+    new_call = await cache.get_or_run(key, 60, compute)
+    assert (new_call.output, new_call.lookup) == ("new", Lookup.MISS)
+    await invalidation
+    assert (await old_call).output == "old"

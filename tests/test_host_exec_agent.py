@@ -71,6 +71,17 @@ async def test_allowed_command_replies_with_exit_code_and_output(
     assert lines[1] == "```" and lines[2].startswith("Linux ") and lines[3] == "```"
 
 
+async def test_tabs_and_line_breaks_in_a_command_are_read_as_spaces(
+    service: LocalHostExec,
+    configure,
+    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+) -> None:
+    configure(service.url, service.token)
+    result = await runtime.run("host_exec", "uname\t-a\n")
+    assert result.ok, result.error
+    assert (result.output or "").splitlines()[0] == "✅ `uname -a` (exit code: 0)"
+
+
 async def test_non_zero_exit_is_shown_as_a_warning(
     service: LocalHostExec,
     configure,

@@ -320,6 +320,22 @@ async def test_a_result_computed_across_another_instances_invalidation_is_not_st
     assert (await first.get_or_run(key, 60, listing)).lookup is Lookup.HIT  # stored this time
 
 
+async def test_a_generation_lost_to_eviction_never_lets_a_stale_result_in(
+    make_cache: CacheFactory, raw: aioredis.Redis, namespace: str
+) -> None:
+    cache = make_cache()
+    backend = cache.backend
+    assert isinstance(backend, RedisResultBackend)
+    key, generation_key = cache.key("files", "ls"), f"{namespace}:files:~generation"
+    claimed = await backend.claim(key, key + ":lock", generation_key, "token", 5.0)
+    await cache.invalidate("files")  # `rm a` while the listing above was computed
+    await raw.delete(generation_key)  # evicted by allkeys-lru, or Redis restarted empty
+    assert not await backend.store(key, "stale", 60, generation_key, claimed.generation)
+    assert await raw.get(key) is None
+    fresh = await backend.claim(key, key + ":lock", generation_key, "other", 5.0)
+    assert await backend.store(key, "fresh", 60, generation_key, fresh.generation)
+
+
 async def test_concurrent_identical_calls_in_one_process_send_one_read(
     make_cache: CacheFactory,
 ) -> None:

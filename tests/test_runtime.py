@@ -418,12 +418,47 @@ async def test_a_reload_closes_a_replaced_agent_when_its_last_call_ends(
     assert (await runtime.reload()).updated == ("holder",)
     assert not log.exists()  # v1 still has a call in flight
     assert (await in_flight).output == "v1 slow"
+    await asyncio.sleep(0.05)  # closed beside the call's answer, not before it
     assert log.read_text().split() == ["v1"]
     write_agent("holder", CLOSE_LOGGING.format(log=str(log), version="v3"))
     await runtime.reload()
+    await asyncio.sleep(0.05)
     assert log.read_text().split() == ["v1", "v2"]  # nothing in flight: closed at once
     await runtime.aclose()
     assert log.read_text().split() == ["v1", "v2", "v3"]
+
+
+async def test_closing_a_replaced_agent_neither_delays_nor_fails_its_last_call(
+    make_runtime: RuntimeFactory,
+    write_agent: AgentWriter,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr("sel_otel._runtime.CLOSE_TIMEOUT", 0.3)
+    source = """
+    import asyncio
+    DESCRIPTION = "d"
+    async def run(q):
+        await asyncio.sleep(0.1)
+        return "{version}"
+    async def close():
+        {close}
+    """
+    write_agent("stuck", source.format(version="v1", close="await asyncio.Event().wait()"))
+    write_agent("odd", source.format(version="v1", close="raise asyncio.CancelledError"))
+    runtime = make_runtime()
+    calls = [asyncio.create_task(runtime.run(name, "q")) for name in ("stuck", "odd")]
+    await asyncio.sleep(0.02)
+    for name in ("stuck", "odd"):
+        write_agent(name, source.format(version="v2", close="pass"))
+    await runtime.reload()
+    start = asyncio.get_running_loop().time()
+    results = await asyncio.gather(*calls)
+    assert [(r.output, r.ok) for r in results] == [("v1", True), ("v1", True)]
+    assert asyncio.get_running_loop().time() - start < 0.25  # not held up by a close
+    await runtime.aclose()  # returns: the hung close is abandoned after CLOSE_TIMEOUT
+    failures = [r.getMessage() for r in caplog.records if "closing agent" in r.getMessage()]
+    assert any("stuck" in m for m in failures) and any("odd" in m for m in failures)
 
 
 async def test_a_reload_drops_the_cached_results_of_updated_and_removed_agents(

@@ -24,18 +24,20 @@ from types import TracebackType
 import aiohttp
 
 from .._exceptions import ConfigError
+from ._settings import DEFAULT_CHILD_ENV
 
 _LOOPBACK = "127.0.0.1"
 _POLL_INTERVAL = 0.05
 _STOP_GRACE = 5.0
 _LOG_TAIL = 2000
-#: What the child inherits of the parent's environment: the interpreter's, locale, proxy and
-#: CA settings, and the OpenTelemetry configuration (but its service name, which would
-#: mislabel the child's spans). Nothing else: the bot's own secrets stay with the bot.
+#: What the child inherits of the parent's environment: the interpreter's, what the service
+#: passes on to commands by default, locale, proxy and CA settings, and the OpenTelemetry
+#: configuration (but its service name, which would mislabel the child's spans). Nothing
+#: else: the bot's own secrets stay with the bot.
 _INHERITED = frozenset(
-    {"PATH", "HOME", "TMPDIR", "TZ", "LANG", "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR"}
-    | {"REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"}
-    | {"http_proxy", "https_proxy", "no_proxy"}
+    {"PATH", "HOME", "TMPDIR", "VIRTUAL_ENV", "LD_LIBRARY_PATH", *DEFAULT_CHILD_ENV}
+    | {"SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE"}
+    | {"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
 )
 _INHERITED_PREFIXES = ("LC_", "PYTHON", "OTEL_")
 

@@ -294,8 +294,11 @@ async def test_the_local_service_inherits_none_of_its_parents_secrets(
     monkeypatch.setenv("HOST_EXEC_TOKEN", "a-token-the-parent-holds")
     monkeypatch.setenv("OTEL_SERVICE_NAME", "sel-bot")
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+    monkeypatch.setenv("TERM", "xterm")  # passed on to commands by default
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/python/lib")  # a shared libpython needs it
     async with LocalHostExec() as local:
         names = _environment_names(local.pid)
     assert names.isdisjoint({"DISCORD_TOKEN", "SEL_CACHE_URL", "HOST_EXEC_TOKEN"})
     assert "OTEL_SERVICE_NAME" not in names  # the child names itself sel-host-exec
     assert {"PATH", "OTEL_RESOURCE_ATTRIBUTES", "HOST_EXEC_TOKEN_FILE"} <= names
+    assert {"TERM", "LD_LIBRARY_PATH"} <= names
