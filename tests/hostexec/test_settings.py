@@ -145,13 +145,21 @@ def test_service_listens_on_an_inherited_socket_instead_of_host_and_port() -> No
         assert response.status_code == 200
     finally:
         process.terminate()
-        process.communicate(timeout=20)
+        try:
+            process.communicate(timeout=20)
+        finally:
+            process.kill()
+            process.wait()
 
 
 def test_an_inherited_descriptor_that_is_no_socket_is_a_clear_error(tmp_path: Path) -> None:
     with (tmp_path / "not-a-socket").open("w") as file:
         fd = file.fileno()
         process = _start({"HOST_EXEC_LISTEN_FD": str(fd)}, (fd,))
-        _, stderr = process.communicate(timeout=60)
+        try:
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            process.kill()  # never left running when it does not exit as it should
+            process.wait()
     assert process.returncode == 2
     assert f"HOST_EXEC_LISTEN_FD={fd} is not a usable socket" in stderr
