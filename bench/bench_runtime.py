@@ -72,7 +72,14 @@ async def main() -> None:
             duration = time.perf_counter() - start
             span.set_attributes({"sel.cache.hit": True, "sel.agent.duration_ms": duration})
             span.end()
-            histogram.record(duration, {"gen_ai.agent.name": "echo", "sel.cache.hit": True})
+            histogram.record(
+                duration,
+                {
+                    "gen_ai.operation.name": "invoke_agent",
+                    "gen_ai.agent.name": "echo",
+                    "sel.cache.hit": True,
+                },
+            )
 
         await runtime.run("echo", "uname -a")  # fill the cache
 

@@ -1,35 +1,61 @@
-"""Scrub values that look like secrets from text before it leaves the process in telemetry."""
+"""Scrub values that look like secrets from text before it leaves the process in telemetry.
+
+Every pattern runs in time linear in the text (bounded repetitions, no nested ambiguous
+quantifiers): the scrubber runs on the event loop, on text users choose.
+"""
 
 from __future__ import annotations
 
 import re
+import traceback
 
 REDACTED = "[REDACTED]"
+#: Exceptions shown at most from a chain of causes (a cycle ends there too).
+_MAX_CHAIN = 16
+
+#: A quoted value, or everything up to the end of the line (header values hold spaces).
+_LINE_VALUE = r"(?:\"[^\"\n]*\"|'[^'\n]*'|[^\r\n\"']+)"
+#: A quoted value, or one word.
+_WORD_VALUE = r"(?:\"[^\"\n]*\"|'[^'\n]*'|[^\s\"']+)"
+#: The words that name a secret, as the last part of a key such as DISCORD_TOKEN or x-api-key.
+_SECRET_WORD = (
+    r"(?:token|passw(?:or)?d|pwd|secret|api[_-]?key|access[_-]?key|private[_-]?key"
+    r"|auth|credentials?|session[_-]?id)"
+)
 
 # Each pattern keeps its first group and replaces the rest of the match with REDACTED.
 _KEEP_PREFIX = [
-    # HTTP authorization schemes
-    re.compile(r"(?i)\b((?:bearer|basic)\s+)[\w.~+/=-]{8,}"),
-    # key=value and key: value pairs whose key names a secret
+    # HTTP headers whose whole value is a credential, whatever the scheme
+    re.compile(rf"(?i)\b((?:proxy-)?(?:authorization|cookie|set-cookie)\s*[:=]\s*){_LINE_VALUE}"),
+    # HTTP authorization schemes outside a header
+    re.compile(r"(?i)\b((?:bearer|basic|token|digest)\s+)[\w.~+/=-]{8,}"),
+    # key=value and key: value pairs whose key ends with a word naming a secret (whole
+    # parts only: `tokens:` and `--author=` are not secrets)
     re.compile(
-        r"(?i)\b([\w.-]*(?:token|passw(?:or)?d|pwd|secret|api[_-]?key|access[_-]?key|auth)"
-        r"[\w.-]*[\"']?\s*[:=]\s*)(?:\"[^\"]*\"|'[^']*'|\S+)"
+        rf"(?i)(?<![A-Za-z0-9_.])((?:[A-Za-z0-9]{{1,40}}[_.-]){{0,6}}{_SECRET_WORD}"
+        rf"[\"']?\s{{0,8}}[:=]\s{{0,8}}){_WORD_VALUE}"
     ),
-    # command-line options naming a secret: --token abc, --api-key abc
-    re.compile(r"(?i)(--?(?:token|passw(?:or)?d|secret|api[_-]?key|auth)\s+)\S+"),
+    # command-line options naming a secret: --token abc, --api-key=abc
+    re.compile(rf"(?i)((?:^|\s)--?{_SECRET_WORD}(?:\s+|=)){_WORD_VALUE}"),
     # user:password after -u/--user (curl and friends)
     re.compile(r"(?i)((?:^|\s)(?:-u|--user)(?:\s+|=)[^\s:]+:)\S+"),
+    # mysql's -pPASSWORD, option and value in one word
+    re.compile(r"(?i)(\bmysql(?:dump|admin)?\b[^\n]{0,200}?\s-p)[^\s-]\S*"),
 ]
 # credentials in URLs: scheme://user:password@host and scheme://:password@host
 _URL_CREDENTIALS = re.compile(r"(://[^/\s:@]*:)[^@\s/]+(@)")
 _TOKENS = re.compile(
-    r"\b(?:"
+    r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]{0,40}PRIVATE KEY-----|$)"
+    r"|\b(?:"
     r"[MNO][\w-]{23,27}\.[\w-]{6}\.[\w-]{27,}"  # Discord bot token
     r"|eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}"  # JSON Web Token
     r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,}"  # GitHub tokens
+    r"|glpat-[\w-]{20,}"  # GitLab personal access token
     r"|(?:AKIA|ASIA)[0-9A-Z]{16}"  # AWS access key id
+    r"|AIza[\w-]{35}"  # Google API key
     r"|xox[abprs]-[\w-]{10,}"  # Slack token
     r"|sk-[A-Za-z0-9_-]{20,}"  # API secret keys
+    r"|[sr]k_(?:live|test)_[A-Za-z0-9]{10,}"  # Stripe keys
     r")"
 )
 
@@ -43,8 +69,24 @@ def scrub(text: str) -> str:
 
 
 def span_content(text: str, limit: int) -> str:
-    """`text` scrubbed and cut to at most `limit` characters (an ellipsis marks the cut)."""
+    """`text` scrubbed and cut to at most `limit` characters (an ellipsis marks the cut).
+
+    Text far over the limit is first cut at a space, so that no secret is cut below the
+    length its pattern needs: a word crossing that cut is dropped whole.
+    """
     if len(text) > limit * 4:  # scrub no more than can be shown
-        text = text[: limit * 4]
+        text = text[: limit * 4].rpartition(" ")[0] + " …"
     text = scrub(text)
     return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+def frames_only(exc: BaseException) -> str:
+    """The stack of `exc` and of the exceptions that led to it, oldest first, with their
+    types but none of their messages (which may quote what was not to be recorded)."""
+    parts: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(parts) < _MAX_CHAIN:
+        frames = "".join(traceback.format_tb(current.__traceback__))
+        parts.append(f"{frames}{type(current).__qualname__}\n")
+        current = current.__cause__ or current.__context__
+    return "\nDuring or because of the above:\n\n".join(reversed(parts))

@@ -7,6 +7,7 @@ import functools
 import inspect
 import logging
 import time
+import traceback
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from ._exceptions import (
     AgentOutputError,
     AgentTimeout,
 )
-from ._redact import span_content
+from ._redact import frames_only, scrub, span_content
 from ._registry import AgentRegistry, ReloadReport
 from ._settings import Settings
 from ._telemetry import package_version
@@ -114,7 +115,10 @@ class AgentRuntime:
         span = self._tracer.start_span(
             f"{names.INVOKE_AGENT} {name}", kind=SpanKind.INTERNAL, attributes=attributes
         )
-        metric_attributes: dict[str, str | bool] = {names.GEN_AI_AGENT_NAME: name}
+        metric_attributes: dict[str, str | bool] = {
+            names.GEN_AI_OPERATION_NAME: names.INVOKE_AGENT,
+            names.GEN_AI_AGENT_NAME: name,
+        }
         output = error = None
         lookup = Lookup.BYPASS
         agent_id = id(agent)
@@ -126,7 +130,7 @@ class AgentRuntime:
         except AgentError as exc:
             error = exc
         except asyncio.CancelledError as exc:
-            _record_error(span, metric_attributes, exc, "cancelled")
+            self._record_error(span, metric_attributes, exc, "cancelled")
             raise
         finally:
             context.detach(token)
@@ -137,7 +141,7 @@ class AgentRuntime:
             )
             metric_attributes[names.SEL_CACHE_HIT] = hit
             if error is not None:
-                _record_error(span, metric_attributes, error, error.error_type)
+                self._record_error(span, metric_attributes, error, error.error_type)
             span.end()
             # Recorded outside the span's context: no exemplar cost on every call.
             self._duration.record(duration, metric_attributes)
@@ -247,6 +251,29 @@ class AgentRuntime:
             )
         return output
 
+    def _record_error(
+        self,
+        span: trace.Span,
+        metric_attributes: dict[str, str | bool],
+        exc: BaseException,
+        error_type: str,
+    ) -> None:
+        """Status, exception event and `error.type` of a failed call. Error messages often
+        quote the input: they are scrubbed like it, and left out with it when the input is
+        not recorded (`SEL_TRACE_CONTENT=false`), the stack then keeping its frames only."""
+        if self.settings.trace_content:
+            message = span_content(str(exc), self.settings.trace_content_max)
+            stack = scrub("".join(traceback.format_exception(exc)))
+        else:
+            message, stack = error_type, frames_only(exc)
+        span.set_status(Status(StatusCode.ERROR, message or error_type))
+        span.record_exception(
+            exc,
+            attributes={names.EXCEPTION_MESSAGE: message, names.EXCEPTION_STACKTRACE: stack},
+        )
+        span.set_attribute(names.ERROR_TYPE, error_type)
+        metric_attributes[names.ERROR_TYPE] = error_type
+
     def _after_abandoned(self, agent: Agent, query: str) -> Callable[[], object] | None:
         """What to do when a sync call that timed out really ends: an invalidating one made
         its change only then, so the agent's results are invalidated again."""
@@ -275,15 +302,3 @@ async def _close(agent: Agent) -> None:
         logger.error("closing agent %s failed: it raised CancelledError", agent.name)
     except Exception:
         logger.exception("closing agent %s failed", agent.name)
-
-
-def _record_error(
-    span: trace.Span,
-    metric_attributes: dict[str, str | bool],
-    exc: BaseException,
-    error_type: str,
-) -> None:
-    span.set_status(Status(StatusCode.ERROR, str(exc) or error_type))
-    span.record_exception(exc)
-    span.set_attribute(names.ERROR_TYPE, error_type)
-    metric_attributes[names.ERROR_TYPE] = error_type

@@ -37,6 +37,8 @@ SEL_REQUEST: Final = "sel.request"  # agent, stats, agents, reload, help
 
 # Error types that are not exception class names
 ERROR_TIMEOUT: Final = "timeout"
+EXCEPTION_MESSAGE: Final = "exception.message"
+EXCEPTION_STACKTRACE: Final = "exception.stacktrace"
 
 # Metrics
 AGENT_DURATION: Final = "gen_ai.client.operation.duration"

@@ -110,7 +110,36 @@ async def test_metric_attributes_never_carry_the_input(
         await runtime.run("echo", f"secret-{i}")
     [point] = telemetry.points(DURATION)
     assert point.count == 20
-    assert dict(point.attributes) == {"gen_ai.agent.name": "echo", "sel.cache.hit": False}
+    assert dict(point.attributes) == {
+        "gen_ai.operation.name": "invoke_agent",  # required by the GenAI conventions
+        "gen_ai.agent.name": "echo",
+        "sel.cache.hit": False,
+    }
+
+
+@pytest.mark.parametrize("content", [True, False])
+async def test_error_messages_on_spans_are_scrubbed_and_left_out_with_the_input(
+    make_runtime: RuntimeFactory,
+    write_agent: AgentWriter,
+    telemetry: TelemetryFixture,
+    content: bool,
+) -> None:
+    write_agent(
+        "fetch", "DESCRIPTION = 'd'\ndef run(q):\n    raise ValueError(f'cannot fetch {q}')\n"
+    )
+    result = await make_runtime(trace_content=content).run("fetch", "curl -u admin:Hunter2 x")
+    assert isinstance(result.error, AgentFailed)
+    [span] = telemetry.finished()
+    [event] = span.events
+    recorded = [
+        span.status.description or "",
+        str(event.attributes["exception.message"]),
+        str(event.attributes["exception.stacktrace"]),
+    ]
+    assert all("Hunter2" not in text for text in recorded), recorded
+    assert ("[REDACTED]" in recorded[0]) is content  # else only the error type
+    assert "raise ValueError" in recorded[2]  # the frames stay either way
+    assert event.attributes["exception.type"] == "sel_otel._exceptions.AgentFailed"
 
 
 async def test_agent_exception_becomes_an_error_result_and_span(

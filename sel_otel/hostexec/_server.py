@@ -26,6 +26,7 @@ from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.util.types import AttributeValue
 
+from .._redact import scrub
 from . import _semconv as names
 from ._allowlist import AllowList
 from ._policy import Approved, Policy, Refused
@@ -193,7 +194,7 @@ async def _run(service: _Service, approved: Approved, remote: str | None) -> Exe
     )
     attributes: dict[str, AttributeValue] = {
         names.PROCESS_COMMAND: program,
-        names.PROCESS_COMMAND_ARGS: list(approved.argv),
+        names.PROCESS_COMMAND_ARGS: [scrub(argument) for argument in approved.argv],
         names.SEL_EXEC_TIMEOUT_S: approved.timeout,
     }
     with service.tracer.start_as_current_span(
