@@ -101,6 +101,23 @@ class Cooldown:
         return 0.0
 
 
+#: Team roles that own the application, as discord.py's `Bot.is_owner` counts them.
+OWNER_ROLES = frozenset({discord.TeamMemberRole.admin, discord.TeamMemberRole.developer})
+
+
+def application_owners(info: discord.AppInfo) -> frozenset[int]:
+    """The application's owner, or the team members who have accepted an admin or
+    developer role (not read-only members, nor people only invited)."""
+    if info.team is None:
+        return frozenset({info.owner.id})
+    return frozenset(
+        member.id
+        for member in info.team.members
+        if member.role in OWNER_ROLES
+        and member.membership_state is discord.TeamMembershipState.accepted
+    )
+
+
 class SelBot(discord.Client):
     """The SEL bot: a discord.py client with the sel_otel slash commands and prefix handler."""
 
@@ -146,10 +163,7 @@ class SelBot(discord.Client):
         )
 
     async def _application_owners(self) -> frozenset[int]:
-        info = await self.application_info()
-        if info.team is not None:
-            return frozenset(member.id for member in info.team.members)
-        return frozenset({info.owner.id})
+        return application_owners(await self.application_info())
 
     async def on_ready(self) -> None:
         logger.info("connected to Discord as %s", self.user)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,8 +26,8 @@ def _ids(raw: str) -> frozenset[int]:
 
 def _seconds(raw: str) -> float:
     value = float(raw)
-    if not value >= 0:  # also rejects nan
-        raise ValueError("must be a number of seconds >= 0")
+    if not 0 <= value < math.inf:  # also rejects nan
+        raise ValueError("must be a finite number of seconds >= 0")
     return value
 
 

@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "console":
             return asyncio.run(_until_signalled(_console(settings, telemetry)))
         if bot_settings is not None:
-            return asyncio.run(_bot(settings, bot_settings, telemetry))
+            return asyncio.run(_until_signalled(_bot(settings, bot_settings, telemetry)))
         query = " ".join(args.input)
         return asyncio.run(_until_signalled(_run_once(settings, telemetry, args.agent, query)))
     except ConfigError as exc:  # met while starting: the cache backend, the local service

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import discord
@@ -16,7 +17,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from sel_otel import CommandHandler
 from sel_otel import _semconv as names
-from sel_otel._bot import SelBot
+from sel_otel._bot import SelBot, application_owners
 from sel_otel._bot_settings import BotSettings
 from sel_otel._discord_format import CONTENT_LIMIT
 from tests.conftest import AgentWriter, RuntimeFactory, TelemetryFixture
@@ -616,3 +617,17 @@ async def test_a_deferred_call_still_nests_under_the_command_span(
     calls = telemetry.finished("invoke_agent slow")
     assert len(roots) == 3 and len(calls) == 3
     assert {c.parent.span_id for c in calls if c.parent is not None} == roots
+
+
+def test_owners_are_the_accepted_admins_and_developers_of_the_team() -> None:
+    role, state = discord.TeamMemberRole, discord.TeamMembershipState
+    members = [
+        SimpleNamespace(id=1, role=role.admin, membership_state=state.accepted),
+        SimpleNamespace(id=2, role=role.developer, membership_state=state.accepted),
+        SimpleNamespace(id=3, role=role.read_only, membership_state=state.accepted),
+        SimpleNamespace(id=4, role=role.admin, membership_state=state.invited),
+    ]
+    team = SimpleNamespace(team=SimpleNamespace(members=members), owner=SimpleNamespace(id=9))
+    assert application_owners(team) == {1, 2}  # type: ignore[arg-type]
+    solo = SimpleNamespace(team=None, owner=SimpleNamespace(id=9))
+    assert application_owners(solo) == {9}  # type: ignore[arg-type]

@@ -59,6 +59,8 @@ def test_a_missing_token_names_the_variable_and_the_console() -> None:
         ("SEL_DISCORD_ALLOWED_ROLE_IDS", "-5"),
         ("SEL_DISCORD_COOLDOWN", "-1"),
         ("SEL_DISCORD_COOLDOWN", "nan"),
+        ("SEL_DISCORD_COOLDOWN", "inf"),
+        ("SEL_DISCORD_COOLDOWN", "1e309"),
         ("SEL_DISCORD_MESSAGE_PREFIX", "maybe"),
     ],
 )

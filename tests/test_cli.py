@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +102,46 @@ def test_a_hung_sync_agent_does_not_hold_up_exit(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "timed out after 0.5s" in done.stderr
     assert time.monotonic() - started < 30  # not the agent's 60 s
+
+
+def _children(pid: int) -> set[int]:
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children.update(int(c) for c in (task / "children").read_text().split())
+    return children
+
+
+def test_a_signal_while_the_bot_starts_stops_it_and_its_embedded_service(tmp_path: Path) -> None:
+    started = tmp_path / "warming"
+    (tmp_path / "slow.py").write_text(
+        "import pathlib, time\nDESCRIPTION = 'slow'\nTIMEOUT = 60\n"
+        f"def run(q):\n    pathlib.Path({str(started)!r}).touch()\n    time.sleep(30)\n"
+        "    return q\n"
+    )
+    host_exec = Path(__file__).resolve().parent.parent / "agents" / "host_exec.py"
+    (tmp_path / "host_exec.py").write_text(host_exec.read_text())  # so the service starts
+    env = cli_environment(
+        SEL_AGENTS_DIR=str(tmp_path), SEL_CACHE_WARMUP="slow x", DISCORD_TOKEN="not-a-token"
+    )
+    bot = subprocess.Popen([*CLI, "bot"], env=env, stderr=subprocess.PIPE, text=True)
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():  # the embedded service is up, the warm-up running
+            assert bot.poll() is None, bot.communicate()[1]
+            assert time.monotonic() < deadline, "the warm-up never started"
+            time.sleep(0.05)
+        children = _children(bot.pid)
+        assert len(children) == 1, children  # the embedded host-exec service
+        bot.send_signal(signal.SIGTERM)
+        assert bot.wait(timeout=30) == 143
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in children):
+            assert time.monotonic() < deadline, "the host-exec service was left running"
+            time.sleep(0.05)
+    finally:
+        bot.kill()
+        bot.communicate()
+        for pid in children:  # never left behind, whatever failed above
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
