@@ -205,9 +205,9 @@ class ResultCache:
 
     def key(self, agent: str, query: str, user: str | None = None) -> str:
         """The cache key: the agent's prefix and blake2b of (agent, user, stripped input)."""
-        digest = hashlib.blake2b(
-            f"{agent}\x00{user or ''}\x00{query.strip()}".encode(), digest_size=16
-        ).hexdigest()
+        text = f"{agent}\x00{user or ''}\x00{query.strip()}"
+        # surrogatepass: any str has a key, even one holding bytes a decoder could not read
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
         return f"{self.agent_prefix(agent)}{digest}"
 
     def agent_prefix(self, agent: str) -> str:

@@ -70,7 +70,8 @@ _REQUEST_NAMES: dict[type[Request], str] = {
 def parse_request(text: str) -> Request:
     """Parse one line of user input into a request; anything unknown asks for help."""
     text = text.strip()
-    head, _, rest = text.partition(" ")
+    head, *others = text.split(maxsplit=1) or [""]
+    rest = others[0] if others else ""
     if head.startswith("agent:"):
         name = head.removeprefix("agent:")
         if not name:
@@ -98,9 +99,12 @@ class Reply:
 
 def format_result(result: AgentResult) -> str:
     """The reply text for an agent call."""
-    if result.error is not None:
-        return result.error.reply
-    return result.output or "(empty output)"
+    text = result.output if result.error is None else result.error.reply
+    if text and text.strip():
+        return text
+    if result.error is None:
+        return "(empty output)"  # Discord refuses to send a blank message
+    return f"❌ Agent {result.agent!r} failed ({result.error.error_type})"
 
 
 def format_agents(registry: AgentRegistry) -> str:

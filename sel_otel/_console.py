@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import sys
 import threading
 from collections.abc import AsyncIterator
 from typing import TextIO
 
 from ._commands import CommandHandler
+
+logger = logging.getLogger(__name__)
 
 _READ_AHEAD = 64
 
@@ -24,14 +28,17 @@ async def _lines(stdin: TextIO) -> AsyncIterator[str]:
     room = threading.BoundedSemaphore(_READ_AHEAD)
 
     def read() -> None:
-        while True:
+        line = "\n"
+        while line:
             room.acquire()
-            line = stdin.readline()
+            try:
+                line = stdin.readline()
+            except (OSError, ValueError) as exc:  # a closed or failing stream: end of input
+                logger.error("reading standard input failed: %s", exc)
+                line = ""
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, line)
             except RuntimeError:  # the loop is closed: the console has ended
-                return
-            if not line:
                 return
 
     threading.Thread(target=read, name="sel-console-stdin", daemon=True).start()
@@ -43,7 +50,12 @@ async def _lines(stdin: TextIO) -> AsyncIterator[str]:
 async def run_console(
     commands: CommandHandler, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout
 ) -> int:
-    """Answer each line of `stdin` until end of input; return how many requests failed."""
+    """Answer each line of `stdin` until end of input; return how many requests failed.
+
+    Bytes that are not text in the stream's encoding are read as U+FFFD, never as an error.
+    """
+    if isinstance(stdin, io.TextIOWrapper):
+        stdin.reconfigure(errors="replace")
     interactive = stdin.isatty()
     failures = 0
 

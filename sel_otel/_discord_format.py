@@ -11,6 +11,7 @@ from ._stats import AgentStats, format_stats
 #: Discord's limits, in characters: message content and embed description.
 CONTENT_LIMIT = 2000
 EMBED_DESCRIPTION_LIMIT = 4096
+EMBED_TITLE_LIMIT = 256
 #: Discord's 25-choice limit for autocomplete, and the length of a choice's name.
 MAX_CHOICES = 25
 CHOICE_NAME_LIMIT = 100
@@ -58,9 +59,16 @@ def stats_embed(
 ) -> discord.Embed:
     """`/sel_agent_stats`: the stats report of every agent (or one), uptime and totals."""
     title = f"SEL agent stats: {agent}" if agent else "SEL agent stats"
-    description = f"No calls of `{agent}` yet." if agent and not rows else format_stats(rows)
+    if agent and not rows:
+        # Agent names are identifiers; anything else a user typed is shown inert.
+        name = f"`{agent}`" if agent.isidentifier() else discord.utils.escape_markdown(agent)
+        description = f"No calls of {name} yet."
+    else:
+        description = format_stats(rows)
     embed = discord.Embed(
-        title=title, description=fit(description, EMBED_DESCRIPTION_LIMIT), colour=STATS_COLOR
+        title=title[:EMBED_TITLE_LIMIT],
+        description=fit(description, EMBED_DESCRIPTION_LIMIT),
+        colour=STATS_COLOR,
     )
     calls = sum(row.calls for row in rows)
     cached = sum(row.cached_calls for row in rows)

@@ -100,6 +100,12 @@ def test_stats_embed_for_an_agent_without_calls_says_so() -> None:
     assert embed.description == "No calls of `calc` yet."
 
 
+def test_stats_embed_for_any_name_a_user_typed_fits_and_stays_inert() -> None:
+    embed = stats_embed([], uptime=1, agent="x`**" * 100)
+    assert embed.title is not None and len(embed.title) == 256  # Discord's title limit
+    assert embed.description is not None and "`" not in embed.description.replace("\\`", "")
+
+
 def test_stats_embed_description_is_cut_to_the_embed_limit() -> None:
     rows = [AgentStats(f"agent_{i:03}", calls=1) for i in range(200)]
     embed = stats_embed(rows, uptime=0)

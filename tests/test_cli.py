@@ -145,3 +145,18 @@ def test_a_signal_while_the_bot_starts_stops_it_and_its_embedded_service(tmp_pat
         for pid in children:  # never left behind, whatever failed above
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8:strict", "utf-8:surrogateescape"])
+def test_bytes_that_are_not_text_are_answered_not_fatal(encoding: str) -> None:
+    done = subprocess.run(
+        [*CLI, "console"],
+        input=b"agent:calc 1+1\n\xff\nagent:calc 1+\xff\nagent:calc 2+2\n",
+        capture_output=True,
+        env=cli_environment(PYTHONIOENCODING=encoding),
+        timeout=60,
+        check=False,
+    )
+    replies = done.stdout.decode().splitlines()
+    assert replies[0] == "1+1 = 2" and replies[-1] == "2+2 = 4", done.stderr.decode()
+    assert done.returncode == 1  # the two unreadable requests failed, and nothing else

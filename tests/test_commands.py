@@ -87,3 +87,24 @@ async def test_frontend_requests_are_root_spans_holding_the_agent_call(
     assert dict(request.attributes) == {"sel.frontend": "console", "sel.request": "agent"}
     assert request.status.status_code.name == "UNSET"
     assert failed.status.status_code.name == "ERROR"
+
+
+@pytest.mark.parametrize("separator", ["\t", "\n", "  "])
+def test_any_white_space_separates_a_request_from_its_input(separator: str) -> None:
+    assert parse_request(f"agent:calc{separator}1+1") == RunAgent("calc", "1+1")
+    assert parse_request(f"/sel_agent_stats{separator}calc") == ShowStats("calc")
+
+
+async def test_blank_outputs_and_messages_never_make_a_blank_reply(
+    make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
+) -> None:
+    write_agent("blank", "DESCRIPTION='d'\ndef run(q):\n    return '   '\n")
+    write_agent(
+        "mute",
+        "from sel_otel import AgentReplyError\nDESCRIPTION='d'\n"
+        "def run(q):\n    raise AgentReplyError('')\n",
+    )
+    handler = CommandHandler(make_runtime(), telemetry.reader)
+    assert (await handler.handle("agent:blank x")).text == "(empty output)"
+    mute = await handler.handle("agent:mute x")
+    assert (mute.text, mute.ok) == ("❌ Agent 'mute' failed (AgentReplyError)", False)
