@@ -160,3 +160,29 @@ def test_bytes_that_are_not_text_are_answered_not_fatal(encoding: str) -> None:
     replies = done.stdout.decode().splitlines()
     assert replies[0] == "1+1 = 2" and replies[-1] == "2+2 = 4", done.stderr.decode()
     assert done.returncode == 1  # the two unreadable requests failed, and nothing else
+
+
+def test_a_console_killed_outright_leaves_no_service_behind() -> None:
+    console = subprocess.Popen(
+        [*CLI, "console"], env=cli_environment(), stdin=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while not children:  # the embedded host-exec service of the repository's host_exec
+            assert console.poll() is None, console.communicate()[1]
+            assert time.monotonic() < deadline, "the embedded service never started"
+            time.sleep(0.05)
+            children = _children(console.pid)
+        console.kill()  # SIGKILL: no clean-up code runs in the console
+        console.wait()
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in children):
+            assert time.monotonic() < deadline, "the host-exec service outlived its launcher"
+            time.sleep(0.05)
+    finally:
+        console.kill()
+        console.communicate()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -4,16 +4,19 @@ Used as the embedded default when no `HOST_EXEC_URL` is configured, and by tests
 reaches the child through a private file (`HOST_EXEC_TOKEN_FILE`), never its environment.
 The listening socket is bound here and inherited by the child (`HOST_EXEC_LISTEN_FD`), so no
 other process can take the port between its choice and the child's start and be sent the
-token. The child gets only the environment a service needs, not the parent's secrets.
+token. The child gets only the environment a service needs, not the parent's secrets, and
+on Linux it is stopped when its parent dies, even killed outright.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -40,6 +43,18 @@ _INHERITED = frozenset(
     | {"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
 )
 _INHERITED_PREFIXES = ("LC_", "PYTHON", "OTEL_")
+
+
+_PR_SET_PDEATHSIG = 1
+#: The C library, loaded before any fork: the child only calls into it.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _stop_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when its parent dies, so that a launcher killed
+    outright (SIGKILL, a crash) leaves no service behind."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _inherited(name: str) -> bool:
@@ -129,6 +144,7 @@ class LocalHostExec:
                         stderr=asyncio.subprocess.STDOUT,
                         env=env,
                         pass_fds=(listener.fileno(),),
+                        preexec_fn=_stop_with_parent,
                     )
             await self._wait_healthy()
         except BaseException:
