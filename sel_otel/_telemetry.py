@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -159,20 +160,27 @@ class Telemetry:
         for exporter in self.exporters:
             if exporter.failing:
                 exporter.abort()
-        flush = threading.Thread(target=self._shutdown_providers, name="sel-telemetry-flush")
-        flush.daemon = True
-        flush.start()
-        flush.join(timeout)
-        if flush.is_alive():
+        # One thread a provider: a trace endpoint that hangs must not cost the last metrics.
+        flushes = [
+            threading.Thread(target=provider.shutdown, name=f"sel-telemetry-flush-{kind}")
+            for kind, provider in (
+                ("traces", self.tracer_provider),
+                ("metrics", self.meter_provider),
+            )
+        ]
+        deadline = time.monotonic() + timeout
+        for flush in flushes:
+            flush.daemon = True
+            flush.start()
+        for flush in flushes:
+            flush.join(max(deadline - time.monotonic(), 0.0))
+        if any(flush.is_alive() for flush in flushes):
             for exporter in self.exporters:
                 exporter.abort()
-            flush.join(0.2)
+            for flush in flushes:
+                flush.join(0.2)
             if not any(exporter.failing for exporter in self.exporters):  # else said already
                 logger.warning("telemetry not flushed within %gs; the rest is dropped", timeout)
-
-    def _shutdown_providers(self) -> None:
-        self.tracer_provider.shutdown()
-        self.meter_provider.shutdown()
 
 
 def _exporter_names(env: Mapping[str, str], signal: str) -> list[str]:

@@ -185,6 +185,24 @@ async def test_calls_succeed_whatever_the_collector_does_and_exit_stays_prompt(
     assert not any(s.name == "invoke_agent echo" for s in otlp_receiver.spans)
 
 
+async def test_a_trace_endpoint_that_hangs_at_exit_does_not_cost_the_last_metrics(
+    otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    with OtlpReceiver().start() as hanging:
+        hanging.hang(10)
+        otel_env.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", hanging.traces_url)
+        otel_env.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", otlp_receiver.metrics_url)
+        otel_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "60000")  # only the final flush sends
+        telemetry = Telemetry.from_env()
+        runtime = make_runtime(tmp_path, telemetry)
+        assert (await runtime.run("echo", "x")).ok
+        await runtime.aclose()
+        started = time.monotonic()
+        telemetry.shutdown(timeout=1.5)
+        assert time.monotonic() - started < 2.5
+    assert "gen_ai.client.operation.duration" in otlp_receiver.metric_names()
+
+
 async def test_export_resumes_when_the_collector_comes_back(
     otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, tmp_path: Path
 ) -> None:
