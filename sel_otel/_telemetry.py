@@ -9,6 +9,7 @@ exporters are added beside it as the environment asks:
 - `OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]PROTOCOL`: `http/protobuf` (default) or `grpc`.
 - Endpoint, headers, timeout, compression, sampler (`OTEL_TRACES_SAMPLER`), batch sizes
   (`OTEL_BSP_*`), export interval and resource attributes are read by the SDK itself.
+- `OTEL_SDK_DISABLED=true`: no spans and no exporter; the stats reader still counts calls.
 """
 
 from __future__ import annotations
@@ -73,10 +74,28 @@ def package_version() -> str:
 
 
 _SELF_METRICS = "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"
+_SDK_DISABLED = "OTEL_SDK_DISABLED"
 
 
 @contextlib.contextmanager
-def _export_self_metrics() -> Iterator[None]:
+def _variable(name: str, value: str | None) -> Iterator[None]:
+    """`name` set to `value` (or unset, for None) while the SDK components inside are built:
+    the SDK reads some switches only from the environment, when a component is made."""
+    saved = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
+def _export_self_metrics() -> contextlib.AbstractContextManager[None]:
     """Turn on the SDK's own metrics for the span processors and exporters built inside.
 
     They count spans dropped on a full queue and failed exports, per batch. The SDK reads one
@@ -84,14 +103,11 @@ def _export_self_metrics() -> Iterator[None]:
     (spans started, live) double the cost of a span; so unless the variable is set explicitly
     it is on only while the processors and exporters are built.
     """
-    if _SELF_METRICS in os.environ:
-        yield
-        return
-    os.environ[_SELF_METRICS] = "true"
-    try:
-        yield
-    finally:
-        del os.environ[_SELF_METRICS]
+    return _variable(_SELF_METRICS, os.environ.get(_SELF_METRICS, "true"))
+
+
+def _sdk_disabled(env: Mapping[str, str]) -> bool:
+    return env.get(_SDK_DISABLED, "").strip().lower() == "true"
 
 
 def stats_reader() -> InMemoryMetricReader:
@@ -129,19 +145,29 @@ class Telemetry:
         """
         env = os.environ
         resource = build_resource(default_service_name)
+        disabled = _sdk_disabled(env)
+        if disabled:
+            logger.info("OTEL_SDK_DISABLED: no telemetry is exported; the stats still count")
         try:
-            metric_exporters = [GuardedMetricExporter(e) for e in _metric_exporters(env)]
+            metric_exporters = (
+                [] if disabled else [GuardedMetricExporter(e) for e in _metric_exporters(env)]
+            )
             reader = stats_reader()
             readers: list[MetricReader] = [reader]
             readers += [PeriodicExportingMetricReader(e) for e in metric_exporters]
-            meter_provider = MeterProvider(
-                resource=resource, metric_readers=readers, shutdown_on_exit=False
-            )
+            # The stats are read from this provider: it records even when the SDK is
+            # disabled, and then exports nothing.
+            with _variable(_SDK_DISABLED, None):
+                meter_provider = MeterProvider(
+                    resource=resource, metric_readers=readers, shutdown_on_exit=False
+                )
             tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
             with _export_self_metrics():
-                span_exporters = [
-                    GuardedSpanExporter(e) for e in _span_exporters(env, meter_provider)
-                ]
+                span_exporters = (
+                    []
+                    if disabled
+                    else [GuardedSpanExporter(e) for e in _span_exporters(env, meter_provider)]
+                )
                 for span_exporter in span_exporters:
                     tracer_provider.add_span_processor(
                         BatchSpanProcessor(span_exporter, meter_provider=meter_provider)

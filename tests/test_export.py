@@ -21,6 +21,7 @@ from sel_otel import (
     LRUMemoryCache,
     ResultCache,
     Telemetry,
+    read_stats,
 )
 
 from .conftest import CLI, cli_environment
@@ -201,6 +202,22 @@ async def test_a_trace_endpoint_that_hangs_at_exit_does_not_cost_the_last_metric
         telemetry.shutdown(timeout=1.5)
         assert time.monotonic() - started < 2.5
     assert "gen_ai.client.operation.duration" in otlp_receiver.metric_names()
+
+
+async def test_a_disabled_sdk_exports_nothing_and_the_stats_still_count(
+    otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    otel_env.setenv("OTEL_SDK_DISABLED", "true")
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    telemetry = Telemetry.from_env()
+    runtime = make_runtime(tmp_path, telemetry)
+    for _ in range(3):
+        assert (await runtime.run("echo", "x")).ok
+    [row] = read_stats(telemetry.stats_reader)
+    assert (row.agent, row.calls, row.cached_calls) == ("echo", 3, 2)
+    await runtime.aclose()
+    telemetry.shutdown(timeout=1.0)
+    assert otlp_receiver.requests == []
 
 
 async def test_export_resumes_when_the_collector_comes_back(
