@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -388,18 +387,13 @@ def _add_commands(tree: app_commands.CommandTree[SelBot], bot: SelBot) -> None:
 
 
 async def serve(bot: discord.Client, token: str, stop: asyncio.Event | None = None) -> None:
-    """Run `bot` until `stop` is set, SIGINT or SIGTERM arrives, or the connection fails.
+    """Run `bot` until `stop` is set, the task is cancelled (as `sel-otel bot` does on SIGTERM
+    or SIGINT), or the connection fails.
 
     The client is closed on the way out. A rejected token or a missing privileged intent
     becomes a `ConfigError` saying what to fix.
     """
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signum, stop.set)
-            handled.append(signum)
     try:
         async with bot:
             runner = asyncio.create_task(bot.start(token))
@@ -428,9 +422,6 @@ async def serve(bot: discord.Client, token: str, stop: asyncio.Event | None = No
         ) from exc
     except (discord.HTTPException, discord.GatewayNotFound, OSError) as exc:
         raise ConfigError(f"cannot reach Discord: {type(exc).__name__}: {exc}") from exc
-    finally:
-        for signum in handled:
-            loop.remove_signal_handler(signum)
 
 
 async def run_bot(settings: Settings, bot_settings: BotSettings, telemetry: Telemetry) -> None:

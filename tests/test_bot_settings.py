@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 import discord
@@ -110,6 +111,24 @@ async def test_serve_closes_the_client_when_asked_to_stop() -> None:
     stop.set()
     await asyncio.wait_for(serving, timeout=2)
     assert client.closed.is_set()
+
+
+async def test_serve_cancelled_closes_the_client_and_leaves_signals_to_its_caller() -> None:
+    client = FakeClient()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: None)
+    try:
+        serving = asyncio.create_task(serve(client, "tok"))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        serving.cancel()  # what `sel-otel bot` does on SIGTERM
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        assert client.closed.is_set()
+        # The caller's handler is still in place (removing it restores the default action,
+        # under which a second SIGTERM during clean-up would kill the process).
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def test_a_rejected_token_becomes_a_configuration_error() -> None:
