@@ -13,40 +13,51 @@ REDACTED = "[REDACTED]"
 #: Exceptions shown at most from a chain of causes (a cycle ends there too).
 _MAX_CHAIN = 16
 
-#: A quoted value, or everything up to the end of the line (header values hold spaces).
-_LINE_VALUE = r"(?:\"[^\"\n]*\"|'[^'\n]*'|[^\r\n\"']+)"
-#: A quoted value, or one word.
-_WORD_VALUE = r"(?:\"[^\"\n]*\"|'[^'\n]*'|[^\s\"']+)"
-#: The words that name a secret, as the last part of a key such as DISCORD_TOKEN or x-api-key.
+#: A quoted value (its closing quote may be cut off), or everything up to the end of the
+#: line (header values hold spaces).
+_LINE_VALUE = r"(?:\"[^\"\n]*\"?|'[^'\n]*'?|[^\r\n\"']+)"
+#: A quoted value (its closing quote may be cut off), or one word.
+_WORD_VALUE = r"(?:\"[^\"\n]*\"?|'[^'\n]*'?|[^\s\"']+)"
+#: Words naming a secret anywhere in a key (PGPASSWORD, accessToken, JWT_SECRET_KEY,
+#: HTTP_AUTHORIZATION); `auth` alone only as a whole part, so that `author` is no secret.
 _SECRET_WORD = (
     r"(?:token|passw(?:or)?d|pwd|secret|api[_-]?key|access[_-]?key|private[_-]?key"
-    r"|auth|credentials?|session[_-]?id)"
+    r"|credential|session[_-]?id|auth(?:orization)?(?![a-z]))"
 )
+#: Characters of a key around its secret word.
+_KEY_PART = r"[A-Za-z0-9_.-]"
 
 # Each pattern keeps its first group and replaces the rest of the match with REDACTED.
 _KEEP_PREFIX = [
     # HTTP headers whose whole value is a credential, whatever the scheme
-    re.compile(rf"(?i)\b((?:proxy-)?(?:authorization|cookie|set-cookie)\s*[:=]\s*){_LINE_VALUE}"),
-    # HTTP authorization schemes outside a header
-    re.compile(r"(?i)\b((?:bearer|basic|token|digest)\s+)[\w.~+/=-]{8,}"),
-    # key=value and key: value pairs whose key ends with a word naming a secret (whole
-    # parts only: `tokens:` and `--author=` are not secrets)
     re.compile(
-        rf"(?i)(?<![A-Za-z0-9_.])((?:[A-Za-z0-9]{{1,40}}[_.-]){{0,6}}{_SECRET_WORD}"
+        rf"(?i)(?<![A-Za-z0-9])((?:proxy-)?(?:authorization|cookie|set-cookie)\s*[:=]\s*)"
+        rf"{_LINE_VALUE}"
+    ),
+    # HTTP authorization schemes outside a header (a path after `token` is no credential)
+    re.compile(r"(?i)\b((?:bearer|basic|token|digest)\s+)(?!/)[\w.~+/=-]{8,}"),
+    # key=value and key: value pairs whose key holds a word naming a secret
+    re.compile(
+        rf"(?i)(?<!{_KEY_PART})({_KEY_PART}{{0,60}}?{_SECRET_WORD}{_KEY_PART}{{0,30}}"
         rf"[\"']?\s{{0,8}}[:=]\s{{0,8}}){_WORD_VALUE}"
     ),
-    # command-line options naming a secret: --token abc, --api-key=abc
-    re.compile(rf"(?i)((?:^|\s)--?{_SECRET_WORD}(?:\s+|=)){_WORD_VALUE}"),
+    # command-line options naming a secret: --token abc, --client-secret=abc
+    re.compile(
+        rf"(?i)((?:^|\s)--?[A-Za-z0-9-]{{0,40}}?{_SECRET_WORD}[A-Za-z0-9-]{{0,20}}(?:\s+|=))"
+        rf"{_WORD_VALUE}"
+    ),
     # user:password after -u/--user (curl and friends)
     re.compile(r"(?i)((?:^|\s)(?:-u|--user)(?:\s+|=)[^\s:]+:)\S+"),
-    # mysql's -pPASSWORD, option and value in one word
-    re.compile(r"(?i)(\bmysql(?:dump|admin)?\b[^\n]{0,200}?\s-p)[^\s-]\S*"),
+    # mysql's -pPASSWORD, option and value in one word, when mysql is the command
+    re.compile(r"(?im)(^\s*mysql(?:dump|admin)?\s[^\n]{0,200}?\s-p)[^\s-]\S*"),
 ]
 # credentials in URLs: scheme://user:password@host and scheme://:password@host
 _URL_CREDENTIALS = re.compile(r"(://[^/\s:@]*:)[^@\s/]+(@)")
+# Tokens start where a run of token characters starts, so that a long run of look-alikes
+# (eyJ-eyJ-...) is read once, not once per look-alike.
 _TOKENS = re.compile(
     r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]{0,40}PRIVATE KEY-----|$)"
-    r"|\b(?:"
+    r"|(?<![\w-])(?:"
     r"[MNO][\w-]{23,27}\.[\w-]{6}\.[\w-]{27,}"  # Discord bot token
     r"|eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}"  # JSON Web Token
     r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,}"  # GitHub tokens
@@ -58,6 +69,8 @@ _TOKENS = re.compile(
     r"|[sr]k_(?:live|test)_[A-Za-z0-9]{10,}"  # Stripe keys
     r")"
 )
+#: Characters scrubbed beyond what is shown: a secret that starts in view is read whole.
+_SCRUB_MARGIN = 4096
 
 
 def scrub(text: str) -> str:
@@ -69,14 +82,8 @@ def scrub(text: str) -> str:
 
 
 def span_content(text: str, limit: int) -> str:
-    """`text` scrubbed and cut to at most `limit` characters (an ellipsis marks the cut).
-
-    Text far over the limit is first cut at a space, so that no secret is cut below the
-    length its pattern needs: a word crossing that cut is dropped whole.
-    """
-    if len(text) > limit * 4:  # scrub no more than can be shown
-        text = text[: limit * 4].rpartition(" ")[0] + " …"
-    text = scrub(text)
+    """`text` scrubbed and cut to at most `limit` characters (an ellipsis marks the cut)."""
+    text = scrub(text[: limit + _SCRUB_MARGIN])  # scrub what can be shown, and a margin
     return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
 
 

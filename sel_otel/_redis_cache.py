@@ -12,9 +12,10 @@ between several bot instances needs:
   prefix (aiocache's un-namespaced clear is FLUSHDB on a shared database);
 - the primitives of the distributed single-flight lock: `claim` (read the value, or take the
   lock with SET NX PX, in one Lua script), `extend_lock` and `release_lock` (token-checked);
-- per-agent generations (INCR at each invalidation) and `store`, which sets a value only if
-  its agent's generation is the one read when the value's computation began, so that no
-  instance stores a result from before another instance's invalidation.
+- per-agent generations (counted up at each invalidation, from a random start) and `store`,
+  which sets a value only if its agent's generation is the one read when the value's
+  computation began, so that no instance stores a result from before another instance's
+  invalidation.
 
 Redis's own `maxmemory` with `maxmemory-policy allkeys-lru` bounds the entries; every entry
 carries its TTL as a Redis expiry.
@@ -69,6 +70,12 @@ _STORE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
+"""
+# KEYS[1] generation key; ARGV[1] a random generation to count from when the key is missing
+# (INCR would restart at 1, a value a computation in flight may hold).
+_ADVANCE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
+return redis.call('INCR', KEYS[1])
 """
 _EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -140,6 +147,7 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         }
         self._claim = self.client.register_script(_CLAIM)
         self._store = self.client.register_script(_STORE)
+        self._advance = self.client.register_script(_ADVANCE)
         self._extend = self.client.register_script(_EXTEND)
         self._release = self.client.register_script(_RELEASE)
 
@@ -236,7 +244,7 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         """Connect and load the lock scripts, allowing more than one operation's timeout."""
         async with asyncio.timeout(max(1.0, 8 * (self.timeout or 0))):
             await self.client.ping()
-            for script in (self._claim, self._store, self._extend, self._release):
+            for script in (self._claim, self._store, self._advance, self._extend, self._release):
                 await self.client.script_load(script.script)
 
     async def claim(
@@ -272,7 +280,7 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
     async def advance_generation(self, generation_key: str) -> None:
         """One more invalidation of the agent: results computed before it are not stored."""
         async with asyncio.timeout(self.timeout):
-            await self.client.incr(generation_key)
+            await self._advance(keys=[generation_key], args=[secrets.randbelow(_GENERATION_SEEDS)])
 
     async def extend_lock(self, lock_key: str, token: str, lease: float) -> bool:
         """Push the lock's expiry to `lease` from now, if `token` still holds it."""

@@ -7,7 +7,6 @@ import functools
 import inspect
 import logging
 import time
-import traceback
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from ._exceptions import (
     AgentOutputError,
     AgentTimeout,
 )
-from ._redact import frames_only, scrub, span_content
+from ._redact import frames_only, span_content
 from ._registry import AgentRegistry, ReloadReport
 from ._settings import Settings
 from ._telemetry import package_version
@@ -259,17 +258,20 @@ class AgentRuntime:
         error_type: str,
     ) -> None:
         """Status, exception event and `error.type` of a failed call. Error messages often
-        quote the input: they are scrubbed like it, and left out with it when the input is
-        not recorded (`SEL_TRACE_CONTENT=false`), the stack then keeping its frames only."""
+        quote the input: they are scrubbed and cut like it, and left out with it when the
+        input is not recorded (`SEL_TRACE_CONTENT=false`). The stack shows frames and
+        exception types, never the messages of the chain."""
         if self.settings.trace_content:
             message = span_content(str(exc), self.settings.trace_content_max)
-            stack = scrub("".join(traceback.format_exception(exc)))
         else:
-            message, stack = error_type, frames_only(exc)
+            message = error_type
         span.set_status(Status(StatusCode.ERROR, message or error_type))
         span.record_exception(
             exc,
-            attributes={names.EXCEPTION_MESSAGE: message, names.EXCEPTION_STACKTRACE: stack},
+            attributes={
+                names.EXCEPTION_MESSAGE: message,
+                names.EXCEPTION_STACKTRACE: frames_only(exc),
+            },
         )
         span.set_attribute(names.ERROR_TYPE, error_type)
         metric_attributes[names.ERROR_TYPE] = error_type

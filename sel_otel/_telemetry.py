@@ -186,15 +186,20 @@ class Telemetry:
         for exporter in self.exporters:
             if exporter.failing:
                 exporter.abort()
-        # One thread a provider: a trace endpoint that hangs must not cost the last metrics.
-        flushes = [
-            threading.Thread(target=provider.shutdown, name=f"sel-telemetry-flush-{kind}")
-            for kind, provider in (
-                ("traces", self.tracer_provider),
-                ("metrics", self.meter_provider),
-            )
-        ]
         deadline = time.monotonic() + timeout
+        traces = threading.Thread(
+            target=self.tracer_provider.shutdown, name="sel-telemetry-flush-traces"
+        )
+
+        def metrics_after_traces() -> None:
+            # The span processors record their last counts into the meter provider as they
+            # stop: wait for them, yet leave the metrics half the time, so that a trace
+            # endpoint that hangs does not cost the last metrics.
+            traces.join(max(deadline - time.monotonic() - timeout / 2, 0.0))
+            self.meter_provider.shutdown()
+
+        metrics = threading.Thread(target=metrics_after_traces, name="sel-telemetry-flush-metrics")
+        flushes = [traces, metrics]
         for flush in flushes:
             flush.daemon = True
             flush.start()

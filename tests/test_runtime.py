@@ -139,6 +139,7 @@ async def test_error_messages_on_spans_are_scrubbed_and_left_out_with_the_input(
     assert all("Hunter2" not in text for text in recorded), recorded
     assert ("[REDACTED]" in recorded[0]) is content  # else only the error type
     assert "raise ValueError" in recorded[2]  # the frames stay either way
+    assert "admin" not in recorded[2]  # and no message of the chain
     assert event.attributes["exception.type"] == "sel_otel._exceptions.AgentFailed"
 
 

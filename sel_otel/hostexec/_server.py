@@ -18,7 +18,8 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+import shlex
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +119,18 @@ async def _trace_requests(request: web.Request, handler: Handler) -> web.StreamR
         return response
 
 
+def _scrubbed_argv(argv: Sequence[str]) -> list[str]:
+    """`argv` for a span, scrubbed as one command line: `--password x` spans two arguments."""
+    line = shlex.join(argv)
+    scrubbed = scrub(line)
+    if scrubbed == line:
+        return list(argv)
+    try:
+        return shlex.split(scrubbed)
+    except ValueError:  # a quote of the line was redacted away
+        return [argv[0], scrub(" ".join(argv[1:]))]
+
+
 def _set_http_status(span: trace.Span, status: int) -> None:
     span.set_attribute(names.HTTP_RESPONSE_STATUS_CODE, status)
     if status >= 500:
@@ -194,7 +207,7 @@ async def _run(service: _Service, approved: Approved, remote: str | None) -> Exe
     )
     attributes: dict[str, AttributeValue] = {
         names.PROCESS_COMMAND: program,
-        names.PROCESS_COMMAND_ARGS: [scrub(argument) for argument in approved.argv],
+        names.PROCESS_COMMAND_ARGS: _scrubbed_argv(approved.argv),
         names.SEL_EXEC_TIMEOUT_S: approved.timeout,
     }
     with service.tracer.start_as_current_span(

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from sel_otel.hostexec import HostExecSettings, create_app
+from sel_otel.hostexec._server import _scrubbed_argv
 
 TOKEN = "tracing-test-token-0123456789"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -174,3 +175,20 @@ async def test_every_command_is_logged_with_its_argv_even_when_its_trace_is_not_
     (audit,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("exec (")]
     assert audit.startswith("exec ('uname', '-a') timeout=15s from 127.0.0.1 ")
     assert audit.endswith(f"trace_id={TRACE_ID}")
+
+
+@pytest.mark.parametrize(
+    ("argv", "recorded"),
+    [
+        (["app", "--token", "abc123"], ["app", "--token", "[REDACTED]"]),
+        (
+            ["curl", "-u", "admin:s3cret", "https://x"],
+            ["curl", "-u", "admin:[REDACTED]", "https://x"],
+        ),
+        (["grep", "-rn", "--", "a b", "/var/log"], ["grep", "-rn", "--", "a b", "/var/log"]),
+    ],
+)
+def test_the_exec_span_records_the_argv_scrubbed_as_one_command_line(
+    argv: list[str], recorded: list[str]
+) -> None:
+    assert _scrubbed_argv(argv) == recorded
