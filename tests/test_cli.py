@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,6 +106,28 @@ def test_a_hung_sync_agent_does_not_hold_up_exit(tmp_path: Path) -> None:
     assert time.monotonic() - started < 30  # not the agent's 60 s
 
 
+@contextlib.contextmanager
+def _launcher(process: subprocess.Popen[Any]) -> Iterator[set[int]]:
+    """A set for the child processes of `process`, to fill in; on the way out the launcher
+    and those children are killed, whatever failed."""
+    children: set[int] = set()
+    try:
+        yield children
+    finally:
+        process.kill()
+        process.communicate()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _wait_until_gone(pids: set[int], why: str) -> None:
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        assert time.monotonic() < deadline, why
+        time.sleep(0.05)
+
+
 def _children(pid: int) -> set[int]:
     children: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -124,27 +148,17 @@ def test_a_signal_while_the_bot_starts_stops_it_and_its_embedded_service(tmp_pat
         SEL_AGENTS_DIR=str(tmp_path), SEL_CACHE_WARMUP="slow x", DISCORD_TOKEN="not-a-token"
     )
     bot = subprocess.Popen([*CLI, "bot"], env=env, stderr=subprocess.PIPE, text=True)
-    children: set[int] = set()
-    try:
+    with _launcher(bot) as children:
         deadline = time.monotonic() + 60
         while not started.exists():  # the embedded service is up, the warm-up running
             assert bot.poll() is None, bot.communicate()[1]
             assert time.monotonic() < deadline, "the warm-up never started"
             time.sleep(0.05)
-        children = _children(bot.pid)
+        children |= _children(bot.pid)
         assert len(children) == 1, children  # the embedded host-exec service
         bot.send_signal(signal.SIGTERM)
         assert bot.wait(timeout=30) == 143
-        deadline = time.monotonic() + 10
-        while any(Path(f"/proc/{pid}").exists() for pid in children):
-            assert time.monotonic() < deadline, "the host-exec service was left running"
-            time.sleep(0.05)
-    finally:
-        bot.kill()
-        bot.communicate()
-        for pid in children:  # never left behind, whatever failed above
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _wait_until_gone(children, "the host-exec service was left running")
 
 
 @pytest.mark.parametrize("encoding", ["utf-8:strict", "utf-8:surrogateescape"])
@@ -166,23 +180,13 @@ def test_a_console_killed_outright_leaves_no_service_behind() -> None:
     console = subprocess.Popen(
         [*CLI, "console"], env=cli_environment(), stdin=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    children: set[int] = set()
-    try:
+    with _launcher(console) as children:
         deadline = time.monotonic() + 60
         while not children:  # the embedded host-exec service of the repository's host_exec
             assert console.poll() is None, console.communicate()[1]
             assert time.monotonic() < deadline, "the embedded service never started"
             time.sleep(0.05)
-            children = _children(console.pid)
+            children |= _children(console.pid)
         console.kill()  # SIGKILL: no clean-up code runs in the console
         console.wait()
-        deadline = time.monotonic() + 10
-        while any(Path(f"/proc/{pid}").exists() for pid in children):
-            assert time.monotonic() < deadline, "the host-exec service outlived its launcher"
-            time.sleep(0.05)
-    finally:
-        console.kill()
-        console.communicate()
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _wait_until_gone(children, "the host-exec service outlived its launcher")

@@ -321,13 +321,19 @@ async def test_a_result_computed_across_another_instances_invalidation_is_not_st
     assert (await first.get_or_run(key, 60, listing)).lookup is Lookup.HIT  # stored this time
 
 
+def _files_listing(
+    make_cache: CacheFactory, namespace: str
+) -> tuple[ResultCache, RedisResultBackend, str, str]:
+    """A cache, its Redis backend, the key of `files ls` and the files agent's generation key."""
+    cache = make_cache()
+    assert isinstance(cache.backend, RedisResultBackend)
+    return cache, cache.backend, cache.key("files", "ls"), f"{namespace}:files:~generation"
+
+
 async def test_a_generation_lost_to_eviction_never_lets_a_stale_result_in(
     make_cache: CacheFactory, raw: aioredis.Redis, namespace: str
 ) -> None:
-    cache = make_cache()
-    backend = cache.backend
-    assert isinstance(backend, RedisResultBackend)
-    key, generation_key = cache.key("files", "ls"), f"{namespace}:files:~generation"
+    cache, backend, key, generation_key = _files_listing(make_cache, namespace)
     claimed = await backend.claim(key, key + ":lock", generation_key, "token", 5.0)
     await cache.invalidate("files")  # `rm a` while the listing above was computed
     await raw.delete(generation_key)  # evicted by allkeys-lru, or Redis restarted empty
@@ -340,10 +346,7 @@ async def test_a_generation_lost_to_eviction_never_lets_a_stale_result_in(
 async def test_an_invalidation_after_a_lost_generation_never_counts_back_to_a_held_one(
     make_cache: CacheFactory, raw: aioredis.Redis, namespace: str
 ) -> None:
-    cache = make_cache()
-    backend = cache.backend
-    assert isinstance(backend, RedisResultBackend)
-    key, generation_key = cache.key("files", "ls"), f"{namespace}:files:~generation"
+    cache, backend, key, generation_key = _files_listing(make_cache, namespace)
     await cache.invalidate("files")  # the first count of this agent
     claimed = await backend.claim(key, key + ":lock", generation_key, "token", 5.0)
     await raw.delete(generation_key)  # lost, then counted anew by the next invalidation:
