@@ -402,11 +402,15 @@ async def serve(bot: discord.Client, token: str, stop: asyncio.Event | None = No
                 await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stopper.cancel()
-                await bot.close()
+                ended_by_itself = runner.done()
+                closing = asyncio.ensure_future(_close(bot, runner))
                 try:
-                    await asyncio.wait_for(runner, timeout=5)
-                except TimeoutError:
-                    logger.warning("the Discord connection did not stop within 5s")
+                    await asyncio.shield(closing)
+                except asyncio.CancelledError:  # a second signal: the client closes all the same
+                    await closing
+                    raise
+            if ended_by_itself:
+                runner.result()  # its own failure, such as a rejected token
     except discord.LoginFailure as exc:
         raise ConfigError(f"DISCORD_TOKEN was rejected by Discord: {exc}") from exc
     except discord.PrivilegedIntentsRequired as exc:
@@ -422,6 +426,19 @@ async def serve(bot: discord.Client, token: str, stop: asyncio.Event | None = No
         ) from exc
     except (discord.HTTPException, discord.GatewayNotFound, OSError) as exc:
         raise ConfigError(f"cannot reach Discord: {type(exc).__name__}: {exc}") from exc
+
+
+async def _close(bot: discord.Client, runner: asyncio.Task[None]) -> None:
+    """Close the client and wait for its connection task. Whatever either raises now is the
+    consequence of stopping, not news: the caller has what decided the outcome."""
+    with contextlib.suppress(Exception):
+        await bot.close()
+    try:
+        await asyncio.wait_for(runner, timeout=5)
+    except TimeoutError:
+        logger.warning("the Discord connection did not stop within 5s")
+    except (Exception, asyncio.CancelledError):
+        pass
 
 
 async def run_bot(settings: Settings, bot_settings: BotSettings, telemetry: Telemetry) -> None:

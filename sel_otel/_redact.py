@@ -8,24 +8,33 @@ from __future__ import annotations
 
 import re
 import traceback
+from collections.abc import Sequence
 
 REDACTED = "[REDACTED]"
 #: Exceptions shown at most from a chain of causes (a cycle ends there too).
 _MAX_CHAIN = 16
 
-#: A quoted value (its closing quote may be cut off), or everything up to the end of the
-#: line (header values hold spaces).
-_LINE_VALUE = r"(?:\"[^\"\n]*\"?|'[^'\n]*'?|[^\r\n\"']+)"
-#: A quoted value (its closing quote may be cut off), or one word.
-_WORD_VALUE = r"(?:\"[^\"\n]*\"?|'[^'\n]*'?|[^\s\"']+)"
+#: A quoted value, or everything up to the end of the line (header values hold spaces).
+_LINE_VALUE = r"(?:\"[^\"\n]*\"|'[^'\n]*'|[^\r\n\"']+)"
+#: A quoted value, or one word; not a bare true/false/yes/no/on/off/none/null (settings
+#: such as PasswordAuthentication=no are no secrets).
+_WORD_VALUE = (
+    r"(?!(?:true|false|yes|no|on|off|none|null)(?![^\s,;}\]\"']))"
+    r"(?:\"[^\"\n]*\"|'[^'\n]*'|[^\s\"']+)"
+)
 #: Words naming a secret anywhere in a key (PGPASSWORD, accessToken, JWT_SECRET_KEY,
-#: HTTP_AUTHORIZATION); `auth` alone only as a whole part, so that `author` is no secret.
+#: HTTP_AUTHORIZATION, DB_PASS); `auth`, `pass` and `pw` only as whole parts, so that
+#: `author` and `bypass` are no secrets.
 _SECRET_WORD = (
     r"(?:token|passw(?:or)?d|pwd|secret|api[_-]?key|access[_-]?key|private[_-]?key"
-    r"|credential|session[_-]?id|auth(?:orization)?(?![a-z]))"
+    r"|credential|session[_-]?id|auth(?:orization)?(?![a-z])"
+    r"|(?<![a-z])pass(?:phrase)?(?![a-z])|(?<![a-z])pw(?![a-z]))"
 )
 #: Characters of a key around its secret word.
 _KEY_PART = r"[A-Za-z0-9_.-]"
+#: Between a key and its value: `key: value`, `key=value`, `key = value`, `key => value`
+#: (never `key= value`: in `grep password= /etc/app.conf` the path is no password).
+_SEPARATOR = r"[\"']?(?:\s{0,8}:\s{0,8}|\s{1,8}=>?\s{1,8}|=)"
 
 # Each pattern keeps its first group and replaces the rest of the match with REDACTED.
 _KEEP_PREFIX = [
@@ -39,7 +48,7 @@ _KEEP_PREFIX = [
     # key=value and key: value pairs whose key holds a word naming a secret
     re.compile(
         rf"(?i)(?<!{_KEY_PART})({_KEY_PART}{{0,60}}?{_SECRET_WORD}{_KEY_PART}{{0,30}}"
-        rf"[\"']?\s{{0,8}}[:=]\s{{0,8}}){_WORD_VALUE}"
+        rf"{_SEPARATOR}){_WORD_VALUE}"
     ),
     # command-line options naming a secret: --token abc, --client-secret=abc
     re.compile(
@@ -48,8 +57,8 @@ _KEEP_PREFIX = [
     ),
     # user:password after -u/--user (curl and friends)
     re.compile(r"(?i)((?:^|\s)(?:-u|--user)(?:\s+|=)[^\s:]+:)\S+"),
-    # mysql's -pPASSWORD, option and value in one word, when mysql is the command
-    re.compile(r"(?im)(^\s*mysql(?:dump|admin)?\s[^\n]{0,200}?\s-p)[^\s-]\S*"),
+    # mysql's -pPASSWORD, option and value in one word (mysql as a command, not a path)
+    re.compile(r"(?i)((?<![\w/.-])mysql(?:dump|admin)?\s(?:[^\n]{0,200}?\s)?-p)[^\s-]\S*"),
 ]
 # credentials in URLs: scheme://user:password@host and scheme://:password@host
 _URL_CREDENTIALS = re.compile(r"(://[^/\s:@]*:)[^@\s/]+(@)")
@@ -69,6 +78,11 @@ _TOKENS = re.compile(
     r"|[sr]k_(?:live|test)_[A-Za-z0-9]{10,}"  # Stripe keys
     r")"
 )
+#: One argument assigning a value to a secret-named key: everything after `=` is the value.
+_ASSIGNMENT = re.compile(
+    rf"(?is)\A({_KEY_PART}{{0,60}}?{_SECRET_WORD}{_KEY_PART}{{0,30}}=)"
+    r"(?!(?:true|false|yes|no|on|off|none|null)\Z).+\Z"
+)
 #: Characters scrubbed beyond what is shown: a secret that starts in view is read whole.
 _SCRUB_MARGIN = 4096
 
@@ -81,19 +95,55 @@ def scrub(text: str) -> str:
     return _TOKENS.sub(REDACTED, text)
 
 
+def scrub_argv(argv: Sequence[str]) -> list[str]:
+    """`argv` with each argument scrubbed; an argument assigning a secret-named key
+    (`PASSWORD='x y`) and one that follows a secret-named option (`--password x`,
+    `-u user:x`) are redacted whole, quotes and all."""
+    scrubbed = [_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, argument) for argument in argv]
+    scrubbed = [scrub(argument) for argument in scrubbed]
+    for i in range(1, len(argv)):
+        pair = f"{argv[i - 1]} {argv[i]}"
+        if scrubbed[i] == argv[i] and not scrub(pair).endswith(" " + argv[i]):
+            scrubbed[i] = REDACTED
+    return scrubbed
+
+
 def span_content(text: str, limit: int) -> str:
-    """`text` scrubbed and cut to at most `limit` characters (an ellipsis marks the cut)."""
-    text = scrub(text[: limit + _SCRUB_MARGIN])  # scrub what can be shown, and a margin
-    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+    """`text` scrubbed and cut to at most `limit` characters (an ellipsis marks the cut).
+
+    What can be shown is scrubbed with a margin of `_SCRUB_MARGIN` characters, cut at a
+    space, so that a secret starting in view is read whole, even when scrubbing shortens
+    what comes before it.
+    """
+    cut = len(text) > limit + _SCRUB_MARGIN
+    if cut:
+        head = text[: limit + _SCRUB_MARGIN]
+        text = head.rsplit(None, 1)[0] if head[-1:].strip() and " " in head else head
+    text = scrub(text)
+    if len(text) <= limit and not cut:
+        return text
+    return text[: max(limit - 1, 0)] + "…"
 
 
 def frames_only(exc: BaseException) -> str:
-    """The stack of `exc` and of the exceptions that led to it, oldest first, with their
-    types but none of their messages (which may quote what was not to be recorded)."""
+    """The stack of `exc` and of the exceptions that led to it or that it groups, oldest
+    first, with their types but none of their messages (which may quote what was not to be
+    recorded); the source lines shown are scrubbed."""
     parts: list[str] = []
-    current: BaseException | None = exc
-    while current is not None and len(parts) < _MAX_CHAIN:
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending and len(parts) < _MAX_CHAIN:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
         frames = "".join(traceback.format_tb(current.__traceback__))
         parts.append(f"{frames}{type(current).__qualname__}\n")
-        current = current.__cause__ or current.__context__
-    return "\nDuring or because of the above:\n\n".join(reversed(parts))
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(reversed(current.exceptions))
+        cause = current.__cause__
+        if cause is None and not current.__suppress_context__:
+            cause = current.__context__
+        if cause is not None:
+            pending.append(cause)
+    return scrub("\nDuring or because of the above:\n\n".join(reversed(parts)))

@@ -81,8 +81,15 @@ def test_sel_otel_bot_without_a_token_exits_2_pointing_to_the_console() -> None:
 class FakeClient:
     """Stands in for `discord.Client` in `serve`: start runs until close."""
 
-    def __init__(self, fail_with: BaseException | None = None) -> None:
+    def __init__(
+        self,
+        fail_with: BaseException | None = None,
+        fail_when_closed: BaseException | None = None,
+        close_delay: float = 0.0,
+    ) -> None:
         self.fail_with = fail_with
+        self.fail_when_closed = fail_when_closed  # as a login cut short by close() fails
+        self.close_delay = close_delay
         self.closed = asyncio.Event()
         self.tokens: list[str] = []
 
@@ -97,8 +104,11 @@ class FakeClient:
         if self.fail_with is not None:
             raise self.fail_with
         await self.closed.wait()
+        if self.fail_when_closed is not None:
+            raise self.fail_when_closed
 
     async def close(self) -> None:
+        await asyncio.sleep(self.close_delay)
         self.closed.set()
 
 
@@ -129,6 +139,16 @@ async def test_serve_cancelled_closes_the_client_and_leaves_signals_to_its_calle
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def test_a_cancelled_serve_ends_cancelled_whatever_the_closing_client_raises() -> None:
+    client = FakeClient(fail_when_closed=OSError("Connector is closed."), close_delay=0.1)
+    serving = asyncio.create_task(serve(client, "tok"))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    serving.cancel()  # the connection task then fails: that must not replace the cancellation
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+    assert client.closed.is_set()
 
 
 async def test_a_rejected_token_becomes_a_configuration_error() -> None:

@@ -41,7 +41,10 @@ from sel_otel._redact import REDACTED, scrub, span_content
         ("dbPassword: hunter2", "hunter2"),
         ("deploy --client-secret xyz123", "xyz123"),
         ("HTTP_AUTHORIZATION=Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"),
-        ('password="correct horse battery staple', "horse"),  # the closing quote cut off
+        ("DB_PASS=s3cr3tPass", "s3cr3tPass"),
+        ("password => 's3cr3tPass'", "s3cr3tPass"),
+        ("mysql -ps3cr3tPass db", "s3cr3tPass"),
+        ("docker exec db mysql -u root -ps3cr3tPass", "s3cr3tPass"),
     ],
 )
 def test_secret_values_are_redacted(text: str, secret: str) -> None:
@@ -61,6 +64,11 @@ def test_secret_values_are_redacted(text: str, secret: str) -> None:
         "grep -rn auth",
         "git log --author=alice",
         "grep token /etc/config",
+        "grep 'password=' /etc/app.conf",
+        "grep -rn password= /etc",
+        "ssh -o PasswordAuthentication=no host",
+        "helm --set auth.enabled=true",
+        "bypass=1",
         "find /var/lib/mysql -perm 600",
         "find /var/log -name '*.log'",
         "https://example.com/a?b=c",
@@ -84,6 +92,10 @@ def test_a_secret_that_starts_in_view_is_scrubbed_whole_however_long_the_text() 
     token = "ghp_" + "Z" * 36
     shown = span_content("echo " + token + " " + "x" * 100_000, 20)
     assert "ZZZZ" not in shown and "ghp_" not in shown
+    # Scrubbing a long private key brings what follows it into view: it is read whole too.
+    pem = "-----BEGIN RSA PRIVATE KEY-----" + "x" * 4090 + "-----END RSA PRIVATE KEY-----"
+    shown = span_content(f"key {pem} {token} tail", 120)
+    assert "Z9" not in shown and "ZZZ" not in shown and "ghp_" not in shown
     assert span_content("A" * 2000, 256) == "A" * 255 + "…"  # no space: cut all the same
 
 

@@ -18,8 +18,7 @@ import hmac
 import json
 import logging
 import os
-import shlex
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +26,7 @@ from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.util.types import AttributeValue
 
-from .._redact import scrub
+from .._redact import scrub_argv
 from . import _semconv as names
 from ._allowlist import AllowList
 from ._policy import Approved, Policy, Refused
@@ -119,18 +118,6 @@ async def _trace_requests(request: web.Request, handler: Handler) -> web.StreamR
         return response
 
 
-def _scrubbed_argv(argv: Sequence[str]) -> list[str]:
-    """`argv` for a span, scrubbed as one command line: `--password x` spans two arguments."""
-    line = shlex.join(argv)
-    scrubbed = scrub(line)
-    if scrubbed == line:
-        return list(argv)
-    try:
-        return shlex.split(scrubbed)
-    except ValueError:  # a quote of the line was redacted away
-        return [argv[0], scrub(" ".join(argv[1:]))]
-
-
 def _set_http_status(span: trace.Span, status: int) -> None:
     span.set_attribute(names.HTTP_RESPONSE_STATUS_CODE, status)
     if status >= 500:
@@ -207,7 +194,7 @@ async def _run(service: _Service, approved: Approved, remote: str | None) -> Exe
     )
     attributes: dict[str, AttributeValue] = {
         names.PROCESS_COMMAND: program,
-        names.PROCESS_COMMAND_ARGS: _scrubbed_argv(approved.argv),
+        names.PROCESS_COMMAND_ARGS: scrub_argv(approved.argv),
         names.SEL_EXEC_TIMEOUT_S: approved.timeout,
     }
     with service.tracer.start_as_current_span(

@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from sel_otel._redact import scrub_argv
 from sel_otel.hostexec import HostExecSettings, create_app
-from sel_otel.hostexec._server import _scrubbed_argv
 
 TOKEN = "tracing-test-token-0123456789"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -183,12 +183,15 @@ async def test_every_command_is_logged_with_its_argv_even_when_its_trace_is_not_
         (["app", "--token", "abc123"], ["app", "--token", "[REDACTED]"]),
         (
             ["curl", "-u", "admin:s3cret", "https://x"],
-            ["curl", "-u", "admin:[REDACTED]", "https://x"],
+            ["curl", "-u", "[REDACTED]", "https://x"],
         ),
         (["grep", "-rn", "--", "a b", "/var/log"], ["grep", "-rn", "--", "a b", "/var/log"]),
+        (["prog", "--password", "a's3cr3t"], ["prog", "--password", "[REDACTED]"]),
+        (["prog", 'Password="s3cr3t', "z"], ["prog", "Password=[REDACTED]", "z"]),
+        (["grep", "password=", "/etc/app.conf"], ["grep", "password=", "/etc/app.conf"]),
     ],
 )
-def test_the_exec_span_records_the_argv_scrubbed_as_one_command_line(
+def test_the_exec_span_records_the_argv_scrubbed_argument_by_argument_and_in_pairs(
     argv: list[str], recorded: list[str]
 ) -> None:
-    assert _scrubbed_argv(argv) == recorded
+    assert scrub_argv(argv) == recorded
