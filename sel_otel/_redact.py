@@ -59,6 +59,20 @@ _KEEP_PREFIX = [
     re.compile(r"(?i)((?:^|\s)(?:-u|--user)(?:\s+|=)[^\s:]+:)\S+"),
     # mysql's -pPASSWORD, option and value in one word (mysql as a command, not a path)
     re.compile(r"(?i)((?<![\w/.-])mysql(?:dump|admin)?\s(?:[^\n]{0,200}?\s)?-p)[^\s-]\S*"),
+    # password options of common tools, value in the next word
+    re.compile(
+        r"(?i)((?<![\w/.-])(?:sshpass|docker\s+login|ldap\w{0,20}|ssh-keygen)\s"
+        r"(?:[^\n]{0,200}?\s)?(?:-p|-w|-N|--password)\s+)\S+"
+    ),
+    re.compile(r"(?i)((?<![\w/.-])openssl\s+passwd\s+(?:-\S+\s+){0,4})\S+"),
+    # smbclient and friends: -U user%password
+    re.compile(r"((?:^|\s)-U\s+[^\s%]+%)\S+"),
+    # secrets in query strings and XML elements
+    re.compile(r"(?i)([?&](?:sig|signature|x-amz-signature|x-amz-credential)=)[^&\s\"']+"),
+    re.compile(r"(?i)(<(?:password|secret|token|api_?key)(?:\s[^>]{0,200})?>)[^<]{1,400}"),
+    # a URL whose user part is a token (https://TOKEN@github.com), and Slack webhooks
+    re.compile(r"(://)[A-Za-z0-9_-]{20,}(?=@)"),
+    re.compile(r"(hooks\.slack\.com/services/)[A-Za-z0-9/]+"),
 ]
 # credentials in URLs: scheme://user:password@host and scheme://:password@host
 _URL_CREDENTIALS = re.compile(r"(://[^/\s:@]*:)[^@\s/]+(@)")
@@ -76,6 +90,8 @@ _TOKENS = re.compile(
     r"|xox[abprs]-[\w-]{10,}"  # Slack token
     r"|sk-[A-Za-z0-9_-]{20,}"  # API secret keys
     r"|[sr]k_(?:live|test)_[A-Za-z0-9]{10,}"  # Stripe keys
+    r"|npm_[A-Za-z0-9]{30,}|hf_[A-Za-z0-9]{30,}"  # npm and Hugging Face tokens
+    r"|AGE-SECRET-KEY-1[0-9A-Z]{50,}"  # age secret key
     r")"
 )
 #: One argument assigning a value to a secret-named key: everything after `=` is the value.

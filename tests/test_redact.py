@@ -45,6 +45,18 @@ from sel_otel._redact import REDACTED, scrub, span_content
         ("password => 's3cr3tPass'", "s3cr3tPass"),
         ("mysql -ps3cr3tPass db", "s3cr3tPass"),
         ("docker exec db mysql -u root -ps3cr3tPass", "s3cr3tPass"),
+        ("sshpass -p s3cr3tPass ssh host", "s3cr3tPass"),
+        ("docker login -u me -p s3cr3tPass registry", "s3cr3tPass"),
+        ("ldapsearch -x -D cn=a -w s3cr3tPass", "s3cr3tPass"),
+        ("smbclient //h/s -U user%s3cr3tPass", "s3cr3tPass"),
+        ("ssh-keygen -t ed25519 -N s3cr3tPass", "s3cr3tPass"),
+        ("openssl passwd -6 s3cr3tPass", "s3cr3tPass"),
+        ("https://ghp_abcdefghijklmnopqrstuvwx@github.com/o/r.git", "ghp_abcdefghijk"),
+        ("https://hooks.slack.com/services/T000/B000/XXXXabcd", "XXXXabcd"),
+        ("https://x.blob.core.windows.net/c/f?sv=1&sig=abcDEF123", "abcDEF123"),
+        ("<password>s3cr3tPass</password>", "s3cr3tPass"),
+        ("npm_abcdefghijklmnopqrstuvwxyz0123456789", "npm_abcdefghij"),
+        ("hf_abcdefghijklmnopqrstuvwxyz01234567", "hf_abcdefghij"),
     ],
 )
 def test_secret_values_are_redacted(text: str, secret: str) -> None:
@@ -69,6 +81,10 @@ def test_secret_values_are_redacted(text: str, secret: str) -> None:
         "ssh -o PasswordAuthentication=no host",
         "helm --set auth.enabled=true",
         "bypass=1",
+        "ps -U root",
+        "ssh git@github.com",
+        "ssh-keygen -l -f key.pub",
+        "curl 'https://x/api?page=2&size=10'",
         "find /var/lib/mysql -perm 600",
         "find /var/log -name '*.log'",
         "https://example.com/a?b=c",
@@ -100,7 +116,8 @@ def test_a_secret_that_starts_in_view_is_scrubbed_whole_however_long_the_text() 
 
 
 @pytest.mark.parametrize(
-    "unit", ["auth.", "a_", "token-", "mysql -p", "Authorization: ", "eyJ-", "xoxb-", "sk-"]
+    "unit",
+    ["auth.", "a_", "token-", "mysql -p", "Authorization: ", "eyJ-", "xoxb-", "sk-", "ldap ", "\n"],
 )
 def test_hostile_repetitions_are_scrubbed_in_linear_time(unit: str) -> None:
     # A pattern with nested quantifiers would take hours here (the suite's timeout fails
