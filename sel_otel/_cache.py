@@ -326,24 +326,24 @@ class ResultCache:
 
     def _generation(self, key: str) -> int:
         """How many times the agent owning `key` was invalidated by this process."""
-        return self._generations.get(key[: key.rfind(":") + 1], 0)  # the agent's prefix
+        return self._generations.get(_prefix_of(key), 0)
 
     async def invalidate(self, *agents: str) -> None:
         """Drop every cached result of each of `agents` (in a shared backend: for every
         process). From the call on, no result computed before it is stored or shared with
         a later call, for any of them, even while the backend is still being cleared."""
-        for agent in agents:
-            prefix = self.agent_prefix(agent)
+        prefixes = [self.agent_prefix(agent) for agent in agents]
+        for prefix in prefixes:
             self._generations[prefix] = self._generations.get(prefix, 0) + 1
             # Calls made from now on must not join an execution that started before the change.
             for key in [key for key in self._flights if key.startswith(prefix)]:
                 del self._flights[key]
-        for agent in agents:
+        for prefix in prefixes:
             if self._shared is not None:
-                await self._invalidate_shared(self._shared, agent)
+                await self._invalidate_shared(self._shared, prefix)
                 continue
             try:
-                await self.backend.clear(namespace=self.agent_prefix(agent))
+                await self.backend.clear(namespace=prefix)
             except Exception as exc:
                 self._failed("clear", exc)
             else:
@@ -443,7 +443,7 @@ class ResultCache:
                     return None, waited, self._skipped()
                 try:
                     claimed = await shared.claim(
-                        key, lock_key, self._generation_key(key), token, self.lock_lease
+                        key, lock_key, _generation_key(_prefix_of(key)), token, self.lock_lease
                     )
                 except Exception as exc:
                     error = self._failed("lock", exc)
@@ -468,7 +468,8 @@ class ResultCache:
             return self._skipped()
         with self._span(names.CACHE_SET, "EVALSHA") as span:
             try:
-                stored = await shared.store(key, output, ttl, self._generation_key(key), generation)
+                generation_key = _generation_key(_prefix_of(key))
+                stored = await shared.store(key, output, ttl, generation_key, generation)
             except Exception as exc:
                 error = self._failed("set", exc)
                 _span_failed(span, error)
@@ -476,9 +477,6 @@ class ResultCache:
             span.set_attribute(names.SEL_CACHE_STORED, stored)
         self._answered()
         return None
-
-    def _generation_key(self, key: str) -> str:
-        return key[: key.rfind(":") + 1] + GENERATION_KEY  # the agent's prefix
 
     async def _keep_lock(self, shared: SharedBackend, lock_key: str, token: str) -> None:
         """Renew the lease every third of it while the agent runs; stop once it is lost."""
@@ -501,13 +499,13 @@ class ResultCache:
         else:
             self._answered()
 
-    async def _invalidate_shared(self, shared: SharedBackend, agent: str) -> None:
+    async def _invalidate_shared(self, shared: SharedBackend, prefix: str) -> None:
         # Never skipped by the breaker: a stale result outliving a mutating command is worse
         # than one operation's timeout.
         with self._span(names.CACHE_INVALIDATE, "SCAN") as span:
             try:
-                await shared.advance_generation(self.agent_prefix(agent) + GENERATION_KEY)
-                deleted = await self.backend.clear(namespace=self.agent_prefix(agent))
+                await shared.advance_generation(_generation_key(prefix))
+                deleted = await self.backend.clear(namespace=prefix)
             except Exception as exc:
                 _span_failed(span, self._failed("invalidate", exc))
                 return
@@ -561,6 +559,16 @@ class ResultCache:
         if self._failing:
             self._failing = False
             logger.warning("cache backend answers again")
+
+
+def _prefix_of(key: str) -> str:
+    """The prefix of the agent owning `key` (see `ResultCache.agent_prefix`)."""
+    return key[: key.rfind(":") + 1]
+
+
+def _generation_key(prefix: str) -> str:
+    """The key counting the invalidations of the agent whose keys start with `prefix`."""
+    return prefix + GENERATION_KEY
 
 
 def _span_failed(span: trace.Span, error_type: str) -> trace.Span:
