@@ -192,9 +192,15 @@ class AgentRuntime:
         ttl = 0.0 if invalidates else agent.ttl_for(query)
         key = self.cache.key(agent.name, query, user if agent.cache_per_user else None)
         timeout = agent.timeout or self.settings.agent_timeout
+        # An invalidating sync call that times out makes its change only when its thread
+        # ends: the agent's results are invalidated again then.
+        on_abandoned = self._invalidation(agent.name) if invalidates else None
         try:
             outcome = await self.cache.get_or_run(
-                key, ttl, lambda: self._execute(agent, query, timeout), compute_timeout=timeout
+                key,
+                ttl,
+                lambda: self._execute(agent, query, timeout, on_abandoned),
+                compute_timeout=timeout,
             )
         finally:
             if invalidates:
@@ -205,7 +211,13 @@ class AgentRuntime:
             span.set_attribute(names.SEL_CACHE_ERROR, outcome.cache_error)
         return outcome.output, outcome.lookup
 
-    async def _execute(self, agent: Agent, query: str, time_limit: float) -> str:
+    async def _execute(
+        self,
+        agent: Agent,
+        query: str,
+        time_limit: float,
+        on_abandoned: Callable[[], object] | None,
+    ) -> str:
         deadline = asyncio.timeout(time_limit)
         thread: asyncio.Future[Any] | None = None
         try:
@@ -214,7 +226,7 @@ class AgentRuntime:
                     output = await agent.function(query)
                 else:
                     thread = await self._threads.start(
-                        agent.function, query, on_abandoned=self._after_abandoned(agent, query)
+                        agent.function, query, on_abandoned=on_abandoned
                     )
                     output = await thread
                     if inspect.isawaitable(output):
@@ -230,8 +242,7 @@ class AgentRuntime:
         except AgentError:
             raise
         except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if _cancelled():
                 raise
             # Raised by the agent itself, not a cancellation of this call.
             raise AgentFailed(agent.name, original=exc) from exc
@@ -276,17 +287,21 @@ class AgentRuntime:
         span.set_attribute(names.ERROR_TYPE, error_type)
         metric_attributes[names.ERROR_TYPE] = error_type
 
-    def _after_abandoned(self, agent: Agent, query: str) -> Callable[[], object] | None:
-        """What to do when a sync call that timed out really ends: an invalidating one made
-        its change only then, so the agent's results are invalidated again."""
-        if not agent.invalidates(query):
-            return None
-        return lambda: self._in_background(self.cache.invalidate(agent.name))
+    def _invalidation(self, agent: str) -> Callable[[], None]:
+        """A callable that invalidates `agent`'s results in the background."""
+        return lambda: self._in_background(self.cache.invalidate(agent))
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _cancelled() -> bool:
+    """Whether the running task is being cancelled: a CancelledError caught without that was
+    raised by agent code itself, and is its failure."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _close(agent: Agent) -> None:
@@ -298,8 +313,7 @@ async def _close(agent: Agent) -> None:
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await agent.close()
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if _cancelled():
             raise
         logger.error("closing agent %s failed: it raised CancelledError", agent.name)
     except Exception:
