@@ -16,10 +16,11 @@ _MAX_CHAIN = 16
 
 #: A quoted value, or everything up to the end of the line (header values hold spaces).
 _LINE_VALUE = r"(?:\"[^\"\n]*\"|'[^'\n]*'|[^\r\n\"']+)"
-#: A quoted value, or one word; not a bare true/false/yes/no/on/off/none/null (settings
-#: such as PasswordAuthentication=no are no secrets).
+#: Values that are settings, not secrets (PasswordAuthentication=no).
+_SETTING_VALUE = r"(?:true|false|yes|no|on|off|none|null)"
+#: A quoted value, or one word; not a bare setting value.
 _WORD_VALUE = (
-    r"(?!(?:true|false|yes|no|on|off|none|null)(?![^\s,;}\]\"']))"
+    rf"(?!{_SETTING_VALUE}(?![^\s,;}}\]\"']))"
     r"(?:\"[^\"\n]*\"|'[^'\n]*'|[^\s\"']+)"
 )
 #: Words naming a secret anywhere in a key (PGPASSWORD, accessToken, JWT_SECRET_KEY,
@@ -97,16 +98,20 @@ _TOKENS = re.compile(
 #: One argument assigning a value to a secret-named key: everything after `=` is the value.
 _ASSIGNMENT = re.compile(
     rf"(?is)\A({_KEY_PART}{{0,60}}?{_SECRET_WORD}{_KEY_PART}{{0,30}}=)"
-    r"(?!(?:true|false|yes|no|on|off|none|null)\Z).+\Z"
+    rf"(?!{_SETTING_VALUE}\Z).+\Z"
 )
 #: Characters scrubbed beyond what is shown: a secret that starts in view is read whole.
 _SCRUB_MARGIN = 4096
 
 
+def _keep_prefix(match: re.Match[str]) -> str:
+    return match.group(1) + REDACTED
+
+
 def scrub(text: str) -> str:
     """`text` with secret-looking values replaced by `[REDACTED]`."""
     for pattern in _KEEP_PREFIX:
-        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+        text = pattern.sub(_keep_prefix, text)
     text = _URL_CREDENTIALS.sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
     return _TOKENS.sub(REDACTED, text)
 
@@ -115,7 +120,7 @@ def scrub_argv(argv: Sequence[str]) -> list[str]:
     """`argv` with each argument scrubbed; an argument assigning a secret-named key
     (`PASSWORD='x y`) and one that follows a secret-named option (`--password x`,
     `-u user:x`) are redacted whole, quotes and all."""
-    scrubbed = [_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, argument) for argument in argv]
+    scrubbed = [_ASSIGNMENT.sub(_keep_prefix, argument) for argument in argv]
     scrubbed = [scrub(argument) for argument in scrubbed]
     for i in range(1, len(argv)):
         pair = f"{argv[i - 1]} {argv[i]}"
