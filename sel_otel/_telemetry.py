@@ -145,13 +145,10 @@ class Telemetry:
         """
         env = os.environ
         resource = build_resource(default_service_name)
-        disabled = _sdk_disabled(env)
-        if disabled:
+        if _sdk_disabled(env):
             logger.info("OTEL_SDK_DISABLED: no telemetry is exported; the stats still count")
         try:
-            metric_exporters = (
-                [] if disabled else [GuardedMetricExporter(e) for e in _metric_exporters(env)]
-            )
+            metric_exporters = [GuardedMetricExporter(e) for e in _metric_exporters(env)]
             reader = stats_reader()
             readers: list[MetricReader] = [reader]
             readers += [PeriodicExportingMetricReader(e) for e in metric_exporters]
@@ -163,11 +160,9 @@ class Telemetry:
                 )
             tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
             with _export_self_metrics():
-                span_exporters = (
-                    []
-                    if disabled
-                    else [GuardedSpanExporter(e) for e in _span_exporters(env, meter_provider)]
-                )
+                span_exporters = [
+                    GuardedSpanExporter(e) for e in _span_exporters(env, meter_provider)
+                ]
                 for span_exporter in span_exporters:
                     tracer_provider.add_span_processor(
                         BatchSpanProcessor(span_exporter, meter_provider=meter_provider)
@@ -179,16 +174,17 @@ class Telemetry:
     def shutdown(self, timeout: float = 2.0) -> None:
         """Flush and stop both providers, returning within about `timeout` seconds.
 
-        Exporters already failing are stopped at once. The others deliver what is left on a
-        daemon thread; when the timeout passes first (a collector that hangs mid-request),
-        their retries are stopped and what was not sent is dropped, so exit stays prompt.
+        Exporters already failing are stopped at once. The others deliver what is left on
+        daemon threads, the metrics after the spans; when the timeout passes first (a
+        collector that hangs mid-request), their retries are stopped and what was not sent
+        is dropped, so exit stays prompt.
         """
         for exporter in self.exporters:
             if exporter.failing:
                 exporter.abort()
         deadline = time.monotonic() + timeout
         traces = threading.Thread(
-            target=self.tracer_provider.shutdown, name="sel-telemetry-flush-traces"
+            target=self.tracer_provider.shutdown, name="sel-telemetry-flush-traces", daemon=True
         )
 
         def metrics_after_traces() -> None:
@@ -198,10 +194,11 @@ class Telemetry:
             traces.join(max(deadline - time.monotonic() - timeout / 2, 0.0))
             self.meter_provider.shutdown()
 
-        metrics = threading.Thread(target=metrics_after_traces, name="sel-telemetry-flush-metrics")
+        metrics = threading.Thread(
+            target=metrics_after_traces, name="sel-telemetry-flush-metrics", daemon=True
+        )
         flushes = [traces, metrics]
         for flush in flushes:
-            flush.daemon = True
             flush.start()
         for flush in flushes:
             flush.join(max(deadline - time.monotonic(), 0.0))
@@ -215,6 +212,8 @@ class Telemetry:
 
 
 def _exporter_names(env: Mapping[str, str], signal: str) -> list[str]:
+    if _sdk_disabled(env):
+        return []
     raw = env.get(f"OTEL_{signal}_EXPORTER")
     if raw is None or not raw.strip():
         has_endpoint = any(
