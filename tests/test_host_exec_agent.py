@@ -7,13 +7,15 @@ import json
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache
 from sel_otel.hostexec import LocalHostExec
+
+Configure = Callable[[str, str], None]
 
 AGENTS = Path(__file__).resolve().parent.parent / "agents"
 
@@ -41,12 +43,14 @@ async def service(allowlist: Path) -> AsyncIterator[LocalHostExec]:
 
 
 @pytest.fixture
-def configure(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+def configure(monkeypatch: pytest.MonkeyPatch) -> Configure:
+    """Point the host_exec agent at a service: its URL and token."""
+
     def point_at(url: str, token: str) -> None:
         monkeypatch.setenv("HOST_EXEC_URL", url)
         monkeypatch.setenv("HOST_EXEC_TOKEN", token)
 
-    yield point_at
+    return point_at
 
 
 @pytest.fixture
@@ -60,8 +64,8 @@ async def runtime() -> AsyncIterator[AgentRuntime]:
 
 async def test_allowed_command_replies_with_exit_code_and_output(
     service: LocalHostExec,
-    configure,
-    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+    configure: Configure,
+    runtime: AgentRuntime,
 ) -> None:
     configure(service.url, service.token)
     result = await runtime.run("host_exec", "uname -a")
@@ -73,8 +77,8 @@ async def test_allowed_command_replies_with_exit_code_and_output(
 
 async def test_tabs_and_line_breaks_in_a_command_are_read_as_spaces(
     service: LocalHostExec,
-    configure,
-    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+    configure: Configure,
+    runtime: AgentRuntime,
 ) -> None:
     configure(service.url, service.token)
     result = await runtime.run("host_exec", "uname\t-a\n")
@@ -84,8 +88,8 @@ async def test_tabs_and_line_breaks_in_a_command_are_read_as_spaces(
 
 async def test_non_zero_exit_is_shown_as_a_warning(
     service: LocalHostExec,
-    configure,
-    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+    configure: Configure,
+    runtime: AgentRuntime,
 ) -> None:
     configure(service.url, service.token)
     assert (await runtime.run("host_exec", "false")).output == "⚠️ `false` (exit code: 1)"
@@ -93,8 +97,8 @@ async def test_non_zero_exit_is_shown_as_a_warning(
 
 async def test_cached_second_call_does_not_reach_the_service(
     allowlist: Path,
-    configure,
-    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+    configure: Configure,
+    runtime: AgentRuntime,
 ) -> None:
     async with LocalHostExec(allowlist=allowlist) as svc:
         configure(svc.url, svc.token)
@@ -105,8 +109,8 @@ async def test_cached_second_call_does_not_reach_the_service(
 
 async def test_wrong_token_is_an_authentication_error(
     service: LocalHostExec,
-    configure,
-    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+    configure: Configure,
+    runtime: AgentRuntime,
 ) -> None:
     configure(service.url, "not-the-token")
     result = await runtime.run("host_exec", "uname -a")
@@ -142,8 +146,8 @@ async def test_token_is_read_from_a_file_when_the_variable_is_unset_and_reread_o
 
 async def test_command_outside_the_allow_list_is_blocked_and_not_cached(
     service: LocalHostExec,
-    configure,
-    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+    configure: Configure,
+    runtime: AgentRuntime,
 ) -> None:
     configure(service.url, service.token)
     for _ in range(2):
@@ -154,8 +158,8 @@ async def test_command_outside_the_allow_list_is_blocked_and_not_cached(
 
 async def test_timeout_is_reported_with_its_limit(
     service: LocalHostExec,
-    configure,
-    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+    configure: Configure,
+    runtime: AgentRuntime,
 ) -> None:
     configure(service.url, service.token)
     result = await runtime.run("host_exec", "sleep 30")
@@ -166,8 +170,8 @@ async def test_timeout_is_reported_with_its_limit(
 
 async def test_busy_service_answers_429_as_a_clear_message(
     service: LocalHostExec,
-    configure,
-    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+    configure: Configure,
+    runtime: AgentRuntime,
 ) -> None:
     configure(service.url, service.token)
     slow = asyncio.create_task(runtime.run("host_exec", "sleep 1"))
@@ -179,8 +183,8 @@ async def test_busy_service_answers_429_as_a_clear_message(
 
 async def test_long_output_is_cut_to_fit_a_discord_message(
     service: LocalHostExec,
-    configure,
-    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+    configure: Configure,
+    runtime: AgentRuntime,
 ) -> None:
     configure(service.url, service.token)
     output = (await runtime.run("host_exec", "seq 1 20000")).output or ""
@@ -238,8 +242,8 @@ class CountingDoor:
 
 
 async def test_unreachable_service_is_retried_then_reported(
-    configure,
-    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+    configure: Configure,
+    runtime: AgentRuntime,
 ) -> None:
     door = CountingDoor()
     url = door.url
@@ -254,9 +258,9 @@ async def test_unreachable_service_is_retried_then_reported(
 
 
 async def test_a_service_that_never_answers_is_not_sent_the_command_twice(
-    configure,
+    configure: Configure,
     runtime: AgentRuntime,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     agent_globals = runtime.registry.get("host_exec").function.__globals__
     monkeypatch.setitem(agent_globals, "DEFAULT_TIMEOUT", 0.3)
@@ -274,8 +278,8 @@ async def test_a_service_that_never_answers_is_not_sent_the_command_twice(
 
 async def test_mutating_command_invalidates_the_host_exec_cache(
     service: LocalHostExec,
-    configure,
-    runtime: AgentRuntime,  # type: ignore[no-untyped-def]
+    configure: Configure,
+    runtime: AgentRuntime,
 ) -> None:
     configure(service.url, service.token)
     await runtime.run("host_exec", "uname -a")
