@@ -113,6 +113,21 @@ class Counting:
         return self.output
 
 
+class Listing:
+    """A directory listing standing in for an agent: it reads the files when it starts and
+    answers `delay` seconds later, so that a change in between makes its answer stale."""
+
+    def __init__(self, *files: str, delay: float) -> None:
+        self.files, self.delay = list(files), delay
+        self.started = asyncio.Event()
+
+    async def __call__(self) -> str:
+        snapshot = f"files: {self.files}"
+        self.started.set()
+        await asyncio.sleep(self.delay)
+        return snapshot
+
+
 @pytest.fixture
 async def make_runtime(
     agents_dir: Path, telemetry: TelemetryFixture

@@ -9,7 +9,7 @@ import pytest
 
 from sel_otel import MISS, Lookup, LRUMemoryCache, ResultCache
 
-from .conftest import Counting
+from .conftest import Counting, Listing
 
 
 async def test_lru_evicts_the_least_recently_used_entry_at_the_bound() -> None:
@@ -199,18 +199,10 @@ async def test_a_result_computed_across_an_invalidation_is_not_stored() -> None:
 async def test_a_call_after_an_invalidation_does_not_join_an_execution_from_before_it() -> None:
     cache = ResultCache(LRUMemoryCache(10))
     key = cache.key("files", "ls")
-    files = ["a", "b"]
-    started = asyncio.Event()
-
-    async def listing() -> str:
-        snapshot = f"files: {files}"
-        started.set()
-        await asyncio.sleep(0.05)
-        return snapshot
-
+    listing = Listing("a", "b", delay=0.05)
     before = asyncio.create_task(cache.get_or_run(key, 60, listing))
-    await started.wait()
-    files.remove("a")  # `rm a` ran,
+    await listing.started.wait()
+    listing.files.remove("a")  # `rm a` ran,
     await cache.invalidate("files")  # and invalidated the agent's results
     after = await cache.get_or_run(key, 60, listing)
     assert (after.output, after.lookup) == ("files: ['b']", Lookup.MISS)

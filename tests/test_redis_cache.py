@@ -34,7 +34,14 @@ from sel_otel import (
     Telemetry,
     cache_from_settings,
 )
-from tests.conftest import AgentWriter, Counting, RuntimeFactory, TelemetryFixture, free_port
+from tests.conftest import (
+    AgentWriter,
+    Counting,
+    Listing,
+    RuntimeFactory,
+    TelemetryFixture,
+    free_port,
+)
 
 if TYPE_CHECKING:
     from tests.redis_server import RedisServer, RuntimeProcess
@@ -302,18 +309,10 @@ async def test_a_result_computed_across_another_instances_invalidation_is_not_st
 ) -> None:
     first, second = make_cache(), make_cache()  # two bot instances on one Redis
     key = first.key("files", "ls")
-    files = ["a", "b"]
-    started = asyncio.Event()
-
-    async def listing() -> str:
-        snapshot = f"files: {files}"
-        started.set()
-        await asyncio.sleep(0.1)
-        return snapshot
-
+    listing = Listing("a", "b", delay=0.1)
     before = asyncio.create_task(first.get_or_run(key, 60, listing))
-    await started.wait()
-    files.remove("a")  # `rm a` ran on the second instance,
+    await listing.started.wait()
+    listing.files.remove("a")  # `rm a` ran on the second instance,
     await second.invalidate("files")  # which invalidated the agent's results everywhere
     assert (await before).output == "files: ['a', 'b']"
     after = await second.get_or_run(key, 60, listing)
