@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shlex
 from pathlib import Path
 
 import httpx
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-from sel_otel import AgentReplyError
+from sel_otel import AgentReplyError, first_word
 
 DESCRIPTION = (
     "Run an allow-listed system command on the host, e.g. `uname -a`, `fastfetch`, `df -h`"
@@ -113,15 +112,6 @@ def _token() -> str:
         ) from exc
 
 
-def _program(command: str) -> str:
-    """The program the service will run: the first word of the line as shlex reads it."""
-    try:
-        words = shlex.split(command)
-    except ValueError:  # unbalanced quotes: the service refuses the line
-        words = command.split()
-    return words[0] if words else ""
-
-
 def _timeout_for(program: str) -> float:
     return (SLOW_TIMEOUT if program in SLOW_COMMANDS else DEFAULT_TIMEOUT) + RESPONSE_MARGIN
 
@@ -131,7 +121,7 @@ async def _post(command: str) -> httpx.Response:
     if not url:
         raise HostExecUnavailable("❌ Host exec is not configured (set HOST_EXEC_URL)")
     token = _token()
-    program = _program(command)
+    program = first_word(command)
     timeout = _timeout_for(program)
     mutating = program in INVALIDATED_BY
     last_error: Exception | None = None
@@ -218,7 +208,7 @@ async def run(query: str) -> str:
     if status == 400:
         raise CommandBlocked(f"⚠️ Command refused: {body.get('error', 'invalid command')}")
     if status == 504:
-        limit = body.get("timeout_s", _timeout_for(_program(command)) - RESPONSE_MARGIN)
+        limit = body.get("timeout_s", _timeout_for(first_word(command)) - RESPONSE_MARGIN)
         raise CommandTimedOut(f"❌ Command timed out after {limit:g}s: `{command}`")
     if status == 429:
         raise HostExecBusy("⏳ Host exec is busy running other commands; try again shortly")

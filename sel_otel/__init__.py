@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from ._agent import Agent
+from ._agent import Agent, first_word
 from ._app import SelApp
 from ._bot_settings import BotSettings
 from ._cache import (
@@ -91,6 +91,7 @@ __all__ = [
     "ShowStats",
     "Telemetry",
     "cache_from_settings",
+    "first_word",
     "format_result",
     "format_stats",
     "parse_request",

@@ -66,14 +66,14 @@ class Agent:
         if self.ttl_by_input:
             ttl = self.ttl_by_input.get(" ".join(query.split()))
             if ttl is None:
-                ttl = self.ttl_by_input.get(_first_word(query))
+                ttl = self.ttl_by_input.get(first_word(query))
             if ttl is not None:
                 return ttl
         return self.cache_ttl
 
     def invalidates(self, query: str) -> bool:
         """True when running `query` changes state, so the agent's cached results go stale."""
-        return bool(self.invalidated_by) and _first_word(query) in self.invalidated_by
+        return bool(self.invalidated_by) and first_word(query) in self.invalidated_by
 
     @classmethod
     def from_module(cls, name: str, module: ModuleType, path: Path | None = None) -> Agent:
@@ -138,7 +138,7 @@ class Agent:
         )
 
 
-def _first_word(query: str) -> str:
+def first_word(query: str) -> str:
     """The first word of `query`, read as a shell would when it holds quotes or backslashes
     (`'rm' x` starts with rm), so that quoting cannot dodge a per-word rule."""
     word = next(iter(query.split(maxsplit=1)), "")
