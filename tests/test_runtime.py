@@ -464,7 +464,7 @@ async def test_closing_a_replaced_agent_neither_delays_nor_fails_its_last_call(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr("sel_otel._runtime.CLOSE_TIMEOUT", 0.3)
+    monkeypatch.setattr("sel_otel._runtime.CLOSE_TIMEOUT", 1.0)
     source = """
     import asyncio
     DESCRIPTION = "d"
@@ -482,10 +482,10 @@ async def test_closing_a_replaced_agent_neither_delays_nor_fails_its_last_call(
     for name in ("stuck", "odd"):
         write_agent(name, source.format(version="v2", close="pass"))
     await runtime.reload()
-    start = asyncio.get_running_loop().time()
     results = await asyncio.gather(*calls)
     assert [(r.output, r.ok) for r in results] == [("v1", True), ("v1", True)]
-    assert asyncio.get_running_loop().time() - start < 0.25  # not held up by a close
+    # The calls have answered while the hung close still runs: they did not wait for it.
+    assert any(not task.done() for task in runtime._background)
     await runtime.aclose()  # returns: the hung close is abandoned after CLOSE_TIMEOUT
     failures = [r.getMessage() for r in caplog.records if "closing agent" in r.getMessage()]
     assert any("stuck" in m for m in failures) and any("odd" in m for m in failures)
