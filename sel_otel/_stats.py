@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
 from . import _semconv as names
+from ._metric_data import data_points
 
 
 @dataclass
@@ -72,27 +73,20 @@ class AgentStats:
 def read_stats(reader: InMemoryMetricReader, agent: str | None = None) -> list[AgentStats]:
     """Per-agent stats from `reader`, most called first; only `agent` when given."""
     by_agent: dict[str, AgentStats] = {}
-    data = reader.get_metrics_data()
-    for resource_metrics in data.resource_metrics if data else ():
-        for scope_metrics in resource_metrics.scope_metrics:
-            if scope_metrics.scope.name != names.SCOPE_NAME:
-                continue
-            for metric in scope_metrics.metrics:
-                if metric.name != names.AGENT_DURATION:
-                    continue
-                for point in metric.data.data_points:
-                    if not isinstance(point, HistogramDataPoint) or not point.count:
-                        continue
-                    attributes = point.attributes or {}
-                    name = str(attributes.get(names.GEN_AI_AGENT_NAME, "?"))
-                    if agent is not None and name != agent:
-                        continue
-                    stats = by_agent.setdefault(name, AgentStats(name))
-                    stats._add(
-                        point,
-                        cached=attributes.get(names.SEL_CACHE_HIT) is True,
-                        failed=names.ERROR_TYPE in attributes,
-                    )
+    points = data_points(reader.get_metrics_data(), names.AGENT_DURATION, names.SCOPE_NAME)
+    for point in points:
+        if not isinstance(point, HistogramDataPoint) or not point.count:
+            continue
+        attributes = point.attributes or {}
+        name = str(attributes.get(names.GEN_AI_AGENT_NAME, "?"))
+        if agent is not None and name != agent:
+            continue
+        stats = by_agent.setdefault(name, AgentStats(name))
+        stats._add(
+            point,
+            cached=attributes.get(names.SEL_CACHE_HIT) is True,
+            failed=names.ERROR_TYPE in attributes,
+        )
     return sorted(by_agent.values(), key=lambda s: (-s.calls, s.agent))
 
 

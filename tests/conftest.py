@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sel_otel import AgentRegistry, AgentRuntime, Settings, cache_from_settings, stats_reader
+from sel_otel._metric_data import data_points
 
 pytest_plugins = ["tests.otlp_receiver"]
 
@@ -56,16 +57,8 @@ class TelemetryFixture:
         spans = self.spans.get_finished_spans()
         return [s for s in spans if name is None or s.name == name]
 
-    def points(self, metric_name: str) -> list:  # type: ignore[type-arg]
-        data = self.reader.get_metrics_data()
-        return [
-            point
-            for rm in (data.resource_metrics if data else ())
-            for sm in rm.scope_metrics
-            for metric in sm.metrics
-            if metric.name == metric_name
-            for point in metric.data.data_points
-        ]
+    def points(self, metric_name: str) -> list[Any]:
+        return list(data_points(self.reader.get_metrics_data(), metric_name))
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.sdk.metrics.export import NumberDataPoint
 
 from sel_otel import (
     AgentRegistry,
@@ -23,6 +24,7 @@ from sel_otel import (
     Telemetry,
     read_stats,
 )
+from sel_otel._metric_data import data_points, metrics
 
 from .conftest import CLI, cli_environment
 from .otlp_receiver import OtlpReceiver
@@ -52,26 +54,17 @@ def make_runtime(agents: Path, telemetry: Telemetry) -> AgentRuntime:
 
 
 def sdk_counter(telemetry: Telemetry, name: str, error_type: str) -> int:
-    data = telemetry.stats_reader.get_metrics_data()
+    points = data_points(telemetry.stats_reader.get_metrics_data(), name)
     return sum(
         int(point.value)
-        for rm in (data.resource_metrics if data else ())
-        for sm in rm.scope_metrics
-        for metric in sm.metrics
-        if metric.name == name
-        for point in metric.data.data_points
-        if (point.attributes or {}).get("error.type") == error_type
+        for point in points
+        if isinstance(point, NumberDataPoint)
+        and (point.attributes or {}).get("error.type") == error_type
     )
 
 
 def metric_names(telemetry: Telemetry) -> set[str]:
-    data = telemetry.stats_reader.get_metrics_data()
-    return {
-        metric.name
-        for rm in (data.resource_metrics if data else ())
-        for sm in rm.scope_metrics
-        for metric in sm.metrics
-    }
+    return {metric.name for metric in metrics(telemetry.stats_reader.get_metrics_data())}
 
 
 def test_no_exporter_by_default(otel_env: pytest.MonkeyPatch) -> None:
