@@ -1,14 +1,39 @@
-"""Whether a Docker engine answers, for the tests that need one (testcontainers)."""
+"""Whether a Docker engine and an image can be used, for the tests that need them (testcontainers).
+
+A test that runs a container calls `use_docker_image(image, ...)` first: it skips, saying why,
+unless an engine answers and the image is there (a public image may be pulled; the project's
+own images are only ever built here, by scripts/docker-setup.sh, never pulled: a registry may
+hold anything under their names). It then points testcontainers at this engine.
+
+The project's images are `sel-otel/NAME:test`, or what `SEL_TEST_NAME_IMAGE` says (the same
+rule as scripts/docker-setup.sh, which builds them).
+"""
 
 from __future__ import annotations
 
 import gc
 import os
+import urllib.parse
 import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+#: How long a pull of a public image may stay silent before it counts as impossible.
+PULL_TIMEOUT = 60.0
 
 
-def docker_engine_problem() -> str | None:
-    """Why no Docker engine can be used, or None when one answers a ping."""
+def project_image(name: str) -> str:
+    """The tag of the project's own image NAME (redis, python, app...)."""
+    return os.environ.get(f"SEL_TEST_{name.upper()}_IMAGE", f"sel-otel/{name}:test")
+
+
+def _ask_engine(
+    question: Callable[[Any], str | None], *, timeout: float, failure: str
+) -> str | None:
+    """`question(client)` asked of a client of the engine: its answer, or `failure` with the
+    exception when there is no engine or the question raises."""
     try:
         import docker
     except ImportError as exc:
@@ -18,14 +43,77 @@ def docker_engine_problem() -> str | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         try:
-            client = docker.from_env(timeout=5)
+            client = docker.from_env(timeout=timeout)
             try:
-                client.ping()
+                return question(client)
             finally:
                 client.close()
         except Exception as exc:
-            host = os.environ.get("DOCKER_HOST", "the default socket")
-            return f"no Docker engine answers at {host}: {type(exc).__name__}: {exc}"
+            return f"{failure}: {type(exc).__name__}: {exc}"
         finally:
             gc.collect()
-    return None
+
+
+def docker_engine_problem() -> str | None:
+    """Why no Docker engine can be used, or None when one answers a ping."""
+    host = os.environ.get("DOCKER_HOST", "the default socket")
+    return _ask_engine(
+        lambda client: client.ping() and None,
+        timeout=5,
+        failure=f"no Docker engine answers at {host}",
+    )
+
+
+def docker_image_problem(image: str, *, pull: bool) -> str | None:
+    """Why `image` cannot run here, or None: no engine, or the image is absent and either may
+    not be pulled (`pull=False`, the project's own images) or could not be."""
+
+    def absent_and_not_pullable(client: Any) -> str | None:
+        import docker.errors
+
+        try:
+            client.images.get(image)
+            return None
+        except docker.errors.ImageNotFound:
+            if not pull:
+                return f"image {image} is not built (sh scripts/docker-setup.sh builds it)"
+        client.images.pull(image)
+        return None
+
+    return docker_engine_problem() or _ask_engine(
+        absent_and_not_pullable,
+        timeout=PULL_TIMEOUT,
+        failure=f"image {image} is not here and cannot be pulled",
+    )
+
+
+def use_docker_image(image: str, *, pull: bool, purpose: str) -> None:
+    """Skip the calling test unless `image` can run (see `docker_image_problem`); then set
+    testcontainers up for this engine."""
+    problem = docker_image_problem(image, pull=pull)
+    if problem is not None:
+        pytest.skip(f"{purpose} needs a Docker engine with {image}; {problem}")
+    configure_testcontainers()
+
+
+def configure_testcontainers() -> None:
+    """What TESTCONTAINERS_RYUK_DISABLED=true, TESTCONTAINERS_CONNECTION_MODE=docker_host and,
+    for a local engine, TC_HOST=127.0.0.1 say, except where the environment sets them:
+
+    - no Ryuk: its image would have to be pulled; every test stops its own containers;
+    - containers are reached at their ports as published on the engine's host, which
+      scripts/docker-setup.sh starts with `--ip 127.0.0.1` (loopback only). Left to itself,
+      testcontainers sees /.dockerenv on such a machine and goes through the bridge gateway.
+
+    Set on testcontainers' configuration object, which read the environment when imported.
+    """
+    from testcontainers.core.config import ConnectionMode
+    from testcontainers.core.config import testcontainers_config as config
+
+    if "TESTCONTAINERS_RYUK_DISABLED" not in os.environ:
+        config.ryuk_disabled = True
+    if config.connection_mode_override is None:
+        config.connection_mode_override = ConnectionMode.docker_host
+    docker_host = urllib.parse.urlparse(os.environ.get("DOCKER_HOST", "unix://"))
+    if config.tc_host_override is None and docker_host.scheme == "unix":
+        config.tc_host_override = "127.0.0.1"

@@ -6,8 +6,9 @@ directory, without persistence (`--save "" --appendonly no`), and kills it at te
 `pause()` / `resume()` it (SIGSTOP / SIGCONT) to play a stalled server. Without
 `redis-server` on PATH the fixture skips, saying so.
 
-`redis_container_url` runs testcontainers' `RedisContainer` where a Docker engine answers,
-and skips with the reason otherwise.
+`redis_container_url` runs testcontainers' `RedisContainer` on the project's Redis image
+(`sel-otel/redis:test`, or `SEL_TEST_REDIS_IMAGE`; scripts/docker-setup.sh builds it from
+Debian's `redis-server`) where a Docker engine has it, and skips with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.docker_engine import docker_engine_problem
+from tests.docker_engine import project_image, use_docker_image
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -118,16 +119,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="session")
 def redis_container_url() -> Iterator[str]:
-    """The URL of a Redis in a testcontainers container (skips without a Docker engine)."""
-    problem = docker_engine_problem()
-    if problem is not None:
-        pytest.skip(f"needs a Docker engine for testcontainers' Redis; {problem}")
+    """The URL of a Redis in a testcontainers container (skips without the engine or image)."""
+    image = project_image("redis")
+    use_docker_image(image, pull=False, purpose="testcontainers' Redis")
     try:  # testcontainers >= 4.14 moved the module and deprecates the old path
         from testcontainers.community.redis import RedisContainer
     except ImportError:
         from testcontainers.redis import RedisContainer
 
-    with RedisContainer("redis:7-alpine") as container:
+    with RedisContainer(image) as container:
         host = container.get_container_host_ip()
         port = container.get_exposed_port(container.port)
         yield f"redis://{host}:{port}/0"

@@ -1,10 +1,10 @@
 """A `sel-otel run` call reaches Jaeger through the collector configured in deploy/.
 
-Where a Docker engine answers, the stack test starts Jaeger v2 and the collector-contrib
-image (the versions pinned in deploy/) on a private network, with deploy/otel-collector.yaml
-as the collector's configuration, runs `sel-otel run sysinfo` exporting OTLP/HTTP to the
-collector's mapped 4318 port, and finds the trace through Jaeger's query API (`/api/v3`).
-Without an engine it skips, saying why.
+Where a Docker engine has Jaeger v2 and the collector-contrib image (the versions pinned in
+deploy/) or can pull them, the stack test starts both on a private network, with
+deploy/otel-collector.yaml as the collector's configuration, runs `sel-otel run sysinfo`
+exporting OTLP/HTTP to the collector's mapped 4318 port, and finds the trace through Jaeger's
+query API (`/api/v3`). Otherwise it skips, saying why.
 
 Tail sampling keeps only a share of fast, successful traces (10 % by default), and this
 call is exactly such a trace, so the test would pass or fail by chance. The configuration
@@ -39,7 +39,7 @@ import pytest
 import yaml
 
 from tests.conftest import cli_environment
-from tests.docker_engine import docker_engine_problem
+from tests.docker_engine import use_docker_image
 from tests.otlp_receiver import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,13 +110,6 @@ def test_the_cli_call_exports_the_span_the_stack_test_searches_for(
 # -- the containerised stack -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def docker_engine() -> None:
-    problem = docker_engine_problem()
-    if problem is not None:
-        pytest.skip(f"needs a Docker engine to run Jaeger and the collector; {problem}")
-
-
 @dataclass(frozen=True)
 class Stack:
     otlp_http_url: str  # the collector's OTLP/HTTP receiver, as mapped on the host
@@ -125,7 +118,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(docker_engine: None) -> Iterator[Stack]:
+def stack() -> Iterator[Stack]:
+    for image in (_jaeger_image(), _collector_image()):
+        use_docker_image(image, pull=True, purpose="the Jaeger and collector stack")
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.network import Network
     from testcontainers.core.wait_strategies import HttpWaitStrategy
