@@ -1,370 +1,155 @@
-"""A small, real OTLP/HTTP receiver for tests.
+"""A real OTLP/HTTP receiver for tests, on loopback, for the SDK's own exporters to send to.
 
-`OtlpReceiver` is an HTTP server on 127.0.0.1 (a free port unless one is given) that runs in
-its own thread, so code under test may export from any thread, including the SDK's
-background export threads. It accepts what an OpenTelemetry SDK sends with the
-`http/protobuf` protocol:
-
-- `POST /v1/traces`: `ExportTraceServiceRequest`, decoded into `ReceivedSpan` records;
-- `POST /v1/metrics`: `ExportMetricsServiceRequest`, decoded into `ReceivedMetric` records;
-- `POST /v1/logs`: accepted (200) and counted, not decoded.
-
-Bodies may be gzip- or deflate-compressed (`Content-Encoding`). Every request, whatever its
-outcome, is recorded as a `ReceivedRequest`.
-
-Fault modes, switchable while the receiver runs:
-
-- `ok()`: answer 200 and store what was sent (the default);
-- `hang(seconds)`: hold each request for `seconds` (at most `MAX_HANG`), then answer 503
-  without storing it; `stop()` releases held requests at once;
-- `fail(status)`: answer `status` (503 by default) without storing anything;
-- `stop()` / `start()`: close the listening socket (connections are refused) and open it
-  again on the same port, as a collector going away and coming back.
-
-Pytest fixture: `otlp_receiver` yields a started receiver and stops it at teardown.
-Register it from `tests/conftest.py` with `pytest_plugins = ["tests.otlp_receiver"]`.
+`OtlpReceiver` serves http/protobuf from a thread of its own, so any thread may export to it.
+Each signal it serves is one `Signal` in `SIGNALS`: a path, the protobuf request, and how a
+request flattens into records (spans into `ReceivedSpan`, metrics into their OTLP `Metric`).
+Every request is also logged as (path, status). Its faults are a collector's: `fail(status)`
+answers an error and keeps nothing, `hang(seconds)` holds each request and then answers 503,
+`stop()` closes the port (connections refused, held requests released) and `start()` opens
+the same port again; `ok()` ends a fault. No connection is kept alive, so a stopped receiver
+takes no more requests. The `otlp_receiver` fixture yields a started receiver.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import gzip
 import http.server
-import socket
 import threading
-import time
-import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
-    ExportLogsServiceRequest,
-    ExportLogsServiceResponse,
-)
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
-    ExportMetricsServiceResponse,
 )
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.trace import SpanKind, StatusCode
 
-__all__ = [
-    "MAX_HANG",
-    "OtlpReceiver",
-    "ReceivedMetric",
-    "ReceivedPoint",
-    "ReceivedRequest",
-    "ReceivedSpan",
-    "otlp_receiver_fixture",
-]
+#: How long a test waits for what it expects to arrive, unless it says otherwise.
+WAIT = 10.0
 
-#: Upper bound on `hang(seconds)`, so a forgotten hang cannot stall a test run.
-MAX_HANG = 30.0
 
-#: Largest request body read (the SDK's own default cap is 64 MiB).
-MAX_BODY = 64 * 1024 * 1024
+def attributes(pairs: Iterable[KeyValue]) -> dict[str, Any]:
+    """OTLP key-value pairs as a dict, arrays as tuples."""
+    return {pair.key: _value(pair.value) for pair in pairs}
 
-Mode = Literal["ok", "hang", "error"]
-T = TypeVar("T")
 
-# The protobuf SpanKind enum counts from SPAN_KIND_UNSPECIFIED = 0; the API's starts at INTERNAL.
-_SPAN_KINDS = {
-    0: SpanKind.INTERNAL,
-    1: SpanKind.INTERNAL,
-    2: SpanKind.SERVER,
-    3: SpanKind.CLIENT,
-    4: SpanKind.PRODUCER,
-    5: SpanKind.CONSUMER,
-}
+def _value(value: AnyValue) -> Any:
+    which = value.WhichOneof("value")
+    if which == "array_value":
+        return tuple(_value(item) for item in value.array_value.values)
+    return None if which is None else getattr(value, which)
 
 
 @dataclass(frozen=True)
 class ReceivedSpan:
-    """One span as decoded from an `ExportTraceServiceRequest`."""
+    """One span with its resource's attributes; ids in lowercase hex, "" for no parent."""
 
     name: str
-    trace_id: str  # 32 lowercase hex digits
-    span_id: str  # 16 lowercase hex digits
-    parent_span_id: str  # 16 hex digits, or "" for a root span
+    trace_id: str
+    span_id: str
+    parent_span_id: str
     kind: SpanKind
-    attributes: Mapping[str, Any]
     status_code: StatusCode
-    status_message: str
-    resource: Mapping[str, Any]
-    scope_name: str
-    start_time_unix_nano: int
-    end_time_unix_nano: int
-    events: tuple[tuple[str, Mapping[str, Any]], ...] = ()
-
-    @property
-    def duration_s(self) -> float:
-        return (self.end_time_unix_nano - self.start_time_unix_nano) / 1e9
-
-
-@dataclass(frozen=True)
-class ReceivedPoint:
-    """One metric data point. Number points fill `value`; histograms fill the rest."""
-
     attributes: Mapping[str, Any]
-    value: float | int | None = None
-    count: int | None = None
-    sum: float | None = None
-    bucket_counts: tuple[int, ...] = ()
-    explicit_bounds: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True)
-class ReceivedMetric:
-    """One metric (with its points) as decoded from an `ExportMetricsServiceRequest`."""
-
-    name: str
-    unit: str
-    description: str
-    type: str  # "gauge", "sum", "histogram", "exponential_histogram" or "summary"
-    points: tuple[ReceivedPoint, ...]
     resource: Mapping[str, Any]
-    scope_name: str
 
 
-@dataclass(frozen=True)
-class ReceivedRequest:
-    """One HTTP request as the receiver saw it, whatever the answer."""
-
-    path: str
-    status: int
-    content_encoding: str
-    mode: Mode
-
-
-def _any_value(value: AnyValue) -> Any:
-    which = value.WhichOneof("value")
-    if which is None:
-        return None
-    if which == "array_value":
-        return tuple(_any_value(item) for item in value.array_value.values)
-    if which == "kvlist_value":
-        return _attributes(value.kvlist_value.values)
-    return getattr(value, which)
-
-
-def _attributes(pairs: Iterator[KeyValue] | Any) -> dict[str, Any]:
-    return {pair.key: _any_value(pair.value) for pair in pairs}
-
-
-def _decode_spans(request: ExportTraceServiceRequest) -> list[ReceivedSpan]:
-    spans = []
+def _spans(request: ExportTraceServiceRequest) -> Iterator[ReceivedSpan]:
     for resource_spans in request.resource_spans:
-        resource = _attributes(resource_spans.resource.attributes)
+        resource = attributes(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                spans.append(
-                    ReceivedSpan(
-                        name=span.name,
-                        trace_id=span.trace_id.hex(),
-                        span_id=span.span_id.hex(),
-                        parent_span_id=span.parent_span_id.hex(),
-                        kind=_SPAN_KINDS.get(span.kind, SpanKind.INTERNAL),
-                        attributes=_attributes(span.attributes),
-                        status_code=StatusCode(span.status.code),
-                        status_message=span.status.message,
-                        resource=resource,
-                        scope_name=scope_spans.scope.name,
-                        start_time_unix_nano=span.start_time_unix_nano,
-                        end_time_unix_nano=span.end_time_unix_nano,
-                        events=tuple(
-                            (event.name, _attributes(event.attributes)) for event in span.events
-                        ),
-                    )
+                yield ReceivedSpan(
+                    name=span.name,
+                    trace_id=span.trace_id.hex(),
+                    span_id=span.span_id.hex(),
+                    parent_span_id=span.parent_span_id.hex(),
+                    kind=SpanKind(max(span.kind - 1, 0)),  # OTLP counts from UNSPECIFIED = 0
+                    status_code=StatusCode(span.status.code),
+                    attributes=attributes(span.attributes),
+                    resource=resource,
                 )
-    return spans
 
 
-def _number(point: Any) -> float | int | None:
-    which = point.WhichOneof("value")
-    return None if which is None else getattr(point, which)
-
-
-def _decode_metric_points(metric: Any) -> tuple[str, tuple[ReceivedPoint, ...]]:
-    kind = metric.WhichOneof("data") or ""
-    data = getattr(metric, kind) if kind else None
-    points: list[ReceivedPoint] = []
-    for point in getattr(data, "data_points", ()):
-        attributes = _attributes(point.attributes)
-        if kind in ("gauge", "sum"):
-            points.append(ReceivedPoint(attributes=attributes, value=_number(point)))
-        elif kind == "histogram":
-            points.append(
-                ReceivedPoint(
-                    attributes=attributes,
-                    count=point.count,
-                    sum=point.sum if point.HasField("sum") else None,
-                    bucket_counts=tuple(point.bucket_counts),
-                    explicit_bounds=tuple(point.explicit_bounds),
-                )
-            )
-        else:  # exponential histograms and summaries: count and sum are enough here
-            points.append(ReceivedPoint(attributes=attributes, count=point.count, sum=point.sum))
-    return kind, tuple(points)
-
-
-def _decode_metrics(request: ExportMetricsServiceRequest) -> list[ReceivedMetric]:
-    metrics = []
+def _metrics(request: ExportMetricsServiceRequest) -> Iterator[Metric]:
     for resource_metrics in request.resource_metrics:
-        resource = _attributes(resource_metrics.resource.attributes)
         for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                kind, points = _decode_metric_points(metric)
-                metrics.append(
-                    ReceivedMetric(
-                        name=metric.name,
-                        unit=metric.unit,
-                        description=metric.description,
-                        type=kind,
-                        points=points,
-                        resource=resource,
-                        scope_name=scope_metrics.scope.name,
-                    )
-                )
-    return metrics
+            yield from scope_metrics.metrics
 
 
-class _DecodeError(Exception):
-    pass
+@dataclass(frozen=True)
+class Signal:
+    """One OTLP signal: where it is posted, its request message, how a request flattens."""
+
+    path: str
+    request: Any  # a protobuf message class
+    flatten: Callable[[Any], Iterable[Any]]
 
 
-def _decompress(body: bytes, encoding: str) -> bytes:
-    encoding = encoding.strip().lower()
-    try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise _DecodeError(f"bad {encoding} body: {exc}") from exc
-    if encoding in ("", "identity"):
-        return body
-    raise _DecodeError(f"unsupported Content-Encoding {encoding!r}")
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # stop() must not wait for a client's idle keep-alive connection
-    allow_reuse_address = True
-    receiver: OtlpReceiver
-
-    def __init__(self, address: tuple[str, int]) -> None:
-        super().__init__(address, _Handler)
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def drop_connections(self) -> None:
-        """Cut every open connection, so a client's keep-alive connection dies with us."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (exporter timeout while hanging) is expected; stay quiet.
-        return
+TRACES = Signal("/v1/traces", ExportTraceServiceRequest, _spans)
+METRICS = Signal("/v1/metrics", ExportMetricsServiceRequest, _metrics)
+SIGNALS = {signal.path: signal for signal in (TRACES, METRICS)}
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
 
     def do_POST(self) -> None:
-        self.server.receiver._handle(self)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(self.server.receiver._receive(self.path, body))
+        # A full success answers the empty Export*ServiceResponse: zero bytes of protobuf.
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
-    def do_GET(self) -> None:
-        self._reply(404, b"", "text/plain")
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: tests assert on what was received, not on an access log."""
 
-    def _reply(self, status: int, body: bytes, content_type: str) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:
-            self.close_connection = True
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # stop() does not wait for held requests: it releases them
+    allow_reuse_address = True  # start() again on the same port at once
+
+    def __init__(self, port: int, receiver: OtlpReceiver) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.receiver = receiver
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet: a client giving up on a held request is one of the faults under test."""
 
 
 class OtlpReceiver:
-    """A loopback OTLP/HTTP receiver that stores what it decodes. See the module docstring."""
+    """A loopback OTLP/HTTP receiver keeping what it decodes; see the module docstring."""
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.port = port
-        self._lock = threading.Condition()
-        self._spans: list[ReceivedSpan] = []
-        self._metrics: list[ReceivedMetric] = []
-        self._requests: list[ReceivedRequest] = []
-        self._log_records = 0
-        self._mode: Mode = "ok"
-        self._hang_seconds = 0.0
-        self._error_status = 503
+    def __init__(self) -> None:
+        self.port = 0
+        self._changed = threading.Condition()
+        self._received: dict[str, list[Any]] = {path: [] for path in SIGNALS}
+        self._requests: list[tuple[str, int]] = []
+        self._status, self._hang = 200, 0.0
         self._release = threading.Event()
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> OtlpReceiver:
-        """Listen (again) on `port`; the first start picks a free port when `port` is 0."""
-        if self._server is not None:
-            return self
+        """Listen on `port` (a free one the first time)."""
         self._release.clear()
-        server = _Server((self.host, self.port))
-        server.receiver = self
-        self.port = server.server_address[1]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"otlp-receiver-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._server = _Server(self.port, self)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     def stop(self) -> None:
-        """Stop listening: new connections are refused, held (hanging) requests released."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._server = self._thread = None
-        self._release.set()
-        server.shutdown()
-        server.server_close()
-        server.drop_connections()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
+        """Close the port and release held requests; what was received stays."""
+        if self._server is not None:
+            self._release.set()
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
     def __enter__(self) -> OtlpReceiver:
         return self.start()
@@ -374,217 +159,90 @@ class OtlpReceiver:
 
     @property
     def url(self) -> str:
-        """Base URL, as for `OTEL_EXPORTER_OTLP_ENDPOINT` (no signal path)."""
-        return f"http://{self.host}:{self.port}"
+        """The base URL, as for `OTEL_EXPORTER_OTLP_ENDPOINT`."""
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def traces_url(self) -> str:
-        return self.url + "/v1/traces"
+        return self.url + TRACES.path
 
     @property
     def metrics_url(self) -> str:
-        return self.url + "/v1/metrics"
-
-    @property
-    def logs_url(self) -> str:
-        return self.url + "/v1/logs"
-
-    # -- fault modes ---------------------------------------------------------------------
-
-    @property
-    def mode(self) -> Mode:
-        return self._mode
-
-    def set_mode(self, mode: Mode, *, seconds: float = 5.0, status: int = 503) -> None:
-        """Switch the fault mode: "ok", "hang" (for `seconds`) or "error" (with `status`)."""
-        if mode not in ("ok", "hang", "error"):
-            raise ValueError(f"unknown mode {mode!r}")
-        if mode == "hang" and not 0 < seconds <= MAX_HANG:
-            raise ValueError(f"hang seconds must be in (0, {MAX_HANG}], not {seconds}")
-        if mode == "error" and not 400 <= status <= 599:
-            raise ValueError(f"error status must be 4xx or 5xx, not {status}")
-        with self._lock:
-            self._mode = mode
-            self._hang_seconds = seconds
-            self._error_status = status
+        return self.url + METRICS.path
 
     def ok(self) -> None:
-        self.set_mode("ok")
-
-    def hang(self, seconds: float = 5.0) -> None:
-        self.set_mode("hang", seconds=seconds)
+        self._set_fault(200, 0.0)
 
     def fail(self, status: int = 503) -> None:
-        self.set_mode("error", status=status)
+        self._set_fault(status, 0.0)
 
-    # -- what was received ---------------------------------------------------------------
+    def hang(self, seconds: float) -> None:
+        self._set_fault(503, seconds)
 
     @property
     def spans(self) -> list[ReceivedSpan]:
-        with self._lock:
-            return list(self._spans)
+        return self._snapshot(self._received[TRACES.path])
 
     @property
-    def metrics(self) -> list[ReceivedMetric]:
-        with self._lock:
-            return list(self._metrics)
+    def metrics(self) -> list[Metric]:
+        return self._snapshot(self._received[METRICS.path])
 
     @property
-    def requests(self) -> list[ReceivedRequest]:
-        with self._lock:
-            return list(self._requests)
-
-    @property
-    def log_records(self) -> int:
-        with self._lock:
-            return self._log_records
-
-    def metric_names(self) -> set[str]:
-        return {metric.name for metric in self.metrics}
-
-    def clear(self) -> None:
-        with self._lock:
-            self._spans.clear()
-            self._metrics.clear()
-            self._requests.clear()
-            self._log_records = 0
+    def requests(self) -> list[tuple[str, int]]:
+        """(path, status) of every request, in order of arrival."""
+        return self._snapshot(self._requests)
 
     def wait_for_spans(
-        self,
-        predicate: Callable[[ReceivedSpan], bool] = lambda span: True,
-        timeout: float = 5.0,
-        count: int = 1,
+        self, where: Callable[[ReceivedSpan], bool] = bool, timeout: float = WAIT, count: int = 1
     ) -> list[ReceivedSpan]:
-        """Block until at least `count` received spans match `predicate`; return them all.
-
-        Raises `TimeoutError` naming the spans seen when `timeout` seconds pass first.
-        """
-        return self._wait(lambda: [s for s in self._spans if predicate(s)], timeout, count, "spans")
+        """Every span `where` accepts, once there are `count`; `TimeoutError` if not in time."""
+        return self._wait(self._received[TRACES.path], where, timeout, count)
 
     def wait_for_metrics(
-        self,
-        predicate: Callable[[ReceivedMetric], bool] = lambda metric: True,
-        timeout: float = 5.0,
-        count: int = 1,
-    ) -> list[ReceivedMetric]:
-        """Block until at least `count` received metrics match `predicate`; return them all."""
-        return self._wait(
-            lambda: [m for m in self._metrics if predicate(m)], timeout, count, "metrics"
-        )
+        self, where: Callable[[Metric], bool] = bool, timeout: float = WAIT, count: int = 1
+    ) -> list[Metric]:
+        return self._wait(self._received[METRICS.path], where, timeout, count)
 
     def wait_for_requests(
-        self,
-        predicate: Callable[[ReceivedRequest], bool] = lambda request: True,
-        timeout: float = 5.0,
-        count: int = 1,
-    ) -> list[ReceivedRequest]:
-        """Block until at least `count` requests (any outcome) match `predicate`."""
-        return self._wait(
-            lambda: [r for r in self._requests if predicate(r)], timeout, count, "requests"
-        )
+        self, where: Callable[[tuple[str, int]], bool] = bool, timeout: float = WAIT, count: int = 1
+    ) -> list[tuple[str, int]]:
+        return self._wait(self._requests, where, timeout, count)
 
-    async def wait_for_spans_async(
-        self,
-        predicate: Callable[[ReceivedSpan], bool] = lambda span: True,
-        timeout: float = 5.0,  # noqa: ASYNC109 - same signature as wait_for_spans
-        count: int = 1,
-    ) -> list[ReceivedSpan]:
-        """`wait_for_spans` without blocking the running event loop."""
-        return await asyncio.to_thread(self.wait_for_spans, predicate, timeout, count)
+    def _set_fault(self, status: int, hang: float) -> None:
+        with self._changed:
+            self._status, self._hang = status, hang
+
+    def _snapshot(self, records: list[Any]) -> list[Any]:
+        with self._changed:
+            return list(records)
 
     def _wait(
-        self, select: Callable[[], list[T]], timeout: float, count: int, what: str
-    ) -> list[T]:
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while True:
-                found = select()
-                if len(found) >= count:
-                    return found
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    seen = sorted({str(getattr(item, "name", None) or item) for item in select()})
-                    names = sorted({s.name for s in self._spans}) if what == "spans" else seen
-                    raise TimeoutError(
-                        f"{len(found)} of {count} {what} after {timeout}s; "
-                        f"received so far: {names or 'nothing'}"
-                    )
-                self._lock.wait(remaining)
+        self, records: list[Any], where: Callable[[Any], bool], timeout: float, count: int
+    ) -> list[Any]:
+        with self._changed:
+            if self._changed.wait_for(lambda: sum(map(where, records)) >= count, timeout):
+                return [record for record in records if where(record)]
+            seen = sorted({str(getattr(record, "name", record)) for record in records})
+        raise TimeoutError(f"fewer than {count} after {timeout}s; received: {seen or 'nothing'}")
 
-    # -- request handling (server threads) -----------------------------------------------
-
-    def _handle(self, handler: _Handler) -> None:
-        path = handler.path.split("?", 1)[0]
-        encoding = handler.headers.get("Content-Encoding", "")
-        with self._lock:
-            mode, hang_seconds, error_status = self._mode, self._hang_seconds, self._error_status
-        length = int(handler.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self._record(path, 413, encoding, mode)
-            handler.close_connection = True
-            handler._reply(413, b"", "text/plain")
-            return
-        body = handler.rfile.read(length)
-
-        if mode == "hang":
-            self._record(path, 503, encoding, mode)
-            self._release.wait(hang_seconds)
-            handler.close_connection = True
-            handler._reply(503, b"", "text/plain")
-            return
-        if mode == "error":
-            self._record(path, error_status, encoding, mode)
-            handler._reply(error_status, b"", "text/plain")
-            return
-
-        handlers: dict[str, tuple[Any, Any]] = {
-            "/v1/traces": (ExportTraceServiceRequest, ExportTraceServiceResponse),
-            "/v1/metrics": (ExportMetricsServiceRequest, ExportMetricsServiceResponse),
-            "/v1/logs": (ExportLogsServiceRequest, ExportLogsServiceResponse),
-        }
-        if path not in handlers:
-            self._record(path, 404, encoding, mode)
-            handler._reply(404, b"", "text/plain")
-            return
-        content_type = handler.headers.get("Content-Type", "").split(";", 1)[0].strip()
-        if content_type != "application/x-protobuf":
-            self._record(path, 415, encoding, mode)
-            handler._reply(415, b"only application/x-protobuf", "text/plain")
-            return
-        request_type, response_type = handlers[path]
-        try:
-            message = request_type.FromString(_decompress(body, encoding))
-        except Exception as exc:  # DecodeError from protobuf, or a bad compressed body
-            self._record(path, 400, encoding, mode)
-            handler._reply(400, str(exc).encode(), "text/plain")
-            return
-
-        with self._lock:
-            if path == "/v1/traces":
-                self._spans.extend(_decode_spans(message))
-            elif path == "/v1/metrics":
-                self._metrics.extend(_decode_metrics(message))
-            else:
-                self._log_records += sum(
-                    len(scope.log_records)
-                    for resource in message.resource_logs
-                    for scope in resource.scope_logs
-                )
-            self._requests.append(ReceivedRequest(path, 200, encoding, mode))
-            self._lock.notify_all()
-        handler._reply(200, response_type().SerializeToString(), "application/x-protobuf")
-
-    def _record(self, path: str, status: int, encoding: str, mode: Mode) -> None:
-        with self._lock:
-            self._requests.append(ReceivedRequest(path, status, encoding, mode))
-            self._lock.notify_all()
+    def _receive(self, path: str, body: bytes) -> int:
+        """Decode and keep one request unless a fault is on; the status to answer."""
+        signal = SIGNALS.get(path)
+        with self._changed:
+            status, hang = (self._status, self._hang) if signal else (404, 0.0)
+            try:
+                if signal and status == 200:
+                    self._received[path] += signal.flatten(signal.request.FromString(body))
+            except DecodeError:
+                status = 400
+            self._requests.append((path, status))
+            self._changed.notify_all()
+        self._release.wait(hang)
+        return status
 
 
 @pytest.fixture(name="otlp_receiver")
 def otlp_receiver_fixture() -> Iterator[OtlpReceiver]:
     """A started `OtlpReceiver` on a free loopback port, stopped at teardown."""
-    receiver = OtlpReceiver().start()
-    try:
+    with OtlpReceiver() as receiver:
         yield receiver
-    finally:
-        receiver.stop()
