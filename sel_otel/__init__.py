@@ -3,18 +3,10 @@
 from typing import TYPE_CHECKING
 
 from ._agent import Agent, first_word
-from ._app import SelApp
+from ._app import SelApp, cache_from_settings
 from ._bot_settings import BotSettings
-from ._cache import (
-    MISS,
-    CacheOutcome,
-    Claim,
-    Claimed,
-    Lookup,
-    ResultCache,
-    SharedBackend,
-    cache_from_settings,
-)
+from ._cache import CacheOutcome, Lookup, ResultCache
+from ._cache_backend import MISS
 from ._commands import (
     CommandHandler,
     ListAgents,
@@ -44,6 +36,7 @@ from ._redis_cache import OutputSerializer, RedisResultBackend
 from ._registry import AgentRegistry, ReloadReport
 from ._runtime import AgentResult, AgentRuntime
 from ._settings import Settings
+from ._shared_cache import Claim, Claimed, SharedBackend
 from ._stats import AgentStats, format_stats, read_stats
 from ._telemetry import Telemetry, stats_reader
 

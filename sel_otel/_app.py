@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import logging
+import re
 from types import TracebackType
 
-from ._cache import cache_from_settings
+from opentelemetry import metrics, trace
+
+from . import _semconv as names
+from ._cache import ResultCache
 from ._commands import CommandHandler
+from ._exceptions import ConfigError
+from ._memory_cache import LRUMemoryCache
 from ._registry import AgentRegistry
 from ._runtime import AgentRuntime
 from ._settings import Settings
-from ._telemetry import Telemetry
+from ._telemetry import Telemetry, package_version
 
 logger = logging.getLogger(__name__)
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class SelApp:
@@ -65,3 +73,54 @@ class SelApp:
     ) -> None:
         await self.runtime.aclose()
         await self.cache.close()
+
+
+def cache_from_settings(
+    settings: Settings,
+    meter_provider: metrics.MeterProvider | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> ResultCache:
+    """The result cache `settings.cache_url` asks for, counting evictions and backend errors.
+
+    `memory://` is a per-process LRU cache; `redis://` and `rediss://` a cache shared by every
+    process on that Redis, apart by `settings.cache_namespace`.
+    """
+    meter = metrics.get_meter(names.SCOPE_NAME, package_version(), meter_provider)
+    evictions = meter.create_counter(
+        names.CACHE_EVICTIONS,
+        unit=names.ENTRY_UNIT,
+        description="Cache entries evicted by the LRU bound",
+    )
+    errors = meter.create_counter(
+        names.CACHE_ERRORS,
+        unit=names.ERROR_UNIT,
+        description="Cache backend operations that failed and were served as misses",
+    )
+
+    def on_error(error_type: str) -> None:
+        errors.add(1, {names.ERROR_TYPE: error_type})
+
+    scheme = settings.cache_url.partition("://")[0]
+    if scheme in ("redis", "rediss"):
+        from ._redis_cache import RedisResultBackend  # redis-py loads only when it is used
+
+        if not _NAMESPACE.fullmatch(settings.cache_namespace):
+            raise ConfigError(
+                f"SEL_CACHE_NAMESPACE={settings.cache_namespace!r}: use letters, digits, "
+                "'_', '.' and '-' only (it prefixes keys in a shared Redis)"
+            )
+        return ResultCache(
+            RedisResultBackend.from_url(settings.cache_url, timeout=settings.cache_timeout),
+            namespace=settings.cache_namespace,
+            on_error=on_error,
+            tracer_provider=tracer_provider,
+            lock_lease=settings.cache_lock_lease,
+            lock_wait=settings.agent_timeout + settings.cache_lock_lease,
+            retry_after=settings.cache_retry_after,
+        )
+    if scheme != "memory":
+        raise ConfigError(
+            f"SEL_CACHE_URL: unsupported scheme {scheme!r} (memory://, redis://, rediss://)"
+        )
+    backend = LRUMemoryCache(settings.cache_max_entries, on_evict=lambda: evictions.add(1))
+    return ResultCache(backend, namespace=settings.cache_namespace, on_error=on_error)

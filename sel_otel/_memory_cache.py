@@ -1,4 +1,5 @@
-"""In-memory cache backend: aiocache's memory backend with least-recently-used eviction."""
+"""In-memory cache backend: aiocache's memory backend with least-recently-used eviction, and
+the `CacheBackend` steps of the result cache for one process."""
 
 from __future__ import annotations
 
@@ -9,15 +10,21 @@ from typing import Any
 
 from aiocache import SimpleMemoryCache
 
+from ._cache_backend import FREE, MISS, Ticket, _Miss
+
 
 class LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
     """aiocache's memory backend, bounded to `max_size` entries with least-recently-used eviction.
 
-    Only the storage primitives are overridden. Each key with a TTL has one expiry timer; the
-    timer is cancelled whenever its key leaves the cache (eviction, delete, clear), so a stale
-    timer can never delete a key that was set again later. Values are stored by reference:
-    store immutable values (the result cache stores `str`).
+    Only the storage primitives are overridden, and the `CacheBackend` steps added: a read goes
+    straight to the storage (a hit is a dict lookup, without aiocache's per-call wrappers); one
+    process has no lock to take; keys are used as given. Each key with a TTL has one expiry
+    timer; the timer is cancelled whenever its key leaves the cache (eviction, delete, clear),
+    so a stale timer can never delete a key that was set again later. Values are stored by
+    reference: store immutable values (the result cache stores `str`).
     """
+
+    remote = False
 
     def __init__(
         self, max_size: int = 500, *, on_evict: Callable[[], None] | None = None, **kwargs: Any
@@ -29,6 +36,29 @@ class LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
         self.max_size = max_size
         self._on_evict = on_evict
         self._cache: OrderedDict[str, object] = OrderedDict()
+
+    # -- CacheBackend ---------------------------------------------------------------------------
+
+    async def read(self, key: str) -> str | _Miss:
+        value = await self._get(key)
+        return value if isinstance(value, str) else MISS
+
+    async def acquire(self, key: str, compute_timeout: float | None) -> Ticket:
+        return FREE
+
+    async def write(self, key: str, output: str, ttl: float, ticket: Ticket) -> bool:
+        return bool(await self._set(key, output, ttl=ttl))
+
+    async def release(self, key: str, ticket: Ticket) -> None:
+        return None
+
+    async def invalidate(self, prefix: str) -> None:
+        await self.clear(namespace=prefix)
+
+    async def open(self) -> None:
+        return None
+
+    # -- aiocache primitives --------------------------------------------------------------------
 
     async def _get(self, key: str, encoding: str = "utf-8", _conn: object = None) -> object:
         value = self._cache.get(key)

@@ -5,17 +5,14 @@ built (primitives only; `ResultCache` keeps the policy), and adds what sharing o
 between several bot instances needs:
 
 - connections from a `redis://[[user]:password@]host[:port][/db]` or `rediss://` URL, with a
-  connect timeout, a socket timeout and an operation timeout (aiocache and redis-py set none);
+  connect timeout and an operation timeout (aiocache and redis-py set none);
 - `OutputSerializer`: JSON of `{"output": str}`, never pickle; anything else read back (garbage
   bytes, JSON of another shape, a pickle payload) is a miss and is never executed;
 - `_clear` that deletes one prefix with SCAN and UNLINK in batches and refuses to run without a
   prefix (aiocache's un-namespaced clear is FLUSHDB on a shared database);
-- the primitives of the distributed single-flight lock: `claim` (read the value, or take the
-  lock with SET NX PX, in one Lua script), `extend_lock` and `release_lock` (token-checked);
-- per-agent generations (counted up at each invalidation, from a random start) and `store`,
-  which sets a value only if its agent's generation is the one read when the value's
-  computation began, so that no instance stores a result from before another instance's
-  invalidation.
+- the primitives of the shared-cache protocol (`SharedBackend`, described in
+  `_shared_cache.py`), each an atomic Lua script: `claim`, `store`, `advance_generation`,
+  `extend_lock` and `release_lock`.
 
 Redis's own `maxmemory` with `maxmemory-policy allkeys-lru` bounds the entries; every entry
 carries its TTL as a Redis expiry.
@@ -39,8 +36,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import _semconv as names
-from ._cache import GENERATION_KEY, LOCK_SUFFIX, Claim, Claimed
 from ._exceptions import ConfigError
+from ._shared_cache import GENERATION_KEY, LOCK_SUFFIX, Claim, Claimed
 
 logger = logging.getLogger(__name__)
 
