@@ -156,8 +156,9 @@ async def stalled(url: str, agents: Path, process: subprocess.Popen[bytes]) -> t
     """Median call time while Redis is stopped, with the breaker and without it."""
     medians = []
     for retry_after in (2.0, 0.0):
-        runtime = build_runtime(url, agents, f"stall{uuid.uuid4().hex[:6]}")
-        runtime.cache._breaker.retry_after = retry_after  # 0 disables the breaker
+        # cache_retry_after=0 disables the breaker
+        namespace = f"stall{uuid.uuid4().hex[:6]}"
+        runtime = build_runtime(url, agents, namespace, cache_retry_after=retry_after)
         await runtime.run("echo", "x")
         os.kill(process.pid, signal.SIGSTOP)
         try:
