@@ -30,6 +30,7 @@ SEL_CACHE_ERROR: Final = "sel.cache.error"
 SEL_AGENT_DURATION_MS: Final = "sel.agent.duration_ms"
 SEL_AGENT_INPUT: Final = "sel.agent.input"
 SEL_USER_ID: Final = "sel.user.id"
+SEL_SCRUBBED: Final = "sel.scrubbed"  # string array: "{where}: {rule}" for each value scrubbed
 
 # Frontend requests: one root span per request, named "{frontend} {request}"
 SEL_FRONTEND: Final = "sel.frontend"  # console, cli, discord

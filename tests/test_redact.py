@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sel_otel._redact import REDACTED, scrub, span_content
+from sel_otel._redact import REDACTED, redact, scrub, scrub_argv, span_content
+
+from .conftest import AgentWriter, RuntimeFactory, TelemetryFixture
+from .secrets_corpus import LOOK_ALIKES, SECRETS, Secret, aws_secret_key, fake
 
 
 @pytest.mark.parametrize(
@@ -117,10 +120,88 @@ def test_a_secret_that_starts_in_view_is_scrubbed_whole_however_long_the_text() 
 
 @pytest.mark.parametrize(
     "unit",
-    ["auth.", "a_", "token-", "mysql -p", "Authorization: ", "eyJ-", "xoxb-", "sk-", "ldap ", "\n"],
+    [
+        *("auth.", "a_", "token-", "mysql -p", "Authorization: ", "eyJ-", "xoxb-", "sk-", "ldap "),
+        *("\n", "discord.com/api/webhooks/1/", "A" * 22 + "%", "1234567:", "/bot1", "token 1"),
+        *("sk.eyJ.", "glc_/", "Ab1/", "Ab1+", "x.atlasv1.", "sntrys_/", "0Q~"),
+    ],
 )
 def test_hostile_repetitions_are_scrubbed_in_linear_time(unit: str) -> None:
     # A pattern with nested quantifiers would take hours here (the suite's timeout fails
     # it); these finish at once.
     text = unit * 20_000 + " no value"
     assert scrub(text).endswith((" no value", REDACTED))  # untouched, or a header value
+
+
+def test_the_corpus_holds_at_least_60_secret_shapes_and_their_look_alikes() -> None:
+    assert len({secret.shape for secret in SECRETS}) >= 60
+    assert len(LOOK_ALIKES) >= 30
+
+
+@pytest.mark.parametrize("case", SECRETS, ids=lambda case: case.shape)
+def test_every_secret_shape_of_the_corpus_is_scrubbed_whole(case: Secret) -> None:
+    scrubbed = scrub(case.text)
+    assert REDACTED in scrubbed
+    # Neither the secret nor a head or tail of it is left.
+    assert case.secret not in scrubbed
+    assert case.secret[:10] not in scrubbed and case.secret[-10:] not in scrubbed, scrubbed
+
+
+@pytest.mark.parametrize("text", LOOK_ALIKES)
+def test_every_look_alike_of_the_corpus_is_kept(text: str) -> None:
+    assert scrub(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "rules"),
+    [
+        ("https://discord.com/api/webhooks/1234/" + fake("abc", 68, "w"), ("discord_webhook",)),
+        ("grep " + aws_secret_key("r"), ("aws_secret_access_key",)),
+        (
+            "x password=a token=b https://u:p@h/ sk_live_" + "a1" * 8,
+            ("secret_key_value", "url_credentials", "stripe_key"),
+        ),
+        ("uname -a", ()),
+    ],
+)
+def test_redact_names_the_rules_that_matched(text: str, rules: tuple[str, ...]) -> None:
+    scrubbed, matched = redact(text)
+    assert matched == rules
+    assert scrubbed == scrub(text)
+
+
+def test_a_bare_secret_as_a_command_argument_is_scrubbed() -> None:
+    key = aws_secret_key("argv")
+    telegram = f"123456789:AA{fake('abcXYZ019_-', 33, 'argv')}"
+    assert scrub_argv(["grep", "-rn", "--", key, "/etc"]) == ["grep", "-rn", "--", REDACTED, "/etc"]
+    assert scrub_argv(["grep", telegram, "/var/log"]) == ["grep", REDACTED, "/var/log"]
+
+
+FAIL_WITH_INPUT = "DESCRIPTION = 'd'\ndef run(q):\n    raise ValueError(f'cannot post to {q}')\n"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [s for s in SECRETS if s.shape.startswith(("discord webhook", "telegram", "sendgrid", "azure"))]
+    + [s for s in SECRETS if s.shape.startswith("aws secret key, bare")],
+    ids=lambda case: case.shape,
+)
+async def test_secrets_in_an_input_reach_neither_the_input_nor_the_status_nor_the_exception(
+    make_runtime: RuntimeFactory,
+    write_agent: AgentWriter,
+    telemetry: TelemetryFixture,
+    case: Secret,
+) -> None:
+    write_agent("post", FAIL_WITH_INPUT)
+    result = await make_runtime(trace_content_max=4096).run("post", case.text)
+    assert not result.ok
+    [span] = telemetry.finished()
+    [event] = span.events
+    recorded = {
+        "input": str(span.attributes["sel.agent.input"]),
+        "status": span.status.description or "",
+        "exception.message": str(event.attributes["exception.message"]),
+    }
+    for where, text in recorded.items():
+        assert REDACTED in text, where
+        assert case.secret[-10:] not in text, where

@@ -26,7 +26,7 @@ from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.util.types import AttributeValue
 
-from .._redact import scrub_argv
+from .._redact import scrub_argv, span_content
 from . import _semconv as names
 from ._allowlist import AllowList
 from ._policy import Approved, Policy, Refused
@@ -175,7 +175,7 @@ async def _exec(request: web.Request) -> web.Response:
 
 def _refuse(refused: Refused, command: str) -> web.Response:
     trace.get_current_span().set_attribute(names.SEL_EXEC_REFUSAL, refused.reason)
-    logger.warning("refused (%s): %.200r", refused.reason, command)
+    logger.warning("refused (%s): %.200r", refused.reason, span_content(command, 200))
     if refused.status == 403:  # a 400 line may be unprintable or very long: not echoed
         return _error(403, refused.message, reason=refused.reason, command=command)
     return _error(refused.status, refused.message, reason=refused.reason)
@@ -183,18 +183,19 @@ def _refuse(refused: Refused, command: str) -> web.Response:
 
 async def _run(service: _Service, approved: Approved, remote: str | None) -> ExecResult:
     program = approved.argv[0]
+    args = tuple(scrub_argv(approved.argv))
     # The audit record of every command, whether or not its trace is sampled and exported.
     logger.info(
         "exec %.*r timeout=%gs from %s trace_id=%s",
         _MAX_LOGGED_ARGV,
-        approved.argv,
+        args,
         approved.timeout,
         remote,
         format(trace.get_current_span().get_span_context().trace_id, "032x"),
     )
     attributes: dict[str, AttributeValue] = {
         names.PROCESS_COMMAND: program,
-        names.PROCESS_COMMAND_ARGS: scrub_argv(approved.argv),
+        names.PROCESS_COMMAND_ARGS: args,
         names.SEL_EXEC_TIMEOUT_S: approved.timeout,
     }
     with service.tracer.start_as_current_span(

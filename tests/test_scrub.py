@@ -1,0 +1,178 @@
+"""Spans are scrubbed where they leave the process, whoever set their values."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, Status, StatusCode
+
+from sel_otel import Telemetry
+from sel_otel._redact import REDACTED
+from sel_otel._scrub import ScrubbingSpanExporter
+
+from .otlp_receiver import OtlpReceiver
+from .secrets_corpus import URLSAFE, aws_secret_key, fake
+
+TOKEN = "ghp_" + fake(URLSAFE[:62], 36, "scrub test")
+WEBHOOK = "https://discord.com/api/webhooks/123456789012345678/" + fake(URLSAFE, 68, "hook")
+TELEGRAM = "123456789:AA" + fake(URLSAFE, 33, "scrub telegram")
+
+
+@pytest.fixture
+def exported() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def provider(exported: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    """A provider whose spans leave through the scrubbing exporter."""
+    provider = TracerProvider(span_limits=SpanLimits(max_attributes=8))
+    provider.add_span_processor(SimpleSpanProcessor(ScrubbingSpanExporter(exported)))
+    yield provider
+    provider.shutdown()
+
+
+@pytest_asyncio.fixture
+async def web_server() -> AsyncIterator[TestServer]:
+    """Any HTTP server on loopback, for an instrumented client to call."""
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", ok)
+    async with TestServer(app, host="127.0.0.1") as server:
+        yield server
+
+
+def _only(exported: InMemorySpanExporter) -> ReadableSpan:
+    [span] = exported.get_finished_spans()
+    return span
+
+
+async def _instrumented_get(url: str, provider: TracerProvider) -> None:
+    async with httpx.AsyncClient() as client:
+        HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
+        assert (await client.get(url)).status_code == 200
+
+
+async def test_a_url_recorded_by_the_httpx_instrumentation_is_scrubbed_with_the_rule(
+    provider: TracerProvider, exported: InMemorySpanExporter, web_server: TestServer
+) -> None:
+    url = str(web_server.make_url(f"/items?access_token={TOKEN}&page=2"))
+    await _instrumented_get(url, provider)
+    span = _only(exported)
+    assert TOKEN not in str(span.attributes)
+    assert any(f"access_token={REDACTED}&page=2" in str(v) for v in span.attributes.values())
+    [scrubbed] = span.attributes["sel.scrubbed"]
+    assert scrubbed.endswith(": query_secret")  # the URL attribute and the rule
+
+
+def test_status_and_exception_messages_of_any_span_are_scrubbed(
+    provider: TracerProvider, exported: InMemorySpanExporter
+) -> None:
+    with provider.get_tracer("any.library").start_as_current_span(
+        "work", record_exception=False, set_status_on_exception=False
+    ) as live:
+        live.set_status(Status(StatusCode.ERROR, f"posting to {WEBHOOK} failed"))
+        live.record_exception(ValueError(f"Telegram refused {TELEGRAM}"))
+    span = _only(exported)
+    [event] = span.events
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == f"posting to {WEBHOOK.rsplit('/', 1)[0]}/{REDACTED} failed"
+    assert event.attributes is not None
+    assert TELEGRAM not in str(event.attributes["exception.message"])
+    assert TELEGRAM not in str(event.attributes["exception.stacktrace"])
+    assert event.attributes["exception.type"] == "ValueError"
+    assert set(span.attributes["sel.scrubbed"]) == {
+        "status: discord_webhook",
+        "exception event exception.message: telegram_bot_token",
+        "exception event exception.stacktrace: telegram_bot_token",
+    }
+
+
+def test_names_arrays_and_links_are_scrubbed_and_counts_of_dropped_values_kept(
+    provider: TracerProvider, exported: InMemorySpanExporter
+) -> None:
+    tracer = provider.get_tracer("any.library")
+    with tracer.start_as_current_span("linked") as other:
+        pass
+    key = aws_secret_key("scrub array")
+    link = Link(other.get_span_context(), {"note": f"from {TELEGRAM}"})
+    attributes = {f"n{i}": i for i in range(10)}  # over the limit of 8: 2 dropped
+    with tracer.start_as_current_span(f"SELECT '{key}'", links=[link]) as live:
+        live.set_attributes(attributes)
+        live.set_attribute("args", ["grep", key, "/etc"])
+    _, span = exported.get_finished_spans()
+    assert span.name == f"SELECT '{REDACTED}'"
+    assert span.attributes["args"] == ("grep", REDACTED, "/etc")
+    assert span.links[0].attributes == {"note": f"from {REDACTED}"}
+    assert span.dropped_attributes == 3  # the array pushed one more out
+    assert span.dropped_links == 0
+
+
+def test_a_span_with_nothing_to_scrub_is_passed_on_as_it_is() -> None:
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    with provider.get_tracer("any.library").start_as_current_span("clean") as span:
+        span.set_attributes({"url.full": "https://example.com/a?page=2", "max_tokens": 4096})
+    [clean] = exported.get_finished_spans()
+    assert ScrubbingSpanExporter(InMemorySpanExporter()).scrubbed(clean) is clean
+
+
+@pytest.mark.parametrize(
+    ("scope", "attribute", "scrubbed"),
+    [
+        ("sel_otel", "sel.agent.input", False),  # scrubbed, then cut, by the runtime
+        ("sel_otel.hostexec", "process.command_args", False),  # scrubbed argument-wise
+        ("sel_otel", "process.command_args", True),
+        ("any.library", "sel.agent.input", True),
+        ("sel_otel", "sel.frontend", True),
+    ],
+)
+def test_only_what_our_scopes_scrubbed_at_the_source_is_not_scrubbed_again(
+    provider: TracerProvider,
+    exported: InMemorySpanExporter,
+    scope: str,
+    attribute: str,
+    scrubbed: bool,
+) -> None:
+    with provider.get_tracer(scope).start_as_current_span("call") as span:
+        span.set_attribute(attribute, f"password=x {TOKEN}")
+    assert (TOKEN not in str(_only(exported).attributes[attribute])) is scrubbed
+
+
+@pytest.fixture
+def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """A clean OTEL_* environment with fast batching."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    yield monkeypatch
+
+
+async def test_spans_exported_over_otlp_by_the_process_telemetry_are_scrubbed(
+    otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, web_server: TestServer
+) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    telemetry = Telemetry.from_env()
+    try:
+        url = str(web_server.make_url(f"/hook?api_key={TOKEN}"))
+        await _instrumented_get(url, telemetry.tracer_provider)
+        [span] = otlp_receiver.wait_for_spans(lambda s: "sel.scrubbed" in s.attributes)
+    finally:
+        telemetry.shutdown()
+    assert TOKEN not in str(span.attributes)
+    assert any(f"api_key={REDACTED}" in str(value) for value in span.attributes.values())
