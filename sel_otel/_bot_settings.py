@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ._exceptions import ConfigError
-from ._settings import _get, _parse_bool
+from ._settings import _parse_bool, _seconds_or_zero, read_env, setting
 
 TOKEN_VARIABLE = "DISCORD_TOKEN"
 NO_IDS: frozenset[int] = frozenset()
@@ -24,29 +22,66 @@ def _ids(raw: str) -> frozenset[int]:
     return frozenset(ids)
 
 
-def _seconds(raw: str) -> float:
-    value = float(raw)
-    if not 0 <= value < math.inf:  # also rejects nan
-        raise ValueError("must be a finite number of seconds >= 0")
-    return value
+def _guild_id(raw: str) -> int | None:
+    ids = _ids(raw)
+    if len(ids) > 1:
+        raise ValueError("one id only")
+    return next(iter(ids), None)
 
 
 @dataclass(frozen=True)
 class BotSettings:
     """How the Discord frontend connects, syncs its commands and who may run what."""
 
-    token: str = field(default="", repr=False)
+    token: str = setting(
+        TOKEN_VARIABLE,
+        str.strip,
+        "",
+        "bot token of the Discord application (Developer Portal, Bot, Reset Token)",
+        shown_default="required",
+        repr=False,
+    )
     #: Sync the slash commands to this guild only (instant); None syncs them globally.
-    guild_id: int | None = None
+    guild_id: int | None = setting(
+        "SEL_DISCORD_GUILD_ID",
+        _guild_id,
+        None,
+        "sync the slash commands to this server only, at once; synced globally, they may take "
+        "Discord an hour to show",
+        shown_default="global",
+    )
     #: May reload agents and run privileged agents; empty means the application's owner(s).
-    owner_ids: frozenset[int] = frozenset()
+    owner_ids: frozenset[int] = setting(
+        "SEL_DISCORD_OWNER_IDS",
+        _ids,
+        NO_IDS,
+        "user ids (comma or space separated) that may reload agents and run privileged agents",
+        shown_default="the application's owner or team",
+    )
     #: Users and roles that may run privileged agents (besides the owners).
-    allowed_user_ids: frozenset[int] = frozenset()
-    allowed_role_ids: frozenset[int] = frozenset()
+    allowed_user_ids: frozenset[int] = setting(
+        "SEL_DISCORD_ALLOWED_USER_IDS", _ids, NO_IDS, "user ids that may run privileged agents"
+    )
+    allowed_role_ids: frozenset[int] = setting(
+        "SEL_DISCORD_ALLOWED_ROLE_IDS",
+        _ids,
+        NO_IDS,
+        "role ids whose members may run privileged agents",
+    )
     #: Seconds a user waits between two agent calls (0: no cooldown; owners are exempt).
-    cooldown: float = 3.0
+    cooldown: float = setting(
+        "SEL_DISCORD_COOLDOWN",
+        _seconds_or_zero,
+        3.0,
+        "seconds each user waits between agent calls (0: none; owners are exempt)",
+    )
     #: Answer `agent:NAME INPUT` messages (needs the privileged message content intent).
-    message_prefix: bool = False
+    message_prefix: bool = setting(
+        "SEL_DISCORD_MESSAGE_PREFIX",
+        _parse_bool,
+        False,
+        "answer agent:NAME INPUT messages (needs the Message Content intent)",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BotSettings:
@@ -54,23 +89,11 @@ class BotSettings:
 
         Raise `ConfigError` when `DISCORD_TOKEN` is missing or a value is invalid.
         """
-        env = os.environ if env is None else env
-        token = env.get(TOKEN_VARIABLE, "").strip()
-        if not token:
+        values = read_env(cls, env)
+        if not values["token"]:
             raise ConfigError(
                 f"{TOKEN_VARIABLE} is not set: the bot needs the token of a Discord application "
                 "(see the README, section 'Discord bot'). "
                 "To use the agents without Discord, run `sel-otel console`."
             )
-        guild_ids = _get(env, "SEL_DISCORD_GUILD_ID", _ids, NO_IDS)
-        if len(guild_ids) > 1:
-            raise ConfigError(f"SEL_DISCORD_GUILD_ID={env['SEL_DISCORD_GUILD_ID']!r}: one id only")
-        return cls(
-            token=token,
-            guild_id=next(iter(guild_ids), None),
-            owner_ids=_get(env, "SEL_DISCORD_OWNER_IDS", _ids, NO_IDS),
-            allowed_user_ids=_get(env, "SEL_DISCORD_ALLOWED_USER_IDS", _ids, NO_IDS),
-            allowed_role_ids=_get(env, "SEL_DISCORD_ALLOWED_ROLE_IDS", _ids, NO_IDS),
-            cooldown=_get(env, "SEL_DISCORD_COOLDOWN", _seconds, cls.cooldown),
-            message_prefix=_get(env, "SEL_DISCORD_MESSAGE_PREFIX", _parse_bool, False),
-        )
+        return cls(**values)

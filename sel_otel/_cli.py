@@ -9,7 +9,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Coroutine, Sequence
+import textwrap
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -19,21 +20,78 @@ from ._bot_settings import BotSettings
 from ._commands import RunAgent
 from ._console import run_console
 from ._exceptions import ConfigError
-from ._settings import Settings
-from ._telemetry import Telemetry
+from ._settings import Settings, settings_help
+from ._telemetry import Telemetry, telemetry_help
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose help ends with the settings its command reads, written only when shown:
+    the host-exec settings would import the service at every start."""
+
+    def __init__(self, *, settings_help: Callable[[], str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs | {"formatter_class": argparse.RawDescriptionHelpFormatter})
+        self._settings_help = settings_help
+
+    def format_help(self) -> str:
+        if self._settings_help is not None:
+            self.epilog = self._settings_help()
+        return super().format_help()
+
+
+_SETTINGS = "settings (environment variables)"
+_HOST_EXEC_AGENT = textwrap.fill(
+    "The host_exec agent reads HOST_EXEC_URL, the service's base URL (unset: a local service "
+    "is started), and its token from HOST_EXEC_TOKEN_FILE or HOST_EXEC_TOKEN.",
+    width=88,
+)
+
+
+def _runtime_help() -> str:
+    runtime = settings_help(Settings, f"runtime {_SETTINGS}")
+    return "\n\n".join([runtime, _HOST_EXEC_AGENT, telemetry_help()])
+
+
+def _bot_help() -> str:
+    return "\n\n".join([settings_help(BotSettings, f"Discord {_SETTINGS}"), _runtime_help()])
+
+
+def _host_exec_help() -> str:
+    from .hostexec._service import service_help
+
+    return service_help()
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sel-otel", description="Observability-first agent runtime for the SEL bot."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("console", help="answer requests read line by line from standard input")
-    run = commands.add_parser("run", help="run one agent call and exit (non-zero on error)")
+    commands.add_parser(
+        "console",
+        help="answer requests read line by line from standard input",
+        description="Answer requests read line by line from standard input.",
+        settings_help=_runtime_help,
+    )
+    run = commands.add_parser(
+        "run",
+        help="run one agent call and exit (non-zero on error)",
+        description="Run one agent call and exit (non-zero on error).",
+        settings_help=_runtime_help,
+    )
     run.add_argument("agent", help="agent name")
     run.add_argument("input", nargs=argparse.REMAINDER, help="agent input")
-    commands.add_parser("bot", help="run the Discord bot (DISCORD_TOKEN, SEL_DISCORD_* settings)")
-    commands.add_parser("host-exec", help="serve the host-exec API (HOST_EXEC_* settings)")
+    commands.add_parser(
+        "bot",
+        help="run the Discord bot (DISCORD_TOKEN, SEL_DISCORD_* settings)",
+        description="Run the Discord bot.",
+        settings_help=_bot_help,
+    )
+    commands.add_parser(
+        "host-exec",
+        help="serve the host-exec API (HOST_EXEC_* settings)",
+        description="Serve the host-exec API: run allow-listed commands for the host_exec agent.",
+        settings_help=_host_exec_help,
+    )
     return parser
 
 
@@ -121,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "host-exec":
         from .hostexec import main as host_exec_main
 
-        return host_exec_main()
+        return host_exec_main([])  # its arguments were parsed here
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

@@ -1,12 +1,19 @@
-"""Settings: one frozen dataclass, built from the environment in one place."""
+"""Settings: frozen dataclasses whose fields say which variable they are read from.
+
+Each field is declared with `setting(...)`: its variable, its parser, its default and a line of
+help. `read_env` builds a settings class from an environment and `settings_help` writes what
+`--help` prints, both from those declarations, for the runtime, the bot and the host-exec service.
+"""
 
 from __future__ import annotations
 
 import os
+import textwrap
+import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._exceptions import ConfigError
 
@@ -14,6 +21,9 @@ T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+#: The longest wait, in seconds, the platform's locks and sockets accept.
+MAX_SECONDS = threading.TIMEOUT_MAX
 
 
 def _parse_bool(raw: str) -> bool:
@@ -41,6 +51,30 @@ def _parse_warmup(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(entries)
 
 
+def _count(raw: str) -> int:
+    """A whole number of at least 1."""
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _seconds(raw: str) -> float:
+    """A duration greater than 0, at most `MAX_SECONDS`."""
+    value = float(raw)
+    if not 0 < value <= MAX_SECONDS:  # also refuses nan and inf
+        raise ValueError(f"must be a finite number greater than 0, at most {MAX_SECONDS:.0f}")
+    return value
+
+
+def _seconds_or_zero(raw: str) -> float:
+    """A duration of 0 or more, at most `MAX_SECONDS`."""
+    value = float(raw)
+    if not 0 <= value <= MAX_SECONDS:  # also refuses nan and inf
+        raise ValueError(f"must be a finite number of seconds >= 0, at most {MAX_SECONDS:.0f}")
+    return value
+
+
 def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -51,67 +85,169 @@ def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: 
         raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from exc
 
 
-def _positive(parse: Callable[[str], T]) -> Callable[[str], T]:
-    def parse_positive(raw: str) -> T:
-        value = parse(raw)
-        if not value > 0 or value == float("inf"):  # type: ignore[operator]
-            raise ValueError("must be a finite number greater than 0")
-        return value
+_VARIABLE = "sel_otel.variable"  # the key of a field's `Variable` in its metadata
 
-    return parse_positive
+
+@dataclass(frozen=True)
+class Variable:
+    """How a settings field is read from the environment, and what `--help` says of it."""
+
+    names: tuple[str, ...]  # the variables read, the preferred first
+    help: str
+    read: Callable[[Mapping[str, str]], Any]
+    #: What `--help` shows as the default, when the field's own default says too little.
+    shown_default: str | None = None
+
+
+def variable(
+    names: tuple[str, ...],
+    read: Callable[[Mapping[str, str]], Any],
+    help: str,
+    shown_default: str | None = None,
+) -> dict[str, Variable]:
+    """Field metadata for a field read by `read` from the variables `names` (for fields that
+    `setting` does not fit: one read from two variables, say)."""
+    return {_VARIABLE: Variable(names, help, read, shown_default)}
+
+
+def setting(
+    name: str,
+    parse: Callable[[str], T],
+    default: T,
+    help: str,
+    *,
+    shown_default: str | None = None,
+    repr: bool = True,
+) -> T:
+    """A settings field read from the variable `name` by `parse`; `default` when unset or
+    blank. A value `parse` refuses with ValueError is a ConfigError naming the variable."""
+
+    def read(env: Mapping[str, str]) -> T:
+        return _get(env, name, parse, default)
+
+    return field(default=default, repr=repr, metadata=variable((name,), read, help, shown_default))
+
+
+def read_env(cls: type[Any], env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The values of the settings class `cls`'s fields, read from `env` (`os.environ` when
+    None), as keyword arguments for `cls`."""
+    env = os.environ if env is None else env
+    return {f.name: f.metadata[_VARIABLE].read(env) for f in _declared(cls)}
+
+
+def _declared(cls: type[Any]) -> list[Field[Any]]:
+    return [f for f in fields(cls) if _VARIABLE in f.metadata]
+
+
+def _shown(value: object) -> str:
+    if value is MISSING:
+        return "required"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple | frozenset):
+        value = ",".join(map(str, value))
+    return f"{value}" if value not in (None, "") else "none"
+
+
+_INDENT = " " * 6
+_WIDTH = 88
+
+
+def settings_help(cls: type[Any], title: str) -> str:
+    """What `--help` prints of the variables the settings class `cls` reads: each with its
+    default and its meaning, under `title`."""
+    lines = [f"{title}:"]
+    for f in _declared(cls):
+        var: Variable = f.metadata[_VARIABLE]
+        shown = var.shown_default or _shown(f.default)
+        note = shown if shown == "required" else f"default: {shown}"
+        lines.append(f"  {' or '.join(var.names)} ({note})")
+        lines += textwrap.wrap(var.help, _WIDTH, initial_indent=_INDENT, subsequent_indent=_INDENT)
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Runtime settings; every field has a safe embedded default."""
 
-    agents_dir: Path = Path("agents")
-    cache_url: str = "memory://"
-    cache_namespace: str = "sel"
-    cache_max_entries: int = 500
-    cache_timeout: float = 0.25
-    cache_warmup: tuple[tuple[str, str], ...] = ()
-    agent_timeout: float = 30.0
-    agent_max_output: int = 1_000_000
-    agent_threads: int = 32
-    trace_content: bool = True
-    trace_content_max: int = 256
-    telemetry_shutdown_timeout: float = 2.0
-    cache_lock_lease: float = 5.0
-    cache_retry_after: float = 2.0
-    log_level: str = "WARNING"
+    agents_dir: Path = setting("SEL_AGENTS_DIR", Path, Path("agents"), "directory of agent modules")
+    cache_url: str = setting(
+        "SEL_CACHE_URL",
+        str.strip,
+        "memory://",
+        "cache backend: memory://, redis://[[user]:password@]host[:port][/db], rediss://...",
+    )
+    cache_namespace: str = setting(
+        "SEL_CACHE_NAMESPACE", str.strip, "sel", "key prefix, one per deployment"
+    )
+    cache_max_entries: int = setting(
+        "SEL_CACHE_MAX_ENTRIES", _count, 500, "LRU bound of the memory cache"
+    )
+    cache_timeout: float = setting(
+        "SEL_CACHE_TIMEOUT",
+        _seconds,
+        0.25,
+        "seconds a remote cache operation may take (also Redis's connect and socket timeouts)",
+    )
+    cache_warmup: tuple[tuple[str, str], ...] = setting(
+        "SEL_CACHE_WARMUP", _parse_warmup, (), ";-separated NAME INPUT calls to run at start"
+    )
+    agent_timeout: float = setting(
+        "SEL_AGENT_TIMEOUT",
+        _seconds,
+        30.0,
+        "seconds an agent call may take (an agent's TIMEOUT wins)",
+    )
+    agent_max_output: int = setting(
+        "SEL_AGENT_MAX_OUTPUT",
+        _count,
+        1_000_000,
+        "largest output, in characters, an agent may return",
+    )
+    agent_threads: int = setting(
+        "SEL_AGENT_THREADS", _count, 32, "sync agents running at once (daemon threads)"
+    )
+    trace_content: bool = setting(
+        "SEL_TRACE_CONTENT",
+        _parse_bool,
+        True,
+        "record the agent input and error messages on the agent span (scrubbed of "
+        "secret-looking values); false: error types and stack frames only",
+    )
+    trace_content_max: int = setting(
+        "SEL_TRACE_CONTENT_MAX",
+        _count,
+        256,
+        "characters of input, and of an error message, recorded on a span",
+    )
+    telemetry_shutdown_timeout: float = setting(
+        "SEL_TELEMETRY_SHUTDOWN_TIMEOUT",
+        _seconds,
+        2.0,
+        "seconds exit may spend delivering the last telemetry",
+    )
+    cache_lock_lease: float = setting(
+        "SEL_CACHE_LOCK_LEASE",
+        _seconds,
+        5.0,
+        "seconds a Redis single-flight lock lives unless its holder renews it",
+    )
+    cache_retry_after: float = setting(
+        "SEL_CACHE_RETRY_AFTER",
+        _seconds,
+        2.0,
+        "seconds Redis is skipped after a failure before one call probes it",
+    )
+    log_level: str = setting(
+        "SEL_LOG_LEVEL",
+        _parse_log_level,
+        "WARNING",
+        "log level: DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from `SEL_*` variables (`os.environ` when `env` is None)."""
-        env = os.environ if env is None else env
-        return cls(
-            agents_dir=_get(env, "SEL_AGENTS_DIR", Path, cls.agents_dir),
-            cache_url=_get(env, "SEL_CACHE_URL", str.strip, cls.cache_url),
-            cache_namespace=_get(env, "SEL_CACHE_NAMESPACE", str.strip, cls.cache_namespace),
-            cache_max_entries=_get(
-                env, "SEL_CACHE_MAX_ENTRIES", _positive(int), cls.cache_max_entries
-            ),
-            cache_timeout=_get(env, "SEL_CACHE_TIMEOUT", _positive(float), cls.cache_timeout),
-            cache_warmup=_get(env, "SEL_CACHE_WARMUP", _parse_warmup, cls.cache_warmup),
-            agent_timeout=_get(env, "SEL_AGENT_TIMEOUT", _positive(float), cls.agent_timeout),
-            agent_max_output=_get(
-                env, "SEL_AGENT_MAX_OUTPUT", _positive(int), cls.agent_max_output
-            ),
-            agent_threads=_get(env, "SEL_AGENT_THREADS", _positive(int), cls.agent_threads),
-            trace_content=_get(env, "SEL_TRACE_CONTENT", _parse_bool, cls.trace_content),
-            trace_content_max=_get(env, "SEL_TRACE_CONTENT_MAX", int, cls.trace_content_max),
-            telemetry_shutdown_timeout=_get(
-                env,
-                "SEL_TELEMETRY_SHUTDOWN_TIMEOUT",
-                _positive(float),
-                cls.telemetry_shutdown_timeout,
-            ),
-            log_level=_get(env, "SEL_LOG_LEVEL", _parse_log_level, cls.log_level),
-            cache_lock_lease=_get(
-                env, "SEL_CACHE_LOCK_LEASE", _positive(float), cls.cache_lock_lease
-            ),
-            cache_retry_after=_get(
-                env, "SEL_CACHE_RETRY_AFTER", _positive(float), cls.cache_retry_after
-            ),
-        )
+        return cls(**read_env(cls, env))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import textwrap
 import threading
 import time
 import uuid
@@ -47,7 +48,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 from ._exceptions import ConfigError
 from ._export import GuardedMetricExporter, GuardedSpanExporter
-from ._scrub import ScrubbingSpanExporter
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,15 @@ def _sdk_disabled(env: Mapping[str, str]) -> bool:
     return env.get(_SDK_DISABLED, "").strip().lower() == "true"
 
 
+def telemetry_help(default_service_name: str = DEFAULT_SERVICE_NAME) -> str:
+    """What `--help` says of the variables `Telemetry.from_env` reads."""
+    return textwrap.fill(
+        "Telemetry: the standard OTEL_* variables (see the README, section Configuration); "
+        f"OTEL_SERVICE_NAME defaults to {default_service_name}.",
+        width=88,
+    )
+
+
 def stats_reader() -> InMemoryMetricReader:
     """A metric reader with cumulative temporality, so reading it never resets the figures."""
     return InMemoryMetricReader(preferred_temporality=CUMULATIVE)
@@ -162,8 +171,7 @@ class Telemetry:
             tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
             with _export_self_metrics():
                 span_exporters = [
-                    GuardedSpanExporter(ScrubbingSpanExporter(e))
-                    for e in _span_exporters(env, meter_provider)
+                    GuardedSpanExporter(e) for e in _span_exporters(env, meter_provider)
                 ]
                 for span_exporter in span_exporters:
                     tracer_provider.add_span_processor(

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
 import logging
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 
 from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 
 from .._exceptions import ConfigError
-from .._telemetry import Telemetry
+from .._settings import settings_help
+from .._telemetry import Telemetry, telemetry_help
 from ._server import create_app
 from ._settings import HostExecSettings
 
@@ -88,8 +91,20 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def main() -> int:
+def service_help() -> str:
+    """What `--help` prints after the usage: the settings the service reads."""
+    settings = settings_help(HostExecSettings, "settings (environment variables)")
+    return f"{settings}\n\n{telemetry_help(_DEFAULT_SERVICE_NAME)}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m sel_otel.hostexec`; returns the process exit status."""
+    argparse.ArgumentParser(
+        prog="python -m sel_otel.hostexec",
+        description="Serve the host-exec API: run allow-listed commands for the host_exec agent.",
+        epilog=service_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,

@@ -54,12 +54,12 @@ def test_values_are_read_from_the_environment(tmp_path: Path) -> None:
 
 
 def test_missing_token_is_refused_with_a_clear_message() -> None:
-    with pytest.raises(ConfigError, match="HOST_EXEC_TOKEN is not set"):
+    with pytest.raises(ConfigError, match="HOST_EXEC_TOKEN_FILE and HOST_EXEC_TOKEN are not set"):
         HostExecSettings.from_env({})
 
 
 def test_short_token_is_refused() -> None:
-    with pytest.raises(ConfigError, match="shorter than 16"):
+    with pytest.raises(ConfigError, match=r"shorter than 16 characters; make one with.*python3"):
         HostExecSettings.from_env({"HOST_EXEC_TOKEN": "secret"})
 
 
@@ -100,18 +100,35 @@ def test_invalid_values_name_the_variable(name: str, value: str) -> None:
         HostExecSettings.from_env({"HOST_EXEC_TOKEN": TOKEN, name: value})
 
 
-def test_service_process_refuses_to_start_without_a_token() -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "-m", "sel_otel.hostexec"],
+        [sys.executable, "-m", "sel_otel._cli", "host-exec"],
+    ],
+    ids=["python -m sel_otel.hostexec", "sel-otel host-exec"],
+)
+def test_service_process_refuses_to_start_without_a_token(command: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_EXEC_")}
     completed = subprocess.run(
-        [sys.executable, "-m", "sel_otel.hostexec"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        command, env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert completed.returncode == 2
-    assert "HOST_EXEC_TOKEN is not set" in completed.stderr
+    assert "HOST_EXEC_TOKEN_FILE and HOST_EXEC_TOKEN are not set" in completed.stderr
+    # Both variables, the preferred file first, and a command that makes a token with the
+    # interpreter a newcomer has (Debian has no `python`).
+    assert "Set HOST_EXEC_TOKEN_FILE to a file holding it (preferred), or HOST_EXEC_TOKEN" in (
+        completed.stderr
+    )
+    assert "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'" in completed.stderr
+    assert "python -c" not in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_an_empty_token_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("\n")
+    with pytest.raises(ConfigError, match=r"HOST_EXEC_TOKEN_FILE=.*token' is empty.*python3"):
+        HostExecSettings.from_env({"HOST_EXEC_TOKEN_FILE": str(tmp_path / "token")})
 
 
 def _start(env: dict[str, str], pass_fds: tuple[int, ...]) -> subprocess.Popen[str]:
