@@ -48,6 +48,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 from ._exceptions import ConfigError
 from ._export import GuardedMetricExporter, GuardedSpanExporter
+from ._scrub import ScrubbingSpanExporter
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,8 @@ class Telemetry:
             tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
             with _export_self_metrics():
                 span_exporters = [
-                    GuardedSpanExporter(e) for e in _span_exporters(env, meter_provider)
+                    GuardedSpanExporter(ScrubbingSpanExporter(e))
+                    for e in _span_exporters(env, meter_provider)
                 ]
                 for span_exporter in span_exporters:
                     tracer_provider.add_span_processor(
