@@ -10,6 +10,8 @@ exporters are added beside it as the environment asks:
 - Endpoint, headers, timeout, compression, sampler (`OTEL_TRACES_SAMPLER`), batch sizes
   (`OTEL_BSP_*`), export interval and resource attributes are read by the SDK itself.
 - `OTEL_SDK_DISABLED=true`: no spans and no exporter; the stats reader still counts calls.
+
+The console exporters write to standard error, apart from the replies on standard output.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import textwrap
 import threading
 import time
@@ -116,7 +119,8 @@ def telemetry_help(default_service_name: str = DEFAULT_SERVICE_NAME) -> str:
     """What `--help` says of the variables `Telemetry.from_env` reads."""
     return textwrap.fill(
         "Telemetry: the standard OTEL_* variables (see the README, section Configuration); "
-        f"OTEL_SERVICE_NAME defaults to {default_service_name}.",
+        f"OTEL_SERVICE_NAME defaults to {default_service_name}; the console exporter writes to "
+        "standard error.",
         width=88,
     )
 
@@ -258,7 +262,7 @@ def _span_exporters(env: Mapping[str, str], meter_provider: MeterProvider) -> li
     exporters: list[SpanExporter] = []
     for name in _exporter_names(env, "TRACES"):
         if name == "console":
-            exporters.append(ConsoleSpanExporter())
+            exporters.append(ConsoleSpanExporter(out=sys.stderr))
         elif _protocol(env, "TRACES") == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
                 OTLPSpanExporter as GrpcSpanExporter,
@@ -276,7 +280,7 @@ def _metric_exporters(env: Mapping[str, str]) -> list[MetricExporter]:
     exporters: list[MetricExporter] = []
     for name in _exporter_names(env, "METRICS"):
         if name == "console":
-            exporters.append(ConsoleMetricExporter())
+            exporters.append(ConsoleMetricExporter(out=sys.stderr))
         elif _protocol(env, "METRICS") == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
                 OTLPMetricExporter as GrpcMetricExporter,

@@ -1,0 +1,57 @@
+"""Telemetry written by the console exporters goes to standard error, never among the replies."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from opentelemetry import metrics
+
+from sel_otel import Telemetry
+
+from .test_cli import sel_otel
+
+
+@pytest.fixture
+def otel_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """This process's environment without the OTEL_* settings of whoever runs the tests."""
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_the_console_exporters_write_to_standard_error(
+    otel_environment: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    otel_environment.setenv("OTEL_TRACES_EXPORTER", "console")
+    otel_environment.setenv("OTEL_METRICS_EXPORTER", "console")
+    telemetry = Telemetry.from_env()
+    try:
+        telemetry.tracer_provider.get_tracer("test").start_span("a span").end()
+        meter: metrics.Meter = telemetry.meter_provider.get_meter("test")
+        meter.create_counter("test.calls").add(1)
+    finally:
+        telemetry.shutdown()
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert '"name": "a span"' in err
+    assert '"name": "test.calls"' in err
+
+
+def test_the_console_frontend_keeps_telemetry_out_of_its_replies() -> None:
+    done = sel_otel(
+        "console",
+        stdin="agent:calc 1+1\n",
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_METRICS_EXPORTER="console",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "1+1 = 2\n"
+    assert '"name": "invoke_agent calc"' in done.stderr
+    assert '"name": "gen_ai.client.operation.duration"' in done.stderr
+
+
+def test_a_cli_run_keeps_telemetry_out_of_its_output() -> None:
+    done = sel_otel("run", "calc", "6*7", OTEL_TRACES_EXPORTER="console")
+    assert (done.returncode, done.stdout) == (0, "6*7 = 42\n")
+    assert '"name": "cli agent"' in done.stderr
