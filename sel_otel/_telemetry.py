@@ -10,6 +10,8 @@ exporters are added beside it as the environment asks:
 - Endpoint, headers, timeout, compression, sampler (`OTEL_TRACES_SAMPLER`), batch sizes
   (`OTEL_BSP_*`), export interval and resource attributes are read by the SDK itself.
 - `OTEL_SDK_DISABLED=true`: no spans and no exporter; the stats reader still counts calls.
+- `OTEL_SEMCONV_STABILITY_OPT_IN`: instrumentations (httpx) default to `http`, the stable HTTP
+  conventions that the host-exec service's spans use too.
 
 The console exporters write to standard error, apart from the replies on standard output.
 """
@@ -80,6 +82,7 @@ def package_version() -> str:
 
 _SELF_METRICS = "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"
 _SDK_DISABLED = "OTEL_SDK_DISABLED"
+_SEMCONV_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
 
 
 @contextlib.contextmanager
@@ -125,6 +128,32 @@ def telemetry_help(default_service_name: str = DEFAULT_SERVICE_NAME) -> str:
     )
 
 
+def _prefer_stable_http_semconv(env: Mapping[str, str]) -> None:
+    """Instrumentations created from now on record the stable HTTP semantic conventions
+    (`http.request.method`, `url.full`, `http.client.request.duration` in seconds), unless
+    `OTEL_SEMCONV_STABILITY_OPT_IN` is set: then the library reads the user's choice itself.
+
+    opentelemetry-instrumentation reads the opt-in from `os.environ` only, once per process,
+    into the state of `_OpenTelemetrySemanticConventionStability`. Rather than write the
+    variable into the process environment (inherited by every child process, and not sel_otel's
+    to edit), that state is set here as reading `OTEL_SEMCONV_STABILITY_OPT_IN=http` sets it:
+    HTTP stable, every other signal at its default.
+    """
+    if env.get(_SEMCONV_OPT_IN, "").strip():
+        return
+    from opentelemetry.instrumentation._semconv import (
+        _OpenTelemetrySemanticConventionStability as Stability,
+    )
+    from opentelemetry.instrumentation._semconv import (
+        _OpenTelemetryStabilitySignalType as Signal,
+    )
+    from opentelemetry.instrumentation._semconv import _StabilityMode as Mode
+
+    with Stability._lock:
+        Stability._OTEL_SEMCONV_STABILITY_SIGNAL_MAPPING = {Signal.HTTP: Mode.HTTP}
+        Stability._initialized = True
+
+
 def stats_reader() -> InMemoryMetricReader:
     """A metric reader with cumulative temporality, so reading it never resets the figures."""
     return InMemoryMetricReader(preferred_temporality=CUMULATIVE)
@@ -159,6 +188,7 @@ class Telemetry:
         `shutdown`, which bounds the time it takes.
         """
         env = os.environ
+        _prefer_stable_http_semconv(env)
         resource = build_resource(default_service_name)
         if _sdk_disabled(env):
             logger.info("OTEL_SDK_DISABLED: no telemetry is exported; the stats still count")

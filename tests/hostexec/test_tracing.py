@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry.instrumentation._semconv import (
+    _OpenTelemetrySemanticConventionStability as Stability,
+)
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from sel_otel import Telemetry
+from sel_otel._metric_data import metrics
 from sel_otel._redact import scrub_argv
 from sel_otel.hostexec import HostExecSettings, create_app
 
@@ -195,3 +205,74 @@ def test_the_exec_span_records_the_argv_scrubbed_argument_by_argument_and_in_pai
     argv: list[str], recorded: list[str]
 ) -> None:
     assert scrub_argv(argv) == recorded
+
+
+@pytest.fixture
+def fresh_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """As in a new process: no OTEL_* settings, and the instrumentations' semantic-convention
+    opt-in not yet read (it is read once per process); the opt-in is restored afterwards."""
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    saved = (Stability._initialized, Stability._OTEL_SEMCONV_STABILITY_SIGNAL_MAPPING)
+    Stability._initialized, Stability._OTEL_SEMCONV_STABILITY_SIGNAL_MAPPING = False, {}
+    yield monkeypatch
+    Stability._initialized, Stability._OTEL_SEMCONV_STABILITY_SIGNAL_MAPPING = saved
+
+
+async def _traced_post(
+    client: TestClient[object, object], exporter: InMemorySpanExporter
+) -> tuple[ReadableSpan, ReadableSpan, set[str]]:
+    """POST /exec with an httpx client traced by the instrumentation, as the host_exec agent
+    sends it, after the start-up every sel-otel process makes; returns the client span, the
+    service's span and the names of the instrumentation's metrics."""
+    Telemetry.from_env().shutdown()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    async with httpx.AsyncClient() as http:
+        HTTPXClientInstrumentor.instrument_client(
+            http, tracer_provider=tracer_provider, meter_provider=MeterProvider([reader])
+        )
+        response = await http.post(
+            str(client.make_url("/exec")),
+            json={"command": "uname -a"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+    assert response.status_code == 200
+    spans = _by_name(exporter)
+    names = {metric.name for metric in metrics(reader.get_metrics_data())}
+    return spans["POST"], spans["POST /exec"], names
+
+
+async def test_the_httpx_client_span_uses_the_stable_http_names_like_the_service(
+    client: TestClient[object, object],
+    exporter: InMemorySpanExporter,
+    fresh_process: pytest.MonkeyPatch,
+) -> None:
+    environment = dict(os.environ)
+    post, server, metric_names = await _traced_post(client, exporter)
+    assert post.kind is SpanKind.CLIENT and post.attributes is not None
+    assert post.attributes["http.request.method"] == "POST"
+    assert post.attributes["url.full"] == str(client.make_url("/exec"))
+    assert post.attributes["http.response.status_code"] == 200
+    assert not {"http.method", "http.url", "http.status_code"} & set(post.attributes)
+    # One trace, one vocabulary: the service's span is the client span's child and shares
+    # its names.
+    assert server.parent is not None and server.parent.span_id == post.context.span_id
+    assert server.attributes is not None
+    assert {"http.request.method", "http.response.status_code"} <= set(server.attributes)
+    assert "http.client.request.duration" in metric_names  # in seconds
+    assert "http.client.duration" not in metric_names  # the old one, in milliseconds
+    assert dict(os.environ) == environment  # chosen without writing the environment
+
+
+async def test_the_users_own_semantic_convention_choice_is_kept(
+    client: TestClient[object, object],
+    exporter: InMemorySpanExporter,
+    fresh_process: pytest.MonkeyPatch,
+) -> None:
+    fresh_process.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http/dup")
+    post, _, metric_names = await _traced_post(client, exporter)
+    assert post.attributes is not None
+    assert post.attributes["http.method"] == post.attributes["http.request.method"] == "POST"
+    assert {"http.client.duration", "http.client.request.duration"} <= metric_names
