@@ -103,7 +103,10 @@ _KEEP_PREFIX: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("password_option", re.compile(r"(?i)((?<![\w/.-])openssl\s+passwd\s+(?:-\S+\s+){0,4})\S+")),
     # smbclient and friends: -U user%password; .netrc: login user password secret
     ("password_option", re.compile(r"((?:^|\s)-U\s+[^\s%]+%)\S+")),
-    ("netrc_password", re.compile(r"(?i)((?<![\w-])login\s+\S+\s+password\s+)\S+")),
+    (
+        "netrc_password",
+        re.compile(r"(?i)((?:\bmachine\s+\S+|\bdefault)\s+login\s+\S+\s+password\s+)\S+"),
+    ),
     # secrets in query strings, connection strings and XML elements
     (
         "url_signature",

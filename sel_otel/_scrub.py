@@ -72,7 +72,7 @@ class ScrubbingSpanExporter(SpanExporter):
         links = [self._link(i, link, found) for i, link in enumerate(span.links)]
         if not found:
             return span
-        scrubbed = {**(span.attributes or {}), **(attributes or {})}
+        scrubbed = dict(span.attributes or {}) if attributes is None else attributes
         scrubbed[names.SEL_SCRUBBED] = tuple(found)
         return ReadableSpan(
             name=name,

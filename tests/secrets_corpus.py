@@ -292,6 +292,7 @@ LOOK_ALIKES: tuple[str, ...] = (
     "token validation failed for user alice",
     "secretary: Jane",
     "password_policy=strict",
+    "Login failed: password incorrect",
     # identifiers that are no secrets
     "git show 3f2c9a1b7e4d6c8a0b5f1e2d3c4b5a6978695a4b",
     "https://api.example.com/v1/items/123e4567-e89b-12d3-a456-426614174000",

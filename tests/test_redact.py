@@ -123,7 +123,7 @@ def test_a_secret_that_starts_in_view_is_scrubbed_whole_however_long_the_text() 
     [
         *("auth.", "a_", "token-", "mysql -p", "Authorization: ", "eyJ-", "xoxb-", "sk-", "ldap "),
         *("\n", "discord.com/api/webhooks/1/", "A" * 22 + "%", "1234567:", "/bot1", "token 1"),
-        *("sk.eyJ.", "glc_/", "Ab1/", "Ab1+", "x.atlasv1.", "sntrys_/", "0Q~"),
+        *("sk.eyJ.", "glc_/", "Ab1/", "Ab1+", "x.atlasv1.", "sntrys_/", "0Q~", "machine a login "),
     ],
 )
 def test_hostile_repetitions_are_scrubbed_in_linear_time(unit: str) -> None:
