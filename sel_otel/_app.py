@@ -13,7 +13,7 @@ from ._cache import ResultCache
 from ._commands import CommandHandler
 from ._exceptions import ConfigError
 from ._memory_cache import LRUMemoryCache
-from ._registry import AgentRegistry
+from ._registry import AgentRegistry, agent_directories
 from ._runtime import AgentRuntime
 from ._settings import Settings
 from ._telemetry import Telemetry, package_version
@@ -34,7 +34,7 @@ class SelApp:
     def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
         self.settings = settings
         self.telemetry = telemetry
-        self.registry = AgentRegistry(settings.agents_dir)
+        self.registry = AgentRegistry(*agent_directories(settings.agents_dir))
         self.cache = cache_from_settings(
             settings, telemetry.meter_provider, telemetry.tracer_provider
         )

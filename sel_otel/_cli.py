@@ -20,6 +20,7 @@ from ._bot_settings import BotSettings
 from ._commands import RunAgent
 from ._console import run_console
 from ._exceptions import ConfigError
+from ._registry import agent_directories
 from ._settings import Settings, settings_help
 from ._telemetry import Telemetry, telemetry_help
 
@@ -102,7 +103,10 @@ async def _embedded_host_exec(settings: Settings) -> AsyncIterator[None]:
     The service listens on a free loopback port with the default allow-list and a random
     token, and stops with the frontend.
     """
-    if os.environ.get("HOST_EXEC_URL") or not (settings.agents_dir / "host_exec.py").exists():
+    directories = agent_directories(settings.agents_dir)
+    if os.environ.get("HOST_EXEC_URL") or not any(
+        (directory / "host_exec.py").exists() for directory in directories
+    ):
         yield
         return
     from .hostexec import LocalHostExec

@@ -111,7 +111,7 @@ def format_agents(registry: AgentRegistry) -> str:
     """Agent names and descriptions, then the files that failed to load."""
     lines = [f"**{name}**: {agent.description}" for name, agent in sorted(registry.agents.items())]
     lines += [f"⚠️ {path}: {reason}" for path, reason in registry.failures.items()]
-    return "\n".join(lines) or f"No agents in {registry.directory}"
+    return "\n".join(lines) or f"No agents in {', '.join(map(str, registry.directories))}"
 
 
 class CommandHandler:

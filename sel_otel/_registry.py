@@ -1,4 +1,8 @@
-"""Discover agent modules in a directory once, keep them in memory, reload on demand.
+"""Discover agent modules in directories once, keep them in memory, reload on demand.
+
+A process looks in two places (`agent_directories`): the agents shipped with sel_otel,
+installed as the `sel_otel_agents` package, then `SEL_AGENTS_DIR` when it is set, whose agents
+replace shipped ones of the same name.
 
 Loading is atomic per file: a file that fails to import or breaks the contract is reported
 with its path and reason and skipped, and when it was already loaded the last good version
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +26,28 @@ from ._exceptions import AgentLoadError, AgentNotFound
 
 logger = logging.getLogger(__name__)
 
-_MODULE_PREFIX = "sel_otel_agents."
+#: The package the shipped agents are installed as (from `agents/` in the source tree); the
+#: registry loads every agent, shipped or not, as a module of that name.
+SHIPPED_PACKAGE = "sel_otel_agents"
+_MODULE_PREFIX = SHIPPED_PACKAGE + "."
+
+
+def shipped_agents_dir() -> Path:
+    """The directory of the agents shipped with sel_otel, wherever sel_otel is installed.
+
+    Found without importing it; in a source tree used without being installed, `agents/`
+    beside `sel_otel/`.
+    """
+    spec = importlib.util.find_spec(SHIPPED_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "agents"
+
+
+def agent_directories(extra: Path | None = None) -> tuple[Path, ...]:
+    """Where a process finds its agents: the shipped ones, then `extra` (`SEL_AGENTS_DIR`),
+    whose agents replace shipped ones of the same name."""
+    return (shipped_agents_dir(),) if extra is None else (shipped_agents_dir(), extra)
 
 
 @dataclass(frozen=True)
@@ -54,10 +80,16 @@ class _Loaded:
 
 
 class AgentRegistry:
-    """The agents found in one directory, looked up by name from memory."""
+    """The agents found in `directories`, looked up by name from memory.
 
-    def __init__(self, directory: Path | str) -> None:
-        self.directory = Path(directory)
+    An agent file in a later directory replaces one of the same name in an earlier directory.
+    """
+
+    def __init__(self, *directories: Path | str) -> None:
+        unique: dict[str, Path] = {}
+        for directory in map(Path, directories):
+            unique.setdefault(os.path.realpath(directory), directory)
+        self.directories = tuple(unique.values())
         self._loaded: dict[str, _Loaded] = {}
         self._agents: dict[str, Agent] = {}
         self._retired: list[Agent] = []
@@ -80,24 +112,29 @@ class AgentRegistry:
         return retired
 
     def reload(self) -> ReloadReport:
-        """Re-read the directory: load new and changed files, drop deleted ones.
+        """Re-read the directories: load new and changed files, drop deleted ones.
 
-        A directory that is not there (gone for a moment during a deploy, say) changes
-        nothing: it is reported as failed and the agents loaded keep serving.
+        A directory that is not there (gone for a moment during a deploy, say) is reported as
+        failed and changes nothing: the agents loaded from it keep serving.
         """
-        if not self.directory.is_dir():
-            logger.warning("agents directory %s does not exist", self.directory)
-            self.failures = MappingProxyType({self.directory: "directory does not exist"})
-            return ReloadReport(failed=dict(self.failures))
-        files = {
-            path.stem: path
-            for path in sorted(self.directory.glob("*.py"))
-            if not path.name.startswith("_")
-        }
+        files: dict[str, Path | None] = {}  # None: keep the version loaded (directory gone)
+        failed: dict[Path, str] = {}
+        for directory in self.directories:
+            if not directory.is_dir():
+                logger.warning("agents directory %s does not exist", directory)
+                failed[directory] = "directory does not exist"
+                for name, loaded in self._loaded.items():
+                    if loaded.agent.path is not None and loaded.agent.path.parent == directory:
+                        files[name] = None
+                continue
+            for file in sorted(directory.glob("*.py")):
+                if not file.name.startswith("_"):
+                    files[file.stem] = file
         added: list[str] = []
         updated: list[str] = []
-        failed: dict[Path, str] = {}
         for name, path in files.items():
+            if path is None:
+                continue
             try:
                 source = path.read_bytes()
             except OSError as exc:
@@ -105,7 +142,7 @@ class AgentRegistry:
                 continue
             digest = hashlib.blake2b(source, digest_size=16).digest()
             previous = self._loaded.get(name)
-            if previous is not None and previous.digest == digest:
+            if previous is not None and (previous.digest, previous.agent.path) == (digest, path):
                 continue
             try:
                 loaded = _load(name, path, digest)
@@ -125,7 +162,7 @@ class AgentRegistry:
             sys.modules.pop(_MODULE_PREFIX + name, None)
         self.failures = MappingProxyType(failed)
         report = ReloadReport(tuple(added), tuple(updated), tuple(removed), failed)
-        logger.info("agents reloaded from %s: %s", self.directory, report)
+        logger.info("agents reloaded from %s: %s", ", ".join(map(str, self.directories)), report)
         return report
 
 

@@ -172,7 +172,13 @@ def settings_help(cls: type[Any], title: str) -> str:
 class Settings:
     """Runtime settings; every field has a safe embedded default."""
 
-    agents_dir: Path = setting("SEL_AGENTS_DIR", Path, Path("agents"), "directory of agent modules")
+    agents_dir: Path | None = setting(
+        "SEL_AGENTS_DIR",
+        Path,
+        None,
+        "a directory of your own agents, loaded after the shipped ones (sysinfo, calc, clock, "
+        "host_exec): an agent there replaces a shipped one of the same name",
+    )
     cache_url: str = setting(
         "SEL_CACHE_URL",
         str.strip,

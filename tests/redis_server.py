@@ -174,7 +174,7 @@ async def _serve(config: dict[str, object]) -> None:
         cache_lock_lease=float(config.get("lease", 5.0)),  # type: ignore[arg-type]
         cache_retry_after=float(config.get("retry_after", 0.2)),  # type: ignore[arg-type]
     )
-    registry = AgentRegistry(settings.agents_dir)
+    registry = AgentRegistry(Path(str(config["agents_dir"])))
     registry.reload()
     cache = cache_from_settings(settings)
     await cache.open()

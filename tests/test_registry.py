@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sel_otel import AgentNotFound, AgentRegistry, ReloadReport
+from sel_otel._registry import agent_directories
 
 from .conftest import AgentWriter, RuntimeFactory
 
@@ -164,3 +165,65 @@ def test_a_directory_gone_for_a_moment_removes_no_agent(tmp_path: Path) -> None:
     assert list(registry.agents) == ["echo"]
     (tmp_path / "agents.old").rename(directory)
     assert registry.reload() == ReloadReport()  # back, unchanged: nothing to do
+
+
+def test_a_later_directory_adds_agents_and_replaces_those_of_the_same_name(
+    tmp_path: Path,
+) -> None:
+    shipped, own = tmp_path / "shipped", tmp_path / "own"
+    shipped.mkdir()
+    own.mkdir()
+    (shipped / "calc.py").write_text(GOOD.format(word="shipped"))
+    (shipped / "clock.py").write_text(GOOD.format(word="clock"))
+    mine = own / "calc.py"
+    mine.write_text(GOOD.format(word="mine"))
+    (own / "extra.py").write_text(GOOD.format(word="extra"))
+    registry = AgentRegistry(shipped, own)
+    assert set(registry.reload().added) == {"calc", "clock", "extra"}
+    assert registry.get("calc").function("x") == "mine x"
+    assert registry.get("calc").path == mine
+    assert registry.get("clock").function("x") == "clock x"
+    mine.unlink()  # the shipped agent comes back
+    assert registry.reload().updated == ("calc",)
+    assert registry.get("calc").function("x") == "shipped x"
+
+
+def test_a_replacing_file_identical_to_the_one_it_replaces_is_still_loaded_from_its_path(
+    tmp_path: Path,
+) -> None:
+    shipped, own = tmp_path / "shipped", tmp_path / "own"
+    shipped.mkdir()
+    own.mkdir()
+    (shipped / "echo.py").write_text(GOOD.format(word="same"))
+    registry = AgentRegistry(shipped, own)
+    registry.reload()
+    (own / "echo.py").write_text(GOOD.format(word="same"))
+    assert registry.reload().updated == ("echo",)
+    assert registry.get("echo").path == own / "echo.py"
+
+
+def test_a_directory_gone_for_a_moment_keeps_its_replacements(tmp_path: Path) -> None:
+    shipped, own = tmp_path / "shipped", tmp_path / "own"
+    shipped.mkdir()
+    own.mkdir()
+    (shipped / "echo.py").write_text(GOOD.format(word="shipped"))
+    (own / "echo.py").write_text(GOOD.format(word="mine"))
+    registry = AgentRegistry(shipped, own)
+    registry.reload()
+    own.rename(tmp_path / "own.old")
+    report = registry.reload()
+    assert (report.updated, report.removed, list(report.failed)) == ((), (), [own])
+    assert registry.get("echo").function("x") == "mine x"
+
+
+def test_a_directory_named_twice_is_read_once(agents_dir: Path, write_agent: AgentWriter) -> None:
+    write_agent("echo", GOOD.format(word="echo"))
+    registry = AgentRegistry(agents_dir, agents_dir.parent / agents_dir.name / ".")
+    assert registry.directories == (agents_dir,)
+    assert registry.reload().added == ("echo",)
+
+
+def test_a_process_finds_the_shipped_agents_then_its_own_directory(tmp_path: Path) -> None:
+    [shipped] = agent_directories()
+    assert {"calc", "clock", "host_exec", "sysinfo"} <= {p.stem for p in shipped.glob("*.py")}
+    assert agent_directories(tmp_path) == (shipped, tmp_path)
