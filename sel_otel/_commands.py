@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from . import _semconv as names
+from ._exceptions import AgentNotFound
 from ._registry import AgentRegistry
 from ._runtime import AgentResult, AgentRuntime
 from ._stats import format_stats, read_stats
@@ -161,7 +162,7 @@ class CommandHandler:
                 result = await self.runtime.run(agent, query, user=user)
                 return Reply(format_result(result), result.ok, result)
             case ShowStats(agent):
-                return Reply(format_stats(read_stats(self.stats_reader, agent)))
+                return self._stats(agent)
             case ListAgents():
                 return Reply(format_agents(self.runtime.registry))
             case ReloadAgents():
@@ -169,3 +170,13 @@ class CommandHandler:
                 return Reply(f"Agents reloaded: {report}", ok=not report.failed)
             case ShowHelp(problem):
                 return Reply(f"{problem}\n{HELP}" if problem else HELP, ok=problem is None)
+
+    def _stats(self, agent: str | None) -> Reply:
+        """The stats report; for an agent with no calls, whether it exists at all."""
+        rows = read_stats(self.stats_reader, agent)
+        if agent is None or rows:
+            return Reply(format_stats(rows))
+        known = self.runtime.registry.agents
+        if agent not in known:
+            return Reply(AgentNotFound(agent, known=sorted(known)).reply, ok=False)
+        return Reply(f"No calls of `{agent}` yet.")

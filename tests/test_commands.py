@@ -108,3 +108,17 @@ async def test_blank_outputs_and_messages_never_make_a_blank_reply(
     assert (await handler.handle("agent:blank x")).text == "(empty output)"
     mute = await handler.handle("agent:mute x")
     assert (mute.text, mute.ok) == ("❌ Agent 'mute' failed (AgentReplyError)", False)
+
+
+async def test_stats_of_an_unknown_agent_say_so_and_list_the_known_ones(
+    handler: CommandHandler,
+) -> None:
+    await handler.handle("agent:echo hi")
+    reply = await handler.handle("/sel_agent_stats nope")
+    assert (reply.text, reply.ok) == ("❌ Unknown agent 'nope'. Known agents: echo", False)
+
+
+async def test_stats_of_a_known_agent_without_calls_name_it(handler: CommandHandler) -> None:
+    await handler.handle("agent:nope x")
+    reply = await handler.handle("/sel_agent_stats echo")
+    assert (reply.text, reply.ok) == ("No calls of `echo` yet.", True)
