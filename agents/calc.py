@@ -1,4 +1,8 @@
-"""Arithmetic without eval: the expression is parsed and only numeric operations are evaluated."""
+"""Arithmetic without eval: the expression is parsed and only numeric operations are evaluated.
+
+An input that is not such arithmetic, or whose value cannot be computed (`1/0`, `sqrt(-1)`),
+fails the call with `InvalidExpression`, whose message the user is shown as it is.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import ast
 import math
 import operator
 from collections.abc import Callable
+
+from sel_otel import AgentReplyError
 
 DESCRIPTION = (
     "Evaluate arithmetic, e.g. `2**10 / (3 + 1)` or `sqrt(2) * pi` (math functions allowed)"
@@ -38,6 +44,10 @@ _MAX_BITS = 14_000
 _MAX_LENGTH = 500
 
 
+class InvalidExpression(AgentReplyError):
+    """The input is not arithmetic this agent evaluates, or it has no value."""
+
+
 def _check_size(op: ast.operator, left: float, right: float) -> None:
     """Refuse integer products and powers whose result would exceed _MAX_BITS."""
     if not (isinstance(left, int) and isinstance(right, int)):
@@ -49,7 +59,7 @@ def _check_size(op: ast.operator, left: float, right: float) -> None:
     else:
         return
     if bits > _MAX_BITS:
-        raise ValueError(f"result too large (over {_MAX_BITS:,} bits)")
+        raise InvalidExpression(f"⚠️ Result too large (over {_MAX_BITS:,} bits)")
 
 
 def _evaluate(node: ast.AST) -> float:
@@ -63,7 +73,7 @@ def _evaluate(node: ast.AST) -> float:
         left, right = _evaluate(node.left), _evaluate(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
             shown = right if isinstance(right, int) and right.bit_length() < 64 else "that"
-            raise ValueError(f"exponent {shown} is too large (limit {_MAX_EXPONENT})")
+            raise InvalidExpression(f"⚠️ Exponent {shown} is too large (limit {_MAX_EXPONENT})")
         _check_size(node.op, left, right)
         return _BINARY[type(node.op)](left, right)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
@@ -75,20 +85,26 @@ def _evaluate(node: ast.AST) -> float:
         and not node.keywords
     ):
         return _FUNCTIONS[node.func.id](*(_evaluate(arg) for arg in node.args))
-    raise ValueError(f"unsupported expression: {ast.unparse(node)!r}")
+    raise InvalidExpression(
+        f"⚠️ Unsupported expression: `{ast.unparse(node)}` (numbers, + - * / // % **, "
+        f"{', '.join(_CONSTANTS)} and {', '.join(_FUNCTIONS)})"
+    )
 
 
 def run(query: str) -> str:
     expression = query.strip()
     if not expression:
-        raise ValueError("give an expression, e.g. `2 * (3 + 4)`")
+        raise InvalidExpression("⚠️ Give an expression, e.g. `2 * (3 + 4)`")
     if len(expression) > _MAX_LENGTH:
-        raise ValueError(f"expression longer than {_MAX_LENGTH} characters")
+        raise InvalidExpression(f"⚠️ Expression longer than {_MAX_LENGTH} characters")
     try:
         tree = ast.parse(expression, mode="eval")
     except SyntaxError as exc:
-        raise ValueError(f"not an expression: {exc.msg}") from None
-    value = _evaluate(tree)
+        raise InvalidExpression(f"⚠️ Not an expression: {exc.msg}") from None
+    try:
+        value = _evaluate(tree)
+    except (ArithmeticError, ValueError, TypeError) as exc:  # 1/0, sqrt(-1), sqrt(1, 2)
+        raise InvalidExpression(f"⚠️ Cannot evaluate `{expression}`: {exc}") from None
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
         value = int(value)
     return f"{expression} = {value}"

@@ -190,7 +190,7 @@ async def close() -> None:
 async def run(query: str) -> str:
     command = _LINE_BREAKS.sub(" ", query).strip()
     if not command:
-        raise AgentReplyError("Give a command, e.g. `uname -a`")
+        raise AgentReplyError("⚠️ Give a command, e.g. `uname -a`")
     response = await _post(command)
     try:
         body = response.json()

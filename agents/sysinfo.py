@@ -7,8 +7,14 @@ import platform
 import shutil
 from pathlib import Path
 
+from sel_otel import AgentReplyError
+
 DESCRIPTION = "Host summary: OS, kernel, CPUs, load, memory, disk and uptime (input: optional path)"
 CACHE_TTL = 30
+
+
+class UnreadablePath(AgentReplyError):
+    """The disk usage of the path given as input cannot be read."""
 
 
 def _meminfo() -> dict[str, int]:
@@ -65,7 +71,7 @@ def run(query: str) -> str:
     try:
         disk = shutil.disk_usage(path)
     except OSError as exc:
-        raise ValueError(f"cannot read disk usage of {path!r}: {exc.strerror}") from None
+        raise UnreadablePath(f"⚠️ Cannot read the disk usage of {path!r}: {exc.strerror}") from None
     lines.append(f"Disk ({path}): {_size(disk.used)} / {_size(disk.total)}")
     uptime = _uptime()
     if uptime is not None:

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache
+from sel_otel import (
+    AgentFailed,
+    AgentRegistry,
+    AgentReplyError,
+    AgentRuntime,
+    LRUMemoryCache,
+    ResultCache,
+)
 
 AGENTS = Path(__file__).resolve().parent.parent / "agents"
 
@@ -33,7 +40,10 @@ async def test_sysinfo_reports_the_host(runtime: AgentRuntime) -> None:
 
 async def test_sysinfo_rejects_a_missing_path(runtime: AgentRuntime) -> None:
     result = await runtime.run("sysinfo", "/no/such/path")
-    assert "cannot read disk usage" in str(result.error)
+    assert result.error is not None
+    assert result.error.reply == (
+        "⚠️ Cannot read the disk usage of '/no/such/path': No such file or directory"
+    )
 
 
 @pytest.mark.parametrize(
@@ -64,12 +74,38 @@ async def test_calc_evaluates_arithmetic(
         "2**(2**2000)",
         "",
         "1 +",
+        "1/0",
+        "sqrt(-1)",
+        "sqrt(1, 2)",
+        "exp(1000)",
+        "x" * 501,
     ],
 )
 async def test_calc_refuses_anything_but_arithmetic(runtime: AgentRuntime, expression: str) -> None:
     result = await runtime.run("calc", expression)
-    assert not result.ok
-    assert "ValueError" in str(result.error)
+    assert isinstance(result.error, AgentFailed)
+    assert isinstance(result.error.original, AgentReplyError)
+    assert result.error.reply.startswith("⚠️ ")
+    assert "Error" not in result.error.reply  # no exception class name
+
+
+@pytest.mark.parametrize(
+    ("agent", "query", "reply"),
+    [
+        ("calc", "", "⚠️ Give an expression, e.g. `2 * (3 + 4)`"),
+        ("calc", "1 +", "⚠️ Not an expression: invalid syntax"),
+        ("calc", "1/0", "⚠️ Cannot evaluate `1/0`: division by zero"),
+        ("clock", "Mars/Olympus", "⚠️ Unknown time zone 'Mars/Olympus'."),
+        ("host_exec", "  ", "⚠️ Give a command, e.g. `uname -a`"),
+    ],
+)
+async def test_an_input_mistake_is_answered_in_words_not_an_exception_class(
+    runtime: AgentRuntime, agent: str, query: str, reply: str
+) -> None:
+    result = await runtime.run(agent, query)
+    assert result.error is not None
+    assert (result.error.reply, result.cached) == (reply, False)
+    assert result.error.error_type != "ValueError"
 
 
 async def test_clock_tells_the_time_in_a_zone(runtime: AgentRuntime) -> None:
@@ -79,4 +115,6 @@ async def test_clock_tells_the_time_in_a_zone(runtime: AgentRuntime) -> None:
 
 async def test_clock_suggests_zones_for_an_unknown_name(runtime: AgentRuntime) -> None:
     result = await runtime.run("clock", "tokyo")
-    assert "Did you mean: Asia/Tokyo" in str(result.error)
+    assert result.error is not None
+    assert result.error.reply == "⚠️ Unknown time zone 'tokyo'. Did you mean: Asia/Tokyo?"
+    assert result.error.error_type == "UnknownTimeZone"
