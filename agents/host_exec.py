@@ -204,7 +204,7 @@ async def run(query: str) -> str:
     if status == 401:
         raise HostExecAuthFailed("❌ Host exec authentication failed (check HOST_EXEC_TOKEN)")
     if status == 403:
-        raise CommandBlocked(f"⚠️ Command blocked by whitelist: `{command}`")
+        raise CommandBlocked(f"⚠️ Command blocked by the allow-list: `{command}`")
     if status == 400:
         raise CommandBlocked(f"⚠️ Command refused: {body.get('error', 'invalid command')}")
     if status == 504:

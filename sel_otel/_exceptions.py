@@ -121,5 +121,5 @@ class AgentReplyError(SelOtelError):
     """Raised by an agent to fail its call with a message shown to the user as it is.
 
     The call counts as an error (never cached, `error.type` is the subclass name), and the
-    reply is the message alone, e.g. `⚠️ Command blocked by whitelist: rm -rf /`.
+    reply is the message alone, e.g. `⚠️ Command blocked by the allow-list: rm -rf /`.
     """

@@ -153,7 +153,7 @@ async def test_command_outside_the_allow_list_is_blocked_and_not_cached(
     for _ in range(2):
         result = await runtime.run("host_exec", "uname -r")
         assert result.error is not None and not result.cached
-        assert result.error.reply == "⚠️ Command blocked by whitelist: `uname -r`"
+        assert result.error.reply == "⚠️ Command blocked by the allow-list: `uname -r`"
 
 
 async def test_timeout_is_reported_with_its_limit(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -276,3 +277,27 @@ def test_default_root_var_log_is_trusted_on_a_stock_system() -> None:
     policy = Policy(AllowList.load())
     assert policy.untrusted_roots() == []
     assert _approved(policy, "ls /var/log").argv == ("ls", "--", "/var/log")
+
+
+#: Directories of tools and environments, not of the project.
+_NOT_THE_PROJECT = re.compile(r"^(\.git|\.venv|.*_cache|.*\.egg-info|__pycache__|build|dist)$")
+
+
+def test_the_project_calls_it_the_allow_list_everywhere() -> None:
+    """Messages, code, documentation and tests use one word: allow-list (README's)."""
+    root = Path(__file__).resolve().parents[2]
+    other_word = re.compile("white" + r"[\s_-]?" + "list", re.IGNORECASE)
+    found = []
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = [d for d in subdirectories if not _NOT_THE_PROJECT.match(d)]
+        for name in files:
+            path = Path(directory, name)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):  # not text
+                continue
+            found += [
+                f"{path.relative_to(root)}:{text.count(chr(10), 0, match.start()) + 1}"
+                for match in other_word.finditer(text)
+            ]
+    assert not found
