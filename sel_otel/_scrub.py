@@ -36,6 +36,7 @@ _MEMO_ENTRIES = 4096
 _MEMO_MAX_CHARS = 1024
 
 _T = TypeVar("_T")
+_NONE: frozenset[str] = frozenset()
 _Redact = Callable[[str], tuple[str, tuple[str, ...]]]
 
 
@@ -60,7 +61,7 @@ class ScrubbingSpanExporter(SpanExporter):
         """`span`, or a copy of it with its secret-looking values replaced."""
         found: list[str] = []
         scope = span.instrumentation_scope
-        trusted = self._scrubbed_at_source.get(scope.name, frozenset()) if scope else frozenset()
+        trusted = self._scrubbed_at_source.get(scope.name, _NONE) if scope else _NONE
         name = self._text(span.name, "span name", found)
         attributes = self._attributes(span.attributes, "", found, trusted)
         status = span.status
@@ -68,8 +69,11 @@ class ScrubbingSpanExporter(SpanExporter):
             description = self._text(status.description, "status", found)
             if description is not status.description:
                 status = Status(status.status_code, description)
-        events = [self._event(event, found) for event in span.events]
-        links = [self._link(i, link, found) for i, link in enumerate(span.links)]
+        events, links = span.events, span.links
+        if events:
+            events = [self._event(event, found) for event in events]
+        if links:
+            links = [self._link(i, link, found) for i, link in enumerate(links)]
         if not found:
             return span
         scrubbed = dict(span.attributes or {}) if attributes is None else attributes
@@ -80,8 +84,8 @@ class ScrubbingSpanExporter(SpanExporter):
             parent=span.parent,
             resource=span.resource,
             attributes=_bounded(scrubbed, span.dropped_attributes),
-            events=_listed(events, span.dropped_events),
-            links=_listed(links, span.dropped_links),
+            events=_listed(list(events), span.dropped_events),
+            links=_listed(list(links), span.dropped_links),
             kind=span.kind,
             status=status,
             start_time=span.start_time,
@@ -91,8 +95,6 @@ class ScrubbingSpanExporter(SpanExporter):
 
     def _text(self, text: str, where: str, found: list[str]) -> str:
         """`text` scrubbed (the same object when nothing matched); rules noted in `found`."""
-        if not text:
-            return text
         scrubbed, rules = self._memo(text) if len(text) <= _MEMO_MAX_CHARS else redact(text)
         if not rules:
             return text
@@ -107,22 +109,25 @@ class ScrubbingSpanExporter(SpanExporter):
         trusted: frozenset[str] = frozenset(),
     ) -> dict[str, AttributeValue] | None:
         """Scrubbed copies of `attributes`, or None when none changed."""
+        if not attributes:
+            return None
         changed: dict[str, AttributeValue] = {}
-        for key, value in (attributes or {}).items():
-            if key in trusted:
-                continue
-            where = prefix + key
-            if isinstance(value, str):
-                text = self._text(value, where, found)
-                if text is not value:
-                    changed[key] = text
-            elif isinstance(value, Sequence) and not isinstance(value, bytes):
-                texts = [self._text(v, where, found) if isinstance(v, str) else v for v in value]
+        for key, value in attributes.items():
+            # Concrete types, not ABCs: the check runs for every value of every span.
+            if type(value) is str:
+                if key not in trusted:
+                    text = self._text(value, prefix + key, found)
+                    if text is not value:
+                        changed[key] = text
+            elif isinstance(value, tuple | list) and key not in trusted:
+                texts = tuple(
+                    self._text(v, prefix + key, found) if type(v) is str else v for v in value
+                )
                 if any(new is not old for new, old in zip(texts, value, strict=True)):
-                    changed[key] = tuple(texts)
+                    changed[key] = texts
         if not changed:
             return None
-        return {**(attributes or {}), **changed}
+        return {**attributes, **changed}
 
     def _event(self, event: Event, found: list[str]) -> Event:
         attributes = self._attributes(event.attributes, f"{event.name} event ", found)
