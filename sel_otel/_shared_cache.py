@@ -11,10 +11,15 @@ script). The protocol, for a key `K` of an agent whose keys start with `P`:
   eviction or a restart could repeat one that a computation in flight read).
 - Within a process, concurrent callers of `K` send one `read` (single-flight, `_cache.py`).
 - On a miss, `claim` returns `K`'s output, else takes `K:lock` (SET NX PX with a random
-  token and `lock_lease`), with the generation then. The holder renews the lease every third
-  of it while the agent runs (`extend_lock`, by token), then `store`s the output, which sets
-  `K` only if the generation is still the one claimed, so that no result computed before any
-  process's invalidation is stored, and releases the lock by token (`release_lock`).
+  token) for a first lease of a few operation timeouts, with the generation then. Once the
+  answer is in, the holder extends the lease to `lock_lease` (`extend_lock`, by token), so
+  that a claim whose answer never reached its caller (it timed out, but ran in Redis) blocks
+  the key for that first lease only. The holder renews the lease every third of it while the
+  agent runs, then `store`s the output, which sets `K` only if the generation is still the
+  one claimed, so that no result computed before any process's invalidation is stored, and
+  releases the lock by token (`release_lock`). A release that fails or that the breaker
+  skips, and the token of a claim that failed, are released by token in the background as
+  soon as Redis answers again.
 - A caller that finds the lock held claims again (2 ms, growing to 20 ms) until the output
   appears (a coalesced call) or it takes the lock, released without an output (the agent
   failed) or expired (its holder died: the key is blocked at most one lease). It waits at
@@ -60,6 +65,17 @@ GENERATION_KEY: Final = "~generation"
 #: Longest pause between two claims of a key whose lock another process holds.
 LOCK_POLL_MAX: Final = 0.02
 
+#: A claim's first lease, in operation timeouts (at most `lock_lease`): time enough for the
+#: claim's answer to come back and the holder's extension of the lease to reach the store.
+FIRST_LEASE_TIMEOUTS: Final = 4
+
+#: Locks left to release by token in the background, at most; beyond, the oldest are left to
+#: their leases.
+MAX_ORPHANS: Final = 10_000
+
+#: Pause between two tries to release a lock left behind, while the store does not answer.
+ORPHAN_RETRY: Final = 0.05
+
 
 class Claim(enum.Enum):
     """What `SharedBackend.claim` found when the key held no value."""
@@ -83,6 +99,8 @@ class SharedBackend(Protocol):
 
     #: Attributes of its spans (`db.system.name`, `server.address`, ...).
     db_attributes: Mapping[str, str | int]
+    #: Seconds one operation may take (None: unbounded).
+    timeout: float | None
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The output stored under `key`, else `default`."""
@@ -170,11 +188,15 @@ class SharedCache:
         self.backend = backend
         self.lock_lease = lock_lease
         self.lock_wait = lock_wait
+        self.first_lease = min(lock_lease, FIRST_LEASE_TIMEOUTS * (backend.timeout or lock_lease))
         self.breaker = _Breaker(retry_after)
         self._slow_hit_ns = int(slow_hit * 1e9)
         self._tracer = trace.get_tracer(names.SCOPE_NAME, package_version(), tracer_provider)
         self._db_attributes = dict(backend.db_attributes)
         self._keepers: dict[str, asyncio.Task[None]] = {}
+        #: Locks to release in the background (token: lock key), and the task releasing them.
+        self._orphans: dict[str, str] = {}
+        self._releaser: asyncio.Task[None] | None = None
 
     async def read(self, key: str) -> str | _Miss:
         """Read `key`; its `cache get` span is recorded afterwards, for misses, failures and
@@ -208,10 +230,11 @@ class SharedCache:
                 self.breaker.check()
                 try:
                     claimed = await self.backend.claim(
-                        key, lock_key, generation_key, token, self.lock_lease
+                        key, lock_key, generation_key, token, self.first_lease
                     )
                 except Exception as exc:
                     self._failed(span, exc)
+                    self._orphaned(lock_key, token)  # the claim may have run all the same
                     raise
                 self.breaker.success()
                 if claimed.outcome is not Claim.HELD or time.monotonic() - start >= wait:
@@ -226,7 +249,15 @@ class SharedCache:
             return Ticket(claimed.outcome, waited, claimed.generation)
         if claimed.outcome is Claim.HELD:  # waited `wait` for a live holder: run anyway
             return Ticket(generation=claimed.generation)
-        self._keepers[token] = asyncio.create_task(self._keep_lock(lock_key, token))
+        renew_in = self.lock_lease / 3
+        try:
+            if not await self.backend.extend_lock(lock_key, token, self.lock_lease):
+                logger.debug("lock %s expired before its claim was answered", lock_key)
+                return Ticket(generation=claimed.generation)
+        except Exception as exc:
+            logger.debug("extending lock %s failed: %r", lock_key, exc)
+            renew_in = self.first_lease / 2  # try again before the first lease runs out
+        self._keepers[token] = asyncio.create_task(self._keep_lock(lock_key, token, renew_in))
         return Ticket(generation=claimed.generation, token=token)
 
     async def write(self, key: str, output: str, ttl: float, ticket: Ticket) -> bool:
@@ -246,22 +277,25 @@ class SharedCache:
         return stored
 
     async def release(self, key: str, ticket: Ticket) -> None:
-        """Stop renewing the lock and delete it by token; while the breaker is open the lease
-        frees the key."""
-        if ticket.token is None:
+        """Stop renewing the lock and delete it by token; while the breaker is open, or when
+        that fails, it is released in the background once the store answers."""
+        token, lock_key = ticket.token, key + LOCK_SUFFIX
+        if token is None:
             return
-        keeper = self._keepers.pop(ticket.token, None)
+        keeper = self._keepers.pop(token, None)
         if keeper is not None:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
         try:
             self.breaker.check()
         except CircuitOpen:
+            self._orphaned(lock_key, token)
             return
         try:
-            await self.backend.release_lock(key + LOCK_SUFFIX, ticket.token)
+            await self.backend.release_lock(lock_key, token)
         except Exception:
             self.breaker.failure()
+            self._orphaned(lock_key, token)
             raise
         self.breaker.success()
 
@@ -288,12 +322,39 @@ class SharedCache:
         self.breaker.success()
 
     async def close(self) -> None:
+        """Stop releasing locks left behind (their leases free them) and disconnect."""
+        if self._releaser is not None:
+            self._releaser.cancel()
+            await asyncio.gather(self._releaser, return_exceptions=True)
         await self.backend.close()
 
-    async def _keep_lock(self, lock_key: str, token: str) -> None:
-        """Renew the lease every third of it while the agent runs; stop once it is lost."""
+    def _orphaned(self, lock_key: str, token: str) -> None:
+        """Release `lock_key` by `token` in the background, as soon as the store answers."""
+        self._orphans[token] = lock_key
+        if len(self._orphans) > MAX_ORPHANS:
+            del self._orphans[next(iter(self._orphans))]
+        if self._releaser is None or self._releaser.done():
+            self._releaser = asyncio.create_task(self._release_orphans())
+
+    async def _release_orphans(self) -> None:
+        """Release the locks left behind, one by one, trying again while the store is away.
+        The breaker does not apply: no call waits for this."""
+        while self._orphans:
+            token, lock_key = next(iter(self._orphans.items()))
+            try:
+                await self.backend.release_lock(lock_key, token)
+            except Exception as exc:
+                logger.debug("releasing lock %s failed: %r", lock_key, exc)
+                await asyncio.sleep(ORPHAN_RETRY)
+            else:
+                self._orphans.pop(token, None)
+
+    async def _keep_lock(self, lock_key: str, token: str, renew_in: float) -> None:
+        """Renew the lease in `renew_in` seconds, then every third of it while the agent runs;
+        stop once it is lost."""
         while True:
-            await asyncio.sleep(self.lock_lease / 3)
+            await asyncio.sleep(renew_in)
+            renew_in = self.lock_lease / 3
             try:
                 if not await self.backend.extend_lock(lock_key, token, self.lock_lease):
                     logger.debug("lock %s expired while its agent ran", lock_key)

@@ -1,0 +1,135 @@
+"""Locks of the shared cache do not outlive their callers: a claim whose answer the caller never
+saw, or a release skipped while the breaker was open, blocks the key for a small part of a
+lease at most, never for the whole lease.
+
+Against a real `redis-server` (tests/redis_server.py), stalled with SIGSTOP at the exact step
+under test. The lease is long (`LEASE`), so that a lock left for a whole lease is plain to see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from sel_otel import CacheOutcome, Lookup, RedisResultBackend, ResultCache
+from tests.conftest import Counting
+
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer
+
+pytest_plugins = ["tests.redis_server"]
+
+LEASE = 10.0
+TIMEOUT = 0.25  # SEL_CACHE_TIMEOUT's default
+
+CacheFactory = Callable[..., Awaitable[ResultCache]]
+
+
+@pytest.fixture
+async def make_cache(redis_server: RedisServer) -> AsyncIterator[CacheFactory]:
+    """Result caches on the test's Redis, connected and their scripts loaded as at start, each
+    one playing a separate instance."""
+    caches: list[ResultCache] = []
+
+    async def make(**options: Any) -> ResultCache:
+        options.setdefault("lock_lease", LEASE)
+        backend = RedisResultBackend.from_url(redis_server.url, timeout=TIMEOUT)
+        cache = ResultCache(backend, namespace="locks", **options)
+        caches.append(cache)
+        await cache.open()
+        return cache
+
+    yield make
+    for cache in caches:
+        await cache.close()
+
+
+def stall(server: RedisServer) -> None:
+    """SIGSTOP the server and wait until it is stopped: what is sent next waits in its socket."""
+    server.pause()
+    assert server.process is not None
+    stat = Path(f"/proc/{server.process.pid}/stat")
+    deadline = time.monotonic() + 10
+    while stat.read_text().rpartition(")")[2].split()[0] != "T":
+        assert time.monotonic() < deadline, "redis-server did not stop"
+        time.sleep(0.001)
+
+
+async def test_a_claim_answered_after_its_caller_timed_out_does_not_hold_the_key(
+    redis_server: RedisServer, make_cache: CacheFactory
+) -> None:
+    first, second = await make_cache(retry_after=0.2), await make_cache()
+    key = first.key("agent", "q")
+    get = first.backend.get
+
+    async def get_then_stall(*args: Any, **kwargs: Any) -> Any:
+        value = await get(*args, **kwargs)
+        stall(redis_server)  # the claim that follows the read waits in Redis's socket
+        return value
+
+    first.backend.get = get_then_stall  # type: ignore[method-assign]
+    try:
+        outcome = await first.get_or_run(key, 60, Counting())
+    finally:
+        redis_server.resume()  # Redis now takes the lock for a caller that gave up on it
+    assert (outcome.output, outcome.cache_error) == ("out", "timeout")
+
+    start = time.monotonic()
+    outcome = await second.get_or_run(key, 60, Counting())
+    assert outcome.lookup is Lookup.MISS
+    assert time.monotonic() - start < LEASE / 4
+
+
+async def test_a_release_skipped_by_the_open_breaker_is_made_when_redis_answers(
+    redis_server: RedisServer, make_cache: CacheFactory
+) -> None:
+    first, second = await make_cache(retry_after=60.0), await make_cache()
+    key = first.key("agent", "q")
+
+    async def compute() -> str:
+        # While this holds the key's lock, Redis stalls for another call, which opens the
+        # breaker: the holder's write and release come while it is open.
+        stall(redis_server)
+        try:
+            other = await first.get_or_run(first.key("agent", "other"), 60, Counting())
+        finally:
+            redis_server.resume()
+        assert other.cache_error == "timeout"
+        return "out"
+
+    outcome = await first.get_or_run(key, 60, compute)
+    assert (outcome.output, outcome.cache_error) == ("out", "circuit_open")
+
+    start = time.monotonic()
+    outcome = await second.get_or_run(key, 60, Counting())
+    assert outcome.lookup is Lookup.MISS
+    assert time.monotonic() - start < LEASE / 4
+
+
+async def test_a_confirmed_claim_holds_the_key_for_the_whole_lease(
+    make_cache: CacheFactory,
+) -> None:
+    first, second = await make_cache(), await make_cache()
+    key = first.key("agent", "slow")
+    compute = Counting(delay=1.5)  # longer than a claim's first lease, shorter than a renewal
+    leader = await _running(first.get_or_run(key, 60, compute), compute)
+    outcome = await second.get_or_run(key, 60, compute)
+    assert (await leader).lookup is Lookup.MISS
+    assert (outcome.lookup, compute.calls) == (Lookup.COALESCED, 1)
+
+
+async def _running(
+    call: Coroutine[Any, Any, CacheOutcome], compute: Counting
+) -> asyncio.Task[CacheOutcome]:
+    """`call` as a task, once `compute` runs in it (the key's lock is taken)."""
+    task = asyncio.ensure_future(call)
+    deadline = time.monotonic() + 10
+    while compute.calls == 0:
+        assert time.monotonic() < deadline and not task.done()
+        await asyncio.sleep(0.005)
+    return task
