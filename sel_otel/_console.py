@@ -92,10 +92,13 @@ def _terminal_kept(stream: TextIO) -> Iterator[None]:
     off while it reads, and a read cut short by Ctrl-C would leave them off."""
     try:
         import termios
-
+    except ImportError:  # not a POSIX system
+        yield
+        return
+    try:
         fd = stream.fileno()
         saved = termios.tcgetattr(fd)
-    except (ImportError, OSError, ValueError):  # no termios (Windows), or not a terminal
+    except (termios.error, OSError, ValueError):  # not a terminal after all
         yield
         return
     try:

@@ -11,6 +11,7 @@ import sys
 import termios
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -89,8 +90,9 @@ def _prompts(text: str) -> int:
     return text.count("sel> ")
 
 
-def _sane(modes: list[object]) -> tuple[bool, bool]:
-    local = int(modes[3])  # type: ignore[call-overload]
+def _sane(modes: list[Any]) -> tuple[bool, bool]:
+    """Whether the terminal echoes what is typed, and hands it over a line at a time."""
+    local = modes[3]
     return bool(local & termios.ECHO), bool(local & termios.ICANON)
 
 
