@@ -104,3 +104,20 @@ SEL_CACHE_STORED: Final = "sel.cache.stored"  # false: the agent was invalidated
 
 # `error.type` of a cache operation skipped while the backend is considered down
 CACHE_ERROR_CIRCUIT_OPEN: Final = "circuit_open"
+
+# -- Execution history ----------------------------------------------------------------------
+# Every agent call and every refusal is one history entry (SQLite, Redis Stream) and one log
+# record, with the trace context of the call's span (a refusal: of the command's span).
+HISTORY_EVENT: Final = "sel.agent.execution"  # the log record's event name
+SEL_OUTCOME: Final = "sel.outcome"  # one of the OUTCOME_* values
+SEL_HISTORY_ID: Final = "sel.history.id"  # the entry's id, the same in every store
+SEL_AGENT_OUTPUT: Final = "sel.agent.output"  # only with SEL_HISTORY_OUTPUT_MAX > 0
+OUTCOME_OK: Final = "ok"
+OUTCOME_ERROR: Final = "error"
+OUTCOME_REFUSED: Final = "refused"  # refused by the bot's checks; nothing ran
+
+# Entries a store could not keep, by store (`sel.history.store`) and `error.type`
+HISTORY_DROPPED: Final = "sel.history.dropped"
+SEL_HISTORY_STORE: Final = "sel.history.store"  # sqlite, redis, otlp_logs
+HISTORY_ERROR_QUEUE_FULL: Final = "queue_full"  # more entries pending than the bound
+HISTORY_ERROR_NOT_WRITTEN: Final = "not_written"  # still pending when the store was closed

@@ -1,0 +1,345 @@
+"""Execution history: one entry per agent call or refusal, kept by stores behind one interface.
+
+```
+runtime / bot ──History.record_*──► one BatchWriter (thread) per sink ──► SqliteHistoryStore
+  (never waits: an entry is appended to a bounded queue)              ├─► RedisHistoryStore
+                                                                      └─► LogRecordSink (OTLP)
+/sel_agent_history, sel-otel history ──HistoryReader.query──► every store, merged, newest first
+```
+
+A sink only writes (`HistorySink`); a store can be queried too (`HistoryStore`). What an
+entry keeps of the input and output is the `ContentPolicy`'s: scrubbed like span content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import itertools
+import logging
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, NamedTuple
+
+from opentelemetry import metrics, trace
+
+from . import _semconv as names
+from ._history_writer import BatchWriter
+from ._redact import scrub, span_content
+from ._telemetry import package_version
+
+logger = logging.getLogger(__name__)
+
+OUTCOMES: Final = (names.OUTCOME_OK, names.OUTCOME_ERROR, names.OUTCOME_REFUSED)
+INPUT_FULL: Final = "full"
+INPUT_TRUNCATED: Final = "truncated"
+INPUT_HASH: Final = "hash"
+INPUT_NONE: Final = "none"
+INPUT_MODES: Final = (INPUT_FULL, INPUT_TRUNCATED, INPUT_HASH, INPUT_NONE)
+#: Entries waiting for each store, at most; more are dropped and counted.
+MAX_PENDING: Final = 10_000
+#: Distinct inputs (and outputs) whose scrubbed form is remembered.
+_MEMO_SIZE = 1024
+
+
+class HistoryEntry(NamedTuple):
+    """One agent call, or one refusal, as every store keeps it.
+
+    A named tuple: one is built on every call, on the event loop, and tuples are the cheapest
+    immutable records. `time` is when the call started, in seconds since the epoch; the trace
+    and span ids are lowercase hex, "" when the call was not traced.
+    """
+
+    id: str
+    time: float
+    agent: str
+    input: str | None
+    user: str | None
+    frontend: str | None
+    outcome: str
+    error_type: str | None
+    duration_ms: float
+    cached: bool
+    instance: str
+    trace_id: str
+    span_id: str
+    output: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as JSON-ready values, `time` in ISO 8601 (UTC, milliseconds)."""
+        return self._asdict() | {"time": iso_time(self.time)}
+
+
+def iso_time(seconds: float) -> str:
+    """`seconds` since the epoch as ISO 8601 in UTC with milliseconds: 2025-06-01T12:00:03.120Z."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """Which entries to read: filters (None: any), the most recent `limit` of them, and only
+    those that started after `since` (seconds since the epoch) when given."""
+
+    agent: str | None = None
+    user: str | None = None
+    outcome: str | None = None
+    limit: int = 20
+    since: float | None = None
+
+    def matches(self, entry: HistoryEntry) -> bool:
+        return (
+            (self.agent is None or entry.agent == self.agent)
+            and (self.user is None or entry.user == self.user)
+            and (self.outcome is None or entry.outcome == self.outcome)
+            and (self.since is None or entry.time > self.since)
+        )
+
+
+class HistorySink(ABC):
+    """Where entries are written, by one writer thread: `write` may block and may raise (the
+    writer counts the entries as dropped and logs the failure once)."""
+
+    #: The store's name in logs and in the `sel.history.store` attribute.
+    name: str
+
+    @abstractmethod
+    def write(self, entries: Sequence[HistoryEntry]) -> None:
+        """Keep `entries` (oldest first)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the sink holds; called on its writer thread, after the last write."""
+
+
+class HistoryStore(HistorySink):
+    """A sink that answers queries; `query` runs on a worker thread, apart from `write`."""
+
+    @abstractmethod
+    def query(self, query: HistoryQuery) -> list[HistoryEntry]:
+        """The most recent `query.limit` matching entries, newest first."""
+
+
+class ContentPolicy:
+    """What an entry keeps of a call's input and output, scrubbed as span content is.
+
+    Input: `full` (scrubbed), `truncated` (scrubbed, at most `input_max` characters), `hash`
+    (`sha256:` and the hex digest of the scrubbed input: equal inputs, equal hashes, and no
+    secret even hashed) or `none`. Output: kept only when `output_max` > 0, scrubbed and cut
+    to that. Both are memoized: inputs recur, and scrubbing costs more than a cache hit.
+    """
+
+    def __init__(
+        self, input_mode: str = INPUT_TRUNCATED, input_max: int = 256, output_max: int = 0
+    ) -> None:
+        if input_mode not in INPUT_MODES:
+            raise ValueError(f"input mode {input_mode!r} is not one of {', '.join(INPUT_MODES)}")
+        keep: dict[str, Callable[[str], str | None]] = {
+            INPUT_FULL: scrub,
+            INPUT_TRUNCATED: functools.partial(span_content, limit=input_max),
+            INPUT_HASH: _hash,
+            INPUT_NONE: lambda text: None,
+        }
+        self.input = functools.lru_cache(maxsize=_MEMO_SIZE)(keep[input_mode])
+        self.output_max = output_max
+        self._output = functools.lru_cache(maxsize=_MEMO_SIZE)(
+            functools.partial(span_content, limit=output_max)
+        )
+
+    def output(self, text: str | None) -> str | None:
+        if text is None or self.output_max <= 0:
+            return None
+        return self._output(text)
+
+
+def _hash(text: str) -> str:
+    return "sha256:" + hashlib.sha256(scrub(text).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Entries read for a query, newest first, and the stores that could not be read."""
+
+    entries: list[HistoryEntry]
+    unavailable: tuple[str, ...] = ()
+
+
+class HistoryReader:
+    """Queries every store at once, off the event loop, and merges what they answer: newest
+    first, each entry once (an instance's entries are in its SQLite file and in Redis)."""
+
+    def __init__(self, stores: Sequence[HistoryStore]) -> None:
+        self.stores = tuple(stores)
+
+    async def query(self, query: HistoryQuery) -> HistoryPage:
+        answers = await asyncio.gather(
+            *(asyncio.to_thread(store.query, query) for store in self.stores),
+            return_exceptions=True,
+        )
+        merged: dict[str, HistoryEntry] = {}
+        unavailable = []
+        for store, answer in zip(self.stores, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, Exception):
+                    raise answer
+                logger.warning("history store %s unavailable: %s", store.name, _reason(answer))
+                unavailable.append(store.name)
+                continue
+            for entry in answer:
+                merged.setdefault(entry.id, entry)
+        entries = sorted(merged.values(), key=lambda entry: entry.time, reverse=True)
+        return HistoryPage(entries[: query.limit], tuple(unavailable))
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class History:
+    """Records every agent call and refusal into its sinks, and reads them back.
+
+    Recording never waits and never raises: an entry goes to a bounded queue per sink, and a
+    thread per sink writes the queue every `flush_interval` seconds (sooner when it fills).
+    A store that fails drops entries: each is counted in `sel.history.dropped`, and the
+    failure is logged once, with the recovery. `open()` starts the writers; `close()` writes
+    what is pending and stops them. Entries are recorded from the event loop's thread only.
+    """
+
+    def __init__(
+        self,
+        sinks: Sequence[HistorySink],
+        *,
+        instance: str,
+        policy: ContentPolicy | None = None,
+        flush_interval: float = 1.0,
+        max_pending: int = MAX_PENDING,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self.instance = instance
+        self.policy = policy or ContentPolicy()
+        meter = metrics.get_meter(names.SCOPE_NAME, package_version(), meter_provider)
+        self._dropped = meter.create_counter(
+            names.HISTORY_DROPPED,
+            unit=names.ENTRY_UNIT,
+            description="History entries a store could not keep",
+        )
+        self._writers = [
+            BatchWriter(sink, flush_interval, max_pending, self._on_dropped) for sink in sinks
+        ]
+        self.reader = HistoryReader([sink for sink in sinks if isinstance(sink, HistoryStore)])
+        self._prefix = secrets.token_hex(6)  # entry ids: unique per process, then a count
+        self._count = itertools.count()
+
+    def open(self) -> None:
+        """Start the writer threads."""
+        for writer in self._writers:
+            writer.start()
+
+    def record_call(
+        self,
+        agent: str,
+        query: str,
+        user: str | None,
+        frontend: str | None,
+        span: trace.Span,
+        duration: float,
+        attributes: Mapping[str, str | bool],
+        output: str | None,
+    ) -> None:
+        """Record a call of `agent` that took `duration` seconds and ended now, whose span is
+        `span` and whose metric attributes are `attributes` (`sel.cache.hit`, `error.type`)."""
+        error_type = attributes.get(names.ERROR_TYPE)
+        self._record(
+            agent,
+            query,
+            user,
+            frontend,
+            names.OUTCOME_OK if error_type is None else names.OUTCOME_ERROR,
+            error_type if isinstance(error_type, str) else None,
+            duration,
+            attributes.get(names.SEL_CACHE_HIT) is True,
+            span,
+            self.policy.output(output),
+        )
+
+    def record_refusal(
+        self,
+        agent: str,
+        query: str,
+        user: str | None,
+        frontend: str | None,
+        reason: str,
+        span: trace.Span,
+    ) -> None:
+        """Record that `user` was refused a call of `agent` for `reason` (its `error_type`)."""
+        self._record(
+            agent, query, user, frontend, names.OUTCOME_REFUSED, reason, 0.0, False, span, None
+        )
+
+    def _record(
+        self,
+        agent: str,
+        query: str,
+        user: str | None,
+        frontend: str | None,
+        outcome: str,
+        error_type: str | None,
+        duration: float,
+        cached: bool,
+        span: trace.Span,
+        output: str | None,
+    ) -> None:
+        context = span.get_span_context()
+        traced = context.is_valid
+        entry = HistoryEntry(
+            f"{self._prefix}-{next(self._count):x}",
+            time.time() - duration,
+            agent,
+            self.policy.input(query),
+            user,
+            frontend,
+            outcome,
+            error_type,
+            duration * 1000.0,
+            cached,
+            self.instance,
+            format(context.trace_id, "032x") if traced else "",
+            format(context.span_id, "016x") if traced else "",
+            output,
+        )
+        for writer in self._writers:
+            writer.put(entry)
+
+    async def query(self, query: HistoryQuery) -> HistoryPage:
+        """The entries `query` asks for, from every store."""
+        return await self.reader.query(query)
+
+    async def flush(self, wait: float = 10.0) -> bool:
+        """Write every entry recorded so far; False when a store did not finish within `wait`
+        seconds."""
+        return await asyncio.to_thread(self._flush, wait)
+
+    def _flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return all([writer.flush(deadline - time.monotonic()) for writer in self._writers])
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is pending and stop the writers, within about `timeout` seconds; a store
+        that hangs is left behind (its thread is a daemon) and its pending entries counted."""
+        deadline = time.monotonic() + timeout
+        for writer in self._writers:
+            writer.stop()
+        for writer in self._writers:
+            writer.join(deadline - time.monotonic())
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """`close` within `grace` seconds, off the event loop."""
+        await asyncio.to_thread(self.close, grace)
+
+    def _on_dropped(self, store: str, error_type: str, count: int) -> None:
+        self._dropped.add(count, {names.SEL_HISTORY_STORE: store, names.ERROR_TYPE: error_type})
