@@ -182,7 +182,7 @@ async def main(url: str | None) -> None:
         tracer_provider.add_span_processor(BatchSpanProcessor(DiscardingExporter()))
         runtime = build_runtime(url, agents, namespace, tracer_provider)
         await runtime.run("echo", "uname -a")  # fill the cache
-        key = runtime.cache.key("echo", "uname -a")
+        key = runtime.cache.key("echo", "uname -a", version=runtime.registry.get("echo").version)
         client = aioredis.Redis.from_url(url)
         assert await client.get(key)
 

@@ -55,6 +55,9 @@ class Agent:
     cache_per_user: bool = False
     close: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
     path: Path | None = None
+    #: The digest of the source it was loaded from: part of its cache keys, so that results
+    #: of different code never mix.
+    version: str = ""
 
     def ttl_for(self, query: str) -> float:
         """Seconds to cache the result of `query`; 0 means do not cache it.

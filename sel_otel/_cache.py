@@ -87,9 +87,10 @@ class ResultCache:
         self._generations: dict[str, int] = {}
         self._failing = False
 
-    def key(self, agent: str, query: str, user: str | None = None) -> str:
-        """The cache key: the agent's prefix and blake2b of (agent, user, stripped input)."""
-        text = f"{agent}\x00{user or ''}\x00{query.strip()}"
+    def key(self, agent: str, query: str, user: str | None = None, *, version: str = "") -> str:
+        """The cache key: the agent's prefix and blake2b of (agent, the version of its code,
+        user, stripped input)."""
+        text = f"{agent}\x00{version}\x00{user or ''}\x00{query.strip()}"
         # surrogatepass: any str has a key, even one holding bytes a decoder could not read
         digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
         return f"{self.agent_prefix(agent)}{digest}"
@@ -114,7 +115,7 @@ class ResultCache:
         sharing that execution. `compute_timeout` is how long `compute` may take: another
         process's execution of the same key is waited for at most that plus the lock lease.
 
-        A remote store's read waits on the network: there the first caller reads inside its
+        A shared store's read waits on the network: there the first caller reads inside its
         flight, so N concurrent callers send one read, and callers joining a flight that was
         answered from the cache count as hits. A memory read never waits: callers read first,
         and only misses make a flight.
@@ -125,7 +126,7 @@ class ResultCache:
         while True:
             flight = self._flights.get(key)
             if flight is None:
-                if self.storage.remote:
+                if self.storage.shared:
                     break
                 try:
                     value = await self.storage.read(key)
@@ -171,10 +172,10 @@ class ResultCache:
         compute_timeout: float | None,
         error: str | None,
     ) -> CacheOutcome:
-        """This process's one execution for `key`: read (a remote store), acquire, compute,
+        """This process's one execution for `key`: read (a shared store), acquire, compute,
         write unless invalidated meanwhile, release."""
         storage = self.storage
-        if storage.remote:
+        if storage.shared:
             try:
                 value = await storage.read(key)
             except Exception as exc:  # the store is down: no lock, no write
@@ -231,6 +232,14 @@ class ResultCache:
                 self._failed("invalidate", exc)
             else:
                 self._recovered()
+
+    async def retire(self, *agents: str) -> None:
+        """Forget the results of `agents`, whose code changed or went. Their keys name the old
+        version, so no later call reaches them: a process's own store frees them now, a
+        shared one keeps them for the instances still running that version, until their TTL.
+        """
+        if not self.storage.shared:
+            await self.invalidate(*agents)
 
     async def open(self) -> None:
         """Get the backend ready ahead of the first call (connect a shared one), so that calls

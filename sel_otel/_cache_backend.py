@@ -58,10 +58,11 @@ class CacheBackend(Protocol):
     """The storage steps of a cached call. A step that fails raises; `ResultCache` serves the
     failure as a miss."""
 
-    #: Reached over a network: a read waits, so concurrent callers of a key share one read,
-    #: and a read that failed means the store is down: the call then neither acquires nor
-    #: writes.
-    remote: bool
+    #: Shared by several processes, over a network: a read waits, so concurrent callers of a
+    #: key share one read; a read that failed means the store is down, so the call neither
+    #: acquires nor writes; and other processes may still run an agent's older version, so a
+    #: reload here leaves that version's results to them.
+    shared: bool
 
     async def read(self, key: str) -> str | _Miss:
         """The output stored under `key`, or MISS."""
@@ -85,7 +86,7 @@ class CacheBackend(Protocol):
         ...
 
     async def open(self) -> None:
-        """Get ready for the first call (connect a remote store)."""
+        """Get ready for the first call (connect a shared store)."""
         ...
 
     async def close(self) -> None:

@@ -24,7 +24,7 @@ class LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
     reference: store immutable values (the result cache stores `str`).
     """
 
-    remote = False
+    shared = False
 
     def __init__(
         self, max_size: int = 500, *, on_evict: Callable[[], None] | None = None, **kwargs: Any

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 
@@ -179,7 +179,7 @@ def _load(name: str, path: Path, digest: bytes) -> _Loaded:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-        agent = Agent.from_module(name, module, path)
+        agent = replace(Agent.from_module(name, module, path), version=digest.hex())
     except AgentLoadError:
         _restore(module_name, old_module)
         raise

@@ -163,8 +163,9 @@ class AgentRuntime:
     async def reload(self) -> ReloadReport:
         """Re-read the agents directory, as `AgentRegistry.reload` does.
 
-        The cached results of updated and removed agents are dropped: they came from the old
-        code. Replaced agents are closed now, or when their last call in flight ends.
+        The cached results of updated and removed agents are retired: they came from the old
+        code (`ResultCache.retire`). Replaced agents are closed now, or when their last call in
+        flight ends.
         """
         report = self.registry.reload()
         for agent in self.registry.take_retired():
@@ -172,7 +173,7 @@ class AgentRuntime:
                 self._retired[id(agent)] = agent
             else:
                 self._in_background(_close(agent))
-        await self.cache.invalidate(*report.updated, *report.removed)
+        await self.cache.retire(*report.updated, *report.removed)
         return report
 
     async def aclose(self) -> None:
@@ -190,7 +191,8 @@ class AgentRuntime:
     ) -> tuple[str, Lookup]:
         invalidates = agent.invalidates(query)
         ttl = 0.0 if invalidates else agent.ttl_for(query)
-        key = self.cache.key(agent.name, query, user if agent.cache_per_user else None)
+        user = user if agent.cache_per_user else None
+        key = self.cache.key(agent.name, query, user, version=agent.version)
         timeout = agent.timeout or self.settings.agent_timeout
         # An invalidating sync call that times out makes its change only when its thread
         # ends: the agent's results are invalidated again then.

@@ -173,7 +173,7 @@ class _Breaker:
 class SharedCache:
     """The `CacheBackend` steps over a `SharedBackend`, as the module docstring describes."""
 
-    remote = True
+    shared = True
 
     def __init__(
         self,
