@@ -73,8 +73,8 @@ _KEEP_PREFIX: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "secret_key_value",
         re.compile(
-            rf"(?i)(?<!{_KEY_PART})({_KEY_PART}{{0,60}}?{_SECRET_WORD}{_KEY_PART}{{0,30}}"
-            rf"{_SEPARATOR}){_WORD_VALUE}"
+            rf"(?i)(?<!{_KEY_PART})(?={_KEY_PART}{{1,91}}{_SEPARATOR})"  # a key, at a glance
+            rf"({_KEY_PART}{{0,60}}?{_SECRET_WORD}{_KEY_PART}{{0,30}}{_SEPARATOR}){_WORD_VALUE}"
         ),
     ),
     # command-line options naming a secret: --token abc, --client-secret=abc
@@ -140,7 +140,7 @@ _URL_CREDENTIALS = re.compile(r"(://[^/\s:@]*:)[^@\s/]+(@)")
 _TOKENS = re.compile(
     r"(?P<private_key>-----BEGIN [A-Z ]{0,40}PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
     r"(?:-----END [A-Z ]{0,40}PRIVATE KEY(?: BLOCK)?-----|$))"
-    r"|(?<![\w-])(?:"
+    r"|(?<![\w-])(?=[\w.~+/=%-]{15})(?:"  # no shape is shorter: words are skipped at once
     r"(?P<discord_bot_token>[MNO][\w-]{23,27}\.[\w-]{6}\.[\w-]{27,})"
     r"|(?P<jwt>eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,})"
     r"|(?P<github_token>gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,})"
@@ -175,7 +175,7 @@ _TOKENS = re.compile(
     r"|(?P<azure_client_secret>[\w~.]{3}\dQ~[\w~.-]{31,34})"
     r")"
     # Telegram: bot id, colon, 35 characters; also in an API path (/bot<token>/)
-    r"|(?:(?<![\w:-])|(?<=/bot))(?P<telegram_bot_token>\d{5,16}:[Aa][\w-]{34}(?![\w-]))"
+    r"|(?=\d{5})(?:(?<![\w:-])|(?<=/bot))(?P<telegram_bot_token>\d{5,16}:[Aa][\w-]{34}(?![\w-]))"
     # AWS secret access key, bare: 40 base64 characters in a run of exactly that length, with
     # both cases and two digits or more (a git SHA has no upper case, a class name one
     # digit, a path more slashes)
