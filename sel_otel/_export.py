@@ -15,6 +15,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -23,9 +25,11 @@ logger = logging.getLogger(__name__)
 
 
 class _Guard:
-    """Failure reporting and abort shared by the span and metric guards."""
+    """Failure reporting and abort shared by the span, metric and log guards."""
 
-    def __init__(self, inner: SpanExporter | MetricExporter, signal: str) -> None:
+    def __init__(
+        self, inner: SpanExporter | MetricExporter | LogRecordExporter, signal: str
+    ) -> None:
         self.inner = inner
         self.signal = signal
         self.failing = False
@@ -114,4 +118,30 @@ class GuardedMetricExporter(_Guard, MetricExporter):
         self.abort()
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+class GuardedLogExporter(_Guard, LogRecordExporter):
+    """A log record exporter that fails quietly and can be aborted."""
+
+    inner: LogRecordExporter
+
+    def __init__(self, inner: LogRecordExporter) -> None:
+        super().__init__(inner, "logs")
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        if self._stopped:
+            return LogRecordExportResult.FAILURE
+        try:
+            result = self.inner.export(batch)
+        except Exception as exc:
+            self._report(False, exc)
+            return LogRecordExportResult.FAILURE
+        self._report(result is LogRecordExportResult.SUCCESS)
+        return result
+
+    def shutdown(self) -> None:
+        self.abort()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.inner.force_flush(timeout_millis)

@@ -2,7 +2,8 @@
 
 `OtlpReceiver` serves http/protobuf from a thread of its own, so any thread may export to it.
 Each signal it serves is one `Signal` in `SIGNALS`: a path, the protobuf request, and how a
-request flattens into records (spans into `ReceivedSpan`, metrics into their OTLP `Metric`).
+request flattens into records (spans into `ReceivedSpan`, metrics into their OTLP `Metric`,
+log records into `ReceivedLog`).
 Every request is also logged as (path, status). Its faults are a collector's: `fail(status)`
 answers an error and keeps nothing, `hang(seconds)` holds each request and then answers 503,
 `stop()` closes the port (connections refused, held requests released) and `start()` opens
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -75,6 +77,35 @@ def _spans(request: ExportTraceServiceRequest) -> Iterator[ReceivedSpan]:
                 )
 
 
+@dataclass(frozen=True)
+class ReceivedLog:
+    """One log record with its resource's attributes; ids in lowercase hex, "" for none."""
+
+    event_name: str
+    body: Any
+    severity_text: str
+    trace_id: str
+    span_id: str
+    attributes: Mapping[str, Any]
+    resource: Mapping[str, Any]
+
+
+def _logs(request: ExportLogsServiceRequest) -> Iterator[ReceivedLog]:
+    for resource_logs in request.resource_logs:
+        resource = attributes(resource_logs.resource.attributes)
+        for scope_logs in resource_logs.scope_logs:
+            for record in scope_logs.log_records:
+                yield ReceivedLog(
+                    event_name=record.event_name,
+                    body=_value(record.body),
+                    severity_text=record.severity_text,
+                    trace_id=record.trace_id.hex(),
+                    span_id=record.span_id.hex(),
+                    attributes=attributes(record.attributes),
+                    resource=resource,
+                )
+
+
 def _metrics(request: ExportMetricsServiceRequest) -> Iterator[Metric]:
     for resource_metrics in request.resource_metrics:
         for scope_metrics in resource_metrics.scope_metrics:
@@ -92,7 +123,8 @@ class Signal:
 
 TRACES = Signal("/v1/traces", ExportTraceServiceRequest, _spans)
 METRICS = Signal("/v1/metrics", ExportMetricsServiceRequest, _metrics)
-SIGNALS = {signal.path: signal for signal in (TRACES, METRICS)}
+LOGS = Signal("/v1/logs", ExportLogsServiceRequest, _logs)
+SIGNALS = {signal.path: signal for signal in (TRACES, METRICS, LOGS)}
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -188,6 +220,10 @@ class OtlpReceiver:
         return self._snapshot(self._received[METRICS.path])
 
     @property
+    def logs(self) -> list[ReceivedLog]:
+        return self._snapshot(self._received[LOGS.path])
+
+    @property
     def requests(self) -> list[tuple[str, int]]:
         """(path, status) of every request, in order of arrival."""
         return self._snapshot(self._requests)
@@ -202,6 +238,11 @@ class OtlpReceiver:
         self, where: Callable[[Metric], bool] = bool, timeout: float = WAIT, count: int = 1
     ) -> list[Metric]:
         return self._wait(self._received[METRICS.path], where, timeout, count)
+
+    def wait_for_logs(
+        self, where: Callable[[ReceivedLog], bool] = bool, timeout: float = WAIT, count: int = 1
+    ) -> list[ReceivedLog]:
+        return self._wait(self._received[LOGS.path], where, timeout, count)
 
     def wait_for_requests(
         self, where: Callable[[tuple[str, int]], bool] = bool, timeout: float = WAIT, count: int = 1
