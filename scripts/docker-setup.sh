@@ -205,8 +205,8 @@ build_app() {
     # shellcheck disable=SC2086 # one argument per path
     cp -R $APP_SOURCES README.md "$context/source/" &&
         image_pip wheel -q -c constraints.txt -w "$context/wheels" "$context/source" &&
-        docker build --network none --build-arg BASE="$(image python)" --label "$LABEL=$2" \
-            -f deploy/app-offline.Dockerfile -t "$1" "$context"
+        docker build --network none --force-rm --build-arg BASE="$(image python)" \
+            --label "$LABEL=$2" -f deploy/app-offline.Dockerfile -t "$1" "$context"
     status=$?
     rm -rf "$context"
     return "$status"
