@@ -122,5 +122,9 @@ def cache_from_settings(
         raise ConfigError(
             f"SEL_CACHE_URL: unsupported scheme {scheme!r} (memory://, redis://, rediss://)"
         )
-    backend = LRUMemoryCache(settings.cache_max_entries, on_evict=lambda: evictions.add(1))
+    backend = LRUMemoryCache(
+        settings.cache_max_entries,
+        max_bytes=settings.cache_max_bytes,
+        on_evict=lambda: evictions.add(1),
+    )
     return ResultCache(backend, namespace=settings.cache_namespace, on_error=on_error)

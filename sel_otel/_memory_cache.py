@@ -4,6 +4,7 @@ the `CacheBackend` steps of the result cache for one process."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,9 @@ from ._cache_backend import FREE, MISS, Ticket, _Miss
 
 
 class LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
-    """aiocache's memory backend, bounded to `max_size` entries with least-recently-used eviction.
+    """aiocache's memory backend, bounded to `max_size` entries and, when given, `max_bytes`
+    bytes of keys and values, with least-recently-used eviction. A value that alone would
+    exceed `max_bytes` is not kept (and counted as evicted).
 
     Only the storage primitives are overridden, and the `CacheBackend` steps added: a read goes
     straight to the storage (a hit is a dict lookup, without aiocache's per-call wrappers); one
@@ -27,13 +30,21 @@ class LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
     shared = False
 
     def __init__(
-        self, max_size: int = 500, *, on_evict: Callable[[], None] | None = None, **kwargs: Any
+        self,
+        max_size: int = 500,
+        *,
+        max_bytes: int | None = None,
+        on_evict: Callable[[], None] | None = None,
+        **kwargs: Any,
     ) -> None:
         kwargs.setdefault("timeout", None)  # no asyncio.wait_for around in-memory dict access
         super().__init__(**kwargs)
-        if max_size < 1:
-            raise ValueError("max_size must be at least 1")
+        if max_size < 1 or (max_bytes is not None and max_bytes < 1):
+            raise ValueError("max_size and max_bytes must be at least 1")
         self.max_size = max_size
+        self.max_bytes = max_bytes
+        #: Bytes held by the keys and values stored (their objects' own sizes).
+        self.bytes = 0
         self._on_evict = on_evict
         self._cache: OrderedDict[str, object] = OrderedDict()
 
@@ -81,16 +92,20 @@ class LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
     ) -> bool | int:
         if _cas_token is not None and _cas_token != self._cache.get(key):
             return 0
-        self._cancel_timer(key)
+        self._remove(key)
+        size = _size(key, value)
+        if self.max_bytes is not None and size > self.max_bytes:
+            self._evicted()
+            return False
         self._cache[key] = value
-        self._cache.move_to_end(key)
+        self.bytes += size
         if ttl:
             self._handlers[key] = asyncio.get_running_loop().call_later(ttl, self._remove, key)
-        while len(self._cache) > self.max_size:
-            oldest = next(iter(self._cache))
-            self._remove(oldest)
-            if self._on_evict is not None:
-                self._on_evict()
+        while len(self._cache) > self.max_size or (
+            self.max_bytes is not None and self.bytes > self.max_bytes
+        ):
+            self._remove(next(iter(self._cache)))
+            self._evicted()
         return True
 
     async def _delete(self, key: str, _conn: object = None) -> int:
@@ -109,9 +124,23 @@ class LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
 
     def _remove(self, key: str) -> int:
         self._cancel_timer(key)
-        return 0 if self._cache.pop(key, None) is None else 1
+        value = self._cache.pop(key, None)
+        if value is None:
+            return 0
+        self.bytes -= _size(key, value)
+        return 1
+
+    def _evicted(self) -> None:
+        if self._on_evict is not None:
+            self._on_evict()
 
     def _cancel_timer(self, key: str) -> None:
         handle = self._handlers.pop(key, None)
         if handle is not None:
             handle.cancel()
+
+
+def _size(key: str, value: object) -> int:
+    """Bytes held by an entry: its key's and its value's objects (a str's characters
+    included)."""
+    return sys.getsizeof(key) + sys.getsizeof(value)

@@ -191,6 +191,12 @@ class Settings:
     cache_max_entries: int = setting(
         "SEL_CACHE_MAX_ENTRIES", _count, 500, "LRU bound of the memory cache"
     )
+    cache_max_bytes: int = setting(
+        "SEL_CACHE_MAX_BYTES",
+        _count,
+        64 * 1024 * 1024,
+        "LRU bound of the memory cache in bytes of keys and outputs",
+    )
     cache_timeout: float = setting(
         "SEL_CACHE_TIMEOUT",
         _seconds,
