@@ -236,6 +236,9 @@ class SharedCache:
                     self._failed(span, exc)
                     self._orphaned(lock_key, token)  # the claim may have run all the same
                     raise
+                except asyncio.CancelledError:
+                    self._orphaned(lock_key, token)
+                    raise
                 self.breaker.success()
                 if claimed.outcome is not Claim.HELD or time.monotonic() - start >= wait:
                     break
@@ -257,6 +260,9 @@ class SharedCache:
         except Exception as exc:
             logger.debug("extending lock %s failed: %r", lock_key, exc)
             renew_in = self.first_lease / 2  # try again before the first lease runs out
+        except asyncio.CancelledError:  # the caller is gone: so is its claim
+            self._orphaned(lock_key, token)
+            raise
         self._keepers[token] = asyncio.create_task(self._keep_lock(lock_key, token, renew_in))
         return Ticket(generation=claimed.generation, token=token)
 
