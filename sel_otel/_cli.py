@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import sys
-import textwrap
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ from ._commands import RunAgent
 from ._console import run_console
 from ._exceptions import ConfigError
 from ._registry import agent_directories
-from ._settings import Settings, settings_help
+from ._settings import Settings, help_paragraph, settings_help
 from ._telemetry import Telemetry, telemetry_help
 
 
@@ -40,10 +39,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 _SETTINGS = "settings (environment variables)"
-_HOST_EXEC_AGENT = textwrap.fill(
+_HOST_EXEC_AGENT = help_paragraph(
     "The host_exec agent reads HOST_EXEC_URL, the service's base URL (unset: a local service "
-    "is started), and its token from HOST_EXEC_TOKEN_FILE or HOST_EXEC_TOKEN.",
-    width=88,
+    "is started), and its token from HOST_EXEC_TOKEN_FILE or HOST_EXEC_TOKEN."
 )
 
 

@@ -168,6 +168,11 @@ def settings_help(cls: type[Any], title: str) -> str:
     return "\n".join(lines)
 
 
+def help_paragraph(text: str) -> str:
+    """`text` wrapped as `--help` wraps the settings."""
+    return textwrap.fill(text, _WIDTH)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime settings; every field has a safe embedded default."""

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import sys
-import textwrap
 import threading
 import time
 import uuid
@@ -54,6 +53,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from ._exceptions import ConfigError
 from ._export import GuardedMetricExporter, GuardedSpanExporter
 from ._scrub import ScrubbingSpanExporter
+from ._settings import help_paragraph
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +120,10 @@ def _sdk_disabled(env: Mapping[str, str]) -> bool:
 
 def telemetry_help(default_service_name: str = DEFAULT_SERVICE_NAME) -> str:
     """What `--help` says of the variables `Telemetry.from_env` reads."""
-    return textwrap.fill(
+    return help_paragraph(
         "Telemetry: the standard OTEL_* variables (see the README, section Configuration); "
         f"OTEL_SERVICE_NAME defaults to {default_service_name}; the console exporter writes to "
-        "standard error.",
-        width=88,
+        "standard error."
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sel_otel import BotSettings, ConfigError, Settings
-from sel_otel._settings import settings_help
+from sel_otel._settings import _VARIABLE, settings_help
 from sel_otel.hostexec import HostExecSettings
 
 from .conftest import CLI, ROOT, cli_environment
@@ -25,7 +25,7 @@ REQUIRED = {"DISCORD_TOKEN": "t", "HOST_EXEC_TOKEN": "t" * 32}
 
 def _names(field: dataclasses.Field[Any]) -> tuple[str, ...]:
     """The variables a settings field is read from."""
-    names: tuple[str, ...] = field.metadata["sel_otel.variable"].names
+    names: tuple[str, ...] = field.metadata[_VARIABLE].names
     return names
 
 
@@ -48,10 +48,14 @@ def _numeric(cls: type[Any]) -> list[str]:
 NUMERIC = [(cls, name) for cls in CLASSES for name in _numeric(cls)]
 
 
+def _class_reading(name: str) -> Any:
+    return next(cls for cls, numeric in NUMERIC if numeric == name)
+
+
 def test_every_field_is_declared_with_its_variable() -> None:
     for cls in CLASSES:
         for field in dataclasses.fields(cls):
-            assert "sel_otel.variable" in field.metadata, f"{cls.__name__}.{field.name}"
+            assert _VARIABLE in field.metadata, f"{cls.__name__}.{field.name}"
 
 
 def test_the_numeric_settings_are_found() -> None:
@@ -83,9 +87,8 @@ def test_an_out_of_range_number_is_refused_naming_the_variable(
     ],
 )
 def test_the_refusal_says_what_is_accepted(name: str, value: str, reason: str) -> None:
-    cls = next(cls for cls, numeric in NUMERIC if numeric == name)
     with pytest.raises(ConfigError, match=re.escape(reason)):
-        cls.from_env({**REQUIRED, name: value})
+        _class_reading(name).from_env({**REQUIRED, name: value})
 
 
 @pytest.mark.parametrize(
@@ -98,7 +101,7 @@ def test_the_refusal_says_what_is_accepted(name: str, value: str, reason: str) -
     ],
 )
 def test_the_ends_of_each_range_are_accepted(name: str, value: str, expected: object) -> None:
-    cls = next(cls for cls, numeric in NUMERIC if numeric == name)
+    cls = _class_reading(name)
     field = next(f for f in dataclasses.fields(cls) if (name,) == _names(f))
     assert getattr(cls.from_env({**REQUIRED, name: value}), field.name) == expected
 
