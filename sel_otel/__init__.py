@@ -15,6 +15,7 @@ from ._commands import (
     Request,
     RunAgent,
     ShowHelp,
+    ShowHistory,
     ShowStats,
     format_result,
     parse_request,
@@ -31,6 +32,19 @@ from ._exceptions import (
     ConfigError,
     SelOtelError,
 )
+from ._history import (
+    ContentPolicy,
+    History,
+    HistoryEntry,
+    HistoryPage,
+    HistoryQuery,
+    HistoryReader,
+    HistorySink,
+    HistoryStore,
+)
+from ._history_redis import RedisHistoryStore
+from ._history_setup import history_from_settings
+from ._history_sqlite import SqliteHistoryStore
 from ._memory_cache import LRUMemoryCache
 from ._redis_cache import OutputSerializer, RedisResultBackend
 from ._registry import AgentRegistry, ReloadReport
@@ -64,10 +78,19 @@ __all__ = [
     "Claimed",
     "CommandHandler",
     "ConfigError",
+    "ContentPolicy",
+    "History",
+    "HistoryEntry",
+    "HistoryPage",
+    "HistoryQuery",
+    "HistoryReader",
+    "HistorySink",
+    "HistoryStore",
     "LRUMemoryCache",
     "ListAgents",
     "Lookup",
     "OutputSerializer",
+    "RedisHistoryStore",
     "RedisResultBackend",
     "ReloadAgents",
     "ReloadReport",
@@ -81,12 +104,15 @@ __all__ = [
     "Settings",
     "SharedBackend",
     "ShowHelp",
+    "ShowHistory",
     "ShowStats",
+    "SqliteHistoryStore",
     "Telemetry",
     "cache_from_settings",
     "first_word",
     "format_result",
     "format_stats",
+    "history_from_settings",
     "parse_request",
     "read_stats",
     "run_bot",

@@ -12,6 +12,7 @@ from . import _semconv as names
 from ._cache import ResultCache
 from ._commands import CommandHandler
 from ._exceptions import ConfigError
+from ._history_setup import history_from_settings
 from ._memory_cache import LRUMemoryCache
 from ._registry import AgentRegistry, agent_directories
 from ._runtime import AgentRuntime
@@ -27,8 +28,8 @@ class SelApp:
     """Owns the registry, cache and runtime of one process; use as `async with SelApp(...)`.
 
     Entering connects the cache, loads the agents and runs the cache warm-up list; leaving
-    stops the runtime and closes the cache. Telemetry is passed in and stays its owner's to
-    shut down.
+    stops the runtime, closes the cache and writes the last history entries. Telemetry is
+    passed in and stays its owner's to shut down.
     """
 
     def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
@@ -38,12 +39,14 @@ class SelApp:
         self.cache = cache_from_settings(
             settings, telemetry.meter_provider, telemetry.tracer_provider
         )
+        self.history = history_from_settings(settings, telemetry)
         self.runtime = AgentRuntime(
             self.registry,
             self.cache,
             settings=settings,
             tracer_provider=telemetry.tracer_provider,
             meter_provider=telemetry.meter_provider,
+            history=self.history,
         )
         self.commands = CommandHandler(
             self.runtime, telemetry.stats_reader, tracer_provider=telemetry.tracer_provider
@@ -51,6 +54,8 @@ class SelApp:
 
     async def __aenter__(self) -> SelApp:
         try:
+            if self.history is not None:
+                self.history.open()
             await self.cache.open()
             report = await self.runtime.reload()
             for path, reason in report.failed.items():
@@ -73,6 +78,8 @@ class SelApp:
     ) -> None:
         await self.runtime.aclose()
         await self.cache.close()
+        if self.history is not None:
+            await self.history.aclose(self.settings.telemetry_shutdown_timeout)
 
 
 def cache_from_settings(

@@ -8,6 +8,8 @@ parsing, agent calls and reply texts come from `_commands`, sizing and embeds fr
 - `/sel_agent_stats [agent]` stats embed with uptime and totals
 - `/sel_agents`              agent list
 - `/sel_agent_reload`        re-read the agents directory (owners only)
+- `/sel_agent_history [agent] [user] [outcome] [limit]`  the latest calls and refusals, with
+  trace links (owners: anyone's; others: their own), shown to the asker alone
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
@@ -31,7 +33,15 @@ from . import _semconv as names
 from ._agent import Agent
 from ._app import SelApp
 from ._bot_settings import BotSettings
-from ._commands import CommandHandler, ListAgents, ReloadAgents, Reply, RunAgent, parse_request
+from ._commands import (
+    CommandHandler,
+    ListAgents,
+    ReloadAgents,
+    Reply,
+    RunAgent,
+    ShowHistory,
+    parse_request,
+)
 from ._discord_format import (
     CONTENT_LIMIT,
     MAX_CHOICES,
@@ -41,6 +51,8 @@ from ._discord_format import (
     stats_embed,
 )
 from ._exceptions import AgentNotFound, ConfigError
+from ._history import HistoryQuery
+from ._history_format import DEFAULT_LIMIT, MAX_LIMIT
 from ._settings import Settings
 from ._stats import read_stats
 from ._telemetry import Telemetry, package_version
@@ -59,6 +71,7 @@ _REQUESTS = {
     "/sel_agent_stats": "stats",
     "/sel_agents": "agents",
     "/sel_agent_reload": "reload",
+    "/sel_agent_history": "history",
 }
 
 
@@ -187,14 +200,19 @@ class SelBot(discord.Client):
     ) -> None:
         """`/sel_agent`: refuse, or run the agent, deferring when it outlasts `defer_after`."""
         with self._command_span("/sel_agent", names.DISCORD_TRIGGER_SLASH, interaction) as span:
-            refusal = self._refusal(agent, interaction.user, span)
+            refusal = self._refusal(agent, query, interaction.user, span)
             if refusal is not None:
                 await interaction.response.send_message(
                     refusal, ephemeral=True, allowed_mentions=NO_MENTIONS
                 )
                 return
             call = asyncio.create_task(
-                self.commands.execute(RunAgent(agent, query), user=str(interaction.user.id))
+                self.commands.execute(
+                    RunAgent(agent, query),
+                    user=str(interaction.user.id),
+                    frontend=FRONTEND,
+                    root_span=False,
+                )
             )
             deferred = False
             try:
@@ -252,6 +270,41 @@ class SelBot(discord.Client):
                 fit(reply.text, CONTENT_LIMIT), ephemeral=True, allowed_mentions=NO_MENTIONS
             )
 
+    async def show_history(
+        self,
+        interaction: discord.Interaction[Any],
+        agent: str | None,
+        user: str | None,
+        outcome: str | None,
+        limit: int,
+    ) -> None:
+        """`/sel_agent_history`: owners see anyone's calls, others their own; the answer is
+        shown to the asker alone."""
+        with self._command_span(
+            "/sel_agent_history", names.DISCORD_TRIGGER_SLASH, interaction
+        ) as span:
+            own = str(interaction.user.id)
+            if not self.access.is_owner(interaction.user):
+                if user not in (None, own):
+                    span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_FORBIDDEN)
+                    await interaction.response.send_message(
+                        "🔒 Only the bot's owners may see other users' calls.",
+                        ephemeral=True,
+                        allowed_mentions=NO_MENTIONS,
+                    )
+                    return
+                user = own
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            span.set_attribute(names.SEL_DISCORD_DEFERRED, True)
+            query = HistoryQuery(agent or None, user, outcome, limit)
+            reply = await self.commands.execute(
+                ShowHistory(query), user=own, frontend=FRONTEND, root_span=False
+            )
+            _set_outcome(span, reply)
+            await interaction.followup.send(
+                fit(reply.text, CONTENT_LIMIT), ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+
     async def on_message(self, message: discord.Message) -> None:
         """`agent:NAME INPUT` in a channel the bot reads (message content intent)."""
         if not self.settings.message_prefix or message.author.bot:
@@ -268,25 +321,31 @@ class SelBot(discord.Client):
                 _set_outcome(span, reply)
                 await message.reply(fit(reply.text), allowed_mentions=NO_MENTIONS)
                 return
-            refusal = self._refusal(request.agent, message.author, span)
+            refusal = self._refusal(request.agent, request.query, message.author, span)
             if refusal is not None:
                 await message.reply(refusal, allowed_mentions=NO_MENTIONS)
                 return
             async with message.channel.typing():
-                reply = await self.commands.execute(request, user=str(message.author.id))
+                reply = await self.commands.execute(
+                    request, user=str(message.author.id), frontend=FRONTEND, root_span=False
+                )
             _set_outcome(span, reply)
             await message.reply(fit(reply.text), allowed_mentions=NO_MENTIONS)
 
     # -- policy -----------------------------------------------------------------------------
 
-    def _refusal(self, agent_name: str, user: discord.abc.User, span: trace.Span) -> str | None:
-        """Why `user` may not run `agent_name` now, or None; an unknown agent is the runtime's."""
+    def _refusal(
+        self, agent_name: str, query: str, user: discord.abc.User, span: trace.Span
+    ) -> str | None:
+        """Why `user` may not run `agent_name` on `query` now, or None; an unknown agent is the
+        runtime's. A refusal is recorded in the history."""
         try:
             agent: Agent | None = self.commands.runtime.registry.get(agent_name)
         except AgentNotFound:
             agent = None
         if agent is not None and not self.access.may_run(agent, user):
             span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_FORBIDDEN)
+            self._record_refusal(agent_name, query, user, span, names.DISCORD_OUTCOME_FORBIDDEN)
             return (
                 f"🔒 `{agent_name}` is a privileged agent: only allowed users and roles "
                 "may run it. Ask the bot's owner for access."
@@ -296,8 +355,16 @@ class SelBot(discord.Client):
         wait = self.cooldown.retry_after(user.id)
         if wait > 0:
             span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_COOLDOWN)
+            self._record_refusal(agent_name, query, user, span, names.DISCORD_OUTCOME_COOLDOWN)
             return f"⏳ Slow down: try again in {math.ceil(wait)}s."
         return None
+
+    def _record_refusal(
+        self, agent: str, query: str, user: discord.abc.User, span: trace.Span, reason: str
+    ) -> None:
+        history = self.commands.runtime.history
+        if history is not None:
+            history.record_refusal(agent, query, str(user.id), FRONTEND, reason, span)
 
     @contextlib.contextmanager
     def _command_span(self, command: str, trigger: str, source: Any) -> Iterator[trace.Span]:
@@ -368,6 +435,23 @@ def _add_commands(tree: app_commands.CommandTree[SelBot], bot: SelBot) -> None:
     @tree.command(name="sel_agent_reload", description="Re-read the agents directory (owners)")
     async def sel_agent_reload(interaction: discord.Interaction[Any]) -> None:
         await bot.reload_agents(interaction)
+
+    @tree.command(name="sel_agent_history", description="Who ran what, when, with what result")
+    @app_commands.describe(
+        agent="only this agent",
+        user="only this user's calls (owners; others see their own)",
+        outcome="only calls that ended so",
+        limit=f"entries shown, newest first (1-{MAX_LIMIT})",
+    )
+    @app_commands.autocomplete(agent=agent_names)
+    async def sel_agent_history(
+        interaction: discord.Interaction[Any],
+        agent: str | None = None,
+        user: discord.User | None = None,
+        outcome: Literal["ok", "error", "refused"] | None = None,
+        limit: app_commands.Range[int, 1, MAX_LIMIT] = DEFAULT_LIMIT,
+    ) -> None:
+        await bot.show_history(interaction, agent, str(user.id) if user else None, outcome, limit)
 
     @tree.error
     async def on_error(

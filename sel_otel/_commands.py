@@ -6,18 +6,22 @@ Request syntax:
 - `/sel_agent_stats [NAME]`  per-agent calls, cache hits, times and errors
 - `/sel_agents`           agent names and descriptions
 - `/sel_agent_reload`     re-read the agents directory
+- `/sel_agent_history [agent=NAME] [user=ID] [outcome=ok|error|refused] [limit=N]`
+                          the latest agent calls and refusals, each linked to its trace
 - `/help`                 this list
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from . import _semconv as names
 from ._exceptions import AgentNotFound
+from ._history import HistoryQuery
+from ._history_format import format_history, parse_history_args
 from ._registry import AgentRegistry
 from ._runtime import AgentResult, AgentRuntime
 from ._stats import format_stats, read_stats
@@ -28,6 +32,8 @@ agent:NAME INPUT          run agent NAME with INPUT
 /sel_agent_stats [NAME]   calls, cache hits, times and errors per agent
 /sel_agents               agent names and descriptions
 /sel_agent_reload         re-read the agents directory
+/sel_agent_history [agent=NAME] [user=ID] [outcome=ok|error|refused] [limit=N]
+                          the latest agent calls and refusals, with trace links
 /help                     this list"""
 
 
@@ -53,17 +59,23 @@ class ReloadAgents:
 
 
 @dataclass(frozen=True, slots=True)
+class ShowHistory:
+    query: HistoryQuery = field(default_factory=HistoryQuery)
+
+
+@dataclass(frozen=True, slots=True)
 class ShowHelp:
     problem: str | None = None
 
 
-Request = RunAgent | ShowStats | ListAgents | ReloadAgents | ShowHelp
+Request = RunAgent | ShowStats | ListAgents | ReloadAgents | ShowHistory | ShowHelp
 
 _REQUEST_NAMES: dict[type[Request], str] = {
     RunAgent: "agent",
     ShowStats: "stats",
     ListAgents: "agents",
     ReloadAgents: "reload",
+    ShowHistory: "history",
     ShowHelp: "help",
 }
 
@@ -84,6 +96,9 @@ def parse_request(text: str) -> Request:
         return ListAgents()
     if head == "/sel_agent_reload":
         return ReloadAgents()
+    if head == "/sel_agent_history":
+        query = parse_history_args(rest)
+        return ShowHistory(query) if isinstance(query, HistoryQuery) else ShowHelp(query)
     if head in {"/help", "help", "?"}:
         return ShowHelp()
     return ShowHelp(f"unknown request: {text[:80]!r}" if text else None)
@@ -140,26 +155,32 @@ class CommandHandler:
         return await self.execute(parse_request(text), user, frontend)
 
     async def execute(
-        self, request: Request, user: str | None = None, frontend: str | None = None
+        self,
+        request: Request,
+        user: str | None = None,
+        frontend: str | None = None,
+        *,
+        root_span: bool = True,
     ) -> Reply:
-        """Answer a parsed request, in a root span of its own when `frontend` is given."""
-        if frontend is None:
-            return await self._answer(request, user)
+        """Answer a parsed request, in a root span of its own when `frontend` is given (unless
+        `root_span` is false: the bot's commands have spans of their own)."""
+        if frontend is None or not root_span:
+            return await self._answer(request, user, frontend)
         kind = _REQUEST_NAMES[type(request)]
         with self._tracer.start_as_current_span(
             f"{frontend} {kind}",
             context=trace.set_span_in_context(trace.INVALID_SPAN),
             attributes={names.SEL_FRONTEND: frontend, names.SEL_REQUEST: kind},
         ) as span:
-            reply = await self._answer(request, user)
+            reply = await self._answer(request, user, frontend)
             if not reply.ok:
                 span.set_status(trace.StatusCode.ERROR)
             return reply
 
-    async def _answer(self, request: Request, user: str | None) -> Reply:
+    async def _answer(self, request: Request, user: str | None, frontend: str | None) -> Reply:
         match request:
             case RunAgent(agent, query):
-                result = await self.runtime.run(agent, query, user=user)
+                result = await self.runtime.run(agent, query, user=user, frontend=frontend)
                 return Reply(format_result(result), result.ok, result)
             case ShowStats(agent):
                 return self._stats(agent)
@@ -168,8 +189,18 @@ class CommandHandler:
             case ReloadAgents():
                 report = await self.runtime.reload()
                 return Reply(f"Agents reloaded: {report}", ok=not report.failed)
+            case ShowHistory(query):
+                return await self._history(query)
             case ShowHelp(problem):
                 return Reply(f"{problem}\n{HELP}" if problem else HELP, ok=problem is None)
+
+    async def _history(self, query: HistoryQuery) -> Reply:
+        """The latest entries `query` asks for, from every store of the history."""
+        history = self.runtime.history
+        if history is None:
+            return Reply("The execution history is off (SEL_HISTORY=false).", ok=False)
+        page = await history.query(query)
+        return Reply(format_history(page, self.runtime.settings.trace_url_template))
 
     def _stats(self, agent: str | None) -> Reply:
         """The stats report; for an agent with no calls, whether it exists at all."""

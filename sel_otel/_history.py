@@ -176,12 +176,16 @@ class HistoryReader:
     def __init__(self, stores: Sequence[HistoryStore]) -> None:
         self.stores = tuple(stores)
 
-    async def query(self, query: HistoryQuery) -> HistoryPage:
+    async def query(
+        self, query: HistoryQuery, unwritten: Sequence[HistoryEntry] = ()
+    ) -> HistoryPage:
+        """The entries `query` asks for from every store, and from `unwritten` (this
+        process's entries still on their way to the stores)."""
         answers = await asyncio.gather(
             *(asyncio.to_thread(store.query, query) for store in self.stores),
             return_exceptions=True,
         )
-        merged: dict[str, HistoryEntry] = {}
+        merged = {entry.id: entry for entry in unwritten if query.matches(entry)}
         unavailable = []
         for store, answer in zip(self.stores, answers, strict=True):
             if isinstance(answer, BaseException):
@@ -316,8 +320,15 @@ class History:
             writer.put(entry)
 
     async def query(self, query: HistoryQuery) -> HistoryPage:
-        """The entries `query` asks for, from every store."""
-        return await self.reader.query(query)
+        """The entries `query` asks for, from every store; this process's own are there as
+        soon as they are recorded, written or not."""
+        unwritten = [
+            entry
+            for writer in self._writers
+            if isinstance(writer.sink, HistoryStore)
+            for entry in writer.unwritten()
+        ]
+        return await self.reader.query(query, unwritten)
 
     async def flush(self, wait: float = 10.0) -> bool:
         """Write every entry recorded so far; False when a store did not finish within `wait`

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections import deque
@@ -39,6 +40,7 @@ class BatchWriter:
         self._max_pending = max_pending
         self._on_dropped = on_dropped
         self._pending: deque[HistoryEntry] = deque()
+        self._writing: list[HistoryEntry] = []  # the batch being written
         self._wake = threading.Event()
         self._handled = threading.Condition()
         self._accepted = 0  # entries put (written by the recording thread only)
@@ -70,6 +72,12 @@ class BatchWriter:
         self._accepted += 1
         if len(pending) == BATCH:
             self._wake.set()
+
+    def unwritten(self) -> list[HistoryEntry]:
+        """The entries put and not written yet (being written, or pending), oldest first:
+        each is either here, or in the sink already when this returns."""
+        pending = list(self._pending)  # copied in C, under the GIL: no pop interleaves
+        return [*self._writing, *pending]  # read second: a batch gone from it is written
 
     def flush(self, timeout: float) -> bool:
         """Wait until every entry put so far is written (or dropped); False after `timeout`."""
@@ -115,7 +123,10 @@ class BatchWriter:
     def _write_pending(self) -> None:
         pending = self._pending
         while pending:
-            batch = [pending.popleft() for _ in range(min(len(pending), BATCH))]
+            batch = list(itertools.islice(pending, BATCH))
+            self._writing = batch
+            for _ in batch:
+                pending.popleft()
             try:
                 self.sink.write(batch)
             except Exception as exc:
@@ -133,6 +144,7 @@ class BatchWriter:
                     self._failing = False
                     logger.warning("history store %s recovered", self.sink.name)
                 self._overflowing = False
+            self._writing = []
             with self._handled:
                 self._done += len(batch)
                 self._handled.notify_all()

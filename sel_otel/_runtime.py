@@ -25,6 +25,7 @@ from ._exceptions import (
     AgentOutputError,
     AgentTimeout,
 )
+from ._history import History
 from ._redact import frames_only, span_content
 from ._registry import AgentRegistry, ReloadReport
 from ._settings import Settings
@@ -69,10 +70,13 @@ class AgentRuntime:
         settings: Settings | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
+        history: History | None = None,
     ) -> None:
         self.registry = registry
         self.cache = cache
         self.settings = settings or Settings()
+        #: Where every call is recorded, when the execution history is on.
+        self.history = history
         self._tracer = trace.get_tracer(names.SCOPE_NAME, package_version(), tracer_provider)
         meter = metrics.get_meter(names.SCOPE_NAME, package_version(), meter_provider)
         self._duration = meter.create_histogram(
@@ -96,11 +100,20 @@ class AgentRuntime:
             functools.partial(span_content, limit=self.settings.trace_content_max)
         )
 
-    async def run(self, name: str, query: str, user: str | None = None) -> AgentResult:
-        """Call agent `name` with `query`; never raises except on cancellation."""
+    async def run(
+        self, name: str, query: str, user: str | None = None, frontend: str | None = None
+    ) -> AgentResult:
+        """Call agent `name` with `query` for `user` of `frontend` (both as the history
+        records them); never raises except on cancellation."""
         try:
             agent = self.registry.get(name)
         except AgentNotFound as exc:
+            if self.history is not None:
+                failed = {names.ERROR_TYPE: exc.error_type}
+                request_span = trace.get_current_span()  # no call span was started
+                self.history.record_call(
+                    name, query, user, frontend, request_span, 0.0, failed, None
+                )
             return AgentResult(name, None, False, 0.0, exc)
         attributes = {
             names.GEN_AI_OPERATION_NAME: names.INVOKE_AGENT,
@@ -144,6 +157,10 @@ class AgentRuntime:
             span.end()
             # Recorded outside the span's context: no exemplar cost on every call.
             self._duration.record(duration, metric_attributes)
+            if self.history is not None:
+                self.history.record_call(
+                    name, query, user, frontend, span, duration, metric_attributes, output
+                )
             if self._calls[agent_id] > 1:
                 self._calls[agent_id] -= 1
             else:

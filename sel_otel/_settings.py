@@ -75,6 +75,47 @@ def _seconds_or_zero(raw: str) -> float:
     return value
 
 
+def _whole(raw: str) -> int:
+    """A whole number of 0 or more."""
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be a whole number of 0 or more")
+    return value
+
+
+def _days(raw: str) -> float:
+    """A number of days greater than 0."""
+    value = float(raw)
+    if not 0 < value <= MAX_SECONDS / 86_400:  # also refuses nan and inf
+        raise ValueError("must be a finite number of days greater than 0")
+    return value
+
+
+def _history_input(raw: str) -> str:
+    mode = raw.strip().lower()
+    if mode not in ("full", "truncated", "hash", "none"):
+        raise ValueError("expected full, truncated, hash or none")
+    return mode
+
+
+def _trace_url_template(raw: str) -> str:
+    template = raw.strip()
+    if "{trace_id}" not in template:
+        raise ValueError("must contain {trace_id}, e.g. http://localhost:16686/trace/{trace_id}")
+    return template
+
+
+def _data_dir(env: Mapping[str, str]) -> Path:
+    """`SEL_DATA_DIR`, else `$XDG_DATA_HOME/sel-otel`, else `~/.local/share/sel-otel`."""
+    raw = env.get("SEL_DATA_DIR", "").strip()
+    if raw:
+        return Path(raw).expanduser()
+    base = Path(env.get("XDG_DATA_HOME", "").strip())
+    if not base.is_absolute():  # unset, or relative: which the XDG specification ignores
+        base = Path.home() / ".local" / "share"
+    return base / "sel-otel"
+
+
 def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T) -> T:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -262,6 +303,70 @@ class Settings:
         _parse_log_level,
         "WARNING",
         "log level: DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    )
+    data_dir: Path = field(
+        default_factory=lambda: _data_dir(os.environ),
+        metadata=variable(
+            ("SEL_DATA_DIR",),
+            _data_dir,
+            "where sel-otel keeps its data: the execution history, history.db",
+            shown_default="$XDG_DATA_HOME/sel-otel, else ~/.local/share/sel-otel",
+        ),
+    )
+    history: bool = setting(
+        "SEL_HISTORY",
+        _parse_bool,
+        True,
+        "record every agent call and refusal in the execution history",
+    )
+    history_input: str = setting(
+        "SEL_HISTORY_INPUT",
+        _history_input,
+        "truncated",
+        "what a history entry keeps of the input, scrubbed of secret-looking values: full, "
+        "truncated (to SEL_HISTORY_INPUT_MAX characters), hash (sha256) or none",
+    )
+    history_input_max: int = setting(
+        "SEL_HISTORY_INPUT_MAX", _count, 256, "characters of input a truncated entry keeps"
+    )
+    history_output_max: int = setting(
+        "SEL_HISTORY_OUTPUT_MAX",
+        _whole,
+        0,
+        "characters of output a history entry keeps, scrubbed; 0: no output",
+    )
+    history_max_age: float = setting(
+        "SEL_HISTORY_MAX_AGE", _days, 90.0, "days a history entry is kept"
+    )
+    history_max_rows: int = setting(
+        "SEL_HISTORY_MAX_ROWS", _count, 1_000_000, "entries history.db keeps, the newest"
+    )
+    history_flush_interval: float = setting(
+        "SEL_HISTORY_FLUSH_INTERVAL",
+        _seconds,
+        1.0,
+        "seconds between writes of the history: the most a crash of the process may lose",
+    )
+    history_redis_url: str = setting(
+        "SEL_HISTORY_REDIS_URL",
+        str.strip,
+        "",
+        "the Redis whose stream shares the history between instances; none: this "
+        "instance's history.db alone",
+        shown_default="SEL_CACHE_URL when it is a Redis URL, else none",
+    )
+    history_redis_max_len: int = setting(
+        "SEL_HISTORY_REDIS_MAX_LEN",
+        _count,
+        100_000,
+        "entries the shared stream keeps (about: whole stream nodes are trimmed)",
+    )
+    trace_url_template: str | None = setting(
+        "SEL_TRACE_URL_TEMPLATE",
+        _trace_url_template,
+        None,
+        "a history entry's link to its trace, {trace_id} replaced: for Jaeger, "
+        "http://localhost:16686/trace/{trace_id}",
     )
 
     @classmethod

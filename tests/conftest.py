@@ -61,6 +61,15 @@ class TelemetryFixture:
         return list(data_points(self.reader.get_metrics_data(), metric_name))
 
 
+@pytest.fixture(autouse=True)
+def _private_data_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test, and every process it starts, keeps its data (the execution history) in a
+    directory of its own, never in the user's."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data")))
+
+
 @pytest.fixture
 def telemetry() -> Iterator[TelemetryFixture]:
     fixture = TelemetryFixture()

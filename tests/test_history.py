@@ -224,6 +224,20 @@ async def test_recorded_calls_reach_the_file_on_the_flush_interval(
     assert found[0].id != found[1].id
 
 
+async def test_a_process_reads_its_own_entries_before_they_are_written(
+    store: SqliteHistoryStore, telemetry: TelemetryFixture
+) -> None:
+    history = history_over([store], telemetry)  # the interval never comes in the test
+    history.open()
+    record(history, 1, agent="calc")
+    record(history, 2)
+    page = await history.query(HistoryQuery(agent="calc"))
+    assert [found.input for found in page.entries] == ["input 1"]
+    assert store.query(HistoryQuery()) == []  # not written yet
+    await history.aclose()
+    assert len(store.query(HistoryQuery())) == 2
+
+
 async def test_close_writes_what_is_pending(
     store: SqliteHistoryStore, telemetry: TelemetryFixture
 ) -> None:

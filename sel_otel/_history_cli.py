@@ -1,0 +1,124 @@
+"""`sel-otel history`: the execution history on a terminal, oldest first, like a log.
+
+It reads what the process's own history would: `history.db` in `SEL_DATA_DIR`, and the
+shared Redis Stream when one is configured; it starts no runtime and records nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+from ._exceptions import ConfigError
+from ._history import OUTCOMES, HistoryEntry, HistoryQuery, HistoryReader
+from ._history_format import DEFAULT_LIMIT, format_line
+from ._history_setup import history_stores
+from ._settings import Settings
+
+#: Seconds between two reads of `--follow`.
+FOLLOW_EVERY = 0.5
+
+
+def add_history_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `sel-otel history`."""
+    parser.add_argument("--agent", metavar="NAME", help="only calls of this agent")
+    parser.add_argument("--user", metavar="ID", help="only this user's calls")
+    parser.add_argument("--outcome", choices=OUTCOMES, help="only calls that ended so")
+    parser.add_argument(
+        "--limit",
+        metavar="N",
+        type=_positive,
+        default=DEFAULT_LIMIT,
+        help=f"the N latest entries (default: {DEFAULT_LIMIT})",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON array of entries (with --follow: one JSON object per line)",
+    )
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="then print new entries as they are written, until interrupted",
+    )
+
+
+def _positive(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a whole number of at least 1")
+    return value
+
+
+async def show_history(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the entries `args` ask for; 1 when no store could be read, 2 on a bad setting."""
+    try:
+        stores = history_stores(settings)
+    except ConfigError as exc:
+        print(f"sel-otel: {exc}", file=sys.stderr)
+        return 2
+    reader = HistoryReader(stores)
+    printer = _Printer(args.json, args.follow, settings.trace_url_template)
+    query = HistoryQuery(args.agent, args.user, args.outcome, args.limit)
+    try:
+        page = await reader.query(query)
+        for name in page.unavailable:
+            print(f"sel-otel: the {name} history could not be read", file=sys.stderr)
+        if len(page.unavailable) == len(stores):
+            return 1
+        printer.print(page.entries[::-1])
+        if args.follow:
+            await _follow(reader, query, page.entries, printer, settings)
+    finally:
+        for store in stores:
+            store.close()
+    return 0
+
+
+async def _follow(
+    reader: HistoryReader,
+    query: HistoryQuery,
+    shown: list[HistoryEntry],
+    printer: _Printer,
+    settings: Settings,
+) -> None:
+    """Print entries as they appear. An entry is dated when its call started and written when
+    it ended, a flush interval later at most: each read looks back over that much (the
+    agent timeout and two intervals) and skips what it printed already."""
+    lookback = settings.agent_timeout + 2 * settings.history_flush_interval
+    seen = {entry.id: entry.time for entry in shown}
+    while True:
+        await asyncio.sleep(FOLLOW_EVERY)
+        since = time.time() - lookback
+        page = await reader.query(
+            HistoryQuery(query.agent, query.user, query.outcome, limit=10_000, since=since)
+        )
+        fresh = [entry for entry in reversed(page.entries) if entry.id not in seen]
+        printer.print(fresh)
+        seen = {id_: at for id_, at in seen.items() if at > since}
+        seen.update((entry.id, entry.time) for entry in fresh)
+
+
+class _Printer:
+    """Entries to standard output: lines of text; with `--json`, one JSON array, or one
+    JSON object per line when following."""
+
+    def __init__(self, as_json: bool, follow: bool, template: str | None) -> None:
+        self.as_json = as_json
+        self.follow = follow
+        self.template = template
+
+    def print(self, entries: list[HistoryEntry]) -> None:
+        if self.as_json and not self.follow:
+            array = [entry.to_json() for entry in entries]
+            print(json.dumps(array, indent=2, ensure_ascii=False))
+        elif self.as_json:
+            for entry in entries:
+                print(json.dumps(entry.to_json(), ensure_ascii=False))
+        else:
+            for entry in entries:
+                print(format_line(entry, self.template))
+        sys.stdout.flush()
