@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 
@@ -64,38 +65,50 @@ async def show_history(args: argparse.Namespace, settings: Settings) -> int:
     printer = _Printer(args.json, args.follow, settings.trace_url_template)
     query = HistoryQuery(args.agent, args.user, args.outcome, args.limit)
     try:
+        # Following, what is there before the first page is no news, shown in it or not.
+        since = time.time() - _lookback(settings)
+        before = await reader.query(_window(query, since)) if args.follow else None
         page = await reader.query(query)
         for name in page.unavailable:
             print(f"sel-otel: the {name} history could not be read", file=sys.stderr)
         if len(page.unavailable) == len(stores):
             return 1
         printer.print(page.entries[::-1])
-        if args.follow:
-            await _follow(reader, query, page.entries, printer, settings)
+        if before is not None:
+            seen = {entry.id: entry.time for entry in [*before.entries, *page.entries]}
+            await _follow(reader, query, seen, printer, settings)
+    except BrokenPipeError:  # whoever read the output stopped (`| head`): done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         for store in stores:
             store.close()
     return 0
 
 
+def _lookback(settings: Settings) -> float:
+    """Seconds back an entry may still be written: it is dated when its call started and
+    written when it ended, a flush interval later at most (two are allowed)."""
+    return settings.agent_timeout + 2 * settings.history_flush_interval
+
+
+def _window(query: HistoryQuery, since: float) -> HistoryQuery:
+    """Every entry of `query` dated after `since`."""
+    return HistoryQuery(query.agent, query.user, query.outcome, limit=10_000, since=since)
+
+
 async def _follow(
     reader: HistoryReader,
     query: HistoryQuery,
-    shown: list[HistoryEntry],
+    seen: dict[str, float],
     printer: _Printer,
     settings: Settings,
 ) -> None:
-    """Print entries as they appear. An entry is dated when its call started and written when
-    it ended, a flush interval later at most: each read looks back over that much (the
-    agent timeout and two intervals) and skips what it printed already."""
-    lookback = settings.agent_timeout + 2 * settings.history_flush_interval
-    seen = {entry.id: entry.time for entry in shown}
+    """Print entries as they appear: each read takes the window of entries that may still be
+    written and prints those not `seen` yet."""
     while True:
         await asyncio.sleep(FOLLOW_EVERY)
-        since = time.time() - lookback
-        page = await reader.query(
-            HistoryQuery(query.agent, query.user, query.outcome, limit=10_000, since=since)
-        )
+        since = time.time() - _lookback(settings)
+        page = await reader.query(_window(query, since))
         fresh = [entry for entry in reversed(page.entries) if entry.id not in seen]
         printer.print(fresh)
         seen = {id_: at for id_, at in seen.items() if at > since}

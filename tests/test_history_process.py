@@ -74,19 +74,23 @@ def test_bad_history_options_are_refused() -> None:
     assert sel_otel("history", "--limit", "0").returncode == 2
 
 
-def test_follow_prints_new_entries_until_interrupted() -> None:
+def test_follow_prints_the_latest_then_new_entries_until_interrupted() -> None:
+    for query in ("1+1", "2+2"):
+        assert sel_otel("run", "calc", query).returncode == 0
     follower = subprocess.Popen(
-        [*CLI, "history", "--follow", "--json"],
+        [*CLI, "history", "--follow", "--json", "--limit", "1"],
         env=cli_environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
+        assert follower.stdout is not None
+        assert json.loads(follower.stdout.readline())["input"] == "2+2"  # the latest one
         for query in ("3*3", "4*4"):
             assert sel_otel("run", "calc", query).returncode == 0
-        assert follower.stdout is not None
         printed = [json.loads(follower.stdout.readline()) for _ in range(2)]
+        # New ones only: 1+1, older than the first page, is no news.
         assert [(e["agent"], e["input"]) for e in printed] == [("calc", "3*3"), ("calc", "4*4")]
         follower.send_signal(signal.SIGINT)
         assert follower.wait(timeout=30) == 130

@@ -1,0 +1,215 @@
+"""History benchmark: what recording every call costs, and how fast the history is read.
+
+Prints, from one run:
+- a cached call end to end (`await runtime.run(...)`, cache hit, span exported through a
+  BatchSpanProcessor as deployed) with the history on (SQLite, written by its writer thread)
+  and off, interleaved, REPETITIONS times: wall time per call, medians with their range, and
+  the ratio on / off (target <= 1.15); the same for the CPU time of the process per call, all
+  threads (the writer's too: each "on" measure ends when its entries are written); then how
+  many entries were written and dropped;
+- a history query over a file of ROWS entries (10 agents, 1,000 users, 90 % ok, 5 % error,
+  5 % refused) for each filter, as `/sel_agent_history` and `sel-otel history` run it (a
+  read-only connection per query): medians with their range (target <= 50 ms); and the rate
+  the file was filled at, through the store's batched writes.
+The load average is printed at the start and at the end.
+
+Run: .venv/bin/python bench/bench_history.py [--rows 1000000] [--repetitions 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from _common import DiscardingExporter, per_call_seconds
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from sel_otel import (
+    AgentRegistry,
+    AgentResult,
+    AgentRuntime,
+    History,
+    HistoryEntry,
+    HistoryQuery,
+    LRUMemoryCache,
+    ResultCache,
+    SqliteHistoryStore,
+    stats_reader,
+)
+from sel_otel._metric_data import data_points
+
+CALLS_PER_ROUND = 2_000
+ROUNDS = 5
+QUERY_REPEATS = 15
+BATCH = 10_000
+
+
+def load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def summary(values: list[float], scale: float, unit: str) -> str:
+    shown = [value * scale for value in values]
+    return (
+        f"{statistics.median(shown):8.2f} {unit} "
+        f"(range {min(shown):.2f}-{max(shown):.2f}, n={len(shown)})"
+    )
+
+
+async def call_cost(directory: Path, repetitions: int) -> None:
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(DiscardingExporter()))
+    reader = stats_reader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    agents = directory / "agents"
+    agents.mkdir()
+    (agents / "echo.py").write_text("DESCRIPTION = 'echo'\ndef run(q):\n    return q\n")
+    registry = AgentRegistry(agents)
+    registry.reload()
+    store = SqliteHistoryStore(directory / "history.db", max_age=1e9, max_rows=10_000_000)
+    history = History([store], instance="bench", meter_provider=meter_provider)
+    history.open()
+
+    def runtime(with_history: History | None) -> AgentRuntime:
+        return AgentRuntime(
+            registry,
+            ResultCache(LRUMemoryCache(500)),
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            history=with_history,
+        )
+
+    variants = {"off": runtime(None), "on": runtime(history)}
+    for variant in variants.values():
+        await variant.run("echo", "uname -a", user="1234", frontend="discord")  # fill the cache
+
+    def cached_call(variant: AgentRuntime) -> Callable[[], Awaitable[AgentResult]]:
+        return lambda: variant.run("echo", "uname -a", user="1234", frontend="discord")
+
+    timings: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    ratios, cpu_ratios = [], []
+    for repetition in range(repetitions):
+        order = ["off", "on"] if repetition % 2 == 0 else ["on", "off"]
+        for name in order:
+            started = time.process_time()
+            timings[name].append(
+                await per_call_seconds(
+                    cached_call(variants[name]), rounds=ROUNDS, calls_per_round=CALLS_PER_ROUND
+                )
+            )
+            if name == "on":  # the writer's work for these calls counts in their CPU
+                await history.flush()
+            cpu[name].append((time.process_time() - started) / (ROUNDS * CALLS_PER_ROUND))
+        ratios.append(timings["on"][-1] / timings["off"][-1])
+        cpu_ratios.append(cpu["on"][-1] / cpu["off"][-1])
+    for variant in variants.values():
+        await variant.aclose()
+    await history.aclose(30.0)
+    written = len(store.query(HistoryQuery(limit=10_000_000)))
+    dropped = sum(
+        point.value for point in data_points(reader.get_metrics_data(), "sel.history.dropped")
+    )
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
+
+    print(f"cached call, history off: {summary(timings['off'], 1e6, 'µs/call')}")
+    print(f"cached call, history on : {summary(timings['on'], 1e6, 'µs/call')}")
+    print(
+        f"ratio on / off          : {statistics.median(ratios):8.3f}    "
+        f"(range {min(ratios):.3f}-{max(ratios):.3f}; target <= 1.15)"
+    )
+    print(f"CPU per call, all threads, off: {summary(cpu['off'], 1e6, 'µs')}")
+    print(f"CPU per call, all threads, on : {summary(cpu['on'], 1e6, 'µs')}")
+    print(
+        f"CPU ratio on / off      : {statistics.median(cpu_ratios):8.3f}    "
+        f"(range {min(cpu_ratios):.3f}-{max(cpu_ratios):.3f})"
+    )
+    print(f"entries written         : {written:,} ({dropped:,} dropped)")
+
+
+def fill(store: SqliteHistoryStore, rows: int) -> float:
+    """Write `rows` entries through the store; the rate, in entries per second."""
+    agents = [f"agent{n}" for n in range(10)]
+    users = [str(100_000_000_000_000_000 + n) for n in range(1000)]
+    outcomes = ["ok"] * 18 + ["error", "refused"]
+    rng = random.Random(16)
+    start_time = time.time() - rows * 0.01
+    started = time.perf_counter()
+    for first in range(0, rows, BATCH):
+        batch = []
+        for n in range(first, min(first + BATCH, rows)):
+            outcome = rng.choice(outcomes)
+            batch.append(
+                HistoryEntry(
+                    f"bench-{n:x}",
+                    start_time + n * 0.01,
+                    rng.choice(agents),
+                    "uname -a",
+                    rng.choice(users),
+                    "discord",
+                    outcome,
+                    {"ok": None, "error": "timeout", "refused": "forbidden"}[outcome],
+                    1.5,
+                    outcome == "ok",
+                    "bench",
+                    f"{n:032x}",
+                    f"{n:016x}",
+                )
+            )
+        store.write(batch)
+    return rows / (time.perf_counter() - started)
+
+
+def query_latency(directory: Path, rows: int) -> None:
+    store = SqliteHistoryStore(directory / "big.db", max_age=1e9, max_rows=rows)
+    rate = fill(store, rows)
+    store.close()
+    user = str(100_000_000_000_000_042)
+    queries = {
+        "none (latest 20)": HistoryQuery(),
+        "agent": HistoryQuery(agent="agent3"),
+        "user": HistoryQuery(user=user),
+        "outcome=refused": HistoryQuery(outcome="refused"),
+        "agent + user": HistoryQuery(agent="agent3", user=user),
+        "user + outcome=error": HistoryQuery(user=user, outcome="error"),
+        "agent + user + outcome": HistoryQuery(agent="agent3", user=user, outcome="refused"),
+        "agent with no entries": HistoryQuery(agent="nobody"),
+        "limit 50, agent": HistoryQuery(agent="agent3", limit=50),
+    }
+    print(f"history file            : {rows:,} entries, filled at {rate:,.0f} entries/s")
+    worst = 0.0
+    for name, query in queries.items():
+        timings = []
+        for _ in range(QUERY_REPEATS):
+            started = time.perf_counter()
+            found = store.query(query)
+            timings.append(time.perf_counter() - started)
+        worst = max(worst, statistics.median(timings))
+        print(f"query, filter {name:<24}: {summary(timings, 1e3, 'ms')}  {len(found)} found")
+    print(f"slowest median query    : {worst * 1e3:8.2f} ms  (target <= 50)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repetitions", type=int, default=7)
+    args = parser.parse_args()
+    print(f"load average (1, 5, 15 min) at start: {load()}")
+    with tempfile.TemporaryDirectory() as directory:
+        asyncio.run(call_cost(Path(directory), args.repetitions))
+        query_latency(Path(directory), args.rows)
+    print(f"load average (1, 5, 15 min) at end  : {load()}")
+
+
+if __name__ == "__main__":
+    main()
