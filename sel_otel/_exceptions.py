@@ -10,7 +10,8 @@ SelOtelError
 │   ├── AgentBusy             a sync agent found no free thread before its timeout
 │   ├── AgentFailed           the agent raised (carries `original`)
 │   └── AgentOutputError      the agent returned a non-string or an output over the cap
-└── AgentReplyError           raised by agent code: fail the call with a message for the user
+├── AgentReplyError           raised by agent code: fail the call with a message for the user
+└── StatsStoreError           the shared stats could not be read or published (carries `original`)
 ```
 Library errors are translated at the boundary with `raise ... from exc`.
 """
@@ -123,3 +124,11 @@ class AgentReplyError(SelOtelError):
     The call counts as an error (never cached, `error.type` is the subclass name), and the
     reply is the message alone, e.g. `⚠️ Command blocked by the allow-list: rm -rf /`.
     """
+
+
+class StatsStoreError(SelOtelError):
+    """The store where instances publish their stats (Redis) could not be read or written."""
+
+    def __init__(self, message: str, *, original: BaseException) -> None:
+        super().__init__(message)
+        self.original = original

@@ -6,10 +6,10 @@ from the cumulative duration histogram that the runtime records every call in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, MetricsData
 
 from . import _semconv as names
 from ._metric_data import data_points
@@ -57,37 +57,91 @@ class AgentStats:
         return self.max_seconds
 
     def _add(self, point: HistogramDataPoint, cached: bool, failed: bool) -> None:
-        self.calls += point.count
-        self.cached_calls += point.count if cached else 0
-        self.errors += point.count if failed else 0
-        self.total_seconds += point.sum
-        self.min_seconds = min(self.min_seconds, point.min)
-        self.max_seconds = max(self.max_seconds, point.max)
+        self._fold(
+            point.count,
+            point.count if cached else 0,
+            point.count if failed else 0,
+            point.sum,
+            point.min,
+            point.max,
+            point.explicit_bounds,
+            point.bucket_counts,
+        )
+
+    def _fold(
+        self,
+        calls: int,
+        cached: int,
+        errors: int,
+        seconds: float,
+        minimum: float,
+        maximum: float,
+        bounds: Sequence[float],
+        bucket_counts: Sequence[int],
+    ) -> None:
+        self.calls += calls
+        self.cached_calls += cached
+        self.errors += errors
+        self.total_seconds += seconds
+        self.min_seconds = min(self.min_seconds, minimum)
+        self.max_seconds = max(self.max_seconds, maximum)
         if not self.bucket_counts:
-            self.bounds = tuple(point.explicit_bounds)
-            self.bucket_counts = [0] * len(point.bucket_counts)
-        for index, count in enumerate(point.bucket_counts):
+            self.bounds = tuple(bounds)
+            self.bucket_counts = [0] * len(bucket_counts)
+        for index, count in enumerate(bucket_counts):
             self.bucket_counts[index] += count
 
 
-def read_stats(reader: InMemoryMetricReader, agent: str | None = None) -> list[AgentStats]:
-    """Per-agent stats from `reader`, most called first; only `agent` when given."""
+def agent_points(data: MetricsData | None) -> Iterator[HistogramDataPoint]:
+    """The points of the agent-call histogram in `data`, one per attribute set."""
+    for point in data_points(data, names.AGENT_DURATION, names.SCOPE_NAME):
+        if isinstance(point, HistogramDataPoint) and point.count:
+            yield point
+
+
+def rows_from_points(
+    points: Iterable[HistogramDataPoint], agent: str | None = None
+) -> list[AgentStats]:
+    """Per-agent stats from agent-call histogram points, most called first; only `agent`'s
+    when given. Points of several instances add up as one process's would: their bucket
+    boundaries must be the same."""
     by_agent: dict[str, AgentStats] = {}
-    points = data_points(reader.get_metrics_data(), names.AGENT_DURATION, names.SCOPE_NAME)
     for point in points:
-        if not isinstance(point, HistogramDataPoint) or not point.count:
-            continue
         attributes = point.attributes or {}
         name = str(attributes.get(names.GEN_AI_AGENT_NAME, "?"))
         if agent is not None and name != agent:
             continue
-        stats = by_agent.setdefault(name, AgentStats(name))
+        stats = by_agent.get(name)
+        if stats is None:
+            stats = by_agent[name] = AgentStats(name)
         stats._add(
             point,
             cached=attributes.get(names.SEL_CACHE_HIT) is True,
             failed=names.ERROR_TYPE in attributes,
         )
     return sorted(by_agent.values(), key=lambda s: (-s.calls, s.agent))
+
+
+def read_stats(reader: InMemoryMetricReader, agent: str | None = None) -> list[AgentStats]:
+    """Per-agent stats from `reader`, most called first; only `agent` when given."""
+    return rows_from_points(agent_points(reader.get_metrics_data()), agent)
+
+
+def total(rows: Iterable[AgentStats], name: str = "all agents") -> AgentStats:
+    """The figures of `rows` (with the same bucket boundaries) together, as one row `name`."""
+    merged = AgentStats(name)
+    for row in rows:
+        merged._fold(
+            row.calls,
+            row.cached_calls,
+            row.errors,
+            row.total_seconds,
+            row.min_seconds,
+            row.max_seconds,
+            row.bounds,
+            row.bucket_counts,
+        )
+    return merged
 
 
 def format_duration(seconds: float) -> str:

@@ -1,0 +1,94 @@
+"""`RedisStatsStore`: where every instance publishes its stats, in the deployment's Redis.
+
+Each life of an instance (its `service.instance.id` and start time) has one key,
+`{prefix}:{started_ms}:{instance}`, holding its latest state and expiring a few publishing
+intervals after it was written; the set `{prefix}` lists those keys. A reader takes the set's
+members, then each key's value and remaining lifetime (PTTL: how old a state is, without
+comparing clocks); members whose key has expired are removed from the set.
+
+The prefix is not a possible agent's cache prefix (`{namespace}:{agent}:`, an identifier), so
+invalidating an agent's results never deletes the stats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ._exceptions import ConfigError, StatsStoreError
+from ._redact import scrub
+
+#: Seconds the set of published keys outlives the last publish (its members expire sooner).
+INDEX_LIFETIME = 86_400
+
+
+class RedisStatsStore:
+    """The published states under `prefix` in the Redis of `client` (sync redis-py: used
+    from the publisher's thread, and from a worker thread of the event loop to read)."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, *, timeout: float) -> RedisStatsStore:
+        """A store on the Redis at `url`, each command bounded by `timeout` seconds and
+        retried once at once on a broken connection."""
+        try:
+            client = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis URL {scrub(url)!r}: {exc}") from exc
+        return cls(client, prefix)
+
+    def put(self, member: str, payload: bytes, expiry: float) -> None:
+        """Store the state `member` (see `_stats_state.member`) for `expiry` seconds."""
+        pipeline = self.client.pipeline(transaction=True)
+        pipeline.set(f"{self.prefix}:{member}", payload, px=max(round(expiry * 1000), 1))
+        pipeline.sadd(self.prefix, member)
+        pipeline.expire(self.prefix, INDEX_LIFETIME)
+        self._run(pipeline)
+
+    def read(self) -> list[tuple[bytes, float]]:
+        """Every live state's payload, with the seconds it has left to live."""
+        members = cast(set[bytes], self._call(self.client.smembers, self.prefix))
+        if not members:
+            return []
+        names = sorted(members)
+        pipeline = self.client.pipeline(transaction=False)
+        for name in names:
+            key = self.prefix.encode() + b":" + name
+            pipeline.get(key)
+            pipeline.pttl(key)
+        replies = self._run(pipeline)
+        found: list[tuple[bytes, float]] = []
+        expired: list[bytes] = []
+        for name, payload, remaining in zip(names, replies[::2], replies[1::2], strict=True):
+            if payload is None:
+                expired.append(name)
+            else:  # -1 (no expiry) cannot happen: every key is written with one
+                found.append((payload, max(int(remaining), 0) / 1000))
+        if expired:
+            self._call(self.client.srem, self.prefix, *expired)
+        return found
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _run(self, pipeline: redis.client.Pipeline) -> list[Any]:
+        return cast(list[Any], self._call(pipeline.execute))
+
+    @staticmethod
+    def _call(command: Callable[..., object], *args: object) -> object:
+        try:
+            return command(*args)
+        except (redis.RedisError, OSError) as exc:
+            raise StatsStoreError(f"{type(exc).__name__}: {exc}", original=exc) from exc

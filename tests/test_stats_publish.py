@@ -1,0 +1,120 @@
+"""Each instance publishes its stats reader's own points to a real redis-server: when it
+starts, every interval and when it stops, under a key that expires; a Redis outage is logged
+once and outlived."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+import redis
+
+from sel_otel._stats_publish import EXPIRY_INTERVALS
+from sel_otel._stats_redis import RedisStatsStore
+from sel_otel._stats_state import decode, encode
+from tests.stats_instances import PREFIX, Instance, StoreFactory, feed, stores, wait_for
+
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer
+
+pytest_plugins = ["tests.redis_server"]
+
+
+@pytest.fixture
+def make_store(redis_server: RedisServer) -> Iterator[StoreFactory]:
+    with stores(redis_server.url) as make:
+        yield make
+
+
+def test_the_published_state_is_the_readers_own_points(make_store: StoreFactory) -> None:
+    instance = Instance("a")
+    feed([instance], 200)
+    store = make_store()
+    instance.publisher(store).publish()
+    [(payload, remaining)] = store.read()
+    state = decode(payload, remaining)
+    assert (state.instance, state.started) == ("a", instance.started)
+    expected = {frozenset((p.attributes or {}).items()): p for p in instance.points()}
+    assert len(state.points) == len(expected) > 5
+    for point in state.points:
+        original = expected[frozenset((point.attributes or {}).items())]
+        assert point.count == original.count
+        assert point.sum == original.sum
+        assert (point.min, point.max) == (original.min, original.max)
+        assert list(point.bucket_counts) == list(original.bucket_counts)
+        assert tuple(point.explicit_bounds) == tuple(original.explicit_bounds)
+    assert 0 < remaining <= 5.0 * EXPIRY_INTERVALS
+
+
+def test_a_payload_of_another_layout_is_refused() -> None:
+    good = encode("a", 1.0, 15.0, [])
+    assert decode(good, 15.0).points == ()
+    for bad in (b"garbage", b'{"format": 2}', good.replace(b'"points":[]', b'"points":[[1]]')):
+        with pytest.raises(ValueError):
+            decode(bad, 1.0)
+
+
+def published_calls(store: RedisStatsStore) -> int:
+    return sum(p.count for payload, left in store.read() for p in decode(payload, left).points)
+
+
+def test_the_publisher_publishes_when_it_starts_and_when_it_is_closed(
+    make_store: StoreFactory,
+) -> None:
+    instance = Instance("a")
+    store = make_store()
+    publisher = instance.publisher(store, interval=3600)
+    publisher.start()
+    wait_for(lambda: len(store.read()) == 1)  # before any call: the instance is there
+    for _ in range(3):
+        instance.call("echo", 0.001)
+    assert published_calls(store) == 0
+    publisher.close(timeout=10)
+    assert published_calls(store) == 3
+
+
+def test_the_publisher_publishes_every_interval(make_store: StoreFactory) -> None:
+    instance = Instance("a")
+    store = make_store()
+    publisher = instance.publisher(store, interval=0.05)
+    publisher.start()
+    try:
+        for calls in (1, 2, 3):
+            instance.call("echo", 0.001)
+            wait_for(lambda: published_calls(store) == calls)  # noqa: B023
+    finally:
+        publisher.close(timeout=10)
+
+
+def test_a_state_drops_out_when_it_expires_and_leaves_the_index(
+    make_store: StoreFactory, redis_server: RedisServer
+) -> None:
+    store = make_store()
+    store.put("1:gone", encode("gone", 1.0, 0.3, []), 0.3)
+    store.put("1:kept", encode("kept", 1.0, 60.0, []), 60.0)
+    assert {decode(p, r).instance for p, r in store.read()} == {"gone", "kept"}
+    wait_for(lambda: [decode(p, r).instance for p, r in store.read()] == ["kept"])
+    assert redis.Redis.from_url(redis_server.url).smembers(PREFIX) == {b"1:kept"}
+
+
+def test_instance_states_live_apart_from_any_agents_cached_results() -> None:
+    # the cache's keys of agent A start with "{namespace}:{A}:", A an identifier
+    assert not "agent-stats".isidentifier()
+    assert PREFIX.endswith(":agent-stats")
+
+
+def test_a_publisher_outlives_redis_going_away_and_coming_back(
+    make_store: StoreFactory, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    instance = Instance("a")
+    store = make_store()
+    publisher = instance.publisher(store, interval=0.05)
+    redis_server.kill()
+    publisher.start()
+    wait_for(lambda: "stats not published to the shared store" in caplog.text)
+    redis_server.start()
+    wait_for(lambda: len(store.read()) == 1)
+    publisher.close(timeout=10)
+    assert caplog.text.count("stats not published to the shared store") == 1
+    assert "stats published to the shared store again" in caplog.text
