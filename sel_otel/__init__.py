@@ -31,6 +31,7 @@ from ._exceptions import (
     AgentTimeout,
     ConfigError,
     SelOtelError,
+    StatsStoreError,
 )
 from ._history import (
     ContentPolicy,
@@ -52,6 +53,8 @@ from ._runtime import AgentResult, AgentRuntime
 from ._settings import Settings
 from ._shared_cache import Claim, Claimed, SharedBackend
 from ._stats import AgentStats, format_stats, read_stats
+from ._stats_report import StatsReport
+from ._stats_shared import DeploymentStats
 from ._telemetry import Telemetry, stats_reader
 
 if TYPE_CHECKING:
@@ -79,6 +82,7 @@ __all__ = [
     "CommandHandler",
     "ConfigError",
     "ContentPolicy",
+    "DeploymentStats",
     "History",
     "HistoryEntry",
     "HistoryPage",
@@ -107,6 +111,8 @@ __all__ = [
     "ShowHistory",
     "ShowStats",
     "SqliteHistoryStore",
+    "StatsReport",
+    "StatsStoreError",
     "Telemetry",
     "cache_from_settings",
     "first_word",

@@ -17,6 +17,7 @@ from ._memory_cache import LRUMemoryCache
 from ._registry import AgentRegistry, agent_directories
 from ._runtime import AgentRuntime
 from ._settings import Settings
+from ._stats_shared import deployment_stats
 from ._telemetry import Telemetry, package_version
 
 logger = logging.getLogger(__name__)
@@ -27,9 +28,10 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]+")
 class SelApp:
     """Owns the registry, cache and runtime of one process; use as `async with SelApp(...)`.
 
-    Entering connects the cache, loads the agents and runs the cache warm-up list; leaving
-    stops the runtime, closes the cache and writes the last history entries. Telemetry is
-    passed in and stays its owner's to shut down.
+    Entering connects the cache, loads the agents, runs the cache warm-up list and starts
+    publishing the stats for the deployment; leaving stops the runtime, closes the cache,
+    writes the last history entries and publishes the last stats. Telemetry is passed in and
+    stays its owner's to shut down.
     """
 
     def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
@@ -48,8 +50,12 @@ class SelApp:
             meter_provider=telemetry.meter_provider,
             history=self.history,
         )
+        self.stats = deployment_stats(settings, telemetry)
         self.commands = CommandHandler(
-            self.runtime, telemetry.stats_reader, tracer_provider=telemetry.tracer_provider
+            self.runtime,
+            telemetry.stats_reader,
+            tracer_provider=telemetry.tracer_provider,
+            stats=self.stats,
         )
 
     async def __aenter__(self) -> SelApp:
@@ -65,6 +71,7 @@ class SelApp:
                 for result in results:
                     if result.error is not None:
                         logger.warning("cache warm-up of %s failed: %s", result.agent, result.error)
+            self.stats.start()
         except BaseException:  # e.g. cancelled by SIGTERM during warm-up: close what opened
             await self.__aexit__(None, None, None)
             raise
@@ -80,6 +87,7 @@ class SelApp:
         await self.cache.close()
         if self.history is not None:
             await self.history.aclose(self.settings.telemetry_shutdown_timeout)
+        await self.stats.aclose(self.settings.telemetry_shutdown_timeout)
 
 
 def cache_from_settings(

@@ -3,7 +3,9 @@
 Request syntax:
 
 - `agent:NAME INPUT`      run agent NAME with INPUT
-- `/sel_agent_stats [NAME]`  per-agent calls, cache hits, times and errors
+- `/sel_agent_stats [NAME] [scope:all|this|per-instance]`
+                          per-agent calls, cache hits, times and errors, of every instance
+                          (merged), this one, or each
 - `/sel_agents`           agent names and descriptions
 - `/sel_agent_reload`     re-read the agents directory
 - `/sel_agent_history [agent=NAME] [user=ID] [outcome=ok|error|refused] [limit=N]`
@@ -14,6 +16,7 @@ Request syntax:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -24,12 +27,15 @@ from ._history import HistoryQuery
 from ._history_format import format_history, parse_history_args
 from ._registry import AgentRegistry
 from ._runtime import AgentResult, AgentRuntime
-from ._stats import format_stats, read_stats
+from ._stats_report import SCOPES, Scope, StatsReport, format_report
+from ._stats_shared import DeploymentStats
 from ._telemetry import package_version
 
 HELP = """\
 agent:NAME INPUT          run agent NAME with INPUT
-/sel_agent_stats [NAME]   calls, cache hits, times and errors per agent
+/sel_agent_stats [NAME] [scope:all|this|per-instance]
+                          calls, cache hits, times and errors per agent, of every
+                          instance (merged), this one, or each
 /sel_agents               agent names and descriptions
 /sel_agent_reload         re-read the agents directory
 /sel_agent_history [agent=NAME] [user=ID] [outcome=ok|error|refused] [limit=N]
@@ -46,6 +52,7 @@ class RunAgent:
 @dataclass(frozen=True, slots=True)
 class ShowStats:
     agent: str | None = None
+    scope: Scope = "all"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +98,7 @@ def parse_request(text: str) -> Request:
             return ShowHelp("missing agent name: agent:NAME INPUT")
         return RunAgent(name, rest.strip())
     if head == "/sel_agent_stats":
-        return ShowStats(rest.strip() or None)
+        return parse_stats_args(rest)
     if head == "/sel_agents":
         return ListAgents()
     if head == "/sel_agent_reload":
@@ -104,6 +111,22 @@ def parse_request(text: str) -> Request:
     return ShowHelp(f"unknown request: {text[:80]!r}" if text else None)
 
 
+def parse_stats_args(text: str) -> ShowStats | ShowHelp:
+    """`[NAME] [scope:all|this|per-instance]`, in either order."""
+    agent, scope = None, "all"
+    for word in text.split():
+        if word.startswith("scope:"):
+            value = word.removeprefix("scope:")
+            if value not in SCOPES:
+                return ShowHelp(f"unknown scope {value[:40]!r}: use {', '.join(SCOPES)}")
+            scope = value
+        elif agent is None:
+            agent = word
+        else:
+            return ShowHelp("/sel_agent_stats takes one agent name")
+    return ShowStats(agent, cast(Scope, scope))
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """What a frontend shows: markdown text, and whether the request succeeded."""
@@ -111,6 +134,7 @@ class Reply:
     text: str
     ok: bool = True
     result: AgentResult | None = None
+    stats: StatsReport | None = None
 
 
 def format_result(result: AgentResult) -> str:
@@ -143,9 +167,12 @@ class CommandHandler:
         stats_reader: InMemoryMetricReader,
         *,
         tracer_provider: trace.TracerProvider | None = None,
+        stats: DeploymentStats | None = None,
     ) -> None:
         self.runtime = runtime
         self.stats_reader = stats_reader
+        #: The deployment's stats (this process's alone, without a shared Redis).
+        self.stats = stats if stats is not None else DeploymentStats(stats_reader)
         self._tracer = trace.get_tracer(names.SCOPE_NAME, package_version(), tracer_provider)
 
     async def handle(
@@ -182,8 +209,8 @@ class CommandHandler:
             case RunAgent(agent, query):
                 result = await self.runtime.run(agent, query, user=user, frontend=frontend)
                 return Reply(format_result(result), result.ok, result)
-            case ShowStats(agent):
-                return self._stats(agent)
+            case ShowStats(agent, scope):
+                return await self._stats(agent, scope)
             case ListAgents():
                 return Reply(format_agents(self.runtime.registry))
             case ReloadAgents():
@@ -202,12 +229,10 @@ class CommandHandler:
         page = await history.query(query)
         return Reply(format_history(page, self.runtime.settings.trace_url_template))
 
-    def _stats(self, agent: str | None) -> Reply:
+    async def _stats(self, agent: str | None, scope: Scope) -> Reply:
         """The stats report; for an agent with no calls, whether it exists at all."""
-        rows = read_stats(self.stats_reader, agent)
-        if agent is None or rows:
-            return Reply(format_stats(rows))
+        report = await self.stats.report(scope, agent)
         known = self.runtime.registry.agents
-        if agent not in known:
+        if agent is not None and not report.rows and agent not in known:
             return Reply(AgentNotFound(agent, known=sorted(known)).reply, ok=False)
-        return Reply(f"No calls of `{agent}` yet.")
+        return Reply(format_report(report, agent), stats=report)

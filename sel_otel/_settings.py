@@ -304,6 +304,21 @@ class Settings:
         "WARNING",
         "log level: DEBUG, INFO, WARNING, ERROR or CRITICAL",
     )
+    stats_redis_url: str = setting(
+        "SEL_STATS_REDIS_URL",
+        str.strip,
+        "",
+        "the Redis where every instance publishes its stats, so that /sel_agent_stats covers "
+        "the whole deployment; none: this instance's figures alone",
+        shown_default="SEL_CACHE_URL when it is a Redis URL, else none",
+    )
+    stats_publish_interval: float = setting(
+        "SEL_STATS_PUBLISH_INTERVAL",
+        _seconds,
+        5.0,
+        "seconds between two publishes of this instance's stats; an instance that stops "
+        "publishing drops out of the stats 3 intervals later",
+    )
     data_dir: Path = field(
         default_factory=lambda: _data_dir(os.environ),
         metadata=variable(

@@ -121,4 +121,30 @@ async def test_stats_of_an_unknown_agent_say_so_and_list_the_known_ones(
 async def test_stats_of_a_known_agent_without_calls_name_it(handler: CommandHandler) -> None:
     await handler.handle("agent:nope x")
     reply = await handler.handle("/sel_agent_stats echo")
-    assert (reply.text, reply.ok) == ("No calls of `echo` yet.", True)
+    assert reply.ok and reply.text.endswith("\n\nNo calls of `echo` yet.")
+
+
+async def test_stats_say_what_they_cover(handler: CommandHandler) -> None:
+    await handler.handle("agent:echo hi")
+    reply = await handler.handle("/sel_agent_stats")
+    assert reply.text.startswith("_Coverage: this instance only (no shared Redis)_\n\n**echo**")
+    assert reply.stats is not None and [row.calls for row in reply.stats.rows] == [1]
+    this = await handler.handle("/sel_agent_stats scope:this echo")
+    assert this.text.startswith("_Coverage: this instance only (scope:this)_\n\n**echo**")
+
+
+@pytest.mark.parametrize(
+    ("text", "request_"),
+    [
+        ("/sel_agent_stats scope:this", ShowStats(None, "this")),
+        ("/sel_agent_stats calc scope:per-instance", ShowStats("calc", "per-instance")),
+        ("/sel_agent_stats scope:all calc", ShowStats("calc", "all")),
+        (
+            "/sel_agent_stats scope:mine",
+            ShowHelp("unknown scope 'mine': use all, this, per-instance"),
+        ),
+        ("/sel_agent_stats calc clock", ShowHelp("/sel_agent_stats takes one agent name")),
+    ],
+)
+def test_parse_stats_scope(text: str, request_: object) -> None:
+    assert parse_request(text) == request_

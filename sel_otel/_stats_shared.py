@@ -1,0 +1,156 @@
+"""`DeploymentStats`: `/sel_agent_stats` over every instance that shares this one's Redis.
+
+```
+stats reader ──StatsPublisher (thread, every SEL_STATS_PUBLISH_INTERVAL)──► Redis
+                                                                              │
+/sel_agent_stats ──DeploymentStats.report──► live states of the others ◄──────┘
+                                             + this process's reader, live ──► merge
+sel-otel stats ──read_states──► every live state ──► merge
+```
+
+Without a shared Redis, or while it cannot be read, the report is this process's figures,
+and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from urllib.parse import urlsplit
+
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from ._exceptions import StatsStoreError
+from ._settings import Settings
+from ._stats import agent_points
+from ._stats_publish import StatsPublisher
+from ._stats_redis import RedisStatsStore
+from ._stats_report import Scope, StatsReport, local_report, merge
+from ._stats_state import InstanceState, decode
+from ._telemetry import Telemetry
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a Redis command of the stats may take (twice at most: one retry on a broken
+#: connection), so that a stalled Redis costs a reply little.
+REDIS_TIMEOUT = 0.5
+#: Why a report covers this process alone.
+ASKED = "scope:this"
+NO_STORE = "no shared Redis"
+UNREACHABLE = "the shared Redis is unreachable"
+
+
+class DeploymentStats:
+    """This process's stats reader, and the states every instance publishes to `store`.
+
+    With a store, `start` publishes this process's figures until `aclose`.
+    """
+
+    def __init__(
+        self,
+        reader: InMemoryMetricReader,
+        *,
+        instance: str = "",
+        started: float | None = None,
+        store: RedisStatsStore | None = None,
+        interval: float = 5.0,
+    ) -> None:
+        self.reader = reader
+        self.instance = instance
+        self.started = time.time() if started is None else started
+        self.store = store
+        self.publisher = (
+            None
+            if store is None
+            else StatsPublisher(
+                reader, store, instance=instance, started=self.started, interval=interval
+            )
+        )
+
+    def start(self) -> None:
+        if self.publisher is not None:
+            self.publisher.start()
+
+    async def aclose(self, grace: float) -> None:
+        """Publish the last figures (within about `grace` seconds) and close the store."""
+        if self.publisher is not None:
+            await asyncio.to_thread(self.publisher.close, grace)
+        if self.store is not None:
+            self.store.close()
+
+    def this(self) -> InstanceState:
+        """This process's figures, live."""
+        points = tuple(agent_points(self.reader.get_metrics_data()))
+        return InstanceState(self.instance, self.started, points)
+
+    async def report(self, scope: Scope = "all", agent: str | None = None) -> StatsReport:
+        """The figures of `agent` (or every agent) for `scope`: `this` process, or every
+        instance merged (`all`) or side by side (`per-instance`)."""
+        this = self.this()
+        if scope == "this":
+            return local_report(this, scope, agent, ASKED)
+        if self.store is None:
+            return local_report(this, scope, agent, NO_STORE)
+        try:
+            states, unreadable = await asyncio.to_thread(read_states, self.store)
+        except StatsStoreError as exc:
+            logger.warning("the shared stats could not be read: %s", exc)
+            note = (
+                f"the shared Redis could not be read ({type(exc.original).__name__}): "
+                "other instances are not counted"
+            )
+            return local_report(this, scope, agent, UNREACHABLE, [note])
+        return merge(states, this=this, scope=scope, agent=agent, notes=unreadable)
+
+
+def read_states(store: RedisStatsStore) -> tuple[list[InstanceState], list[str]]:
+    """Every live state in `store`, and a note for those this version cannot read."""
+    states, unreadable = [], 0
+    for payload, remaining in store.read():
+        try:
+            states.append(decode(payload, remaining))
+        except ValueError as exc:
+            logger.debug("unreadable stats payload: %s", exc)
+            unreadable += 1
+    notes = (
+        [
+            f"{unreadable} instance(s) left out: their figures are in a format this version "
+            "cannot read"
+        ]
+        if unreadable
+        else []
+    )
+    return states, notes
+
+
+def stats_redis_url(settings: Settings) -> str | None:
+    """`SEL_STATS_REDIS_URL`; unset, the cache's when it is on Redis; `none`: None."""
+    url = settings.stats_redis_url
+    if url.lower() == "none":
+        return None
+    if not url:
+        cache = settings.cache_url
+        return cache if urlsplit(cache).scheme in ("redis", "rediss") else None
+    return url
+
+
+def stats_store(settings: Settings) -> RedisStatsStore | None:
+    """The shared store `settings` name, if any (its prefix: the cache namespace's)."""
+    url = stats_redis_url(settings)
+    if url is None:
+        return None
+    return RedisStatsStore.from_url(
+        url, f"{settings.cache_namespace}:agent-stats", timeout=REDIS_TIMEOUT
+    )
+
+
+def deployment_stats(settings: Settings, telemetry: Telemetry) -> DeploymentStats:
+    """The stats of a process: its reader, published as its `service.instance.id`."""
+    resource = telemetry.tracer_provider.resource
+    return DeploymentStats(
+        telemetry.stats_reader,
+        instance=str(resource.attributes.get("service.instance.id", "")),
+        store=stats_store(settings),
+        interval=settings.stats_publish_interval,
+    )

@@ -1,0 +1,250 @@
+"""The deployment's stats, read from a real redis-server: the live instances' points merged
+exactly, each instance once, and without Redis this process's figures, saying so."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+
+from sel_otel import SelApp, Settings, Telemetry, read_stats, stats_reader
+from sel_otel._stats_redis import RedisStatsStore
+from sel_otel._stats_report import format_report, merge
+from sel_otel._stats_shared import DeploymentStats, read_states, stats_store
+from sel_otel._stats_state import encode
+from sel_otel._telemetry import build_resource
+from tests.conftest import AgentWriter
+from tests.stats_instances import Instance, StoreFactory, feed, stores
+
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer
+
+pytest_plugins = ["tests.redis_server"]
+
+
+@pytest.fixture
+def make_store(redis_server: RedisServer) -> Iterator[StoreFactory]:
+    with stores(redis_server.url) as make:
+        yield make
+
+
+def answering(instance: Instance, store: RedisStatsStore | None) -> DeploymentStats:
+    """The deployment's stats as `instance` answers them."""
+    return DeploymentStats(
+        instance.reader, instance=instance.name, started=instance.started, store=store
+    )
+
+
+# -- the merged read ------------------------------------------------------------------------
+
+
+async def test_merged_figures_equal_those_of_one_process_fed_every_call(
+    make_store: StoreFactory,
+) -> None:
+    instances = [Instance(name) for name in ("a", "b", "c")]
+    single = Instance("single")
+    feed(instances, 3000)
+    feed([single], 3000)  # the same calls, in the same order, into one process
+    store = make_store()
+    for instance in instances[1:]:
+        instance.publisher(store).publish()
+    report = await answering(instances[0], store).report()
+    expected = read_stats(single.reader)
+    assert [row.agent for row in report.rows] == [row.agent for row in expected]
+    for merged, one in zip(report.rows, expected, strict=True):
+        assert (merged.calls, merged.cached_calls, merged.errors) == (
+            one.calls,
+            one.cached_calls,
+            one.errors,
+        )
+        assert merged.bucket_counts == one.bucket_counts
+        assert merged.percentile(0.95) == one.percentile(0.95)
+        assert merged.total_seconds == pytest.approx(one.total_seconds, rel=1e-12)
+    assert sum(row.calls for row in report.rows) == 3000
+    assert report.instances[0].instance == "a"  # the answering one first
+    assert {f.instance for f in report.instances} == {"a", "b", "c"}
+    assert report.shared and report.notes == []
+    assert report.coverage().startswith("3 instances, the oldest figures ")
+
+
+async def test_this_process_counts_with_its_live_figures_not_its_last_published_ones(
+    make_store: StoreFactory,
+) -> None:
+    instance = Instance("a")
+    store = make_store()
+    instance.call("echo", 0.001)
+    instance.publisher(store).publish()
+    instance.call("echo", 0.001)
+    report = await answering(instance, store).report()
+    assert [row.calls for row in report.rows] == [2]
+    assert [f.age for f in report.instances] == [0.0]
+
+
+async def test_a_restart_within_the_expiry_counts_the_newest_life_only(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    first, second, other = Instance("pod-1", 100.0), Instance("pod-1", 200.0), Instance("pod-2")
+    first.call("echo", 0.001)
+    first.call("echo", 0.001)
+    second.call("echo", 0.001)
+    other.call("echo", 0.001)
+    for instance in (second, first, other):  # the old life published last: no matter
+        instance.publisher(store).publish()
+    states, notes = read_states(store)
+    assert len(states) == 3 and notes == []
+    report = merge(states)
+    assert [row.calls for row in report.rows] == [2]
+    assert sorted((f.instance, f.started) for f in report.instances) == [
+        ("pod-1", 200.0),
+        ("pod-2", 1_700_000_000.0),
+    ]
+
+
+async def test_scope_this_and_the_per_instance_breakdown(make_store: StoreFactory) -> None:
+    a, b = Instance("a"), Instance("b")
+    for _ in range(3):
+        a.call("echo", 0.001)
+    b.call("echo", 0.001, error="timeout")
+    b.call("calc", 0.002)
+    store = make_store()
+    b.publisher(store).publish()
+    deployment = answering(a, store)
+    this = await deployment.report("this")
+    assert [row.calls for row in this.rows] == [3] and not this.shared
+    assert format_report(this).startswith("_Coverage: this instance only (scope:this)_\n\n**echo**")
+    per = await deployment.report("per-instance")
+    assert [(f.instance, f.this, f.total.calls) for f in per.instances] == [
+        ("a", True, 3),
+        ("b", False, 2),
+    ]
+    text = format_report(per)
+    assert "**a** (this instance)\n  Calls: 3 (cached: 0)" in text
+    assert "**b** (figures " in text and "Errors: 1 (50.0%)" in text
+    one_agent = await deployment.report("per-instance", "calc")
+    assert [f.total.calls for f in one_agent.instances] == [0, 1]
+
+
+async def test_an_instance_with_other_bucket_boundaries_is_left_out_and_named(
+    make_store: StoreFactory,
+) -> None:
+    a = Instance("a")
+    a.call("echo", 0.001)
+    [point] = a.points()
+    other = dataclasses.replace(point, explicit_bounds=(0.1, 1.0), bucket_counts=[1, 0, 0])
+    store = make_store()
+    store.put("1:odd", encode("odd", 1.0, 60.0, [other]), 60.0)
+    report = await answering(a, store).report()
+    assert [row.calls for row in report.rows] == [1]
+    assert [f.instance for f in report.instances] == ["a"]
+    assert len(report.notes) == 1 and "boundaries differ" in report.notes[0]
+    assert report.notes[0].endswith(": odd")
+
+
+async def test_an_unreadable_state_is_left_out_and_counted(make_store: StoreFactory) -> None:
+    a = Instance("a")
+    a.call("echo", 0.001)
+    store = make_store()
+    store.put("1:future", b'{"format": 99}', 60.0)
+    report = await answering(a, store).report()
+    assert [row.calls for row in report.rows] == [1]
+    assert report.notes == [
+        "1 instance(s) left out: their figures are in a format this version cannot read"
+    ]
+
+
+# -- without Redis --------------------------------------------------------------------------
+
+
+async def test_without_a_shared_redis_the_figures_are_this_processs_and_say_so() -> None:
+    a = Instance("a")
+    a.call("echo", 0.001)
+    report = await answering(a, None).report()
+    assert [row.calls for row in report.rows] == [1]
+    assert not report.shared and report.notes == []
+    assert format_report(report).startswith("_Coverage: this instance only (no shared Redis)_\n\n")
+
+
+async def test_with_redis_down_the_figures_are_this_processs_and_say_so(
+    make_store: StoreFactory, redis_server: RedisServer
+) -> None:
+    a, b = Instance("a"), Instance("b")
+    a.call("echo", 0.001)
+    b.call("echo", 0.001)
+    store = make_store()
+    b.publisher(store).publish()
+    deployment = answering(a, store)
+    assert [row.calls for row in (await deployment.report()).rows] == [2]
+    redis_server.kill()
+    started = time.monotonic()
+    report = await deployment.report()
+    assert time.monotonic() - started < 5
+    assert [row.calls for row in report.rows] == [1] and not report.shared
+    [note] = report.notes
+    assert note.startswith("the shared Redis could not be read (ConnectionError)")
+    assert format_report(report).startswith(
+        f"_Coverage: this instance only (the shared Redis is unreachable)_\n⚠️ {note}\n\n**echo**"
+    )
+    redis_server.start()
+    b.publisher(store).publish()
+    assert [row.calls for row in (await deployment.report()).rows] == [2]
+
+
+# -- assembled as a process is ----------------------------------------------------------------
+
+
+def telemetry_of_a_process() -> Telemetry:
+    """The providers `Telemetry.from_env` builds without exporters: a resource of its own
+    (a fresh `service.instance.id`), and the stats reader."""
+    resource = build_resource()
+    reader = stats_reader()
+    return Telemetry(
+        TracerProvider(resource=resource),
+        MeterProvider(resource=resource, metric_readers=[reader]),
+        reader,
+    )
+
+
+async def test_apps_on_one_redis_answer_for_each_other(
+    redis_server: RedisServer, write_agent: AgentWriter, agents_dir: Path
+) -> None:
+    write_agent("echo", "DESCRIPTION='d'\ndef run(q):\n    return q\n")
+    settings = Settings(
+        agents_dir=agents_dir,
+        cache_url=redis_server.url,
+        stats_publish_interval=0.05,
+        history=False,
+    )
+    async with (
+        SelApp(settings, telemetry_of_a_process()) as first,
+        SelApp(settings, telemetry_of_a_process()) as second,
+    ):
+        for n in range(3):
+            await first.commands.handle(f"agent:echo {n}")
+        await second.commands.handle("agent:echo second")
+        deadline = time.monotonic() + 30
+        while True:
+            reply = await second.commands.handle("/sel_agent_stats")
+            assert reply.stats is not None
+            if [row.calls for row in reply.stats.rows] == [4]:
+                break
+            assert time.monotonic() < deadline, reply.text
+            await asyncio.sleep(0.02)
+        assert reply.text.startswith("_Coverage: 2 instances, the oldest figures ")
+        this = await second.commands.handle("/sel_agent_stats scope:this")
+        assert this.stats is not None and [row.calls for row in this.stats.rows] == [1]
+    # both published their last figures as they stopped: read as `sel-otel stats` reads them
+    store = stats_store(settings)
+    assert store is not None
+    try:
+        states, _ = read_states(store)
+    finally:
+        store.close()
+    assert sorted(sum(p.count for p in state.points) for state in states) == [1, 3]
