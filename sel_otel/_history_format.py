@@ -49,7 +49,8 @@ def format_history(page: HistoryPage, template: str | None) -> str:
     if not lines:
         lines.append("No history entries match.")
     if page.unavailable:
-        lines.append(f"⚠️ Not read: {', '.join(page.unavailable)} (this instance's entries only).")
+        unread = ", ".join(page.unavailable)
+        lines.append(f"⚠️ Not read: the {unread} history; these come from the other stores.")
     return "\n".join(lines)
 
 

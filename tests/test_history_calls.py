@@ -254,6 +254,21 @@ async def test_history_requests_filter_and_link_each_entry_to_its_trace(
     assert none.text == "No history entries match."
 
 
+async def test_a_history_reply_says_which_store_could_not_be_read(
+    make_recorded: RecordedFactory, redis_server: RedisServer, telemetry: TelemetryFixture
+) -> None:
+    redis_store = RedisHistoryStore.from_url(
+        redis_server.url, "sel:history", timeout=5.0, max_len=1000, max_age=1e6
+    )
+    recorded = make_recorded(redis_store)
+    commands = CommandHandler(recorded.runtime, telemetry.reader)
+    await commands.handle("agent:echo hi")
+    redis_server.kill()
+    reply = await commands.handle("/sel_agent_history")
+    assert reply.ok and "`hi`" in reply.text
+    assert "Not read: the redis history" in reply.text
+
+
 @pytest.mark.parametrize(
     "arguments", ["outcome=maybe", "limit=0", "limit=ten", "colour=blue", "user="]
 )
