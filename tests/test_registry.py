@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -104,6 +105,24 @@ def test_unchanged_files_are_not_executed_again(agents_dir: Path, write_agent: A
     registry.reload()
     assert registry.reload().added == ()
     assert counter.read_text() == "x"
+
+
+def test_a_same_size_edit_in_the_same_second_runs_the_new_code(
+    agents_dir: Path, write_agent: AgentWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The import system trusts __pycache__ while the source keeps its size and its mtime in
+    # whole seconds: an editor (or a deploy) can change a file and keep both.
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    path = write_agent("agent", GOOD.format(word="one"))
+    before = path.stat()
+    registry = AgentRegistry(agents_dir)
+    registry.reload()
+    assert registry.get("agent").function("x") == "one x"
+    write_agent("agent", GOOD.format(word="two"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    assert registry.reload().updated == ("agent",)
+    assert registry.get("agent").function("x") == "two x"
 
 
 def test_broken_edit_keeps_the_last_good_version(
