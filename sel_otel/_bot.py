@@ -5,7 +5,8 @@ parsing, agent calls and reply texts come from `_commands`, sizing and embeds fr
 `_discord_format`. Slash commands:
 
 - `/sel_agent agent input`   run an agent (agent names autocompleted from the registry)
-- `/sel_agent_stats [agent]` stats embed with uptime and totals
+- `/sel_agent_stats [agent] [scope]` stats embeds, every instance merged by default, with
+  coverage, uptime and totals; paged with buttons when they do not fit one
 - `/sel_agents`              agent list
 - `/sel_agent_reload`        re-read the agents directory (owners only)
 - `/sel_agent_history [agent] [user] [outcome] [limit]`  the latest calls and refusals, with
@@ -40,6 +41,7 @@ from ._commands import (
     Reply,
     RunAgent,
     ShowHistory,
+    ShowStats,
     parse_request,
 )
 from ._discord_format import (
@@ -48,13 +50,14 @@ from ._discord_format import (
     agents_embed,
     choice_name,
     fit,
-    stats_embed,
+    stats_pages,
 )
+from ._discord_pages import Pager
 from ._exceptions import AgentNotFound, ConfigError
 from ._history import HistoryQuery
 from ._history_format import DEFAULT_LIMIT, MAX_LIMIT
 from ._settings import Settings
-from ._stats import read_stats
+from ._stats_report import Scope
 from ._telemetry import Telemetry, package_version
 
 logger = logging.getLogger(__name__)
@@ -231,15 +234,35 @@ class SelBot(discord.Client):
             else:
                 await interaction.response.send_message(content, allowed_mentions=NO_MENTIONS)
 
-    async def show_stats(self, interaction: discord.Interaction[Any], agent: str | None) -> None:
-        """`/sel_agent_stats [agent]`: an embed, open to everyone."""
+    async def show_stats(
+        self, interaction: discord.Interaction[Any], agent: str | None, scope: Scope = "all"
+    ) -> None:
+        """`/sel_agent_stats [agent] [scope]`: embeds open to everyone, paged with buttons
+        that the asker turns when the report does not fit one; an unknown agent is an error
+        shown to the asker alone."""
         with self._command_span(
             "/sel_agent_stats", names.DISCORD_TRIGGER_SLASH, interaction
         ) as span:
-            rows = read_stats(self.commands.stats_reader, agent or None)
-            embed = stats_embed(rows, self._clock() - self.started, agent or None)
-            span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_OK)
-            await interaction.response.send_message(embed=embed, allowed_mentions=NO_MENTIONS)
+            reply = await self.commands.execute(ShowStats(agent or None, scope), root_span=False)
+            _set_outcome(span, reply)
+            if reply.stats is None:
+                await interaction.response.send_message(
+                    fit(discord.utils.escape_markdown(reply.text)),
+                    ephemeral=True,
+                    allowed_mentions=NO_MENTIONS,
+                )
+                return
+            pages = stats_pages(reply.stats, self._clock() - self.started, agent or None)
+            if len(pages) == 1:
+                await interaction.response.send_message(
+                    embed=pages[0], allowed_mentions=NO_MENTIONS
+                )
+                return
+            pager = Pager(pages, interaction.user.id)
+            await interaction.response.send_message(
+                embed=pages[0], view=pager, allowed_mentions=NO_MENTIONS
+            )
+            pager.message = await interaction.original_response()
 
     async def list_agents(self, interaction: discord.Interaction[Any]) -> None:
         """`/sel_agents`: the shared agent list in an embed, open to everyone."""
@@ -421,12 +444,17 @@ def _add_commands(tree: app_commands.CommandTree[SelBot], bot: SelBot) -> None:
         await bot.run_agent(interaction, agent, input)
 
     @tree.command(name="sel_agent_stats", description="Calls, cache hits, times and errors")
-    @app_commands.describe(agent="only this agent")
+    @app_commands.describe(
+        agent="only this agent",
+        scope="every instance merged (all), this one, or each instance's totals",
+    )
     @app_commands.autocomplete(agent=agent_names)
     async def sel_agent_stats(
-        interaction: discord.Interaction[Any], agent: str | None = None
+        interaction: discord.Interaction[Any],
+        agent: str | None = None,
+        scope: Literal["all", "this", "per-instance"] = "all",
     ) -> None:
-        await bot.show_stats(interaction, agent)
+        await bot.show_stats(interaction, agent, scope)
 
     @tree.command(name="sel_agents", description="Agent names and descriptions")
     async def sel_agents(interaction: discord.Interaction[Any]) -> None:

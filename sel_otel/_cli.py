@@ -1,4 +1,4 @@
-"""The `sel-otel` command: `console`, `run`, `bot`, `host-exec`."""
+"""The `sel-otel` command: `console`, `run`, `stats`, `bot`, `host-exec`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from ._console import run_console
 from ._exceptions import ConfigError
 from ._registry import agent_directories
 from ._settings import Settings, help_paragraph, settings_help
+from ._stats_cli import add_stats_arguments, show_stats
 from ._telemetry import Telemetry, telemetry_help
 
 
@@ -79,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("agent", help="agent name")
     run.add_argument("input", nargs=argparse.REMAINDER, help="agent input")
+    stats = commands.add_parser(
+        "stats",
+        help="the agent stats of every instance on the shared Redis, without running agents",
+        description="Print /sel_agent_stats as every instance publishes it to the shared Redis "
+        "(SEL_STATS_REDIS_URL): merged, per instance or of one instance; with --json, for "
+        "scripts and dashboards. Starts no agent.",
+        settings_help=_runtime_help,
+    )
+    add_stats_arguments(stats)
     commands.add_parser(
         "bot",
         help="run the Discord bot (DISCORD_TOKEN, SEL_DISCORD_* settings)",
@@ -190,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "stats":  # reads what the instances publish: no telemetry, no runtime
+        return asyncio.run(_until_signalled(show_stats(args, settings)))
     # The SDK exporters log every retry and failure; sel_otel._export reports them once.
     logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
     try:

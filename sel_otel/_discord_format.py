@@ -1,4 +1,5 @@
-"""Discord-sized replies: cut to the message limits, code blocks closed, stats as embeds."""
+"""Discord-sized replies: cut to the message limits, code blocks closed, stats as embeds
+(paged when they do not fit one)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ from collections.abc import Sequence
 
 import discord
 
-from ._stats import AgentStats, format_stats
+from ._stats import format_stats, total
+from ._stats_report import StatsReport, format_instance
 
 #: Discord's limits, in characters: message content and embed description.
 CONTENT_LIMIT = 2000
 EMBED_DESCRIPTION_LIMIT = 4096
 EMBED_TITLE_LIMIT = 256
+#: Characters of a stats page given to notes (instances left out, Redis unreachable).
+NOTES_LIMIT = 1000
 #: Discord's 25-choice limit for autocomplete, and the length of a choice's name.
 MAX_CHOICES = 25
 CHOICE_NAME_LIMIT = 100
@@ -54,29 +58,53 @@ def format_uptime(seconds: float) -> str:
     return " ".join(parts)
 
 
-def stats_embed(
-    rows: Sequence[AgentStats], uptime: float, agent: str | None = None
-) -> discord.Embed:
-    """`/sel_agent_stats`: the stats report of every agent (or one), uptime and totals."""
+def stats_pages(
+    report: StatsReport, uptime: float, agent: str | None = None
+) -> list[discord.Embed]:
+    """`/sel_agent_stats`: the report of every agent (or one) in as many embeds as it takes,
+    most called first, each with the coverage, uptime and totals."""
     title = f"SEL agent stats: {agent}" if agent else "SEL agent stats"
-    if agent and not rows:
+    if report.scope == "per-instance":
+        blocks = [format_instance(figures) for figures in report.instances]
+    elif agent and not report.rows:
         # Agent names are identifiers; anything else a user typed is shown inert.
         name = f"`{agent}`" if agent.isidentifier() else discord.utils.escape_markdown(agent)
-        description = f"No calls of {name} yet."
+        blocks = [f"No calls of {name} yet."]
     else:
-        description = format_stats(rows)
-    embed = discord.Embed(
-        title=title[:EMBED_TITLE_LIMIT],
-        description=fit(description, EMBED_DESCRIPTION_LIMIT),
-        colour=STATS_COLOR,
-    )
-    calls = sum(row.calls for row in rows)
-    cached = sum(row.cached_calls for row in rows)
-    errors = sum(row.errors for row in rows)
-    embed.add_field(name="Uptime", value=format_uptime(uptime))
-    embed.add_field(name="Total calls", value=f"{calls} (cached: {cached})")
-    embed.add_field(name="Total errors", value=f"{errors} ({errors / calls if calls else 0.0:.1%})")
-    return embed
+        blocks = [format_stats([row]) for row in report.rows] or [format_stats([])]
+    head = fit("\n".join(f"⚠️ {note}" for note in report.notes), NOTES_LIMIT)
+    descriptions = _pack(blocks, EMBED_DESCRIPTION_LIMIT - len(head) - 2)
+    merged = total(report.rows)
+    calls, cached, errors = merged.calls, merged.cached_calls, merged.errors
+    pages = []
+    for number, description in enumerate(descriptions, 1):
+        embed = discord.Embed(
+            title=title[:EMBED_TITLE_LIMIT],
+            description=f"{head}\n\n{description}" if head else description,
+            colour=STATS_COLOR,
+        )
+        embed.add_field(name="Coverage", value=report.coverage(), inline=False)
+        embed.add_field(name="Uptime", value=format_uptime(uptime))
+        embed.add_field(name="Total calls", value=f"{calls} (cached: {cached})")
+        embed.add_field(name="Total errors", value=f"{errors} ({merged.error_rate:.1%})")
+        if len(descriptions) > 1:
+            embed.set_footer(text=f"Page {number}/{len(descriptions)}")
+        pages.append(embed)
+    return pages
+
+
+def _pack(blocks: Sequence[str], limit: int) -> list[str]:
+    """`blocks` joined by blank lines into as few texts of at most `limit` characters as
+    they fit in, in order (a block longer than `limit` alone is cut)."""
+    pages: list[str] = []
+    current = ""
+    for block in blocks:
+        block = fit(block, limit)
+        if current and len(current) + 2 + len(block) > limit:
+            pages.append(current)
+            current = ""
+        current = f"{current}\n\n{block}" if current else block
+    return [*pages, current]
 
 
 def agents_embed(text: str, count: int) -> discord.Embed:

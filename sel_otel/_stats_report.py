@@ -56,6 +56,8 @@ class StatsReport:
         if not self.shared:
             return f"this instance only ({self.alone})"
         count = len(self.instances)
+        if not count:
+            return "no instance is publishing its figures"
         plural = "instance" if count == 1 else "instances"
         return f"{count} {plural}, the oldest figures {format_age(self.oldest_age)} old"
 

@@ -52,6 +52,7 @@ class Sent:
     ephemeral: bool = False
     thinking: bool = False
     allowed_mentions: discord.AllowedMentions | None = None
+    view: discord.ui.View | None = None
 
 
 class Response:
@@ -75,6 +76,11 @@ class Response:
         self._done = True
         self._log.append(Sent("response", content, **kwargs))
 
+    async def edit_message(self, **kwargs: Any) -> None:
+        assert not self._done, "an interaction is acknowledged once"
+        self._done = True
+        self._log.append(Sent("edit", **kwargs))
+
 
 class Followup:
     def __init__(self, log: list[Sent], response: Response) -> None:
@@ -95,6 +101,20 @@ class Interaction:
         self.sent: list[Sent] = []
         self.response = Response(self.sent, fail)
         self.followup = Followup(self.sent, self.response)
+
+    async def original_response(self) -> SentMessage:
+        assert self.response.is_done()
+        return SentMessage(self.sent)
+
+
+class SentMessage:
+    """The message an interaction was answered with: edits are logged with the rest."""
+
+    def __init__(self, log: list[Sent]) -> None:
+        self._log = log
+
+    async def edit(self, **kwargs: Any) -> None:
+        self._log.append(Sent("message edit", **kwargs))
 
 
 class Channel(Snowflake):
@@ -438,6 +458,65 @@ async def test_stats_for_one_agent(bot: SelBot) -> None:
     assert embed is not None and embed.description is not None
     assert embed.title == "SEL agent stats: whoami"
     assert "**whoami**" in embed.description and "echo" not in embed.description
+
+
+async def test_stats_say_what_they_cover_and_an_unknown_agent_is_an_error(bot: SelBot) -> None:
+    await slash(bot, "sel_agent", Interaction(User(OWNER)), agent="echo", input="a")
+    interaction = Interaction(User(STRANGER))
+    await slash(bot, "sel_agent_stats", interaction, scope="this")
+    [sent] = interaction.sent
+    assert sent.embed is not None and sent.view is None
+    fields = {f.name: f.value for f in sent.embed.fields}
+    assert fields["Coverage"] == "this instance only (scope:this)"
+    unknown = Interaction(User(STRANGER))
+    await slash(bot, "sel_agent_stats", unknown, agent="no_such")
+    [sent] = unknown.sent
+    assert sent.ephemeral and sent.content is not None and sent.embed is None
+    assert sent.content.startswith("❌ Unknown agent 'no\\_such'. Known agents: echo, secret")
+
+
+async def press(view: discord.ui.View, label: str, interaction: Interaction) -> None:
+    """Press the button `label` as discord.py dispatches a click: the check, then the button."""
+    [button] = [b for b in view.children if isinstance(b, discord.ui.Button) and b.label == label]
+    assert not button.disabled, label
+    if await view.interaction_check(interaction):  # type: ignore[arg-type]
+        await button.callback(interaction)  # type: ignore[arg-type]
+
+
+async def test_stats_too_long_for_one_embed_are_paged_with_buttons_for_the_asker(
+    bot: SelBot, write_agent: AgentWriter
+) -> None:
+    for index in range(60):
+        write_agent(f"tool_{index:02}", 'DESCRIPTION = "t"\ndef run(q):\n    return q\n')
+    bot.commands.runtime.registry.reload()
+    for index in range(60):
+        for _ in range(index % 3 + 1):
+            await bot.commands.handle(f"agent:tool_{index:02} x")
+    asker = Interaction(User(STRANGER))
+    await slash(bot, "sel_agent_stats", asker)
+    [sent] = asker.sent
+    assert sent.via == "response" and sent.embed is not None and sent.view is not None
+    pages = sent.view.pages  # type: ignore[attr-defined]
+    assert sent.embed is pages[0] and len(pages) >= 2
+    assert sent.embed.footer.text == f"Page 1/{len(pages)}"
+    assert (sent.embed.description or "").startswith("**tool_")  # the most called first
+    # another user may not turn the asker's pages
+    other = Interaction(User(OWNER))
+    await press(sent.view, "Next ▶", other)
+    [refusal] = other.sent
+    assert refusal.ephemeral and refusal.content and "whoever asked" in refusal.content
+    turned = Interaction(User(STRANGER))
+    await press(sent.view, "Next ▶", turned)
+    [edit] = turned.sent
+    assert edit.via == "edit" and edit.embed is pages[1] and edit.view is sent.view
+    back = Interaction(User(STRANGER))
+    await press(sent.view, "◀ Previous", back)
+    assert back.sent[0].embed is pages[0]
+    # when the buttons stop working, the message shows them disabled
+    await sent.view.on_timeout()
+    [_, disabled] = asker.sent
+    assert disabled.via == "message edit" and disabled.view is sent.view
+    assert all(getattr(item, "disabled", False) for item in sent.view.children)
 
 
 async def test_agent_list_is_open_to_everyone(bot: SelBot) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from sel_otel._discord_format import (
@@ -11,9 +13,16 @@ from sel_otel._discord_format import (
     choice_name,
     fit,
     format_uptime,
-    stats_embed,
+    stats_pages,
 )
 from sel_otel._stats import AgentStats
+from sel_otel._stats_report import InstanceFigures, StatsReport
+
+
+def report(rows: list[AgentStats], notes: list[str] | None = None) -> StatsReport:
+    """A report of this process's figures alone."""
+    this = InstanceFigures("i-1", 0.0, 0.0, True, rows)
+    return StatsReport("all", rows, [this], shared=False, notes=notes or [], alone="scope:this")
 
 
 @pytest.mark.parametrize("limit", [CONTENT_LIMIT, EMBED_DESCRIPTION_LIMIT])
@@ -76,42 +85,68 @@ def test_uptime_leaves_out_leading_zero_units() -> None:
     assert format_uptime(2 * 86400 + 3 * 3600 + 4 * 60 + 5) == "2d 3h 4m 5s"
 
 
-def test_stats_embed_has_per_agent_blocks_uptime_and_totals() -> None:
+def test_stats_embed_has_per_agent_blocks_coverage_uptime_and_totals() -> None:
     rows = [
         AgentStats("calc", calls=4, cached_calls=3, errors=1, total_seconds=0.004),
         AgentStats("clock", calls=2, cached_calls=0, errors=0, total_seconds=0.002),
     ]
-    embed = stats_embed(rows, uptime=3661)
+    [embed] = stats_pages(report(rows), uptime=3661)
     assert embed.title == "SEL agent stats"
     assert embed.description is not None
-    assert "**calc**\n  Calls: 4 (cached: 3)" in embed.description
+    assert embed.description.startswith("**calc**\n  Calls: 4 (cached: 3)")
     assert "**clock**" in embed.description
     fields = {field.name: field.value for field in embed.fields}
     assert fields == {
+        "Coverage": "this instance only (scope:this)",
         "Uptime": "1h 1m 1s",
         "Total calls": "6 (cached: 3)",
         "Total errors": "1 (16.7%)",
     }
+    assert embed.footer.text is None
 
 
 def test_stats_embed_for_an_agent_without_calls_says_so() -> None:
-    embed = stats_embed([], uptime=1, agent="calc")
+    [embed] = stats_pages(report([]), uptime=1, agent="calc")
     assert embed.title == "SEL agent stats: calc"
     assert embed.description == "No calls of `calc` yet."
 
 
 def test_stats_embed_for_any_name_a_user_typed_fits_and_stays_inert() -> None:
-    embed = stats_embed([], uptime=1, agent="x`**" * 100)
+    [embed] = stats_pages(report([]), uptime=1, agent="x`**" * 100)
     assert embed.title is not None and len(embed.title) == 256  # Discord's title limit
     assert embed.description is not None and "`" not in embed.description.replace("\\`", "")
 
 
-def test_stats_embed_description_is_cut_to_the_embed_limit() -> None:
-    rows = [AgentStats(f"agent_{i:03}", calls=1) for i in range(200)]
-    embed = stats_embed(rows, uptime=0)
-    assert embed.description is not None
-    assert len(embed.description) <= EMBED_DESCRIPTION_LIMIT
-    assert "cut to fit Discord" in embed.description
+def test_stats_notes_come_first_on_every_page() -> None:
+    rows = [AgentStats(f"agent_{i:03}", calls=1) for i in range(100)]
+    pages = stats_pages(report(rows, ["the shared Redis could not be read"]), uptime=0)
+    assert len(pages) > 1
+    for page in pages:
+        assert page.description is not None
+        assert page.description.startswith("⚠️ the shared Redis could not be read\n\n**agent_")
+
+
+def test_a_report_too_long_for_one_embed_is_paged_most_called_first_totals_on_each() -> None:
+    rows = [AgentStats(f"agent_{i:03}", calls=300 - i, errors=1) for i in range(200)]
+    pages = stats_pages(report(rows), uptime=0)
+    assert len(pages) > 5
+    shown = []
+    for number, page in enumerate(pages, 1):
+        assert page.description is not None
+        assert len(page.description) <= EMBED_DESCRIPTION_LIMIT
+        assert "cut to fit" not in page.description
+        shown += [line.strip("*") for line in page.description.split("\n") if line[:2] == "**"]
+        fields = {field.name: field.value for field in page.fields}
+        assert fields["Total calls"] == f"{sum(r.calls for r in rows)} (cached: 0)"
+        assert fields["Total errors"] == "200 (0.5%)"
+        assert page.footer.text == f"Page {number}/{len(pages)}"
+        assert len(page) <= 6000  # Discord's limit for an embed as a whole
+    assert shown == [row.agent for row in rows]
+    # pages are filled: a page and the next one's first block would not fit together
+    for page, following in itertools.pairwise(pages):
+        assert page.description is not None and following.description is not None
+        first = following.description.split("\n\n")[0]
+        assert len(page.description) + 2 + len(first) > EMBED_DESCRIPTION_LIMIT
 
 
 def test_choice_names_stay_within_discords_limit() -> None:
