@@ -251,7 +251,8 @@ def test_images_are_pinned_and_jaeger_is_v2(services: dict[str, dict[str, Any]])
         if "build" in service:
             continue
         image = service["image"]
-        assert re.fullmatch(r"[\w./-]+:\d+(\.\d+)+[\w.-]*", image), f"{name}: {image} unpinned"
+        # a version number, with the "v" some projects (Prometheus) prefix their tags with
+        assert re.fullmatch(r"[\w./-]+:v?\d+(\.\d+)+[\w.-]*", image), f"{name}: {image} unpinned"
     assert re.fullmatch(r"jaegertracing/jaeger:2\.\d+\.\d+", services["jaeger"]["image"])
     assert "COLLECTOR_OTLP_ENABLED" not in _env(services["jaeger"])  # a v1 setting
     pinned = re.search(
