@@ -1,8 +1,9 @@
 """CI runs the README's test command, and scripts/docker-setup.sh never stops it.
 
 The set-up script runs with stand-ins for the commands that would change the machine (`id`,
-`apt-get`, `dockerd`, `docker`, `mmdebstrap`), so what it decides is checked everywhere; the
-real engine and images are exercised by the container tests that CI runs after it.
+`apt-get`, `dockerd`, `docker`, `mmdebstrap`), so what it decides is checked everywhere. The
+images it builds are checked where an engine has them: the app image here, the Redis image by
+the Redis cache tests.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.docker_engine import project_image, use_docker_image
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "docker-setup.sh"
@@ -132,3 +135,20 @@ def test_it_starts_dockerd_on_loopback_reports_failed_builds_and_stops_only_its_
     assert stop.returncode == 0, stop.stderr
     assert re.fullmatch(r"docker-setup: engine: dockerd stopped in \d+ s\n", stop.stdout)
     assert not Path(f"/proc/{pid}").exists()
+
+
+def test_the_app_image_built_offline_runs_sel_otel_as_an_unprivileged_user() -> None:
+    image = project_image("app")
+    use_docker_image(image, pull=False, purpose="the app image test")
+    import docker
+
+    client = docker.from_env(timeout=120)
+    try:
+        output = client.containers.run(
+            image, ["run", "calc", "6 * 7"], network_mode="none", remove=True
+        )
+        user = client.images.get(image).attrs["Config"]["User"]
+    finally:
+        client.close()
+    assert "42" in output.decode()
+    assert user not in ("", "root", "0")
