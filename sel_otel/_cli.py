@@ -101,6 +101,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve the host-exec API: run allow-listed commands for the host_exec agent.",
         settings_help=_host_exec_help,
     )
+    from ._loadtest_cli import add_loadtest_arguments
+
+    add_loadtest_arguments(
+        commands.add_parser(
+            "loadtest",
+            help="simulated users calling agents, with faults on a schedule; a report and a plot",
+            description="Drive the runtime (or a stack of instances in containers) with N "
+            "simulated users, inject faults, and report throughput, latency and each fault's "
+            "effect.",
+            settings_help=_runtime_help,
+        )
+    )
     return parser
 
 
@@ -215,6 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     trace.set_tracer_provider(telemetry.tracer_provider)
     metrics.set_meter_provider(telemetry.meter_provider)
     try:
+        if args.command == "loadtest":
+            from ._loadtest_cli import run_loadtest
+
+            return asyncio.run(_until_signalled(run_loadtest(args, settings, telemetry)))
         if args.command == "console":
             return asyncio.run(_until_signalled(_console(settings, telemetry)))
         if bot_settings is not None:
