@@ -8,7 +8,8 @@
 #
 # Best effort: each step prints one line; a step that cannot be done (no root, no apt-get, a
 # failed build) says why and is skipped, and the tests that need what is missing skip, saying
-# why. It always exits 0, so it never stops the tests. SEL_TEST_DOCKER=0 skips it all.
+# why. It always exits 0, so it never stops the tests, and its downloads and builds stop
+# after 9 minutes in all. SEL_TEST_DOCKER=0 skips it all.
 #
 # dockerd is started with --ip 127.0.0.1: ports that containers publish bind to loopback only.
 # No image registry is used: images are built from the host's own apt sources (mmdebstrap
@@ -28,14 +29,20 @@
 # To add an image NAME: append NAME to IMAGES, after the images it is built on, and define
 # recipe_NAME (prints what the image is made from; its digest decides a rebuild) and
 # build_NAME TAG DIGEST (builds it, with the label $LABEL=DIGEST).
-set -u
 cd "$(dirname "$0")/.." || exit 1
 STATE=${TMPDIR:-/tmp}/sel-otel-docker
 IMAGES="redis python app"
 LABEL=org.sel-otel.recipe
+DEADLINE=$(($(date +%s) + 540))
 mkdir -p "$STATE"
 
 say() { echo "docker-setup: $*"; }
+
+# bounded COMMAND...: run the program COMMAND, stopped at the deadline.
+bounded() {
+    local left=$((DEADLINE - $(date +%s)))
+    timeout "$((left > 0 ? left : 1))" "$@"
+}
 
 # last_line LOG: the log's last line, without terminal escapes.
 last_line() { tail -n 1 "$1" | tr -cd '[:print:]'; }
@@ -48,6 +55,9 @@ step() {
     started=$(date +%s)
     if "$@" >"$log" 2>&1; then
         say "$what: done in $(($(date +%s) - started)) s"
+    elif [ "$(date +%s)" -ge "$DEADLINE" ]; then
+        say "$what: STOPPED after $(($(date +%s) - started)) s: the set-up's time is up (log: $log)"
+        return 1
     else
         say "$what: FAILED after $(($(date +%s) - started)) s: $(last_line "$log") (log: $log)"
         return 1
@@ -67,8 +77,9 @@ require() {
 }
 
 apt_install() {
-    apt-get update -qq &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+    bounded apt-get update -qq &&
+        bounded env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends "$@"
 }
 
 start_engine() {
@@ -136,7 +147,7 @@ debian_image() {
     local tag="$1" digest="$2" packages="$3" rootfs="$STATE/rootfs-$$.tar" status
     shift 3
     # shellcheck disable=SC2046 # one argument per sources file
-    mmdebstrap --variant=essential --include="$packages" \
+    bounded mmdebstrap --variant=essential --include="$packages" \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
         --dpkgopt='path-exclude=/usr/share/locale/*' \
         "$SUITE" "$rootfs" $(apt_sources) || { rm -f "$rootfs"; return 1; }
@@ -145,7 +156,7 @@ debian_image() {
         set -- "$@" --change "$change"
         shift
     done
-    docker import "$@" "$rootfs" "$tag"
+    bounded docker import "$@" "$rootfs" "$tag"
     status=$?
     rm -f "$rootfs"
     return "$status"
@@ -187,7 +198,7 @@ image_pip() {
         return 1
     fi
     [ -x "$STATE/pip/bin/pip" ] || /usr/bin/python3 -m venv --clear "$STATE/pip" || return 1
-    "$STATE/pip/bin/pip" --disable-pip-version-check "$@"
+    bounded "$STATE/pip/bin/pip" --disable-pip-version-check "$@"
 }
 
 # What the project's wheel is built from (README.md too, but only as its description).
@@ -205,7 +216,7 @@ build_app() {
     # shellcheck disable=SC2086 # one argument per path
     cp -R $APP_SOURCES README.md "$context/source/" &&
         image_pip wheel -q -c constraints.txt -w "$context/wheels" "$context/source" &&
-        docker build --network none --force-rm --build-arg BASE="$(image python)" \
+        bounded docker build --network none --force-rm --build-arg BASE="$(image python)" \
             --label "$LABEL=$2" -f deploy/app-offline.Dockerfile -t "$1" "$context"
     status=$?
     rm -rf "$context"
