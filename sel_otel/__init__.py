@@ -28,6 +28,7 @@ from ._exceptions import (
     AgentNotFound,
     AgentOutputError,
     AgentReplyError,
+    AgentThreadsExhausted,
     AgentTimeout,
     ConfigError,
     SelOtelError,
@@ -46,6 +47,7 @@ from ._history import (
 from ._history_redis import RedisHistoryStore
 from ._history_setup import history_from_settings
 from ._history_sqlite import SqliteHistoryStore
+from ._markup import code_span
 from ._memory_cache import LRUMemoryCache
 from ._redis_cache import OutputSerializer, RedisResultBackend
 from ._registry import AgentRegistry, ReloadReport
@@ -74,6 +76,7 @@ __all__ = [
     "AgentResult",
     "AgentRuntime",
     "AgentStats",
+    "AgentThreadsExhausted",
     "AgentTimeout",
     "BotSettings",
     "CacheOutcome",
@@ -115,6 +118,7 @@ __all__ = [
     "StatsStoreError",
     "Telemetry",
     "cache_from_settings",
+    "code_span",
     "first_word",
     "format_result",
     "format_stats",

@@ -8,6 +8,7 @@ SelOtelError
 │   ├── AgentLoadError        an agent file failed to import or breaks the contract (carries `path`)
 │   ├── AgentTimeout          the call ran past its timeout
 │   ├── AgentBusy             a sync agent found no free thread before its timeout
+│   │   └── AgentThreadsExhausted  ... as its own calls still running hold all of its share
 │   ├── AgentFailed           the agent raised (carries `original`)
 │   └── AgentOutputError      the agent returned a non-string or an output over the cap
 ├── AgentReplyError           raised by agent code: fail the call with a message for the user
@@ -68,13 +69,18 @@ class AgentLoadError(AgentError):
 
 
 class AgentTimeout(AgentError):
-    """The agent ran past its timeout and was abandoned."""
+    """The agent ran past its timeout and was abandoned; `blocked` is how long it held the
+    event loop past its deadline (an async agent that blocks), 0 when it did not."""
 
     error_type = "timeout"
 
-    def __init__(self, agent: str, *, timeout: float) -> None:
-        super().__init__(f"Agent {agent!r} timed out after {timeout:g}s", agent=agent)
+    def __init__(self, agent: str, *, timeout: float, blocked: float = 0.0) -> None:
+        message = f"Agent {agent!r} timed out after {timeout:g}s"
+        if blocked:
+            message += f": it blocked the event loop for {blocked:.2f}s"
+        super().__init__(message, agent=agent)
         self.timeout = timeout
+        self.blocked = blocked
 
 
 class AgentBusy(AgentError):
@@ -85,11 +91,25 @@ class AgentBusy(AgentError):
 
     def __init__(self, agent: str, *, timeout: float, threads: int) -> None:
         super().__init__(
-            f"Agent {agent!r} could not start within {timeout:g}s: all {threads} threads for "
-            "sync agents are taken by calls still running",
+            f"Agent {agent!r} could not start within {timeout:g}s: {self._taken(threads)}",
             agent=agent,
         )
         self.timeout = timeout
+
+    @staticmethod
+    def _taken(threads: int) -> str:
+        return f"all {threads} threads for sync agents are taken by calls still running"
+
+
+class AgentThreadsExhausted(AgentBusy):
+    """A sync agent's call could not start before its timeout: the agent's own calls still
+    running (hung, most likely) hold every thread of its share."""
+
+    error_type = "threads_exhausted"
+
+    @staticmethod
+    def _taken(threads: int) -> str:
+        return f"its {threads} threads are all taken by its calls still running"
 
 
 class AgentFailed(AgentError):

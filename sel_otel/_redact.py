@@ -9,12 +9,9 @@ runs on the event loop, on text users choose.
 from __future__ import annotations
 
 import re
-import traceback
 from collections.abc import Callable, Sequence
 
 REDACTED = "[REDACTED]"
-#: Exceptions shown at most from a chain of causes (a cycle ends there too).
-_MAX_CHAIN = 16
 
 #: A quoted value, or everything up to the end of the line (header values hold spaces).
 _LINE_VALUE = r"(?:\"[^\"\n]*\"|'[^'\n]*'|[^\r\n\"']+)"
@@ -257,27 +254,3 @@ def span_content(text: str, limit: int) -> str:
     if len(text) <= limit and not cut:
         return text
     return text[: max(limit - 1, 0)] + "…"
-
-
-def frames_only(exc: BaseException) -> str:
-    """The stack of `exc` and of the exceptions that led to it or that it groups, oldest
-    first, with their types but none of their messages (which may quote what was not to be
-    recorded); the source lines shown are scrubbed."""
-    parts: list[str] = []
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending and len(parts) < _MAX_CHAIN:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        frames = "".join(traceback.format_tb(current.__traceback__))
-        parts.append(f"{frames}{type(current).__qualname__}\n")
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(reversed(current.exceptions))
-        cause = current.__cause__
-        if cause is None and not current.__suppress_context__:
-            cause = current.__context__
-        if cause is not None:
-            pending.append(cause)
-    return scrub("\nDuring or because of the above:\n\n".join(reversed(parts)))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context, metrics, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from . import _semconv as names
 from ._agent import Agent
@@ -23,14 +23,17 @@ from ._exceptions import (
     AgentFailed,
     AgentNotFound,
     AgentOutputError,
+    AgentThreadsExhausted,
     AgentTimeout,
 )
+from ._failures import FailureRecorder
 from ._history import History
-from ._redact import frames_only, span_content
+from ._redact import span_content
 from ._registry import AgentRegistry, ReloadReport
 from ._settings import Settings
+from ._tasks import Steps, detached
 from ._telemetry import package_version
-from ._threads import DaemonThreads
+from ._threads import DaemonThreads, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +93,15 @@ class AgentRuntime:
             unit=names.COUNT_UNIT,
             description="Agent calls answered by an identical call already in flight",
         )
-        self._threads = DaemonThreads(self.settings.agent_threads)
+        self._threads = DaemonThreads(
+            self.settings.agent_threads, self.settings.agent_threads_per_agent
+        )
+        self._failures = FailureRecorder(
+            trace_content=self.settings.trace_content,
+            content_max=self.settings.trace_content_max,
+        )
+        #: Agent versions (name, version) already reported for blocking the event loop.
+        self._blocked_loop: set[tuple[str, str]] = set()
         #: Calls in flight per agent object (by id), and agents replaced by a reload that
         #: still had calls in flight then: each is closed when its last call ends.
         self._calls: dict[int, int] = {}
@@ -239,34 +250,42 @@ class AgentRuntime:
     ) -> str:
         deadline = asyncio.timeout(time_limit)
         thread: asyncio.Future[Any] | None = None
+        steps: Steps[Any] | None = None
+        owner = (agent.name, agent.version)
         try:
             async with deadline:
+                when = deadline.when() or 0.0
                 if agent.is_async:
-                    output = await agent.function(query)
+                    steps = Steps(functools.partial(agent.function, query), when)
+                    output = await detached(steps, on_abandoned)
                 else:
                     thread = await self._threads.start(
-                        agent.function, query, on_abandoned=on_abandoned
+                        agent.function, query, owner=owner, on_abandoned=on_abandoned
                     )
-                    output = await thread
+                    output = unwrap(await thread)
                     if inspect.isawaitable(output):
-                        output = await output
+                        awaitable = output
+                        steps = Steps(lambda: awaitable, when)
+                        output = await detached(steps, on_abandoned)
         except TimeoutError as exc:
             if not deadline.expired():
                 raise AgentFailed(agent.name, original=exc) from exc
-            if not agent.is_async and thread is None:
-                raise AgentBusy(
-                    agent.name, timeout=time_limit, threads=self.settings.agent_threads
-                ) from None
+            if steps is not None and steps.blocked:
+                raise self._blocked(agent, time_limit, steps.blocked) from None
+            if thread is None and not agent.is_async:
+                busy = AgentThreadsExhausted if self._threads.exhausted(owner) else AgentBusy
+                threads = self.settings.agent_threads
+                if busy is AgentThreadsExhausted:
+                    threads = min(self.settings.agent_threads_per_agent, threads)
+                raise busy(agent.name, timeout=time_limit, threads=threads) from None
             raise AgentTimeout(agent.name, timeout=time_limit) from None
         except AgentError:
             raise
-        except asyncio.CancelledError as exc:
-            if _cancelled():
-                raise
-            # Raised by the agent itself, not a cancellation of this call.
-            raise AgentFailed(agent.name, original=exc) from exc
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:
-            # An agent calling sys.exit() or raising KeyboardInterrupt fails its call, not the bot.
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and _cancelled():
+                raise  # this call is cancelled
+            # Whatever the agent raised (sys.exit(), KeyboardInterrupt, GeneratorExit, a
+            # BaseException of its own, CancelledError) fails its call, not the process.
             raise AgentFailed(agent.name, original=exc) from exc
         if not isinstance(output, str):
             raise AgentOutputError(
@@ -280,6 +299,22 @@ class AgentRuntime:
             )
         return output
 
+    def _blocked(self, agent: Agent, time_limit: float, blocked: float) -> AgentTimeout:
+        """The error of a call whose async agent held the event loop past its deadline; the
+        first of each agent version is logged, naming the agent."""
+        if (agent.name, agent.version) not in self._blocked_loop:
+            self._blocked_loop.add((agent.name, agent.version))
+            logger.warning(
+                "agent %s blocked the event loop for %.2fs, past its %gs timeout: every other "
+                "call waited meanwhile. An async agent must not block: run blocking work with "
+                "asyncio.to_thread, or make it a sync agent. Such calls fail as timeouts and "
+                "are not cached.",
+                agent.name,
+                blocked,
+                time_limit,
+            )
+        return AgentTimeout(agent.name, timeout=time_limit, blocked=blocked)
+
     def _record_error(
         self,
         span: trace.Span,
@@ -287,23 +322,8 @@ class AgentRuntime:
         exc: BaseException,
         error_type: str,
     ) -> None:
-        """Status, exception event and `error.type` of a failed call. Error messages often
-        quote the input: they are scrubbed and cut like it, and left out with it when the
-        input is not recorded (`SEL_TRACE_CONTENT=false`). The stack shows frames and
-        exception types, never the messages of the chain."""
-        if self.settings.trace_content:
-            message = span_content(str(exc), self.settings.trace_content_max)
-        else:
-            message = error_type
-        span.set_status(Status(StatusCode.ERROR, message or error_type))
-        span.record_exception(
-            exc,
-            attributes={
-                names.EXCEPTION_MESSAGE: message,
-                names.EXCEPTION_STACKTRACE: frames_only(exc),
-            },
-        )
-        span.set_attribute(names.ERROR_TYPE, error_type)
+        """Status, exception event and `error.type` of a failed call (`_failures.py`)."""
+        self._failures.record(span, exc, error_type)
         metric_attributes[names.ERROR_TYPE] = error_type
 
     def _invalidation(self, agent: str) -> Callable[[], None]:

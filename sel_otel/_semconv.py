@@ -29,6 +29,9 @@ SEL_CACHE_COALESCED: Final = "sel.cache.coalesced"
 SEL_CACHE_ERROR: Final = "sel.cache.error"
 SEL_AGENT_DURATION_MS: Final = "sel.agent.duration_ms"
 SEL_AGENT_INPUT: Final = "sel.agent.input"
+#: True on a call that ran past its timeout because its agent held the event loop (an async
+#: agent that blocks): it fails as a timeout and is not cached.
+SEL_AGENT_BLOCKED_LOOP: Final = "sel.agent.blocked_loop"
 SEL_USER_ID: Final = "sel.user.id"
 SEL_SCRUBBED: Final = "sel.scrubbed"  # string array: "{where}: {rule}" for each value scrubbed
 
@@ -38,6 +41,9 @@ SEL_REQUEST: Final = "sel.request"  # agent, stats, agents, reload, help
 
 # Error types that are not exception class names
 ERROR_TIMEOUT: Final = "timeout"
+#: A sync call that could not start: its agent's own calls still running took its threads.
+ERROR_THREADS_EXHAUSTED: Final = "threads_exhausted"
+EXCEPTION_TYPE: Final = "exception.type"
 EXCEPTION_MESSAGE: Final = "exception.message"
 EXCEPTION_STACKTRACE: Final = "exception.stacktrace"
 

@@ -267,6 +267,13 @@ class Settings:
     agent_threads: int = setting(
         "SEL_AGENT_THREADS", _count, 32, "sync agents running at once (daemon threads)"
     )
+    agent_threads_per_agent: int = setting(
+        "SEL_AGENT_THREADS_PER_AGENT",
+        _count,
+        8,
+        "of those, the most one agent may hold: one that hangs cannot take the threads of "
+        "the others",
+    )
     trace_content: bool = setting(
         "SEL_TRACE_CONTENT",
         _parse_bool,

@@ -1,7 +1,9 @@
 """`/sel_agent_stats`: per-agent figures read from the OpenTelemetry metric reader.
 
 Nothing here counts by hand: calls, cached calls, errors, the average and the p95 all come
-from the cumulative duration histogram that the runtime records every call in.
+from the cumulative duration histogram that the runtime records every call in; so do the
+calls that found the agent's threads exhausted (by its own calls still running, hung most
+likely), which are errors of their own `error.type`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class AgentStats:
     bucket_counts: list[int] = field(default_factory=list)
     min_seconds: float = float("inf")
     max_seconds: float = 0.0
+    #: Calls that could not start: the agent's share of the threads was all taken.
+    threads_exhausted: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -119,6 +123,8 @@ def rows_from_points(
             cached=attributes.get(names.SEL_CACHE_HIT) is True,
             failed=names.ERROR_TYPE in attributes,
         )
+        if attributes.get(names.ERROR_TYPE) == names.ERROR_THREADS_EXHAUSTED:
+            stats.threads_exhausted += point.count
     return sorted(by_agent.values(), key=lambda s: (-s.calls, s.agent))
 
 
@@ -163,6 +169,15 @@ def format_stats(rows: Sequence[AgentStats]) -> str:
         f"  Cache hit rate: {row.hit_rate:.1%}\n"
         f"  Avg time: {format_duration(row.average_seconds)}\n"
         f"  Errors: {row.errors} ({row.error_rate:.1%})\n"
-        f"  P95 time: {format_duration(row.percentile(0.95))}"
+        f"  P95 time: {format_duration(row.percentile(0.95))}" + _exhausted(row)
         for row in rows
+    )
+
+
+def _exhausted(row: AgentStats) -> str:
+    if not row.threads_exhausted:
+        return ""
+    return (
+        f"\n  ⚠️ Threads exhausted: {row.threads_exhausted} calls could not start, its "
+        "threads all taken by its calls still running"
     )

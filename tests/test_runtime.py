@@ -382,11 +382,12 @@ async def test_hung_sync_agents_hold_their_thread_slot_until_they_end(
     runtime = make_runtime(agent_timeout=0.15, agent_threads=1)
     assert isinstance((await runtime.run("worker", "slow")).error, AgentTimeout)
     # The abandoned thread still holds the only slot: the next call waits, then fails
-    # without ever starting, as a call that found no thread, not as its own timeout.
+    # without ever starting, as a call that found no thread, not as its own timeout (and
+    # as one whose agent's own calls hold its threads).
     waited = (await runtime.run("worker", "quick")).error
     assert isinstance(waited, AgentBusy)
-    assert waited.error_type == "no_free_thread"
-    assert "all 1 threads for sync agents are taken" in str(waited)
+    assert waited.error_type == "threads_exhausted"
+    assert "its 1 threads are all taken by its calls still running" in str(waited)
     assert sorted(p.name for p in started.iterdir()) == ["slow"]
     await asyncio.sleep(0.6)  # the slow thread has ended and released its slot
     assert (await runtime.run("worker", "quick")).output == "quick"
