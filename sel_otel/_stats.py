@@ -8,6 +8,7 @@ likely), which are errors of their own `error.type`.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -72,6 +73,19 @@ class AgentStats:
             point.bucket_counts,
         )
 
+    def _merge(self, row: AgentStats) -> None:
+        self._fold(
+            row.calls,
+            row.cached_calls,
+            row.errors,
+            row.total_seconds,
+            row.min_seconds,
+            row.max_seconds,
+            row.bounds,
+            row.bucket_counts,
+        )
+        self.threads_exhausted += row.threads_exhausted
+
     def _fold(
         self,
         calls: int,
@@ -89,11 +103,11 @@ class AgentStats:
         self.total_seconds += seconds
         self.min_seconds = min(self.min_seconds, minimum)
         self.max_seconds = max(self.max_seconds, maximum)
-        if not self.bucket_counts:
+        if self.bucket_counts:
+            self.bucket_counts = list(map(operator.add, self.bucket_counts, bucket_counts))
+        else:
             self.bounds = tuple(bounds)
-            self.bucket_counts = [0] * len(bucket_counts)
-        for index, count in enumerate(bucket_counts):
-            self.bucket_counts[index] += count
+            self.bucket_counts = list(bucket_counts)
 
 
 def agent_points(data: MetricsData | None) -> Iterator[HistogramDataPoint]:
@@ -133,20 +147,23 @@ def read_stats(reader: InMemoryMetricReader, agent: str | None = None) -> list[A
     return rows_from_points(agent_points(reader.get_metrics_data()), agent)
 
 
+def merge_rows(rows: Iterable[AgentStats]) -> list[AgentStats]:
+    """Rows of the same agents (from several instances, with the same bucket boundaries)
+    added up, one per agent, most called first."""
+    by_agent: dict[str, AgentStats] = {}
+    for row in rows:
+        merged = by_agent.get(row.agent)
+        if merged is None:
+            merged = by_agent[row.agent] = AgentStats(row.agent)
+        merged._merge(row)
+    return sorted(by_agent.values(), key=lambda s: (-s.calls, s.agent))
+
+
 def total(rows: Iterable[AgentStats], name: str = "all agents") -> AgentStats:
     """The figures of `rows` (with the same bucket boundaries) together, as one row `name`."""
     merged = AgentStats(name)
     for row in rows:
-        merged._fold(
-            row.calls,
-            row.cached_calls,
-            row.errors,
-            row.total_seconds,
-            row.min_seconds,
-            row.max_seconds,
-            row.bounds,
-            row.bucket_counts,
-        )
+        merged._merge(row)
     return merged
 
 

@@ -1,20 +1,21 @@
 """The deployment's stats: the instances' published histogram points, merged exactly.
 
-Points with the same bucket boundaries add up as one process's would (counts, sums and bucket
-counts add; min and max are kept), so the merged p95, read from the merged buckets, is the
-p95 of one process fed every call. An instance whose boundaries differ cannot be merged
-exactly: it is left out, and the report says so. Each instance counts once: of several lives
-of one `service.instance.id` (a restart within the expiry) only the newest is taken, and this
-process's live figures replace what it last published.
+Figures with the same bucket boundaries add up as one process's points would (counts, sums
+and bucket counts add; min and max are kept), so the merged p95, read from the merged
+buckets, is the p95 of one process fed every call. An instance whose boundaries differ
+cannot be merged exactly: it is left out, and the report says so. Each instance counts once:
+of several lives of one `service.instance.id` (a restart within the expiry) only the newest
+is taken, and this process's live figures replace what it last published.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Final, Literal
 
-from ._stats import AgentStats, format_duration, format_stats, rows_from_points, total
+from ._stats import AgentStats, format_duration, format_stats, merge_rows, total
 from ._stats_state import InstanceState
 
 Scope = Literal["all", "this", "per-instance"]
@@ -29,9 +30,18 @@ class InstanceFigures:
     started: float
     age: float  # seconds since its figures were published; 0 for this process's live ones
     this: bool  # the process answering
-    rows: list[AgentStats]
+    rows: list[AgentStats]  # of the agents shown, most called first
 
-    @property
+    @classmethod
+    def of(cls, state: InstanceState, this: bool, agent: str | None) -> InstanceFigures:
+        """`state`'s figures of `agent`, or of every agent."""
+        if agent is None:
+            rows = sorted(state.rows.values(), key=lambda s: (-s.calls, s.agent))
+        else:
+            rows = [state.rows[agent]] if agent in state.rows else []
+        return cls(state.instance, state.started, state.age, this, rows)
+
+    @cached_property
     def total(self) -> AgentStats:
         return total(self.rows, self.instance)
 
@@ -85,29 +95,18 @@ def merge(
         newest[this.instance] = this
     notes = list(notes)
     reference = _reference_bounds(this, newest.values())
-    merged, left_out = [], []
+    merged: list[InstanceState] = []
+    left_out: list[InstanceState] = []
     for state in newest.values():
-        if all(tuple(point.explicit_bounds) == reference for point in state.points):
-            merged.append(state)
-        else:
-            left_out.append(state.instance)
+        (merged if not state.rows or state.bounds == reference else left_out).append(state)
     if left_out:
         notes.append(
             f"left out, as their histogram bucket boundaries differ from this instance's "
-            f"(another version?): {', '.join(sorted(left_out))}"
+            f"(another version?): {', '.join(sorted(state.instance for state in left_out))}"
         )
-    instances = [
-        InstanceFigures(
-            state.instance,
-            state.started,
-            state.age,
-            state is this,
-            rows_from_points(state.points, agent),
-        )
-        for state in merged
-    ]
-    instances.sort(key=lambda figures: (not figures.this, -figures.total.calls, figures.instance))
-    rows = rows_from_points((point for state in merged for point in state.points), agent)
+    instances = [InstanceFigures.of(state, state is this, agent) for state in merged]
+    instances.sort(key=lambda f: (not f.this, -f.total.calls, f.instance))
+    rows = merge_rows(row for figures in instances for row in figures.rows)
     return StatsReport(scope, rows, instances, shared=True, notes=notes)
 
 
@@ -115,14 +114,14 @@ def _reference_bounds(
     this: InstanceState | None, states: Iterable[InstanceState]
 ) -> tuple[float, ...]:
     """The boundaries the others must have: this process's, else those of the most calls."""
-    if this is not None and this.points:
-        return tuple(this.points[0].explicit_bounds)
+    if this is not None and this.rows:
+        return this.bounds
     busiest = max(
-        (state for state in states if state.points),
-        key=lambda state: sum(point.count for point in state.points),
+        (state for state in states if state.rows),
+        key=lambda state: sum(row.calls for row in state.rows.values()),
         default=None,
     )
-    return tuple(busiest.points[0].explicit_bounds) if busiest is not None else ()
+    return busiest.bounds if busiest is not None else ()
 
 
 def local_report(
@@ -133,9 +132,8 @@ def local_report(
     notes: Sequence[str] = (),
 ) -> StatsReport:
     """The report of this process's figures alone, `alone` saying why."""
-    rows = rows_from_points(this.points, agent)
-    figures = InstanceFigures(this.instance, this.started, 0.0, True, rows)
-    return StatsReport(scope, rows, [figures], shared=False, notes=list(notes), alone=alone)
+    figures = InstanceFigures.of(this, True, agent)
+    return StatsReport(scope, figures.rows, [figures], shared=False, notes=list(notes), alone=alone)
 
 
 def format_report(report: StatsReport, agent: str | None = None) -> str:

@@ -81,8 +81,8 @@ class DeploymentStats:
 
     def this(self) -> InstanceState:
         """This process's figures, live."""
-        points = tuple(agent_points(self.reader.get_metrics_data()))
-        return InstanceState(self.instance, self.started, points)
+        points = list(agent_points(self.reader.get_metrics_data()))
+        return InstanceState.from_points(self.instance, self.started, points)
 
     async def report(self, scope: Scope = "all", agent: str | None = None) -> StatsReport:
         """The figures of `agent` (or every agent) for `scope`: `this` process, or every

@@ -16,13 +16,12 @@ from sel_otel._discord_format import (
     stats_pages,
 )
 from sel_otel._stats import AgentStats
-from sel_otel._stats_report import InstanceFigures, StatsReport
+from sel_otel._stats_report import StatsReport
 
 
 def report(rows: list[AgentStats], notes: list[str] | None = None) -> StatsReport:
     """A report of this process's figures alone."""
-    this = InstanceFigures("i-1", 0.0, 0.0, True, rows)
-    return StatsReport("all", rows, [this], shared=False, notes=notes or [], alone="scope:this")
+    return StatsReport("all", rows, [], shared=False, notes=notes or [], alone="scope:this")
 
 
 @pytest.mark.parametrize("limit", [CONTENT_LIMIT, EMBED_DESCRIPTION_LIMIT])

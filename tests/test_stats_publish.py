@@ -4,12 +4,16 @@ once and outlived."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
+from sel_otel import _semconv as names
+from sel_otel._stats import rows_from_points
 from sel_otel._stats_publish import EXPIRY_INTERVALS
 from sel_otel._stats_redis import RedisStatsStore
 from sel_otel._stats_state import decode, encode
@@ -33,30 +37,46 @@ def test_the_published_state_is_the_readers_own_points(make_store: StoreFactory)
     store = make_store()
     instance.publisher(store).publish()
     [(payload, remaining)] = store.read()
+    assert 0 < remaining <= 5.0 * EXPIRY_INTERVALS
+    # on the wire: each of the reader's points, with its attributes, as the reader has it
+    published = json.loads(payload)
+    assert published["bounds"] == list(names.DURATION_BUCKETS)
+    wire = {
+        frozenset(zip(keys, values, strict=True)): (count, total, low, high, counts)
+        for keys, points in published["groups"]
+        for values, count, total, low, high, counts in points
+    }
+    points = instance.points()
+    assert len(wire) == len(points) > 5
+    for point in points:
+        count, total, low, high, counts = wire[frozenset((point.attributes or {}).items())]
+        assert (count, total, low, high) == (point.count, point.sum, point.min, point.max)
+        assert counts == list(point.bucket_counts)[: len(counts)]
+        assert not any(point.bucket_counts[len(counts) :])
+    # read back: the same figures per agent as the reader's own
     state = decode(payload, remaining)
     assert (state.instance, state.started) == ("a", instance.started)
-    expected = {frozenset((p.attributes or {}).items()): p for p in instance.points()}
-    assert len(state.points) == len(expected) > 5
-    for point in state.points:
-        original = expected[frozenset((point.attributes or {}).items())]
-        assert point.count == original.count
-        assert point.sum == original.sum
-        assert (point.min, point.max) == (original.min, original.max)
-        assert list(point.bucket_counts) == list(original.bucket_counts)
-        assert tuple(point.explicit_bounds) == tuple(original.explicit_bounds)
-    assert 0 < remaining <= 5.0 * EXPIRY_INTERVALS
+    assert 0 <= state.age < 5.0 * EXPIRY_INTERVALS
+    expected = rows_from_points(points)
+    assert sorted(state.rows) == sorted(row.agent for row in expected)
+    for row in expected:
+        read = state.rows[row.agent]
+        # the same points, added up in another order: the sum to the last bits only
+        assert read.total_seconds == pytest.approx(row.total_seconds, rel=1e-12)
+        assert dataclasses.replace(read, total_seconds=row.total_seconds) == row
 
 
 def test_a_payload_of_another_layout_is_refused() -> None:
     good = encode("a", 1.0, 15.0, [])
-    assert decode(good, 15.0).points == ()
-    for bad in (b"garbage", b'{"format": 2}', good.replace(b'"points":[]', b'"points":[[1]]')):
+    assert decode(good, 15.0).rows == {}
+    for bad in (b"garbage", b'{"format": 2}', good.replace(b'"groups":[]', b'"groups":[[1]]')):
         with pytest.raises(ValueError):
             decode(bad, 1.0)
 
 
 def published_calls(store: RedisStatsStore) -> int:
-    return sum(p.count for payload, left in store.read() for p in decode(payload, left).points)
+    states = [decode(payload, left) for payload, left in store.read()]
+    return sum(row.calls for state in states for row in state.rows.values())
 
 
 def test_the_publisher_publishes_when_it_starts_and_when_it_is_closed(

@@ -15,6 +15,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from sel_otel import SelApp, Settings, Telemetry, read_stats, stats_reader
+from sel_otel import _semconv as names
 from sel_otel._stats_redis import RedisStatsStore
 from sel_otel._stats_report import format_report, merge
 from sel_otel._stats_shared import DeploymentStats, read_states, stats_store
@@ -148,6 +149,19 @@ async def test_an_instance_with_other_bucket_boundaries_is_left_out_and_named(
     assert report.notes[0].endswith(": odd")
 
 
+async def test_calls_that_found_no_thread_are_told_apart_across_instances(
+    make_store: StoreFactory,
+) -> None:
+    a, b = Instance("a"), Instance("b")
+    a.call("echo", 0.001, error=names.ERROR_THREADS_EXHAUSTED)
+    b.call("echo", 0.001, error=names.ERROR_THREADS_EXHAUSTED)
+    b.call("echo", 0.001, error="timeout")
+    store = make_store()
+    b.publisher(store).publish()
+    [row] = (await answering(a, store).report()).rows
+    assert (row.calls, row.errors, row.threads_exhausted) == (3, 3, 2)
+
+
 async def test_an_unreadable_state_is_left_out_and_counted(make_store: StoreFactory) -> None:
     a = Instance("a")
     a.call("echo", 0.001)
@@ -247,4 +261,4 @@ async def test_apps_on_one_redis_answer_for_each_other(
         states, _ = read_states(store)
     finally:
         store.close()
-    assert sorted(sum(p.count for p in state.points) for state in states) == [1, 3]
+    assert sorted(sum(r.calls for r in state.rows.values()) for state in states) == [1, 3]
