@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
-import signal
+import shutil
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -19,6 +20,7 @@ from ._bot_settings import BotSettings
 from ._commands import RunAgent
 from ._console import run_console
 from ._exceptions import ConfigError
+from ._exit import Lifetime, kill_child
 from ._registry import agent_directories
 from ._settings import Settings, help_paragraph, settings_help
 from ._stats_cli import add_stats_arguments, show_stats
@@ -116,12 +118,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass
+class _Remains:
+    """What the embedded service leaves behind if the process is ended outright: its process
+    and its token's directory."""
+
+    pid: int | None = None
+    directory: Path | None = None
+
+    def remove(self) -> None:
+        if self.pid is not None:
+            kill_child(self.pid)
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
 @contextlib.asynccontextmanager
-async def _embedded_host_exec(settings: Settings) -> AsyncIterator[None]:
+async def _embedded_host_exec(settings: Settings, lifetime: Lifetime) -> AsyncIterator[None]:
     """Without `HOST_EXEC_URL`, run a local host-exec service for the `host_exec` agent.
 
     The service listens on a free loopback port with the default allow-list and a random
-    token, and stops with the frontend.
+    token, and stops with the frontend; a forced exit (`Lifetime`) kills it and removes its
+    token at once, even while it is being stopped.
     """
     directories = agent_directories(settings.agents_dir)
     if os.environ.get("HOST_EXEC_URL") or not any(
@@ -131,65 +149,53 @@ async def _embedded_host_exec(settings: Settings) -> AsyncIterator[None]:
         return
     from .hostexec import LocalHostExec
 
-    async with LocalHostExec() as service:
-        # The token travels as a private file: child processes of the bot do not inherit it.
-        names = ("HOST_EXEC_URL", "HOST_EXEC_TOKEN", "HOST_EXEC_TOKEN_FILE")
-        saved = {name: os.environ.get(name) for name in names}
-        os.environ.pop("HOST_EXEC_TOKEN", None)
-        os.environ["HOST_EXEC_URL"] = service.url
-        os.environ["HOST_EXEC_TOKEN_FILE"] = str(service.token_file)
-        try:
-            yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+    remains = _Remains()
+    with lifetime.last_resort(remains.remove):
+        async with LocalHostExec() as service:
+            remains.pid, remains.directory = service.pid, service.token_file.parent
+            # The token travels as a private file: child processes of the bot do not inherit it.
+            names = ("HOST_EXEC_URL", "HOST_EXEC_TOKEN", "HOST_EXEC_TOKEN_FILE")
+            saved = {name: os.environ.get(name) for name in names}
+            os.environ.pop("HOST_EXEC_TOKEN", None)
+            os.environ["HOST_EXEC_URL"] = service.url
+            os.environ["HOST_EXEC_TOKEN_FILE"] = str(service.token_file)
+            try:
+                yield
+            finally:
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
 
 
-async def _until_signalled(main: Coroutine[Any, Any, int]) -> int:
-    """Run `main`; SIGTERM or SIGINT cancels it, so every resource closes in order.
-
-    Returns what `main` returns, or 128 + the signal number when a signal ended it.
-    """
-    task = asyncio.ensure_future(main)
-    received: list[int] = []
-
-    def stop(signum: int) -> None:
-        received.append(signum)
-        task.cancel()
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop, signum)
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if not received:
-            raise
-        return 128 + received[0]
-
-
-async def _console(settings: Settings, telemetry: Telemetry) -> int:
-    async with _embedded_host_exec(settings), SelApp(settings, telemetry) as app:
+async def _console(settings: Settings, telemetry: Telemetry, lifetime: Lifetime) -> int:
+    async with _embedded_host_exec(settings, lifetime), SelApp(settings, telemetry) as app:
         failures = await run_console(app.commands)
     return 1 if failures else 0
 
 
-async def _run_once(settings: Settings, telemetry: Telemetry, agent: str, query: str) -> int:
-    embedded = _embedded_host_exec(settings) if agent == "host_exec" else contextlib.nullcontext()
+async def _run_once(
+    settings: Settings, telemetry: Telemetry, lifetime: Lifetime, agent: str, query: str
+) -> int:
+    embedded = (
+        _embedded_host_exec(settings, lifetime)
+        if agent == "host_exec"
+        else contextlib.nullcontext()
+    )
     async with embedded, SelApp(settings, telemetry) as app:
         reply = await app.commands.execute(RunAgent(agent, query), user="cli", frontend="cli")
     print(reply.text, file=sys.stdout if reply.ok else sys.stderr)
     return 0 if reply.ok else 1
 
 
-async def _bot(settings: Settings, bot_settings: BotSettings, telemetry: Telemetry) -> int:
+async def _bot(
+    settings: Settings, bot_settings: BotSettings, telemetry: Telemetry, lifetime: Lifetime
+) -> int:
     from ._bot import run_bot  # discord.py is imported by the bot alone
 
     try:
-        async with _embedded_host_exec(settings):
+        async with _embedded_host_exec(settings, lifetime):
             await run_bot(settings, bot_settings, telemetry)
     except ConfigError as exc:
         print(f"sel-otel: {exc}", file=sys.stderr)
@@ -212,8 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # From here SIGTERM, SIGINT and SIGHUP (its terminal closed) stop the process in order,
+    # and it ends within SEL_TELEMETRY_SHUTDOWN_TIMEOUT and a grace after the first of them
+    # whatever its agents do; a second one ends it at once.
+    lifetime = Lifetime(settings.telemetry_shutdown_timeout)
     if args.command == "stats":  # reads what the instances publish: no telemetry, no runtime
-        return asyncio.run(_until_signalled(show_stats(args, settings)))
+        return lifetime.run(show_stats(args, settings))
     # The SDK exporters log every retry and failure; sel_otel._export reports them once.
     logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
     try:
@@ -230,20 +240,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "loadtest":
             from ._loadtest_cli import run_loadtest
 
-            return asyncio.run(_until_signalled(run_loadtest(args, settings, telemetry)))
+            return lifetime.run(run_loadtest(args, settings, telemetry))
         if args.command == "console":
-            return asyncio.run(_until_signalled(_console(settings, telemetry)))
+            return lifetime.run(_console(settings, telemetry, lifetime))
         if bot_settings is not None:
-            return asyncio.run(_until_signalled(_bot(settings, bot_settings, telemetry)))
+            return lifetime.run(_bot(settings, bot_settings, telemetry, lifetime))
         query = " ".join(args.input)
-        return asyncio.run(_until_signalled(_run_once(settings, telemetry, args.agent, query)))
+        return lifetime.run(_run_once(settings, telemetry, lifetime, args.agent, query))
     except ConfigError as exc:  # met while starting: the cache backend, the local service
         print(f"sel-otel: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
     finally:
-        telemetry.shutdown(settings.telemetry_shutdown_timeout)
+        # Within what is left before the exit deadline: the deadline is a deadline.
+        telemetry.shutdown(lifetime.time_left(settings.telemetry_shutdown_timeout))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,9 @@ from ._settings import help_paragraph
 logger = logging.getLogger(__name__)
 
 DEFAULT_SERVICE_NAME = "sel-bot"
+#: Seconds before the shutdown timeout when exporters still sending are stopped, so that
+#: what they hold is let go of by the timeout.
+_STOP_MARGIN = 0.2
 
 CUMULATIVE: dict[type, AggregationTemporality] = {
     kind: AggregationTemporality.CUMULATIVE
@@ -217,12 +220,12 @@ class Telemetry:
         return cls(tracer_provider, meter_provider, reader, (*span_exporters, *metric_exporters))
 
     def shutdown(self, timeout: float = 2.0) -> None:
-        """Flush and stop both providers, returning within about `timeout` seconds.
+        """Flush and stop both providers, returning within `timeout` seconds.
 
         Exporters already failing are stopped at once. The others deliver what is left on
-        daemon threads, the metrics after the spans; when the timeout passes first (a
-        collector that hangs mid-request), their retries are stopped and what was not sent
-        is dropped, so exit stays prompt.
+        daemon threads, the metrics after the spans; when they have not finished shortly
+        before the timeout (a collector that hangs mid-request), their retries are stopped,
+        what was not sent is dropped, and this returns at the timeout, not after it.
         """
         for exporter in self.exporters:
             if exporter.failing:
@@ -245,13 +248,14 @@ class Telemetry:
         flushes = [traces, metrics]
         for flush in flushes:
             flush.start()
+        stop_at = deadline - min(_STOP_MARGIN, timeout / 4)
         for flush in flushes:
-            flush.join(max(deadline - time.monotonic(), 0.0))
+            flush.join(max(stop_at - time.monotonic(), 0.0))
         if any(flush.is_alive() for flush in flushes):
             for exporter in self.exporters:
                 exporter.abort()
             for flush in flushes:
-                flush.join(0.2)
+                flush.join(max(deadline - time.monotonic(), 0.0))
             if not any(exporter.failing for exporter in self.exporters):  # else said already
                 logger.warning("telemetry not flushed within %gs; the rest is dropped", timeout)
 
