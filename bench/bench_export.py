@@ -1,8 +1,14 @@
-"""Cached-call cost with the collector down vs up (target ratio <= 1.1).
+"""Cached-call cost with the collector down, against nothing exported and the collector up.
 
-Two phases in separate processes, alternated three times: `up` exports over OTLP/HTTP to a
-sink process that answers 200; `down` exports to a port where nothing listens. Each phase
-prints its median µs per cached call; this script prints both medians and their ratio.
+Each repetition runs one process per mode, the modes alternating:
+- nothing exported: spans go through the span processor to an exporter that discards them;
+- collector up: `Telemetry.from_env()` exporting over OTLP/HTTP to `_sink.py` on loopback;
+- collector down: the same, to a loopback port where nothing listens.
+
+Metrics are exported every second in the last two, so their export runs during the
+measurement. Prints µs per cached call (wall and whole-process CPU) as median (min-max) of the
+repetitions, and the ratios down / nothing exported (target <= 1.1), up / nothing exported and
+down / up, of paired repetitions.
 
 Run: .venv/bin/python bench/bench_export.py
 """
@@ -10,26 +16,36 @@ Run: .venv/bin/python bench/bench_export.py
 from __future__ import annotations
 
 import asyncio
-import os
-import statistics
-import subprocess
+import json
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
-from _common import free_port, per_call_seconds
+from _common import (
+    REPETITIONS,
+    Sink,
+    child_env,
+    free_port,
+    interleaved,
+    print_header,
+    ratios,
+    run_child,
+    spread,
+    time_calls,
+)
+from bench_runtime import ECHO, telemetry_for
 
-HERE = Path(__file__).resolve().parent
-CALLS, ROUNDS = 2_000, 9
+from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache
+
+CALLS, ROUNDS, WARM_UP = 2_000, 10, 4_000
+MODES = ("nothing exported", "collector up", "collector down")
 
 
-async def phase() -> None:
-    from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache, Telemetry
-
-    telemetry = Telemetry.from_env()
+async def child(mode: str) -> None:
+    telemetry = telemetry_for("nothing exported" if mode == MODES[0] else "as deployed")
     with tempfile.TemporaryDirectory() as directory:
-        (Path(directory) / "echo.py").write_text("DESCRIPTION='e'\ndef run(q):\n    return q\n")
+        (Path(directory) / "echo.py").write_text(ECHO)
         registry = AgentRegistry(directory)
         registry.reload()
         runtime = AgentRuntime(
@@ -38,44 +54,52 @@ async def phase() -> None:
             tracer_provider=telemetry.tracer_provider,
             meter_provider=telemetry.meter_provider,
         )
-        await runtime.run("echo", "uname -a")
-        seconds = await per_call_seconds(
-            lambda: runtime.run("echo", "uname -a"), rounds=ROUNDS, calls_per_round=CALLS
+        for _ in range(WARM_UP):
+            await runtime.run("echo", "uname -a")
+        # What the calls left queued is exported within the CPU measurement; not with the
+        # collector down, where a flush would only wait for the export to give up.
+        settle = None if mode == MODES[2] else telemetry.tracer_provider.force_flush
+        timing = await time_calls(
+            lambda: runtime.run("echo", "uname -a"), calls=CALLS, rounds=ROUNDS, settle=settle
         )
         await runtime.aclose()
     telemetry.shutdown(timeout=1.0)
-    print(seconds)
-
-
-def run_phase(endpoint: str) -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
-    done = subprocess.run(
-        [sys.executable, __file__, "--phase"], env=env, capture_output=True, text=True, check=True
-    )
-    return float(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(timing.to_json()))
 
 
 def main() -> None:
-    sink_port = free_port()
-    sink = subprocess.Popen([sys.executable, str(HERE / "_sink.py"), str(sink_port)])
-    try:
-        time.sleep(0.5)
-        up, down = [], []
-        for _ in range(3):
-            up.append(run_phase(f"http://127.0.0.1:{sink_port}"))
-            down.append(run_phase(f"http://127.0.0.1:{free_port()}"))
-    finally:
-        sink.terminate()
-        sink.wait()
-    up_median, down_median = statistics.median(up), statistics.median(down)
-    print(f"cached call, collector up  : {up_median * 1e6:7.2f} µs/call")
-    print(f"cached call, collector down: {down_median * 1e6:7.2f} µs/call")
-    print(f"ratio down / up            : {down_median / up_median:7.2f}  (target <= 1.1)")
+    print_header("bench_export: cached call, collector down vs up vs nothing exported")
+    results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    with Sink() as sink:
+        endpoints = {
+            MODES[0]: sink.url,  # unused
+            MODES[1]: sink.url,
+            MODES[2]: f"http://127.0.0.1:{free_port()}",
+        }
+        for mode in interleaved(MODES, REPETITIONS):
+            env = child_env(
+                OTEL_EXPORTER_OTLP_ENDPOINT=endpoints[mode], OTEL_METRIC_EXPORT_INTERVAL="1000"
+            )
+            results[mode].append(run_child(Path(__file__), [mode], env))
+
+    def series(mode: str, clock: str) -> list[float]:
+        return [r[clock] for r in results[mode]]
+
+    print(f"median (min-max) of {REPETITIONS} repetitions")
+    for mode in MODES:
+        wall, cpu = spread(series(mode, "wall")), spread(series(mode, "cpu"))
+        print(f"cached call, {mode:16}: wall {wall.show(1e6)} µs  cpu {cpu.show(1e6)} µs")
+    for clock in ("wall", "cpu"):
+        nothing, up, down = (series(mode, clock) for mode in MODES)
+        print(
+            f"{clock:4}: down / nothing exported {ratios(down, nothing).show()} (target <= 1.1); "
+            f"up / nothing exported {ratios(up, nothing).show()}; "
+            f"down / up {ratios(down, up).show()}"
+        )
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--phase"]:
-        asyncio.run(phase())
+    if sys.argv[1:2] == ["--child"]:
+        asyncio.run(child(sys.argv[2]))
     else:
         main()

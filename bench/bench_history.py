@@ -30,6 +30,7 @@ from pathlib import Path
 
 from _common import DiscardingExporter, per_call_seconds
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import NumberDataPoint
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
@@ -117,7 +118,9 @@ async def call_cost(directory: Path, repetitions: int) -> None:
     await history.aclose(30.0)
     written = len(store.query(HistoryQuery(limit=10_000_000)))
     dropped = sum(
-        point.value for point in data_points(reader.get_metrics_data(), "sel.history.dropped")
+        point.value
+        for point in data_points(reader.get_metrics_data(), "sel.history.dropped")
+        if isinstance(point, NumberDataPoint)
     )
     tracer_provider.shutdown()
     meter_provider.shutdown()

@@ -1,20 +1,16 @@
-"""host_exec round trip: agent → httpx → host-exec service → `uname -a` process, on loopback.
+"""host_exec round trip: agent -> httpx -> host-exec service -> `uname -a` process, on loopback.
 
-Three kinds of call are interleaved in one process, in an order that rotates every round, so
-that machine noise and order effects hit all alike; each kind has a service process of its
-own. Every call misses the cache.
+Each repetition runs three client processes, alternating, each with two host-exec services
+of its own (called in turn, as a deployment's several users would):
+- full tracing: `Telemetry.from_env()` exporting over OTLP/HTTP to `_sink.py`, the httpx
+  instrumentation's client span included, the services exporting there too;
+- own spans only: the same, the httpx instrumentation suppressed;
+- SDK disabled: the same processes with `OTEL_SDK_DISABLED=true`, services included.
 
-- traced: a runtime with SDK providers (BatchSpanProcessor, OTLP export to a sink process),
-  the instrumented httpx client, and a host-exec service that exports its spans to the sink;
-- own spans: the same, with the httpx instrumentation suppressed: the agent span and the
-  service's spans without the instrumentation's client span;
-- untraced: a runtime with no-op providers, the httpx instrumentation suppressed, and a
-  service with no exporter.
-
-Prints the median round trip of each (target <= 10 ms), the tracing overhead ratio traced /
-untraced (target <= 1.05) and its cost per call, and the client process's median CPU time
-per call of each (all its threads, so span export is included), which shows what the httpx
-instrumentation costs on its own.
+Every call misses the cache. Prints the median round trip (target <= 10 ms) and the client
+process's CPU time per call (all its threads over the calls, span export included), as
+median (min-max) of the repetitions, and the ratios own spans / SDK disabled (target <=
+1.10) and full tracing / SDK disabled (target <= 1.25) of paired repetitions.
 
 Run: .venv/bin/python bench/bench_host_exec.py
 """
@@ -23,15 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import free_port
+from _common import (
+    REPETITIONS,
+    Sink,
+    child_env,
+    interleaved,
+    print_header,
+    ratios,
+    run_child,
+    spread,
+)
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 
@@ -39,100 +43,76 @@ from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache, T
 from sel_otel.hostexec import LocalHostExec
 
 ROOT = Path(__file__).resolve().parent.parent
-ROUNDS, WARM_UP = 600, 30
+CALLS, WARM_UP = 200, 20
+PROCESSES = ("full", "own", "disabled")
 
 
-@dataclass
-class Variant:
-    """One kind of call and what its calls measured."""
-
-    runtime: AgentRuntime
-    service: LocalHostExec
-    httpx_traced: bool
-    wall: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
-
-    async def call(self, record: bool) -> None:
-        os.environ["HOST_EXEC_URL"] = self.service.url
-        os.environ["HOST_EXEC_TOKEN"] = self.service.token
-        await self.runtime.cache.invalidate("host_exec")  # every call goes to the host
-        instrumentation = (
-            contextlib.nullcontext() if self.httpx_traced else suppress_http_instrumentation()
-        )
-        with instrumentation:
-            cpu_start, start = time.process_time(), time.perf_counter()
-            result = await self.runtime.run("host_exec", "uname -a")
-            wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-        assert result.ok, result.error
-        if record:
-            self.wall.append(wall)
-            self.cpu.append(cpu)
-
-
-def runtime(tracer_provider: trace.TracerProvider, telemetry: Telemetry) -> AgentRuntime:
-    registry = AgentRegistry(ROOT / "agents")
-    registry.reload()
-    return AgentRuntime(
-        registry,
-        ResultCache(LRUMemoryCache(500)),
-        tracer_provider=tracer_provider,
-        meter_provider=telemetry.meter_provider,
-    )
-
-
-def ms(seconds: list[float]) -> float:
-    return statistics.median(seconds) * 1e3
-
-
-async def main(sink_port: int) -> None:
-    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink_port}"
+async def child(process: str) -> None:
     telemetry = Telemetry.from_env()
     # As the CLI does: the httpx instrumentation reports to the global providers.
     trace.set_tracer_provider(telemetry.tracer_provider)
     metrics.set_meter_provider(telemetry.meter_provider)
-    traced_runtime = runtime(telemetry.tracer_provider, telemetry)
-    plain_runtime = runtime(trace.NoOpTracerProvider(), telemetry)
-    untraced_service = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
-    # A service each, so that each sits idle as long between its calls as the others do.
-    async with (
-        LocalHostExec() as traced,
-        LocalHostExec() as own,
-        LocalHostExec(settings=untraced_service) as plain,
-    ):
-        variants = [
-            Variant(traced_runtime, traced, httpx_traced=True),
-            Variant(traced_runtime, own, httpx_traced=False),
-            Variant(plain_runtime, plain, httpx_traced=False),
-        ]
-        for i in range(ROUNDS + WARM_UP):
-            for variant in variants[i % 3 :] + variants[: i % 3]:
-                await variant.call(record=i >= WARM_UP)  # warm-up: connections, imports
-    for agent_runtime in (traced_runtime, plain_runtime):
-        await agent_runtime.aclose()
-    telemetry.shutdown(timeout=1.0)
-    full, own, untraced = variants
-    print(f"uname -a round trip, traced    : {ms(full.wall):6.2f} ms  (target <= 10 ms)")
-    print(f"uname -a round trip, own spans : {ms(own.wall):6.2f} ms  (httpx instrumentation off)")
-    print(f"uname -a round trip, untraced  : {ms(untraced.wall):6.2f} ms")
-    ratio = statistics.median(full.wall) / statistics.median(untraced.wall)
-    own_ratio = statistics.median(own.wall) / statistics.median(untraced.wall)
-    print(f"tracing overhead ratio         : {ratio:6.3f}  (target <= 1.05)")
-    print(f"  per call                     : {ms(full.wall) - ms(untraced.wall):6.2f} ms")
-    print(f"  without the httpx span       : {own_ratio:6.3f}")
-    print(
-        f"client CPU per call            : traced {ms(full.cpu):.3f} ms, own spans "
-        f"{ms(own.cpu):.3f} ms, untraced {ms(untraced.cpu):.3f} ms"
+    registry = AgentRegistry(ROOT / "agents")
+    registry.reload()
+    runtime = AgentRuntime(
+        registry,
+        ResultCache(LRUMemoryCache(500)),
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
     )
-    print(f"  httpx instrumentation        : {ms(full.cpu) - ms(own.cpu):.3f} ms per call")
+    walls: list[float] = []
+    async with LocalHostExec() as first, LocalHostExec() as second:
+        own = suppress_http_instrumentation() if process == "own" else contextlib.nullcontext()
+        with own:
+            for i in range(WARM_UP + CALLS):
+                if i == WARM_UP:
+                    telemetry.tracer_provider.force_flush()
+                    cpu_start = time.process_time()
+                service = (first, second)[i % 2]
+                os.environ["HOST_EXEC_URL"] = service.url
+                os.environ["HOST_EXEC_TOKEN"] = service.token
+                await runtime.cache.invalidate("host_exec")  # every call goes to the host
+                start = time.perf_counter()
+                result = await runtime.run("host_exec", "uname -a")
+                walls.append(time.perf_counter() - start)
+                assert result.ok, result.error
+        telemetry.tracer_provider.force_flush()
+        cpu = (time.process_time() - cpu_start) / CALLS
+    await runtime.aclose()
+    telemetry.shutdown(timeout=2.0)
+    print(json.dumps({"wall": statistics.median(walls[WARM_UP:]), "cpu": cpu}))
+
+
+def main() -> None:
+    print_header("bench_host_exec: uname -a through the host-exec service")
+    results: dict[str, list[dict[str, float]]] = {process: [] for process in PROCESSES}
+    with Sink() as sink:
+        for process in interleaved(PROCESSES, REPETITIONS):
+            env = child_env(OTEL_EXPORTER_OTLP_ENDPOINT=sink.url)
+            if process == "disabled":
+                env["OTEL_SDK_DISABLED"] = "true"
+            results[process].append(run_child(Path(__file__), [process], env))
+
+    def series(process: str, clock: str) -> list[float]:
+        return [r[clock] for r in results[process]]
+
+    print(f"median (min-max) of {REPETITIONS} repetitions; {CALLS} calls in each")
+    for process, label in (("full", "full tracing"), ("own", "own spans only"),
+                           ("disabled", "SDK disabled")):  # fmt: skip
+        wall, cpu = spread(series(process, "wall")), spread(series(process, "cpu"))
+        print(f"{label:15}: round trip {wall.show(1e3)} ms (target <= 10)  "
+              f"client cpu {cpu.show(1e3, 3)} ms")  # fmt: skip
+    for clock in ("wall", "cpu"):
+        disabled = series("disabled", clock)
+        own, full = ratios(series("own", clock), disabled), ratios(series("full", clock), disabled)
+        print(
+            f"{clock:4}: own spans / SDK disabled {own.show(1, 3)} (target <= 1.10); "
+            f"full / SDK disabled {full.show(1, 3)} (target <= 1.25)"
+        )
 
 
 if __name__ == "__main__":
-    port = free_port()
-    sink = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_sink.py"), str(port)])
-    try:
-        time.sleep(0.5)
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(main(port))
-    finally:
-        sink.terminate()
-        sink.wait()
+    if sys.argv[1:2] == ["--child"]:
+        asyncio.run(child(sys.argv[2]))
+    else:
+        main()

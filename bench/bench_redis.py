@@ -1,13 +1,18 @@
 """Redis benchmark: a Redis-backed cached call against the Redis round trip it is built on.
 
-Starts its own `redis-server` on a free loopback port (or uses `--url`), then prints medians
-from one run:
-- a raw redis-py (asyncio) GET of a cached value: the round-trip floor;
-- `redis-benchmark -t get -c 1 -P 1` for the same server, when installed (C client floor);
-- a cached call end to end (`await runtime.run(...)`, hit in Redis): agent span, `cache get`
-  child span, histogram record, JSON decoding; and its ratio to the raw GET (target <= 2);
-- throughput of cached calls with one and with two runtime processes (32 callers each);
-- a stalled Redis (SIGSTOP): call time with the circuit breaker, and without it.
+Starts its own `redis-server` on a free loopback port (or uses `--url`). Each repetition runs
+one process per export mode, alternating (nothing exported: spans discarded after the span
+processor; as deployed: OTLP/HTTP to `_sink.py` and the periodic metric reader). In each, the
+kinds of call take turns after a warm-up:
+- raw GET: a redis-py (asyncio) GET of a cached value, the round-trip floor;
+- floor: one SDK span plus one histogram record with the runtime's attributes;
+- cached call: `await runtime.run(...)`, a hit in Redis (JSON decoding, span, record);
+then the throughput of 32 concurrent callers asking for 1,000 inputs, Zipf-distributed (all
+cached: a few are asked most of the time, most rarely), with one runtime process and with
+two. Then, once: a stalled Redis (SIGSTOP), call time with the circuit breaker and without.
+
+Prints median (min-max) of the repetitions: µs per call (wall, and CPU of the process),
+the ratio cached / (raw GET + floor) (target <= 1.03) and cached / raw GET, and calls/s.
 
 Run: .venv/bin/python bench/bench_redis.py [--url redis://host:port/db]
 """
@@ -16,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -29,19 +37,34 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
-from _common import DiscardingExporter, free_port, per_call_seconds
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from _common import (
+    REPETITIONS,
+    Sink,
+    child_env,
+    free_port,
+    interleaved,
+    print_header,
+    ratios,
+    run_child,
+    spread,
+    time_kinds,
+)
+from bench_runtime import telemetry_for
+from opentelemetry.trace import SpanKind
 
-from sel_otel import AgentRegistry, AgentRuntime, Settings, cache_from_settings, stats_reader
+from sel_otel import AgentRegistry, AgentRuntime, Settings, Telemetry, cache_from_settings
+from sel_otel import _semconv as names
+from sel_otel._telemetry import package_version
 
-CALLS_PER_ROUND = 1_000
-ROUNDS = 9
+CALLS, ROUNDS, WARM_UP = 500, 12, 1_000
 CALLERS = 32
+KEYS = 1_000
+ZIPF_EXPONENT = 1.1
 THROUGHPUT_SECONDS = 3.0
+MODES = ("nothing exported", "as deployed")
 ECHO_AGENT = "DESCRIPTION = 'echo'\nCACHE_TTL = 3600\ndef run(q):\n    return q\n"
 
 
@@ -71,85 +94,135 @@ def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
 
 
 def build_runtime(
-    url: str,
-    agents: Path,
-    namespace: str,
-    tracer_provider: TracerProvider | None = None,
-    **kw: float,
+    url: str, agents: Path, namespace: str, telemetry: Telemetry, **kw: float
 ) -> AgentRuntime:
     settings = Settings(agents_dir=agents, cache_url=url, cache_namespace=namespace, **kw)  # type: ignore[arg-type]
-    meter_provider = MeterProvider(metric_readers=[stats_reader()])
     registry = AgentRegistry(agents)
     registry.reload()
     return AgentRuntime(
         registry,
-        cache_from_settings(settings, meter_provider, tracer_provider),
+        cache_from_settings(settings, telemetry.meter_provider, telemetry.tracer_provider),
         settings=settings,
-        tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
     )
 
 
-async def throughput(runtime: AgentRuntime, seconds: float) -> int:
-    """Cached calls completed by CALLERS concurrent callers in `seconds`."""
-    done = 0
+def zipf_inputs(seed: int) -> list[str]:
+    """A long sequence of the `KEYS` inputs, input k asked with a weight of 1 / k^s."""
+    weights = [1 / k**ZIPF_EXPONENT for k in range(1, KEYS + 1)]
+    return random.Random(seed).choices([f"q{k}" for k in range(KEYS)], weights, k=100_000)
+
+
+async def throughput(runtime: AgentRuntime, seconds: float, seed: int) -> tuple[int, int]:
+    """Calls completed by CALLERS concurrent callers in `seconds`, and how many of them were
+    answered from the cache (the others met a Redis timeout, or the breaker it opened)."""
+    done = hits = 0
     deadline = time.perf_counter() + seconds
+    inputs = itertools.cycle(zipf_inputs(seed))
 
     async def caller() -> None:
-        nonlocal done
+        nonlocal done, hits
         while time.perf_counter() < deadline:
-            result = await runtime.run("echo", "uname -a")
-            assert result.cached, result
+            result = await runtime.run("echo", next(inputs))
+            assert result.ok, result
             done += 1
+            hits += result.cached
 
     await asyncio.gather(*(caller() for _ in range(CALLERS)))
-    return done
+    return done, hits
 
 
-async def worker(url: str, agents: str, namespace: str, start_at: float) -> None:
-    """One throughput process: wait for the shared start time, run, print the call count."""
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(BatchSpanProcessor(DiscardingExporter()))
-    runtime = build_runtime(url, Path(agents), namespace, tracer_provider)
-    await runtime.run("echo", "uname -a")
-    await asyncio.sleep(max(0.0, start_at - time.time()))
-    print(await throughput(runtime, THROUGHPUT_SECONDS), flush=True)
+async def fill(runtime: AgentRuntime) -> None:
+    """Every input of the throughput runs cached."""
+    for k in range(KEYS):
+        await runtime.run("echo", f"q{k}")
+
+
+async def latency_child(mode: str, url: str, agents: str, namespace: str) -> None:
+    """One process: per-call figures of raw GET, floor and cached call, then throughput."""
+    telemetry = telemetry_for(mode)
+    runtime = build_runtime(url, Path(agents), namespace, telemetry)
+    await runtime.cache.open()
+    await runtime.run("echo", "uname -a")  # fill the cache
+    key = runtime.cache.key("echo", "uname -a", version=runtime.registry.get("echo").version)
+    client = aioredis.Redis.from_url(url)
+    assert await client.get(key)
+    tracer = telemetry.tracer_provider.get_tracer(names.SCOPE_NAME, package_version())
+    histogram = telemetry.meter_provider.get_meter("floor").create_histogram("floor.duration")
+
+    async def floor() -> None:
+        start = time.perf_counter()
+        span = tracer.start_span(
+            "invoke_agent echo",
+            kind=SpanKind.INTERNAL,
+            attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "echo",
+                        "gen_ai.agent.description": "echo", "sel.agent.input": "uname -a"},
+        )  # fmt: skip
+        duration = time.perf_counter() - start
+        span.set_attributes({"sel.cache.hit": True, "sel.agent.duration_ms": duration * 1e3})
+        span.end()
+        histogram.record(
+            duration,
+            {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "echo",
+             "sel.cache.hit": True},
+        )  # fmt: skip
+
+    calls: dict[str, Any] = {
+        "raw": lambda: client.get(key),
+        "floor": floor,
+        "cached": lambda: runtime.run("echo", "uname -a"),
+    }
+    for call in calls.values():
+        for _ in range(WARM_UP):
+            await call()
+    flush = telemetry.tracer_provider.force_flush
+    timed = await time_kinds(calls, calls=CALLS, rounds=ROUNDS, settle=flush)
+    timings = {kind: timing.to_json() for kind, timing in timed.items()}
+    await fill(runtime)
+    done, hits = await throughput(runtime, THROUGHPUT_SECONDS, seed=1)
+    await client.aclose()
     await runtime.aclose()
     await runtime.cache.close()
-    tracer_provider.shutdown()
+    telemetry.shutdown(timeout=5.0)
+    rate = done / THROUGHPUT_SECONDS
+    print(json.dumps({"timings": timings, "throughput": rate, "hits": hits / done}))
 
 
-def processes_throughput(url: str, agents: Path, namespace: str, count: int) -> list[float]:
-    start_at = time.time() + 2.0  # after every process has imported and connected
+async def throughput_child(mode: str, url: str, agents: str, namespace: str, start: str) -> None:
+    """One of two throughput processes: wait for the shared start time, run, print the rate."""
+    telemetry = telemetry_for(mode)
+    runtime = build_runtime(url, Path(agents), namespace, telemetry)
+    await runtime.cache.open()
+    await fill(runtime)
+    await asyncio.sleep(max(0.0, float(start) - time.time()))
+    done, hits = await throughput(runtime, THROUGHPUT_SECONDS, seed=os.getpid())
+    await runtime.aclose()
+    await runtime.cache.close()
+    telemetry.shutdown(timeout=5.0)
+    print(json.dumps({"throughput": done / THROUGHPUT_SECONDS, "hits": hits}))
+
+
+def two_processes(
+    mode: str, url: str, agents: Path, namespace: str, env: dict[str, str]
+) -> tuple[float, float]:
+    """Calls per second of two processes together, and the share answered from the cache."""
+    start_at = time.time() + 8.0  # after both have imported, connected and filled the cache
+    args = ["--child", "throughput", mode, url, str(agents), namespace, str(start_at)]
     children = [
         subprocess.Popen(
-            [sys.executable, __file__, "--worker", url, str(agents), namespace, str(start_at)],
-            stdout=subprocess.PIPE,
-            text=True,
+            [sys.executable, __file__, *args], env=env, stdout=subprocess.PIPE, text=True
         )
-        for _ in range(count)
+        for _ in range(2)
     ]
-    rates = []
+    total = hits = 0.0
     for child in children:
-        out, _ = child.communicate(timeout=60)
-        rates.append(int(out.split()[-1]) / THROUGHPUT_SECONDS)
-    return rates
-
-
-def redis_benchmark_get(url: str) -> float | None:
-    """Seconds per GET measured by redis-benchmark with one client, no pipelining."""
-    binary = shutil.which("redis-benchmark")
-    if binary is None:
-        return None
-    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
-    out = subprocess.run(
-        [binary, "-h", host, "-p", port, "-t", "get", "-n", "50000", "-c", "1", "-P", "1", "-q"],
-        capture_output=True, text=True, timeout=120, check=False,
-    ).stdout  # fmt: skip
-    for line in out.replace("\r", "\n").splitlines():
-        if line.startswith("GET:") and "requests per second" in line:
-            return 1 / float(line.split()[1])
-    return None
+        out, _ = child.communicate(timeout=120)
+        assert child.returncode == 0
+        result = json.loads(out.strip().splitlines()[-1])
+        total += result["throughput"]
+        hits += result["hits"]
+    return total, hits / (total * THROUGHPUT_SECONDS)
 
 
 async def stalled(url: str, agents: Path, process: subprocess.Popen[bytes]) -> tuple[float, float]:
@@ -158,7 +231,8 @@ async def stalled(url: str, agents: Path, process: subprocess.Popen[bytes]) -> t
     for retry_after in (2.0, 0.0):
         # cache_retry_after=0 disables the breaker
         namespace = f"stall{uuid.uuid4().hex[:6]}"
-        runtime = build_runtime(url, agents, namespace, cache_retry_after=retry_after)
+        telemetry = telemetry_for("nothing exported")
+        runtime = build_runtime(url, agents, namespace, telemetry, cache_retry_after=retry_after)
         await runtime.run("echo", "x")
         os.kill(process.pid, signal.SIGSTOP)
         try:
@@ -168,68 +242,69 @@ async def stalled(url: str, agents: Path, process: subprocess.Popen[bytes]) -> t
         medians.append(statistics.median(durations))
         await runtime.aclose()
         await runtime.cache.close()
+        telemetry.shutdown(timeout=1.0)
     return medians[0], medians[1]
 
 
-async def main(url: str | None) -> None:
-    with tempfile.TemporaryDirectory() as directory, redis_server() as (local_url, process):
+def main(url: str | None) -> None:
+    print_header("bench_redis: cached calls on Redis")
+    results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    together: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        redis_server() as (local_url, process),
+        Sink() as sink,
+    ):
         url = url or local_url
         agents = Path(directory)
         (agents / "echo.py").write_text(ECHO_AGENT)
         namespace = f"bench{uuid.uuid4().hex[:6]}"
+        env = child_env(OTEL_EXPORTER_OTLP_ENDPOINT=sink.url)
+        for mode in interleaved(MODES, REPETITIONS):
+            args = ["latency", mode, url, str(agents), namespace]
+            results[mode].append(run_child(Path(__file__), args, env))
+            together[mode].append(two_processes(mode, url, agents, namespace, env))
+        with_breaker, without_breaker = asyncio.run(stalled(url, agents, process))
 
-        tracer_provider = TracerProvider()
-        tracer_provider.add_span_processor(BatchSpanProcessor(DiscardingExporter()))
-        runtime = build_runtime(url, agents, namespace, tracer_provider)
-        await runtime.run("echo", "uname -a")  # fill the cache
-        key = runtime.cache.key("echo", "uname -a", version=runtime.registry.get("echo").version)
-        client = aioredis.Redis.from_url(url)
-        assert await client.get(key)
+    print(f"median (min-max) of {REPETITIONS} repetitions")
+    for mode in MODES:
 
-        async def cached_call() -> None:
-            await runtime.run("echo", "uname -a")
+        def series(kind: str, clock: str) -> list[float]:
+            return [r["timings"][kind][clock] for r in results[mode]]  # noqa: B023
 
-        async def raw_get() -> None:
-            await client.get(key)
-
-        cached_rounds, raw_rounds = [], []
-        for _ in range(3):  # interleaved, so that machine noise hits both alike
-            cached_rounds.append(
-                await per_call_seconds(cached_call, rounds=ROUNDS, calls_per_round=CALLS_PER_ROUND)
+        print(f"{mode}:")
+        for kind, label in (("raw", "raw redis-py GET"), ("floor", "floor (span + record)"),
+                            ("cached", "cached call on Redis")):  # fmt: skip
+            wall, cpu = spread(series(kind, "wall")), spread(series(kind, "cpu"))
+            print(f"  {label:21}: wall {wall.show(1e6, 1)} µs  cpu {cpu.show(1e6, 1)} µs")
+        for clock in ("wall", "cpu"):
+            raw, cached = series("raw", clock), series("cached", clock)
+            bottom = [r + f for r, f in zip(raw, series("floor", clock), strict=True)]
+            print(
+                f"  {clock:4}: cached / (raw GET + floor) {ratios(cached, bottom).show(1, 3)}"
+                f" (target <= 1.03); cached / raw GET {ratios(cached, raw).show()}"
             )
-            raw_rounds.append(
-                await per_call_seconds(raw_get, rounds=ROUNDS, calls_per_round=CALLS_PER_ROUND)
-            )
-        cached, raw = statistics.median(cached_rounds), statistics.median(raw_rounds)
-        c_get = redis_benchmark_get(url)
-
-        one_process = await throughput(runtime, THROUGHPUT_SECONDS) / THROUGHPUT_SECONDS
-        await client.aclose()
-        await runtime.aclose()
-        await runtime.cache.close()
-        tracer_provider.shutdown()
-        two_processes = processes_throughput(url, agents, namespace, 2)
-        with_breaker, without_breaker = await stalled(url, agents, process)
-
-    print(f"raw redis-py GET        : {raw * 1e6:8.1f} µs/call")
-    if c_get is not None:
-        print(f"redis-benchmark GET     : {c_get * 1e6:8.1f} µs/call  (C client, 1 connection)")
-    print(f"cached call on Redis    : {cached * 1e6:8.1f} µs/call  ({1 / cached:,.0f} calls/s)")
-    print(f"ratio cached / raw GET  : {cached / raw:8.2f}  (target <= 2)")
-    print(f"throughput, 1 process   : {one_process:8,.0f} calls/s  ({CALLERS} callers)")
-    print(
-        f"throughput, 2 processes : {sum(two_processes):8,.0f} calls/s  "
-        f"({' + '.join(f'{r:,.0f}' for r in two_processes)})"
-    )
-    print(f"stalled Redis, breaker  : {with_breaker * 1e3:8.2f} ms/call median (20 calls)")
-    print(f"stalled Redis, no breaker: {without_breaker * 1e3:7.2f} ms/call median (20 calls)")
+        one = spread([r["throughput"] for r in results[mode]])
+        one_hits = spread([r["hits"] for r in results[mode]])
+        print(f"  throughput, 1 process  : {one.show(1, 0)} calls/s, {one_hits.show(100, 1)} % "
+              f"from the cache ({CALLERS} callers, {KEYS:,} Zipf-distributed inputs)")  # fmt: skip
+        two = spread([rate for rate, _ in together[mode]])
+        two_hits = spread([share for _, share in together[mode]])
+        print(
+            f"  throughput, 2 processes: {two.show(1, 0)} calls/s, {two_hits.show(100, 1)} % "
+            "from the cache"
+        )
+    for label, seconds in (("breaker", with_breaker), ("no breaker", without_breaker)):
+        print(f"stalled Redis, {label:10}: {seconds * 1e3:8.2f} ms/call, median of 20 calls, once")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        url, agents, namespace, start_at = sys.argv[2:6]
-        asyncio.run(worker(url, agents, namespace, float(start_at)))
+    if sys.argv[1:2] == ["--child"]:
+        if sys.argv[2] == "latency":
+            asyncio.run(latency_child(*sys.argv[3:7]))
+        else:
+            asyncio.run(throughput_child(*sys.argv[3:8]))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         parser.add_argument("--url", help="an existing Redis (default: start redis-server)")
-        asyncio.run(main(parser.parse_args().url))
+        main(parser.parse_args().url)

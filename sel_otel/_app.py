@@ -125,7 +125,11 @@ def cache_from_settings(
                 "'_', '.' and '-' only (it prefixes keys in a shared Redis)"
             )
         return ResultCache(
-            RedisResultBackend.from_url(settings.cache_url, timeout=settings.cache_timeout),
+            RedisResultBackend.from_url(
+                settings.cache_url,
+                timeout=settings.cache_timeout,
+                max_output=settings.agent_max_output,
+            ),
             namespace=settings.cache_namespace,
             on_error=on_error,
             tracer_provider=tracer_provider,

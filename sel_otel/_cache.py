@@ -1,10 +1,10 @@
 """The agent result cache: the policy, over one storage interface.
 
-`ResultCache` owns keys (blake2b of agent, user and input), TTL, single-flight, invalidation
-and treating every backend failure as a miss. It reaches storage through the `CacheBackend`
-steps (`_cache_backend.py`): `LRUMemoryCache` (`_memory_cache.py`) for one process, or a
-`SharedBackend` such as `RedisResultBackend` (`_redis_cache.py`) wrapped in `SharedCache`
-(`_shared_cache.py`), which runs one execution per key across processes.
+`ResultCache` owns keys (blake2b of agent, version, user and input), TTL, single-flight,
+invalidation and treating every backend failure as a miss. It reaches storage through the
+`CacheBackend` steps (`_cache_backend.py`): `LRUMemoryCache` (`_memory_cache.py`) for one
+process, or a `SharedBackend` such as `RedisResultBackend` (`_redis_cache.py`) wrapped in
+`SharedCache` (`_shared_cache.py`), which runs one execution per key across processes.
 """
 
 from __future__ import annotations
@@ -89,8 +89,10 @@ class ResultCache:
 
     def key(self, agent: str, query: str, user: str | None = None, *, version: str = "") -> str:
         """The cache key: the agent's prefix and blake2b of (agent, the version of its code,
-        user, stripped input)."""
-        text = f"{agent}\x00{version}\x00{user or ''}\x00{query.strip()}"
+        user, stripped input), each part preceded by its length, so that no two tuples of
+        parts share a text (as with separators that a part may hold)."""
+        parts = (agent, version, user or "", query.strip())
+        text = "".join(f"{len(part)}:{part}" for part in parts)
         # surrogatepass: any str has a key, even one holding bytes a decoder could not read
         digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
         return f"{self.agent_prefix(agent)}{digest}"

@@ -7,7 +7,13 @@ between several bot instances needs:
 - connections from a `redis://[[user]:password@]host[:port][/db]` or `rediss://` URL, with a
   connect timeout and an operation timeout (aiocache and redis-py set none);
 - `OutputSerializer`: JSON of `{"output": str}`, never pickle; anything else read back (garbage
-  bytes, JSON of another shape, a pickle payload) is a miss and is never executed;
+  bytes, JSON of another shape, a pickle payload, text no codec can write such as a lone
+  surrogate, an output over `SEL_AGENT_MAX_OUTPUT`) is a miss and is never executed;
+- reads that never take in more than the bytes such an output takes: a read asks for the
+  first `READ_WINDOW` bytes (GETRANGE, as cheap as a GET), and for a value that fills them, for
+  the whole of it only when it is no larger (`_READ`, as `claim` does); a larger value, or a
+  key of another type, is a miss, so a planted 50 MB value neither times the call out nor
+  opens the breaker;
 - `_clear` that deletes one prefix with SCAN and UNLINK in batches and refuses to run without a
   prefix (aiocache's un-namespaced clear is FLUSHDB on a shared database);
 - the primitives of the shared-cache protocol (`SharedBackend`, described in
@@ -34,9 +40,11 @@ from aiocache.serializers import BaseSerializer
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
 
 from . import _semconv as names
 from ._exceptions import ConfigError
+from ._settings import Settings
 from ._shared_cache import GENERATION_KEY, LOCK_SUFFIX, Claim, Claimed
 
 logger = logging.getLogger(__name__)
@@ -44,20 +52,42 @@ logger = logging.getLogger(__name__)
 #: Keys deleted per UNLINK and asked for per SCAN step during invalidation.
 SCAN_BATCH: Final = 500
 
+#: Bytes of a value a read asks for first: a value that fills them is asked for whole, in a
+#: second trip, only when it is within the bytes an output may take.
+READ_WINDOW: Final = 64 * 1024
+
+# KEYS[1] value key; ARGV[1] the largest value in bytes. Returns the value, nil when there is
+# none, or its size (-1: not a string) when it is no output of ours: never sent.
+_READ = """
+local size = redis.pcall('STRLEN', KEYS[1])
+if type(size) ~= 'number' then return -1 end
+if size == 0 then return false end
+if size > tonumber(ARGV[1]) then return size end
+return redis.call('GET', KEYS[1])
+"""
 # KEYS[1] value key, KEYS[2] lock key, KEYS[3] generation key; ARGV[1] token, ARGV[2] lease
 # in ms, ARGV[3] a random generation to start from when the key is missing (never counted
 # before, or lost to eviction or a restart: a count restarting from 0 could repeat one that a
-# computation in flight read). Returns {1, generation, value} when a value is stored,
-# {2, generation} when the lock was taken, {0, generation} when it is held.
+# computation in flight read), ARGV[4] the largest value in bytes, ARGV[5] "1" when the value
+# was read and found invalid. Returns {1, generation, value} when a value is stored,
+# {2, generation} when the lock was taken, {0, generation} when it is held. A value that is
+# not a string or is larger is no output of ours, and a lock without an expiry no lock of
+# ours (every lock is taken with one): the first is a miss, the second counts as expired.
 _CLAIM = """
 local generation = redis.call('GET', KEYS[3])
 if not generation then
   generation = ARGV[3]
   redis.call('SET', KEYS[3], generation)
 end
-local value = redis.call('GET', KEYS[1])
-if value then return {1, generation, value} end
+local size = redis.pcall('STRLEN', KEYS[1])
+if ARGV[5] ~= '1' and type(size) == 'number' and size > 0 and size <= tonumber(ARGV[4]) then
+  return {1, generation, redis.call('GET', KEYS[1])}
+end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, generation} end
+if redis.call('PTTL', KEYS[2]) == -1 then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return {2, generation}
+end
 return {0, generation}
 """
 # KEYS[1] value key, KEYS[2] generation key; ARGV[1] value, ARGV[2] ttl in ms, ARGV[3] the
@@ -92,19 +122,27 @@ _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
 class OutputSerializer(BaseSerializer):  # type: ignore[misc]
-    """Agent outputs as JSON `{"output": "..."}` in UTF-8; nothing else is ever loaded.
+    """Agent outputs of at most `max_output` characters as JSON `{"output": "..."}` in UTF-8;
+    nothing else is ever loaded.
 
     `loads` works on raw bytes and returns None (a miss) for anything that is not exactly that
-    shape: undecodable bytes, other JSON, a pickle payload. Nothing read is ever executed.
+    shape: undecodable bytes, other JSON, a pickle payload, an output that is not text (a lone
+    surrogate) or is longer than `max_output`, checked first by the bytes' length
+    (`max_bytes`). Nothing read is ever executed.
     """
 
     DEFAULT_ENCODING = None  # raw bytes both ways: bad bytes are a miss, not a decode error
 
-    def __init__(self) -> None:
+    def __init__(self, max_output: int = Settings.agent_max_output) -> None:
         super().__init__()
+        self.max_output = max_output
+        #: The most bytes an output of `max_output` characters takes: 6 a character (a control
+        #: character is escaped as \u001b), and the braces.
+        self.max_bytes = 6 * max_output + len(_EMPTY)
         self.rejected = 0
 
     def dumps(self, value: str) -> bytes:
+        """The JSON of `value`; `UnicodeEncodeError` when it is not text (a lone surrogate)."""
         if not isinstance(value, str):
             raise TypeError(f"only str outputs are cached, not {type(value).__name__}")
         return json.dumps({"output": value}, ensure_ascii=False, separators=(",", ":")).encode()
@@ -112,18 +150,43 @@ class OutputSerializer(BaseSerializer):  # type: ignore[misc]
     def loads(self, value: bytes | str | None) -> str | None:
         if value is None:
             return None
+        output = self._output(value)
+        if output is None:
+            self.reject()
+        return output
+
+    def _output(self, value: bytes | str) -> str | None:
+        if len(value) > self.max_bytes:  # before decoding any of it
+            return None
         try:
             decoded = json.loads(value)
         except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
-            decoded = None
-        if type(decoded) is dict and len(decoded) == 1:
-            output = decoded.get("output")
-            if type(output) is str:
-                return output
+            return None
+        if type(decoded) is not dict or len(decoded) != 1:
+            return None
+        output = decoded.get("output")
+        if type(output) is str and len(output) <= self.max_output and _is_text(output):
+            return output
+        return None
+
+    def reject(self) -> None:
+        """Count a value read that is no agent output; the first is logged."""
         self.rejected += 1
         if self.rejected == 1:
             logger.warning("ignored a cached value that is not a JSON agent output (a miss)")
-        return None
+
+
+_EMPTY: Final = b'{"output":""}'
+
+
+def _is_text(output: str) -> bool:
+    """Whether `output` can be written as UTF-8: a lone surrogate cannot (it would fail every
+    frontend that prints it)."""
+    try:
+        output.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class RedisResultBackend(RedisCache):  # type: ignore[misc]
@@ -133,8 +196,15 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
     builds them under its own namespace.
     """
 
-    def __init__(self, *, timeout: float, description: str, **kwargs: Any) -> None:
-        super().__init__(serializer=OutputSerializer(), timeout=timeout, **kwargs)
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        description: str,
+        max_output: int = Settings.agent_max_output,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(serializer=OutputSerializer(max_output), timeout=timeout, **kwargs)
         self.description = description
         self.db_attributes: Mapping[str, str | int] = {
             names.DB_SYSTEM_NAME: names.DB_SYSTEM_REDIS,
@@ -142,6 +212,7 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
             names.SERVER_PORT: self.port,
             names.DB_NAMESPACE: str(self.db),
         }
+        self._read = self.client.register_script(_READ)
         self._claim = self.client.register_script(_CLAIM)
         self._store = self.client.register_script(_STORE)
         self._advance = self.client.register_script(_ADVANCE)
@@ -149,8 +220,11 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         self._release = self.client.register_script(_RELEASE)
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float) -> RedisResultBackend:
-        """A backend for `redis://` or `rediss://` `url`; every operation bounded by `timeout`.
+    def from_url(
+        cls, url: str, *, timeout: float, max_output: int = Settings.agent_max_output
+    ) -> RedisResultBackend:
+        """A backend for `redis://` or `rediss://` `url`; every operation bounded by `timeout`,
+        and outputs read of at most `max_output` characters (`SEL_AGENT_MAX_OUTPUT`).
 
         The URL's user, password, db and TLS (`rediss://`, plus redis-py's `ssl_*` query
         options) are honoured. The connect timeout is `timeout` too, and a command is retried
@@ -185,7 +259,24 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
             connection_pool_kwargs=pool_options,
             timeout=timeout,
             description=f"{scheme}://{host}:{port}/{db}",
+            max_output=max_output,
         )
+
+    async def _get(self, key: str, encoding: str | None = None, _conn: object = None) -> Any:
+        """The value of `key`, or None when there is none or it is no output of ours (a string
+        of more than the serializer's `max_bytes`, which Redis never sends, or another type)."""
+        try:
+            value = await self.client.getrange(key, 0, READ_WINDOW - 1)
+            if len(value) == READ_WINDOW:  # maybe more: the whole, if it is not too large
+                value = await self._read(keys=[key], args=[self.serializer.max_bytes])
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            value = -1
+        if isinstance(value, int):
+            self.serializer.reject()
+            return None
+        return value or None  # b"": no such key
 
     async def _set(
         self,
@@ -241,7 +332,8 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         """Connect and load the lock scripts, allowing more than one operation's timeout."""
         async with asyncio.timeout(max(1.0, 8 * (self.timeout or 0))):
             await self.client.ping()
-            for script in (self._claim, self._store, self._advance, self._extend, self._release):
+            scripts = (self._read, self._claim, self._store, self._advance, self._extend)
+            for script in (*scripts, self._release):
                 await self.client.script_load(script.script)
 
     async def claim(
@@ -250,26 +342,28 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         """The stored output of `key`, or take `lock_key` for `lease` seconds, in one trip;
         with the agent's generation."""
         async with asyncio.timeout(self.timeout):
-            start = secrets.randbelow(_GENERATION_SEEDS)
-            reply = await self._claim(
-                keys=[key, lock_key, generation_key], args=[token, _ms(lease), start]
-            )
-            generation = reply[1].decode()
+            keys = [key, lock_key, generation_key]
+            args = [token, _ms(lease), secrets.randbelow(_GENERATION_SEEDS)]
+            reply = await self._claim(keys=keys, args=[*args, self.serializer.max_bytes, 0])
             if reply[0] == 1:
                 value = self.serializer.loads(reply[2])
                 if value is not None:
-                    return Claimed(str(value), generation)
-                # An invalid value is a miss: lock as if the key were empty.
-                taken = await self.client.set(lock_key, token, nx=True, px=_ms(lease))
-                return Claimed(Claim.ACQUIRED if taken else Claim.HELD, generation)
+                    return Claimed(str(value), reply[1].decode())
+                # An invalid value is a miss: claim again, as if the key were empty.
+                reply = await self._claim(keys=keys, args=[*args, self.serializer.max_bytes, 1])
+            generation = reply[1].decode()
             return Claimed(Claim.ACQUIRED if reply[0] == 2 else Claim.HELD, generation)
 
     async def store(
         self, key: str, output: str, ttl: float, generation_key: str, generation: str
     ) -> bool:
-        """Store `output` for `ttl` seconds unless the agent's generation moved on."""
-        async with asyncio.timeout(self.timeout):
+        """Store `output` for `ttl` seconds unless the agent's generation moved on; an output
+        that is not text (a lone surrogate) is not stored."""
+        try:
             value = self.serializer.dumps(output)
+        except UnicodeEncodeError:
+            return False
+        async with asyncio.timeout(self.timeout):
             return bool(
                 await self._store(keys=[key, generation_key], args=[value, _ms(ttl), generation])
             )

@@ -22,7 +22,8 @@ script). The protocol, for a key `K` of an agent whose keys start with `P`:
   soon as Redis answers again.
 - A caller that finds the lock held claims again (2 ms, growing to 20 ms) until the output
   appears (a coalesced call) or it takes the lock, released without an output (the agent
-  failed) or expired (its holder died: the key is blocked at most one lease). It waits at
+  failed) or expired (its holder died: the key is blocked at most one lease; a lock without
+  an expiry is none of ours and counts as expired). It waits at
   most the agent's timeout plus one lease (`lock_wait` when the timeout is unknown), then
   runs the agent itself.
 - An invalidation advances `P~generation`, then deletes `P*` by SCAN and UNLINK (never a

@@ -22,6 +22,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,7 +219,7 @@ class RuntimeProcess:
             stdout=subprocess.PIPE,
             text=True,
         )
-        self.pid = int(self._read(timeout=30)["ready"])  # type: ignore[call-overload]
+        self.pid = int(self._read(timeout=30)["ready"])
 
     def send(self, command: dict[str, object]) -> None:
         import json
@@ -228,13 +229,14 @@ class RuntimeProcess:
         self.process.stdin.flush()
 
     def results(self, timeout: float = 30.0) -> list[dict[str, object]]:
-        return list(self._read(timeout)["results"])  # type: ignore[call-overload]
+        return list(self._read(timeout)["results"])
 
     def call(self, command: dict[str, object], timeout: float = 30.0) -> list[dict[str, object]]:
         self.send(command)
         return self.results(timeout)
 
-    def _read(self, timeout: float) -> dict[str, object]:
+    def _read(self, timeout: float) -> dict[str, Any]:
+        """The process's next line: a JSON object."""
         import json
         import select
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ AGENTS = Path(__file__).resolve().parent.parent / "agents"
 
 
 @pytest.fixture
-async def runtime() -> AgentRuntime:
+async def runtime() -> AsyncIterator[AgentRuntime]:
     registry = AgentRegistry(AGENTS)
     report = registry.reload()
     assert not report.failed
@@ -34,7 +35,7 @@ async def test_sysinfo_reports_the_host(runtime: AgentRuntime) -> None:
 
     output = (await runtime.run("sysinfo", "")).output or ""
     assert f"CPUs: {os.cpu_count()}" in output
-    assert re.search(r"Disk \(/\): [\d.]+ \w+ / [\d.]+ \w+", output)
+    assert re.search(r"Disk \(`/`\): [\d.]+ \w+ / [\d.]+ \w+", output)
     assert "Kernel: " in output
 
 
@@ -42,23 +43,23 @@ async def test_sysinfo_rejects_a_missing_path(runtime: AgentRuntime) -> None:
     result = await runtime.run("sysinfo", "/no/such/path")
     assert result.error is not None
     assert result.error.reply == (
-        "⚠️ Cannot read the disk usage of '/no/such/path': No such file or directory"
+        "⚠️ Cannot read the disk usage of `/no/such/path`: No such file or directory"
     )
 
 
 @pytest.mark.parametrize(
-    ("expression", "answer"),
+    ("expression", "reply"),
     [
-        ("2**10 / (3 + 1)", "256"),
-        ("-3 + 4 * 2", "5"),
-        ("sqrt(16) + max(1, 2)", "6"),
-        ("7 / 2", "3.5"),
+        ("2**10 / (3 + 1)", "`2**10 / (3 + 1)` = 256"),  # markdown would read the asterisks
+        ("-3 + 4 * 2", "`-3 + 4 * 2` = 5"),
+        ("sqrt(16) + max(1, 2)", "sqrt(16) + max(1, 2) = 6"),
+        ("7 / 2", "7 / 2 = 3.5"),
     ],
 )
 async def test_calc_evaluates_arithmetic(
-    runtime: AgentRuntime, expression: str, answer: str
+    runtime: AgentRuntime, expression: str, reply: str
 ) -> None:
-    assert (await runtime.run("calc", expression)).output == f"{expression} = {answer}"
+    assert (await runtime.run("calc", expression)).output == reply
 
 
 @pytest.mark.parametrize(
@@ -95,7 +96,7 @@ async def test_calc_refuses_anything_but_arithmetic(runtime: AgentRuntime, expre
         ("calc", "", "⚠️ Give an expression, e.g. `2 * (3 + 4)`"),
         ("calc", "1 +", "⚠️ Not an expression: invalid syntax"),
         ("calc", "1/0", "⚠️ Cannot evaluate `1/0`: division by zero"),
-        ("clock", "Mars/Olympus", "⚠️ Unknown time zone 'Mars/Olympus'."),
+        ("clock", "Mars/Olympus", "⚠️ Unknown time zone `Mars/Olympus`."),
         ("host_exec", "  ", "⚠️ Give a command, e.g. `uname -a`"),
     ],
 )
@@ -116,5 +117,5 @@ async def test_clock_tells_the_time_in_a_zone(runtime: AgentRuntime) -> None:
 async def test_clock_suggests_zones_for_an_unknown_name(runtime: AgentRuntime) -> None:
     result = await runtime.run("clock", "tokyo")
     assert result.error is not None
-    assert result.error.reply == "⚠️ Unknown time zone 'tokyo'. Did you mean: Asia/Tokyo?"
+    assert result.error.reply == "⚠️ Unknown time zone `tokyo`. Did you mean: Asia/Tokyo?"
     assert result.error.error_type == "UnknownTimeZone"

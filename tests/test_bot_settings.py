@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any
+from typing import Any, cast
 
+import aiohttp
 import discord
 import pytest
 
@@ -175,11 +176,15 @@ class _Response:
     ("failure", "message"),
     [
         (
-            discord.Forbidden(_Response(), {"code": 50001, "message": "Missing Access"}),
+            discord.Forbidden(
+                cast(aiohttp.ClientResponse, _Response()),
+                {"code": 50001, "message": "Missing Access"},
+            ),
             "applications.commands",
         ),
         (ConnectionRefusedError(111, "Connection refused"), "cannot reach Discord"),
-        (discord.GatewayNotFound(), "cannot reach Discord"),
+        # discord.py leaves GatewayNotFound.__init__ unannotated.
+        (discord.GatewayNotFound(), "cannot reach Discord"),  # type: ignore[no-untyped-call]
     ],
 )
 async def test_start_failures_say_what_to_check(failure: BaseException, message: str) -> None:

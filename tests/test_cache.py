@@ -212,13 +212,15 @@ async def test_a_call_after_an_invalidation_does_not_join_an_execution_from_befo
 
 async def test_invalidating_several_agents_detaches_all_their_calls_before_any_clear() -> None:
     cache = ResultCache(LRUMemoryCache(10))
-    clear = cache.backend.clear
+    backend = cache.backend
+    assert isinstance(backend, LRUMemoryCache)
+    clear = backend.clear
 
     async def slow_clear(*args: Any, **kwargs: Any) -> Any:
         await asyncio.sleep(0.05)  # as a shared backend's round trip
         return await clear(*args, **kwargs)
 
-    cache.backend.clear = slow_clear  # type: ignore[method-assign]
+    backend.clear = slow_clear
     version = "old"
     started = asyncio.Event()
 

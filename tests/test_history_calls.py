@@ -304,7 +304,8 @@ async def test_refusals_by_the_bots_checks_are_recorded_with_the_commands_span(
 ) -> None:
     await slash(bot, "sel_agent", Interaction(User(STRANGER)), agent="secret", input="please")
     await slash(bot, "sel_agent", Interaction(User(STRANGER)), agent="echo", input="first")
-    await bot.handle_prefix(Message(User(STRANGER), "agent:echo second"))  # in the cooldown
+    in_the_cooldown = Message(User(STRANGER), "agent:echo second")
+    await bot.handle_prefix(in_the_cooldown)  # type: ignore[arg-type]  # stands in for discord's
     entries = await recorded.entries()
     assert [(e.agent, e.input, e.outcome, e.error_type) for e in entries] == [
         ("secret", "please", "refused", "forbidden"),

@@ -250,7 +250,8 @@ async def test_invalidation_scans_and_unlinks_only_that_agents_keys(
     assert [k async for k in raw.scan_iter(match=f"{namespace}:x:*")] == [
         f"{namespace}:x:~generation".encode()
     ]
-    assert int(await raw.get(f"{namespace}:x:~generation")) > 0  # counted from a random start
+    generation = await raw.get(f"{namespace}:x:~generation")
+    assert generation is not None and int(generation) > 0  # counted from a random start
     assert await raw.exists(cache.key("xy", "q"), cache.key("y", "q"), "unrelated") == 3
     assert await raw.exists(f"other:x:{'0' * 32}") == 1
     calls = await _command_calls(raw)
@@ -263,6 +264,7 @@ async def test_an_unprefixed_clear_is_refused_rather_than_flushing_the_database(
 ) -> None:
     cache = make_cache()
     await raw.set("someone-elses", "data")
+    assert isinstance(cache.backend, RedisResultBackend)
     with pytest.raises(ValueError, match="refusing"):
         await cache.backend.clear()
     assert await raw.get("someone-elses") == b"data"
@@ -359,14 +361,16 @@ async def test_concurrent_identical_calls_in_one_process_send_one_read(
 ) -> None:
     cache = make_cache()
     reads = 0
-    backend_get = cache.backend.get
+    backend = cache.backend
+    assert isinstance(backend, RedisResultBackend)
+    backend_get = backend.get
 
     async def counted_get(*args: Any, **kwargs: Any) -> Any:
         nonlocal reads
         reads += 1
         return await backend_get(*args, **kwargs)
 
-    cache.backend.get = counted_get  # type: ignore[method-assign]
+    backend.get = counted_get  # type: ignore[method-assign]
     key = cache.key("agent", "same")
     compute = Counting(delay=0.05)
     misses = await asyncio.gather(*(cache.get_or_run(key, 60, compute) for _ in range(20)))

@@ -65,14 +65,16 @@ async def test_a_claim_answered_after_its_caller_timed_out_does_not_hold_the_key
 ) -> None:
     first, second = await make_cache(retry_after=0.2), await make_cache()
     key = first.key("agent", "q")
-    get = first.backend.get
+    backend = first.backend
+    assert isinstance(backend, RedisResultBackend)
+    get = backend.get
 
     async def get_then_stall(*args: Any, **kwargs: Any) -> Any:
         value = await get(*args, **kwargs)
         stall(redis_server)  # the claim that follows the read waits in Redis's socket
         return value
 
-    first.backend.get = get_then_stall  # type: ignore[method-assign]
+    backend.get = get_then_stall  # type: ignore[method-assign]
     try:
         outcome = await first.get_or_run(key, 60, Counting())
     finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -32,7 +33,7 @@ def exporter() -> InMemorySpanExporter:
 @pytest_asyncio.fixture
 async def client(
     tmp_path: Path, file_root: Path, exporter: InMemorySpanExporter
-) -> AsyncIterator[TestClient[object, object]]:
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     allowlist = tmp_path / "allowlist.json"
     allowlist.write_text(
         json.dumps(
@@ -51,7 +52,7 @@ async def client(
     provider.shutdown()
 
 
-async def _post(client: TestClient[object, object], command: str) -> int:
+async def _post(client: TestClient[web.Request, web.Application], command: str) -> int:
     response = await client.post(
         "/exec", json={"command": command}, headers={"Authorization": f"Bearer {TOKEN}"}
     )
@@ -65,7 +66,7 @@ def test_the_corpus_has_bare_secrets_to_grep_for() -> None:
 
 @pytest.mark.parametrize("case", BARE, ids=lambda case: case.shape)
 async def test_a_bare_secret_grepped_for_is_scrubbed_from_the_span_and_the_audit_line(
-    client: TestClient[object, object],
+    client: TestClient[web.Request, web.Application],
     exporter: InMemorySpanExporter,
     file_root: Path,
     caplog: pytest.LogCaptureFixture,
@@ -93,7 +94,7 @@ async def test_a_bare_secret_grepped_for_is_scrubbed_from_the_span_and_the_audit
     ids=lambda case: case.shape,
 )
 async def test_a_refused_command_line_is_logged_scrubbed(
-    client: TestClient[object, object], caplog: pytest.LogCaptureFixture, case: Secret
+    client: TestClient[web.Request, web.Application], caplog: pytest.LogCaptureFixture, case: Secret
 ) -> None:
     caplog.set_level(logging.INFO, logger="sel_otel.hostexec")
     assert await _post(client, f"curl -d x {case.text}") == 403
