@@ -103,6 +103,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve the host-exec API: run allow-listed commands for the host_exec agent.",
         settings_help=_host_exec_help,
     )
+    serve = commands.add_parser(
+        "serve",
+        help="answer requests over HTTP (POST /request), headless: for load tests and scripts",
+        description='Answer requests over HTTP: POST /request with {"text": ..., "user": ...}; '
+        "GET /health. No authentication: keep it on loopback or a private network.",
+        settings_help=_runtime_help,
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on")
     from ._loadtest_cli import add_loadtest_arguments
 
     add_loadtest_arguments(
@@ -175,6 +184,15 @@ async def _console(settings: Settings, telemetry: Telemetry, lifetime: Lifetime)
     return 1 if failures else 0
 
 
+async def _serve(
+    settings: Settings, telemetry: Telemetry, lifetime: Lifetime, host: str, port: int
+) -> int:
+    from ._serve import serve
+
+    async with _embedded_host_exec(settings, lifetime):
+        return await serve(settings, telemetry, host, port)
+
+
 async def _run_once(
     settings: Settings, telemetry: Telemetry, lifetime: Lifetime, agent: str, query: str
 ) -> int:
@@ -237,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     trace.set_tracer_provider(telemetry.tracer_provider)
     metrics.set_meter_provider(telemetry.meter_provider)
     try:
+        if args.command == "serve":
+            return lifetime.run(_serve(settings, telemetry, lifetime, args.host, args.port))
         if args.command == "loadtest":
             from ._loadtest_cli import run_loadtest
 
