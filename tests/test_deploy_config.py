@@ -53,17 +53,20 @@ def _resolve(node: Any, env: Mapping[str, str]) -> Any:
 
 @pytest.fixture(scope="module")
 def collector() -> dict[str, Any]:
-    return _resolve(yaml.safe_load(COLLECTOR_CONFIG.read_text()), env={})
+    config: dict[str, Any] = _resolve(yaml.safe_load(COLLECTOR_CONFIG.read_text()), env={})
+    return config
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text())
+    config: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return config
 
 
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return compose["services"]
+    named: dict[str, dict[str, Any]] = compose["services"]
+    return named
 
 
 def _pipelines(collector: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -96,7 +99,8 @@ def _port(endpoint: str) -> int:
 
 def _service_named(services: Mapping[str, Any], host: str) -> dict[str, Any]:
     assert host in services, f"{host!r} is not a compose service ({sorted(services)})"
-    return services[host]
+    service: dict[str, Any] = services[host]
+    return service
 
 
 def _depends(service: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -382,6 +386,6 @@ def test_constraints_pin_every_requirement_within_its_range() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = [*project["dependencies"], *project["optional-dependencies"]["test"]]
     for requirement in map(Requirement, requirements):
-        version = pins.get(canonicalize_name(requirement.name))
-        assert version is not None, f"constraints.txt does not pin {requirement.name}"
-        assert requirement.specifier.contains(version, prereleases=True), (requirement, version)
+        pinned = pins.get(canonicalize_name(requirement.name))
+        assert pinned is not None, f"constraints.txt does not pin {requirement.name}"
+        assert requirement.specifier.contains(pinned, prereleases=True), (requirement, pinned)

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from sel_otel import (
 from sel_otel._metric_data import data_points, metrics
 
 from .conftest import CLI, cli_environment
-from .otlp_receiver import OtlpReceiver
+from .otlp_receiver import OtlpReceiver, ReceivedSpan
 
 
 @pytest.fixture
@@ -121,7 +121,8 @@ class GrpcTraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self) -> None:
         self.names: list[str] = []
         self.server = grpc.server(ThreadPoolExecutor(max_workers=2))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
+        # The generated gRPC module is unannotated.
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)  # type: ignore[no-untyped-call]
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
 
@@ -164,8 +165,12 @@ async def test_calls_succeed_whatever_the_collector_does_and_exit_stays_prompt(
     otel_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "30")  # exporters alone would wait 30 s
     otel_env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "64")
     otel_env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "16")
-    {"absent": otlp_receiver.stop, "hanging": lambda: otlp_receiver.hang(30),
-     "503": otlp_receiver.fail}[fault]()  # fmt: skip
+    faults: dict[str, Callable[[], object]] = {
+        "absent": otlp_receiver.stop,
+        "hanging": lambda: otlp_receiver.hang(30),
+        "503": otlp_receiver.fail,
+    }
+    faults[fault]()
     telemetry = Telemetry.from_env()
     runtime = make_runtime(tmp_path, telemetry)
     results = [await runtime.run("echo", str(i % 50)) for i in range(500)]
@@ -263,7 +268,8 @@ def test_one_trace_follows_a_request_across_the_host_exec_process(
     assert done.returncode == 0, done.stderr
     exec_span, *_ = otlp_receiver.wait_for_spans(lambda s: s.name == "exec uname", timeout=10)
     trace = {s.span_id: s for s in otlp_receiver.spans if s.trace_id == exec_span.trace_id}
-    chain, span = [], exec_span
+    chain: list[ReceivedSpan] = []
+    span: ReceivedSpan | None = exec_span
     while span is not None:
         chain.append(span)
         span = trace.get(span.parent_span_id)

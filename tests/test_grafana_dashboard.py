@@ -249,7 +249,8 @@ def test_every_panel_reads_the_provisioned_prometheus(dashboard: dict[str, Any])
 @pytest.fixture(scope="module")
 def services() -> dict[str, dict[str, Any]]:
     compose: dict[str, Any] = yaml.safe_load((DEPLOY / "jaeger-compose.yml").read_text())
-    return compose["services"]
+    services: dict[str, dict[str, Any]] = compose["services"]
+    return services
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, str]:

@@ -122,7 +122,8 @@ def test_a_faults_effect_runs_from_its_beginning_to_the_first_hit_after_it() -> 
     assert (effect.calls, effect.failed) == (3, 1)
     assert effect.p99_ms == pytest.approx(500.0)
     assert effect.baseline_p99_ms == pytest.approx(1.0)
-    assert (summary.calls, summary.failed, summary.hit_ratio) == (6, 1, pytest.approx(4 / 6))
+    assert (summary.calls, summary.failed) == (6, 1)
+    assert summary.hit_ratio == pytest.approx(4 / 6)
 
 
 def test_stats_calls_add_up_every_agent_of_a_stats_reply() -> None:

@@ -51,7 +51,7 @@ def exporter(otlp_receiver: OtlpReceiver) -> Iterator[OTLPSpanExporter]:
     """An http/protobuf span exporter aimed at the receiver, with a short timeout."""
     exporter = OTLPSpanExporter(endpoint=otlp_receiver.traces_url, timeout=1.0)
     yield exporter
-    exporter.shutdown()
+    exporter.shutdown()  # type: ignore[no-untyped-call]  # unannotated in the OTLP exporter
 
 
 def _post(url: str, body: bytes, timeout: float = 10.0) -> int:

@@ -42,28 +42,34 @@ async def test_a_call_is_one_invoke_agent_span_with_the_genai_attributes(
 async def test_sampling_attributes_are_set_when_the_span_starts(
     make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
 ) -> None:
+    from collections.abc import Sequence
+
+    from opentelemetry.context import Context
     from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+    from opentelemetry.trace import Link
+    from opentelemetry.trace.span import TraceState
+    from opentelemetry.util.types import Attributes
 
     seen: list[dict[str, object]] = []
 
     class Recording(Sampler):
         def should_sample(
             self,
-            parent_context,
-            trace_id,
-            name,
-            kind=None,
-            attributes=None,
-            links=None,
-            trace_state=None,
-        ):  # type: ignore[no-untyped-def]
+            parent_context: Context | None,
+            trace_id: int,
+            name: str,
+            kind: SpanKind | None = None,
+            attributes: Attributes = None,
+            links: Sequence[Link] | None = None,
+            trace_state: TraceState | None = None,
+        ) -> SamplingResult:
             seen.append(dict(attributes or {}))
             return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
 
         def get_description(self) -> str:
             return "recording"
 
-    telemetry.tracer_provider.sampler = Recording()  # type: ignore[misc]
+    telemetry.tracer_provider.sampler = Recording()
     write_agent("echo", ECHO)
     await make_runtime().run("echo", "hi")
     assert seen == [

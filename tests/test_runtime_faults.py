@@ -254,7 +254,7 @@ async def test_an_unsampled_failure_formats_nothing(
 ) -> None:
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-    telemetry.tracer_provider.sampler = ALWAYS_OFF  # type: ignore[misc]
+    telemetry.tracer_provider.sampler = ALWAYS_OFF
     write_agent("failing", FAILING)
     runtime = make_runtime()
     _module_of(runtime, "failing")["GATE"].set()
