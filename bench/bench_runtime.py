@@ -2,8 +2,8 @@
 exported and as deployed.
 
 Each repetition runs one process per export mode, the modes alternating:
-- nothing exported: spans go through the span processor to an exporter that discards them;
-  the stats reader is the only metric reader;
+- nothing exported: spans go through the span processor of a deployment to an exporter that
+  discards them; the stats reader is the only metric reader;
 - as deployed: `Telemetry.from_env()` with an OTLP/HTTP endpoint on loopback (`_sink.py`, a
   process answering 200) and the periodic metric reader, as a deployment runs.
 
@@ -47,7 +47,6 @@ from _common import (
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import NumberDataPoint
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind
 
 from sel_otel import (
@@ -62,6 +61,7 @@ from sel_otel import (
 from sel_otel import _semconv as names
 from sel_otel._history_setup import history_from_settings
 from sel_otel._metric_data import data_points
+from sel_otel._span_processor import PrioritySpanProcessor
 from sel_otel._telemetry import package_version
 
 CALLS, ROUNDS, WARM_UP = 1_000, 20, 4_000
@@ -74,10 +74,12 @@ SLOW = (
 
 
 def telemetry_for(mode: str) -> Telemetry:
+    """The providers of `mode`: as deployed, or the same span processor and stats reader with
+    nothing exported."""
     if mode == "as deployed":
         return Telemetry.from_env()
     tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(BatchSpanProcessor(DiscardingExporter()))
+    tracer_provider.add_span_processor(PrioritySpanProcessor(DiscardingExporter()))
     reader = stats_reader()
     return Telemetry(tracer_provider, MeterProvider(metric_readers=[reader]), reader)
 

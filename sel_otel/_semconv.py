@@ -127,3 +127,17 @@ HISTORY_DROPPED: Final = "sel.history.dropped"
 SEL_HISTORY_STORE: Final = "sel.history.store"  # sqlite, redis, otlp_logs
 HISTORY_ERROR_QUEUE_FULL: Final = "queue_full"  # more entries pending than the bound
 HISTORY_ERROR_NOT_WRITTEN: Final = "not_written"  # still pending when the store was closed
+
+# -- Span export ------------------------------------------------------------------------------
+# The span processor's counts: the SDK's own metric for a span processor (semantic conventions
+# for SDK self-observability), with `sel.span.outcome` saying which spans: errors are dropped
+# last, cache hits first. Dropped spans carry `error.type`.
+PROCESSOR_SPANS_PROCESSED: Final = "otel.sdk.processor.span.processed"
+SPAN_UNIT: Final = "{span}"
+OTEL_COMPONENT_TYPE: Final = "otel.component.type"
+OTEL_COMPONENT_NAME: Final = "otel.component.name"  # batching_span_processor/0, /1, ...
+BATCHING_SPAN_PROCESSOR: Final = "batching_span_processor"
+SEL_SPAN_OUTCOME: Final = "sel.span.outcome"  # error, ok or cache_hit (OUTCOME_*)
+OUTCOME_CACHE_HIT: Final = "cache_hit"
+SPAN_DROPPED_QUEUE_FULL: Final = "queue_full"  # the queue was full of spans at least as useful
+SPAN_DROPPED_SHUTDOWN: Final = "already_shutdown"  # ended after the processor stopped

@@ -1,0 +1,88 @@
+"""The stats reader exports the metrics too, and the stats stay exact while it does."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
+
+from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache, Telemetry, read_stats
+from sel_otel import _semconv as names
+
+from .otlp_receiver import OtlpReceiver
+
+
+@pytest.fixture
+def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "50")
+    yield monkeypatch
+
+
+def make_runtime(agents: Path, telemetry: Telemetry) -> AgentRuntime:
+    (agents / "echo.py").write_text("DESCRIPTION = 'echo'\ndef run(q):\n    return q\n")
+    registry = AgentRegistry(agents)
+    registry.reload()
+    return AgentRuntime(
+        registry,
+        ResultCache(LRUMemoryCache(10)),
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+    )
+
+
+def exported_calls(metric: Metric) -> int:
+    return sum(point.count for point in metric.histogram.data_points)
+
+
+def durations(receiver: OtlpReceiver) -> list[Metric]:
+    return [m for m in receiver.metrics if m.name == names.AGENT_DURATION]
+
+
+def wait_for_exported_calls(receiver: OtlpReceiver, preference: str, calls: int) -> None:
+    """Until the exports hold `calls` calls: the last export (cumulative) or all (delta)."""
+
+    def holds(_: Metric) -> bool:
+        exported = [m for m in receiver.metrics if m.name == names.AGENT_DURATION]
+        if preference == "delta":
+            return sum(map(exported_calls, exported)) == calls
+        return bool(exported) and exported_calls(exported[-1]) == calls
+
+    receiver.wait_for_metrics(holds)
+
+
+@pytest.mark.parametrize("preference", ["cumulative", "delta"])
+async def test_the_stats_stay_exact_while_metrics_are_exported(
+    otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, tmp_path: Path, preference: str
+) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    otel_env.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", preference)
+    telemetry = Telemetry.from_env()
+    runtime = make_runtime(tmp_path, telemetry)
+    done = 0
+    for calls in (30, 50):
+        while done < calls:
+            await runtime.run("echo", "x")
+            done += 1
+        wait_for_exported_calls(otlp_receiver, preference, calls)
+        # Exported, and the stats read from the same figures are still whole.
+        [row] = read_stats(telemetry.stats_reader)
+        assert (row.calls, row.cached_calls) == (calls, calls - 1)
+    await runtime.aclose()
+    telemetry.shutdown(timeout=30)
+    temporalities = {
+        m.histogram.aggregation_temporality
+        for m in otlp_receiver.metrics
+        if m.name == names.AGENT_DURATION
+    }
+    expected = {
+        "cumulative": AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE,
+        "delta": AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA,
+    }
+    assert temporalities == {expected[preference]}

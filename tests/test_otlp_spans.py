@@ -1,0 +1,112 @@
+"""The OTLP span encoding writes the request the SDK's encoder builds, for every kind of span."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
+from opentelemetry.util.types import AttributeValue
+
+from sel_otel._otlp_spans import SpanEncoder
+
+
+@pytest.fixture
+def finished() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "svc", "count": 3, "ratio": 0.5, "tags": ("a",)}),
+        span_limits=SpanLimits(max_attributes=12, max_events=2, max_links=1),
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+def assert_encodes_as_the_sdk(spans: tuple[ReadableSpan, ...]) -> None:
+    encoder = SpanEncoder()
+    expected = encode_spans(spans)
+    for _ in range(2):  # the second time from what the encoder remembers
+        written = encoder.encode(spans)
+        assert ExportTraceServiceRequest.FromString(written) == expected
+        assert written == expected.SerializePartialToString()
+
+
+def test_spans_of_every_shape_encode_as_the_sdk_encodes_them(
+    finished: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = finished
+    tracer = provider.get_tracer(
+        "sel_otel", "1.0", schema_url="https://schema", attributes={"a": 1}
+    )
+    other = provider.get_tracer("other")
+    values: dict[str, AttributeValue] = {
+        "text": "é ✓", "empty": "", "yes": True, "no": False, "negative": -5, "zero": 0,
+        "large": 2**62, "float": 0.25, "texts": ("x", ""), "ints": (1, -2), "bools": (True,),
+        "floats": (1.5,), "none": (),
+    }  # fmt: skip
+    with tracer.start_as_current_span("root", kind=SpanKind.SERVER, attributes=values) as root:
+        root.add_event("event", {"key": "value"})
+        root.add_event("", {})
+        root.add_event("over the limit")
+        root.set_attribute("over", "the limit")
+        link = Link(root.get_span_context(), {"linked": 1})
+        with other.start_as_current_span("child", kind=SpanKind.CLIENT, links=[link, link]) as c:
+            c.set_status(Status(StatusCode.ERROR, "it failed"))
+            c.record_exception(ValueError("bad"))
+        remote = SpanContext(
+            0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(1),
+            trace_state=TraceState([("vendor", "1"), ("other", "2")]),
+        )  # fmt: skip
+        tracer.start_span(
+            "remote child", set_span_in_context(NonRecordingSpan(remote)), SpanKind.CONSUMER
+        ).end()
+        ok = tracer.start_span("ok", kind=SpanKind.PRODUCER)
+        ok.set_status(Status(StatusCode.OK))
+        ok.end()
+        unnamed = tracer.start_span("")
+        unnamed.set_status(Status(StatusCode.ERROR))
+        unnamed.end()
+    assert_encodes_as_the_sdk(exporter.get_finished_spans())
+
+
+def test_spans_from_two_resources_are_grouped_as_the_sdk_groups_them(
+    finished: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = finished
+    second = TracerProvider(resource=Resource.create({"service.name": "second"}))
+    second.add_span_processor(SimpleSpanProcessor(exporter))
+    for name in ("a", "b"):
+        provider.get_tracer("one").start_span(name).end()
+        second.get_tracer("two").start_span(name).end()
+        provider.get_tracer("three").start_span(name).end()
+    assert_encodes_as_the_sdk(exporter.get_finished_spans())
+    second.shutdown()
+
+
+@pytest.mark.parametrize(
+    "value", [2**64, "\udc80 not UTF-8"], ids=["int over 64 bits", "surrogate"]
+)
+def test_a_value_protobuf_cannot_hold_is_left_to_the_sdk(
+    finished: tuple[TracerProvider, InMemorySpanExporter], value: object
+) -> None:
+    provider, exporter = finished
+    provider.get_tracer("t").start_span("span", attributes={"odd": value, "k": "v"}).end()  # type: ignore[dict-item]
+    [span] = exporter.get_finished_spans()
+    assert SpanEncoder().encode([span]) == encode_spans([span]).SerializePartialToString()

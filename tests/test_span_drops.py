@@ -1,0 +1,161 @@
+"""Spans at full speed all reach a healthy collector; under overload, errors are kept and
+what is dropped is counted, by outcome."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.metrics.export import NumberDataPoint
+from opentelemetry.trace import StatusCode
+
+from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache, Telemetry
+from sel_otel import _semconv as names
+from sel_otel._metric_data import data_points
+
+from .otlp_receiver import OtlpReceiver
+
+AGENTS = {
+    "echo": "DESCRIPTION = 'echo'\ndef run(q):\n    return q\n",
+    "fails": "DESCRIPTION = 'fails'\ndef run(q):\n    raise RuntimeError('no')\n",
+}
+
+
+@pytest.fixture
+def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """A clean OTEL_* environment: the span processor's defaults, no metric export."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+    yield monkeypatch
+
+
+def make_runtime(agents: Path, telemetry: Telemetry) -> AgentRuntime:
+    for name, source in AGENTS.items():
+        (agents / f"{name}.py").write_text(source)
+    registry = AgentRegistry(agents)
+    registry.reload()
+    return AgentRuntime(
+        registry,
+        ResultCache(LRUMemoryCache(100_000)),
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+    )
+
+
+def processed(telemetry: Telemetry) -> Counter[tuple[str, str | None]]:
+    """The span processor's counts above zero by (outcome, error.type): None for spans
+    handed to the exporter."""
+    counts: Counter[tuple[str, str | None]] = Counter()
+    data = telemetry.stats_reader.get_metrics_data()
+    for point in data_points(data, names.PROCESSOR_SPANS_PROCESSED):
+        assert isinstance(point, NumberDataPoint)
+        attributes = point.attributes or {}
+        error_type = attributes.get(names.ERROR_TYPE)
+        key = (
+            str(attributes.get(names.SEL_SPAN_OUTCOME)),
+            None if error_type is None else str(error_type),
+        )
+        counts[key] += int(point.value)
+    return +counts
+
+
+def agent_spans(receiver: OtlpReceiver) -> list[str]:
+    """The outcome of each agent span received: error, cache_hit or ok."""
+    outcomes = []
+    for span in receiver.spans:
+        if span.name.startswith(names.INVOKE_AGENT):
+            if span.status_code is StatusCode.ERROR:
+                outcomes.append(names.OUTCOME_ERROR)
+            elif span.attributes[names.SEL_CACHE_HIT]:
+                outcomes.append(names.OUTCOME_CACHE_HIT)
+            else:
+                outcomes.append(names.OUTCOME_OK)
+    return outcomes
+
+
+async def test_every_span_of_a_runtime_at_full_speed_reaches_a_healthy_collector(
+    otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    telemetry = Telemetry.from_env()
+    runtime = make_runtime(tmp_path, telemetry)
+    calls = 40_000  # more than the queue holds: export has to keep up
+    for i in range(calls):
+        await runtime.run("echo", str(i % 100))
+    await runtime.aclose()
+    assert processed(telemetry)[(names.OUTCOME_CACHE_HIT, names.SPAN_DROPPED_QUEUE_FULL)] == 0
+    telemetry.shutdown(timeout=60)
+    assert Counter(agent_spans(otlp_receiver)) == {
+        names.OUTCOME_OK: 100,
+        names.OUTCOME_CACHE_HIT: calls - 100,
+    }
+
+
+async def test_a_full_queue_drops_cache_hits_first_then_successes_never_errors_first(
+    otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    otel_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60")
+    otel_env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "64")
+    otel_env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "64")
+    otel_env.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # only full batches leave by themselves
+    telemetry = Telemetry.from_env()
+    runtime = make_runtime(tmp_path, telemetry)
+    otlp_receiver.hang(60)
+    for i in range(64):  # one full batch: its export is held by the collector
+        await runtime.run("echo", f"first {i}")
+    otlp_receiver.wait_for_requests(lambda request: request[0] == "/v1/traces")
+    # Overload, 150 spans for 64 places: a success, 99 cache hits (the queue is full at the
+    # 63rd), 20 errors and 29 successes, each of which takes the place of a cache hit.
+    results = [await runtime.run("echo", "hit") for _ in range(100)]
+    results += [await runtime.run("fails", str(i)) for i in range(20)]
+    results += [await runtime.run("echo", f"miss {i}") for i in range(29)]
+    assert sum(r.cached for r in results) == 99 and sum(not r.ok for r in results) == 20
+    kept_hits = 64 - (1 + 20 + 29)
+    assert processed(telemetry) == {
+        (names.OUTCOME_OK, None): 64,  # the batch held by the collector
+        (names.OUTCOME_CACHE_HIT, names.SPAN_DROPPED_QUEUE_FULL): 99 - kept_hits,
+    }
+    otlp_receiver.stop()  # the held export is answered 503, and retried once this is up
+    otlp_receiver.ok()
+    otlp_receiver.start()
+    await runtime.aclose()
+    telemetry.shutdown(timeout=60)
+    assert Counter(agent_spans(otlp_receiver)) == {
+        names.OUTCOME_OK: 64 + 1 + 29,
+        names.OUTCOME_ERROR: 20,
+        names.OUTCOME_CACHE_HIT: kept_hits,
+    }
+
+
+async def test_when_only_errors_are_queued_a_new_error_is_dropped_and_counted(
+    otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    otel_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60")
+    otel_env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "8")
+    otel_env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "8")
+    otel_env.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+    telemetry = Telemetry.from_env()
+    runtime = make_runtime(tmp_path, telemetry)
+    otlp_receiver.hang(60)
+    for i in range(8):
+        await runtime.run("echo", str(i))
+    otlp_receiver.wait_for_requests(lambda request: request[0] == "/v1/traces")
+    for i in range(10):
+        await runtime.run("fails", str(i))
+    await runtime.run("echo", "late")  # a success finds no room among errors
+    counts = processed(telemetry)
+    assert counts[(names.OUTCOME_ERROR, names.SPAN_DROPPED_QUEUE_FULL)] == 2
+    assert counts[(names.OUTCOME_OK, names.SPAN_DROPPED_QUEUE_FULL)] == 1
+    otlp_receiver.stop()
+    otlp_receiver.ok()
+    otlp_receiver.start()
+    await runtime.aclose()
+    telemetry.shutdown(timeout=60)
+    assert Counter(agent_spans(otlp_receiver)) == {names.OUTCOME_OK: 8, names.OUTCOME_ERROR: 8}
