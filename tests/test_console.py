@@ -15,7 +15,8 @@ class CountingInput(io.StringIO):
         super().__init__(text)
         self.lines_read = 0
 
-    def readline(self, size: int | None = -1) -> str:  # type: ignore[override]
+    # Typeshed gives StringIO two readlines (_IOBase's returns bytes): this is the text one.
+    def readline(self, size: int = -1) -> str:  # type: ignore[override]
         line = super().readline(size)
         self.lines_read += bool(line)
         return line
