@@ -9,9 +9,10 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
 from collections.abc import Callable
 
-from sel_otel import AgentReplyError
+from sel_otel import AgentReplyError, code_span
 
 DESCRIPTION = (
     "Evaluate arithmetic, e.g. `2**10 / (3 + 1)` or `sqrt(2) * pi` (math functions allowed)"
@@ -42,6 +43,9 @@ _MAX_EXPONENT = 10_000
 #: product or power would stall the whole bot.
 _MAX_BITS = 14_000
 _MAX_LENGTH = 500
+#: Characters that no markdown reads: an expression made of these alone is echoed as typed,
+#: any other (a comment may hold a link or a heading) in a code span.
+_PLAIN = re.compile(r"[0-9A-Za-z .,+\-/%()]+")
 
 
 class InvalidExpression(AgentReplyError):
@@ -65,8 +69,9 @@ def _check_size(op: ast.operator, left: float, right: float) -> None:
 def _evaluate(node: ast.AST) -> float:
     if isinstance(node, ast.Expression):
         return _evaluate(node.body)
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value  # type: ignore[no-any-return]
+    value = node.value if isinstance(node, ast.Constant) else None
+    if isinstance(value, int | float) and not isinstance(value, bool):  # True is no number
+        return value
     if isinstance(node, ast.Name) and node.id in _CONSTANTS:
         return _CONSTANTS[node.id]
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
@@ -86,7 +91,7 @@ def _evaluate(node: ast.AST) -> float:
     ):
         return _FUNCTIONS[node.func.id](*(_evaluate(arg) for arg in node.args))
     raise InvalidExpression(
-        f"⚠️ Unsupported expression: `{ast.unparse(node)}` (numbers, + - * / // % **, "
+        f"⚠️ Unsupported expression: {code_span(ast.unparse(node))} (numbers, + - * / // % **, "
         f"{', '.join(_CONSTANTS)} and {', '.join(_FUNCTIONS)})"
     )
 
@@ -104,7 +109,8 @@ def run(query: str) -> str:
     try:
         value = _evaluate(tree)
     except (ArithmeticError, ValueError, TypeError) as exc:  # 1/0, sqrt(-1), sqrt(1, 2)
-        raise InvalidExpression(f"⚠️ Cannot evaluate `{expression}`: {exc}") from None
+        raise InvalidExpression(f"⚠️ Cannot evaluate {code_span(expression)}: {exc}") from None
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
         value = int(value)
-    return f"{expression} = {value}"
+    shown = expression if _PLAIN.fullmatch(expression) else code_span(expression)
+    return f"{shown} = {value}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from sel_otel import AgentReplyError
+from sel_otel import AgentReplyError, code_span
 
 DESCRIPTION = "Current date and time in a time zone, e.g. `Europe/Paris` (default UTC)"
 CACHEABLE = False
@@ -22,6 +22,6 @@ def run(query: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         close = sorted(z for z in available_timezones() if name.lower() in z.lower())[:5]
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UnknownTimeZone(f"⚠️ Unknown time zone {name!r}.{hint}") from None
+        raise UnknownTimeZone(f"⚠️ Unknown time zone {code_span(name)}.{hint}") from None
     now = datetime.now(zone)
     return f"{now:%Y-%m-%d %H:%M:%S} {now.tzname()} (UTC{now:%z}) in {name}"

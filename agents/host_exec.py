@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-from sel_otel import AgentReplyError, first_word
+from sel_otel import AgentReplyError, code_span, first_word
 
 DESCRIPTION = (
     "Run an allow-listed system command on the host, e.g. `uname -a`, `fastfetch`, `df -h`"
@@ -136,13 +136,13 @@ async def _post(command: str) -> httpx.Response:
         except httpx.ReadTimeout as exc:
             # The service may still be running it: another attempt would run it twice.
             raise CommandTimedOut(
-                f"❌ No answer from the host-exec service within {timeout:g}s: `{command}`"
+                f"❌ No answer from the host-exec service within {timeout:g}s: {code_span(command)}"
             ) from exc
         except httpx.TransportError as exc:
             # A command that changes the system is sent again only if it never got there.
             if mutating and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
                 raise HostExecUnavailable(
-                    f"❌ Host exec connection lost during `{command}` "
+                    f"❌ Host exec connection lost during {code_span(command)} "
                     f"({type(exc).__name__}); it may have run"
                 ) from exc
             last_error = exc
@@ -164,7 +164,7 @@ def _code_block(text: str, room: int) -> tuple[str, bool]:
 def _format(command: str, body: dict[str, object]) -> str:
     exit_code = body.get("exit_code")
     mark = "✅" if exit_code == 0 else "⚠️"
-    header = f"{mark} `{command}` (exit code: {exit_code})"
+    header = f"{mark} {code_span(command)} (exit code: {exit_code})"
     stdout, stderr = str(body.get("stdout") or ""), str(body.get("stderr") or "")
     notes = ["output capped by the host-exec service"] if body.get("truncated") else []
     output = stdout if stdout.strip() else stderr
@@ -204,12 +204,12 @@ async def run(query: str) -> str:
     if status == 401:
         raise HostExecAuthFailed("❌ Host exec authentication failed (check HOST_EXEC_TOKEN)")
     if status == 403:
-        raise CommandBlocked(f"⚠️ Command blocked by the allow-list: `{command}`")
+        raise CommandBlocked(f"⚠️ Command blocked by the allow-list: {code_span(command)}")
     if status == 400:
         raise CommandBlocked(f"⚠️ Command refused: {body.get('error', 'invalid command')}")
     if status == 504:
         limit = body.get("timeout_s", _timeout_for(first_word(command)) - RESPONSE_MARGIN)
-        raise CommandTimedOut(f"❌ Command timed out after {limit:g}s: `{command}`")
+        raise CommandTimedOut(f"❌ Command timed out after {limit:g}s: {code_span(command)}")
     if status == 429:
         raise HostExecBusy("⏳ Host exec is busy running other commands; try again shortly")
     raise HostExecUnavailable(f"❌ Host exec service error (HTTP {status})")

@@ -7,7 +7,7 @@ import platform
 import shutil
 from pathlib import Path
 
-from sel_otel import AgentReplyError
+from sel_otel import AgentReplyError, code_span
 
 DESCRIPTION = "Host summary: OS, kernel, CPUs, load, memory, disk and uptime (input: optional path)"
 CACHE_TTL = 30
@@ -71,8 +71,10 @@ def run(query: str) -> str:
     try:
         disk = shutil.disk_usage(path)
     except OSError as exc:
-        raise UnreadablePath(f"⚠️ Cannot read the disk usage of {path!r}: {exc.strerror}") from None
-    lines.append(f"Disk ({path}): {_size(disk.used)} / {_size(disk.total)}")
+        raise UnreadablePath(
+            f"⚠️ Cannot read the disk usage of {code_span(path)}: {exc.strerror}"
+        ) from None
+    lines.append(f"Disk ({code_span(path)}): {_size(disk.used)} / {_size(disk.total)}")
     uptime = _uptime()
     if uptime is not None:
         minutes = int(uptime // 60)

@@ -33,7 +33,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import _semconv as names
 from ._agent import Agent
 from ._app import SelApp
-from ._bot_settings import BotSettings
+from ._bot_settings import BotSettings, everyone_role_problem
 from ._commands import (
     CommandHandler,
     ListAgents,
@@ -90,11 +90,19 @@ class Access:
         return user.id in self.owner_ids
 
     def may_run(self, agent: Agent, user: discord.abc.User) -> bool:
-        """Anyone may run an ordinary agent; a privileged one needs an owner or an allowed id."""
+        """Anyone may run an ordinary agent; a privileged one needs an owner or an allowed id.
+
+        A guild's @everyone role (whose id is the guild's) never allows: every member has it.
+        """
         if not agent.privileged or self.is_owner(user) or user.id in self.allowed_user_ids:
             return True
         roles: Iterable[discord.abc.Snowflake] = getattr(user, "roles", ())
-        return any(role.id in self.allowed_role_ids for role in roles)
+        everyone = getattr(getattr(user, "guild", None), "id", None)
+        return any(role.id in self.allowed_role_ids and role.id != everyone for role in roles)
+
+    def everyone_roles(self, guild_ids: Iterable[int]) -> list[int]:
+        """The allowed role ids that are the @everyone role of one of `guild_ids`."""
+        return sorted(self.allowed_role_ids.intersection(guild_ids))
 
 
 class Cooldown:
@@ -154,6 +162,11 @@ class SelBot(discord.Client):
             settings.owner_ids, settings.allowed_user_ids, settings.allowed_role_ids
         )
         self.cooldown = Cooldown(settings.cooldown, clock)
+        #: `/sel_agents` and `/sel_agent_stats` are spaced too, each apart from agent calls.
+        self.command_cooldowns = {
+            command: Cooldown(settings.cooldown, clock)
+            for command in ("/sel_agents", "/sel_agent_stats")
+        }
         self.defer_after = defer_after
         self._clock = clock
         self.started = clock()
@@ -164,9 +177,16 @@ class SelBot(discord.Client):
     # -- connection -------------------------------------------------------------------------
 
     async def setup_hook(self) -> None:
-        """Before connecting: find the owners when none are configured, sync the commands."""
+        """Before connecting: find the owners when none are configured, refuse an @everyone
+        role among the allowed ones, sync the commands."""
         if not self.access.owner_ids:
             self.access = replace(self.access, owner_ids=await self._application_owners())
+        if self.access.allowed_role_ids:
+            everyone = self.access.everyone_roles(
+                [g.id async for g in self.fetch_guilds(limit=None)]
+            )
+            if everyone:
+                raise ConfigError(everyone_role_problem(everyone))
         guild = discord.Object(self.settings.guild_id) if self.settings.guild_id else None
         if guild is not None:
             self.tree.copy_global_to(guild=guild)
@@ -243,13 +263,13 @@ class SelBot(discord.Client):
         with self._command_span(
             "/sel_agent_stats", names.DISCORD_TRIGGER_SLASH, interaction
         ) as span:
+            if await self._cooling_down("/sel_agent_stats", interaction, span):
+                return
             reply = await self.commands.execute(ShowStats(agent or None, scope), root_span=False)
             _set_outcome(span, reply)
             if reply.stats is None:
                 await interaction.response.send_message(
-                    fit(discord.utils.escape_markdown(reply.text)),
-                    ephemeral=True,
-                    allowed_mentions=NO_MENTIONS,
+                    fit(reply.text), ephemeral=True, allowed_mentions=NO_MENTIONS
                 )
                 return
             pages = stats_pages(reply.stats, self._clock() - self.started, agent or None)
@@ -265,9 +285,13 @@ class SelBot(discord.Client):
             pager.message = await interaction.original_response()
 
     async def list_agents(self, interaction: discord.Interaction[Any]) -> None:
-        """`/sel_agents`: the shared agent list in an embed, open to everyone."""
+        """`/sel_agents`: the shared agent list in an embed, open to everyone; the files that
+        failed to load by name, with their paths and errors for owners only."""
         with self._command_span("/sel_agents", names.DISCORD_TRIGGER_SLASH, interaction) as span:
-            reply = await self.commands.execute(ListAgents())
+            if await self._cooling_down("/sel_agents", interaction, span):
+                return
+            owner = self.access.is_owner(interaction.user)
+            reply = await self.commands.execute(ListAgents(detail=owner))
             embed = agents_embed(reply.text, len(self.commands.runtime.registry.agents))
             span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_OK)
             await interaction.response.send_message(embed=embed, allowed_mentions=NO_MENTIONS)
@@ -379,8 +403,25 @@ class SelBot(discord.Client):
         if wait > 0:
             span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_COOLDOWN)
             self._record_refusal(agent_name, query, user, span, names.DISCORD_OUTCOME_COOLDOWN)
-            return f"⏳ Slow down: try again in {math.ceil(wait)}s."
+            return _slow_down(wait)
         return None
+
+    async def _cooling_down(
+        self, command: str, interaction: discord.Interaction[Any], span: trace.Span
+    ) -> bool:
+        """True, with the wait told to the user alone, when the user (not an owner) ran
+        `command` within the cooldown."""
+        user = interaction.user
+        if self.access.is_owner(user):
+            return False
+        wait = self.command_cooldowns[command].retry_after(user.id)
+        if wait <= 0:
+            return False
+        span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_COOLDOWN)
+        await interaction.response.send_message(
+            _slow_down(wait), ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+        return True
 
     def _record_refusal(
         self, agent: str, query: str, user: discord.abc.User, span: trace.Span, reason: str
@@ -422,6 +463,10 @@ class SelBot(discord.Client):
                 span.record_exception(exc)
                 span.set_attribute(names.ERROR_TYPE, type(exc).__qualname__)
                 raise
+
+
+def _slow_down(wait: float) -> str:
+    return f"⏳ Slow down: try again in {math.ceil(wait)}s."
 
 
 def _set_outcome(span: trace.Span, reply: Reply) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ._exceptions import ConfigError
@@ -27,6 +27,16 @@ def _guild_id(raw: str) -> int | None:
     if len(ids) > 1:
         raise ValueError("one id only")
     return next(iter(ids), None)
+
+
+def everyone_role_problem(role_ids: Iterable[int]) -> str:
+    """Why the bot refuses to start with these @everyone roles among the allowed roles."""
+    listed = ", ".join(map(str, role_ids))
+    return (
+        f"SEL_DISCORD_ALLOWED_ROLE_IDS holds {listed}: the @everyone role of a server (its id "
+        "is the server's), which every member has, so anyone could run privileged agents. "
+        "List only the roles that may, or their members in SEL_DISCORD_ALLOWED_USER_IDS."
+    )
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,9 @@ class BotSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> BotSettings:
         """Build settings from `DISCORD_TOKEN` and `SEL_DISCORD_*` (`os.environ` when None).
 
-        Raise `ConfigError` when `DISCORD_TOKEN` is missing or a value is invalid.
+        Raise `ConfigError` when `DISCORD_TOKEN` is missing, a value is invalid, or an allowed
+        role is the @everyone role of `SEL_DISCORD_GUILD_ID` (its id is the guild's; the bot
+        checks the other guilds it is in when it starts).
         """
         values = read_env(cls, env)
         if not values["token"]:
@@ -96,4 +108,6 @@ class BotSettings:
                 "(see the README, section 'Discord bot'). "
                 "To use the agents without Discord, run `sel-otel console`."
             )
+        if values["guild_id"] in values["allowed_role_ids"]:
+            raise ConfigError(everyone_role_problem([values["guild_id"]]))
         return cls(**values)

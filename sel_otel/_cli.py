@@ -21,6 +21,7 @@ from ._commands import RunAgent
 from ._console import run_console
 from ._exceptions import ConfigError
 from ._exit import Lifetime, kill_child
+from ._markup import printable
 from ._registry import agent_directories
 from ._settings import Settings, help_paragraph, settings_help
 from ._stats_cli import add_stats_arguments, show_stats
@@ -203,7 +204,7 @@ async def _run_once(
     )
     async with embedded, SelApp(settings, telemetry) as app:
         reply = await app.commands.execute(RunAgent(agent, query), user="cli", frontend="cli")
-    print(reply.text, file=sys.stdout if reply.ok else sys.stderr)
+    print(printable(reply.text), file=sys.stdout if reply.ok else sys.stderr)
     return 0 if reply.ok else 1
 
 

@@ -25,6 +25,7 @@ from . import _semconv as names
 from ._exceptions import AgentNotFound
 from ._history import HistoryQuery
 from ._history_format import format_history, parse_history_args
+from ._markup import code_span
 from ._registry import AgentRegistry
 from ._runtime import AgentResult, AgentRuntime
 from ._stats_report import SCOPES, Scope, StatsReport, format_report
@@ -57,7 +58,10 @@ class ShowStats:
 
 @dataclass(frozen=True, slots=True)
 class ListAgents:
-    pass
+    """The agent list; with `detail`, the paths of the files that failed to load and why
+    (for the operator: a file's path and its exception's text are not for everyone)."""
+
+    detail: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +151,15 @@ def format_result(result: AgentResult) -> str:
     return f"❌ Agent {result.agent!r} failed ({result.error.error_type})"
 
 
-def format_agents(registry: AgentRegistry) -> str:
-    """Agent names and descriptions, then the files that failed to load."""
+def format_agents(registry: AgentRegistry, detail: bool = True) -> str:
+    """Agent names and descriptions, then the files that failed to load: each path and why
+    with `detail`, else the agent's name alone."""
     lines = [f"**{name}**: {agent.description}" for name, agent in sorted(registry.agents.items())]
-    lines += [f"⚠️ {path}: {reason}" for path, reason in registry.failures.items()]
-    return "\n".join(lines) or f"No agents in {', '.join(map(str, registry.directories))}"
+    if detail:
+        lines += [f"⚠️ {path}: {reason}" for path, reason in registry.failures.items()]
+        return "\n".join(lines) or f"No agents in {', '.join(map(str, registry.directories))}"
+    lines += [f"⚠️ {code_span(path.stem)}: failed to load" for path in registry.failures]
+    return "\n".join(lines) or "No agents."
 
 
 class CommandHandler:
@@ -211,8 +219,8 @@ class CommandHandler:
                 return Reply(format_result(result), result.ok, result)
             case ShowStats(agent, scope):
                 return await self._stats(agent, scope)
-            case ListAgents():
-                return Reply(format_agents(self.runtime.registry))
+            case ListAgents(detail):
+                return Reply(format_agents(self.runtime.registry, detail))
             case ReloadAgents():
                 report = await self.runtime.reload()
                 return Reply(f"Agents reloaded: {report}", ok=not report.failed)

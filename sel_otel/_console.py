@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TextIO
 
 from ._commands import CommandHandler
+from ._markup import printable
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ async def _answer(commands: CommandHandler, lines: AsyncIterator[str], stdout: T
         if line.strip():
             reply = await commands.handle(line, user="console", frontend="console")
             failures += not reply.ok
-            stdout.write(reply.text + "\n")
+            stdout.write(printable(reply.text) + "\n")  # no escape sequence reaches a terminal
     return failures
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import discord
 
+from ._markup import code_span, printable
 from ._stats import format_stats, total
 from ._stats_report import StatsReport, format_instance
 
@@ -25,10 +26,12 @@ STATS_COLOR = discord.Colour.blurple()
 
 
 def fit(text: str, limit: int = CONTENT_LIMIT) -> str:
-    """`text` within `limit` characters: when cut, an open code block is closed and a note added.
+    """`text`, its control characters shown as symbols, within `limit` characters: when cut,
+    an open code block is closed and a note added.
 
     The note says how much was shown, so nobody mistakes a cut output for the whole of it.
     """
+    text = printable(text)
     if len(text) <= limit:
         return text
     total = f"{len(text):,}"
@@ -67,9 +70,7 @@ def stats_pages(
     if report.scope == "per-instance":
         blocks = [format_instance(figures) for figures in report.instances]
     elif agent and not report.rows:
-        # Agent names are identifiers; anything else a user typed is shown inert.
-        name = f"`{agent}`" if agent.isidentifier() else discord.utils.escape_markdown(agent)
-        blocks = [f"No calls of {name} yet."]
+        blocks = [f"No calls of {code_span(agent)} yet."]
     else:
         blocks = [format_stats([row]) for row in report.rows] or [format_stats([])]
     head = fit("\n".join(f"⚠️ {note}" for note in report.notes), NOTES_LIMIT)
@@ -79,7 +80,7 @@ def stats_pages(
     pages = []
     for number, description in enumerate(descriptions, 1):
         embed = discord.Embed(
-            title=title[:EMBED_TITLE_LIMIT],
+            title=printable(title)[:EMBED_TITLE_LIMIT],
             description=f"{head}\n\n{description}" if head else description,
             colour=STATS_COLOR,
         )

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._markup import code_span
+
 
 class SelOtelError(Exception):
     """Base of every error raised by sel_otel."""
@@ -53,7 +55,8 @@ class AgentNotFound(AgentError):
 
     def __init__(self, agent: str, *, known: list[str]) -> None:
         listing = ", ".join(known) if known else "none"
-        super().__init__(f"Unknown agent {agent!r}. Known agents: {listing}", agent=agent)
+        shown = repr(agent) if agent.isidentifier() else code_span(agent)  # as the user typed it
+        super().__init__(f"Unknown agent {shown}. Known agents: {listing}", agent=agent)
         self.known = known
 
 
@@ -127,9 +130,13 @@ class AgentFailed(AgentError):
 
     @property
     def reply(self) -> str:
+        """An `AgentReplyError`'s message as it is; any other exception's text quoted, as it
+        may hold the input."""
         if isinstance(self.original, AgentReplyError):
             return str(self.original)
-        return super().reply
+        text = str(self.original)
+        detail = f": {code_span(text)}" if text else ""
+        return f"❌ Agent {self.agent!r} failed: {type(self.original).__name__}{detail}"
 
 
 class AgentOutputError(AgentError):

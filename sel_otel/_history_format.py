@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from . import _semconv as names
 from ._history import OUTCOMES, HistoryEntry, HistoryPage, HistoryQuery
+from ._markup import code_span
 
 HISTORY_USAGE = "/sel_agent_history [agent=NAME] [user=ID] [outcome=ok|error|refused] [limit=N]"
 DEFAULT_LIMIT = 20
@@ -55,7 +56,9 @@ def format_history(page: HistoryPage, template: str | None) -> str:
 
 
 def _markdown_line(entry: HistoryEntry, template: str | None) -> str:
-    parts = [f"`{_clock(entry.time)}` {_ICONS.get(entry.outcome, '•')} **{entry.agent}**"]
+    # A call of an unknown agent records the name as the user typed it: shown inert.
+    agent = f"**{entry.agent}**" if entry.agent.isidentifier() else code_span(entry.agent)
+    parts = [f"`{_clock(entry.time)}` {_ICONS.get(entry.outcome, '•')} {agent}"]
     if entry.input:
         parts.append(f"`{_shown_input(entry.input)}`")
     parts.append(_who(entry))

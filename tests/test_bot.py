@@ -15,7 +15,7 @@ import discord
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from sel_otel import CommandHandler
+from sel_otel import CommandHandler, ConfigError
 from sel_otel import _semconv as names
 from sel_otel._bot import SelBot, application_owners
 from sel_otel._bot_settings import BotSettings
@@ -713,3 +713,102 @@ def test_owners_are_the_accepted_admins_and_developers_of_the_team() -> None:
     assert application_owners(team) == {1, 2}  # type: ignore[arg-type]
     solo = SimpleNamespace(team=None, owner=SimpleNamespace(id=9))
     assert application_owners(solo) == {9}  # type: ignore[arg-type]
+
+
+# -- what users control, what they are shown -----------------------------------------------------
+
+
+async def test_the_agent_list_names_a_broken_file_to_everyone_and_shows_owners_why(
+    bot: SelBot, write_agent: AgentWriter
+) -> None:
+    path = write_agent("broken", 'raise RuntimeError("token in /srv/sel/secrets.env")\n')
+    bot.commands.runtime.registry.reload()
+    shown = {}
+    for user in (STRANGER, OWNER):
+        interaction = Interaction(User(user))
+        await slash(bot, "sel_agents", interaction)
+        embed = interaction.sent[0].embed
+        assert embed is not None and embed.description is not None
+        shown[user] = embed.description
+    assert "`broken`: failed to load" in shown[STRANGER]
+    assert str(path.parent) not in shown[STRANGER] and "secrets.env" not in shown[STRANGER]
+    assert str(path) in shown[OWNER] and "secrets.env" in shown[OWNER]
+
+
+@pytest.mark.parametrize("command", ["sel_agents", "sel_agent_stats"])
+async def test_the_agent_list_and_stats_are_spaced_by_the_cooldown(
+    bot: SelBot, clock: Clock, telemetry: TelemetryFixture, command: str
+) -> None:
+    first, second, third = (Interaction(User(STRANGER)) for _ in range(3))
+    await slash(bot, command, first)
+    assert first.sent[0].embed is not None
+    await slash(bot, command, second)
+    [refusal] = second.sent
+    assert (refusal.content, refusal.ephemeral) == ("⏳ Slow down: try again in 10s.", True)
+    # an agent call and the other command have cooldowns of their own; owners have none
+    other = "sel_agent_stats" if command == "sel_agents" else "sel_agents"
+    for interaction, name, arguments in [
+        (Interaction(User(STRANGER)), "sel_agent", {"agent": "echo", "input": "hi"}),
+        (Interaction(User(STRANGER)), other, {}),
+        (Interaction(User(OWNER)), command, {}),
+        (Interaction(User(OWNER)), command, {}),
+    ]:
+        await slash(bot, name, interaction, **arguments)
+        assert not interaction.sent[0].ephemeral, name
+    clock.now += 10
+    await slash(bot, command, third)
+    assert third.sent[0].embed is not None
+    outcomes = [
+        s.attributes[names.SEL_DISCORD_OUTCOME]
+        for s in telemetry.finished(f"discord.command /{command}")
+    ]
+    assert outcomes == ["ok", "cooldown", "ok", "ok", "ok"]
+
+
+async def test_replies_show_control_characters_as_symbols(bot: SelBot) -> None:
+    escapes = "\x1b]0;pwned\x07\x1b[2J\x9b31m"
+    interaction = Interaction(User(OWNER))
+    await slash(bot, "sel_agent", interaction, agent="echo", input=escapes)
+    message = Message(User(OWNER), f"agent:echo {escapes}")
+    await bot.on_message(message)  # type: ignore[arg-type]
+    for sent in (interaction.sent[0], message.replies[0]):
+        assert sent.content == "␛]0;pwned␇␛[2J\\x9b31m"
+
+
+async def test_the_everyone_role_never_allows_a_privileged_agent(
+    make_bot: BotFactory, marker: Path
+) -> None:
+    bot = make_bot(BotSettings(allowed_role_ids=frozenset({GUILD, ALLOWED_ROLE})))
+    member = SimpleNamespace(id=STRANGER, roles=[Snowflake(GUILD)], guild=Snowflake(GUILD))
+    interaction = Interaction(member)  # type: ignore[arg-type]
+    await slash(bot, "sel_agent", interaction, agent="secret", input="")
+    assert interaction.sent[0].content is not None and "privileged" in interaction.sent[0].content
+    assert runs(marker) == 0
+
+
+async def test_the_bot_refuses_to_start_with_an_everyone_role_among_the_allowed(
+    make_bot: BotFactory,
+) -> None:
+    synced: list[object] = []
+
+    async def guilds(limit: int | None = 200) -> AsyncIterator[Snowflake]:
+        assert limit is None  # every guild the bot is in
+        for guild_id in (GUILD, 556):
+            yield Snowflake(guild_id)
+
+    async def sync(guild: object = None) -> list[object]:
+        synced.append(guild)
+        return []
+
+    for roles, refused in [({ALLOWED_ROLE, 556}, True), ({ALLOWED_ROLE}, False)]:
+        settings = BotSettings(owner_ids=frozenset({OWNER}), allowed_role_ids=frozenset(roles))
+        bot = make_bot(settings)
+        bot.fetch_guilds = guilds  # type: ignore[method-assign,assignment]
+        bot.tree.sync = sync  # type: ignore[method-assign,assignment]
+        if refused:
+            with pytest.raises(ConfigError, match="holds 556: the @everyone role"):
+                await bot.setup_hook()
+            assert synced == []
+        else:
+            await bot.setup_hook()
+            assert synced == [None]

@@ -30,7 +30,7 @@ def sel_otel(*args: str, stdin: str = "", **env: str) -> subprocess.CompletedPro
 
 def test_run_prints_the_output_and_exits_zero() -> None:
     done = sel_otel("run", "calc", "6", "*", "7")
-    assert (done.returncode, done.stdout) == (0, "6 * 7 = 42\n")
+    assert (done.returncode, done.stdout) == (0, "`6 * 7` = 42\n")  # quoted: markdown reads *
 
 
 def test_run_exits_non_zero_with_the_error_on_stderr() -> None:

@@ -141,7 +141,7 @@ def test_lines_are_edited_and_recalled_with_readline(terminal: Terminal) -> None
     terminal.type("\x1b[A\x7f6\r")  # up: the previous line, edited to agent:calc 5*6
     terminal.wait_for(lambda text: _prompts(text) == 3, "the third prompt")
     replies = [line for line in terminal.text().splitlines() if " = " in line]
-    assert replies == ["5*5 = 25", "5*6 = 30"], terminal.text()
+    assert replies == ["`5*5` = 25", "`5*6` = 30"], terminal.text()
 
 
 def test_from_a_pipe_only_the_replies_are_written() -> None:

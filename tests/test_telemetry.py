@@ -53,5 +53,5 @@ def test_the_console_frontend_keeps_telemetry_out_of_its_replies() -> None:
 
 def test_a_cli_run_keeps_telemetry_out_of_its_output() -> None:
     done = sel_otel("run", "calc", "6*7", OTEL_TRACES_EXPORTER="console")
-    assert (done.returncode, done.stdout) == (0, "6*7 = 42\n")
+    assert (done.returncode, done.stdout) == (0, "`6*7` = 42\n")
     assert '"name": "cli agent"' in done.stderr
