@@ -109,14 +109,15 @@ async def test_the_console_answers_every_request_after_a_planted_lone_surrogate(
     runtime = make_runtime(cache_url=redis_server.url, history=False)
     agent = runtime.registry.get("double")
     await raw.set(runtime.cache.key("double", "ab", version=agent.version), b'{"output":"\\ud800"}')
-    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # strict, as a terminal's is
+    written = io.BytesIO()
+    stdout = io.TextIOWrapper(written, encoding="utf-8")  # strict, as a terminal's is
     commands = CommandHandler(runtime, stats_reader())
     failures = await run_console(
         commands, io.StringIO("agent:double ab\nagent:double cd\n"), stdout
     )
     stdout.flush()
     assert failures == 0
-    assert stdout.buffer.getvalue().decode() == "abab\ncdcd\n"  # type: ignore[attr-defined]
+    assert written.getvalue().decode() == "abab\ncdcd\n"
 
 
 # -- outputs over SEL_AGENT_MAX_OUTPUT -----------------------------------------------------------
