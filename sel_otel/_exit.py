@@ -40,8 +40,9 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 GRACE = 0.5
 #: Seconds the tasks left when the coroutine ends have to end once cancelled.
 LEFTOVER_WAIT = 0.25
-#: Seconds a forced exit gives its last resorts and the flush of the standard streams.
-_LAST_WORDS = 0.2
+#: Seconds a forced exit gives its last resorts and the flush of the standard streams: it
+#: starts this long before the deadline, so that the process has ended by then.
+_LAST_WORDS = 0.1
 
 
 class Lifetime:
@@ -129,7 +130,10 @@ class Lifetime:
         while True:
             with self._lock:
                 deadline = self._deadline
-            self._wakeup.settimeout(None if deadline is None else deadline - time.monotonic())
+            if deadline is None:
+                self._wakeup.settimeout(None)
+            else:
+                self._wakeup.settimeout(deadline - _LAST_WORDS - time.monotonic())
             try:
                 received = self._wakeup.recv(64)
             except (TimeoutError, ValueError):  # ValueError: the deadline is past already

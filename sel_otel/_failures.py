@@ -92,13 +92,15 @@ def frames_only(exc: BaseException) -> str:
     first, with their types but none of their messages."""
     parts: list[str] = []
     seen: set[int] = set()
+    checked: set[str] = set()
     pending: list[BaseException] = [exc]
     while pending and len(parts) < _MAX_CHAIN:
         current = pending.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
-        parts.append(f"{_frames(current.__traceback__)}{type(current).__qualname__}\n")
+        frames = _frames(current.__traceback__, checked)
+        parts.append(f"{frames}{type(current).__qualname__}\n")
         if isinstance(current, BaseExceptionGroup):
             pending.extend(reversed(current.exceptions))
         cause = current.__cause__
@@ -109,10 +111,10 @@ def frames_only(exc: BaseException) -> str:
     return "\nDuring or because of the above:\n\n".join(reversed(parts))
 
 
-def _frames(tb: TracebackType | None) -> str:
-    """`tb` as `traceback.format_tb` shows it, without the column markers."""
+def _frames(tb: TracebackType | None, checked: set[str]) -> str:
+    """`tb` as `traceback.format_tb` shows it, without the column markers; `checked` holds
+    the files whose lines are known to be current."""
     lines: list[str] = []
-    checked: set[str] = set()
     for frame, number in traceback.walk_tb(tb):
         code = frame.f_code
         file = code.co_filename

@@ -15,6 +15,7 @@ the call's deadline passed held the event loop, so that the timeout could not fi
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic, TypeVar
@@ -66,16 +67,24 @@ async def detached(steps: Steps[T], on_abandoned: Callable[[], object] | None = 
     """The result of `steps`, run on a task of its own; its exception, whatever it is, raised
     here. When this call ends first (cancelled, by its caller or a timeout) the task is
     cancelled and not awaited; `on_abandoned` is called once it really ends."""
+    loop = asyncio.get_running_loop()
     settled = _settled(steps)
-    task = asyncio.get_running_loop().create_task(settled)
+    task = loop.create_task(settled)
+    ended = loop.create_future()  # awaited instead of the task: cancelling it leaves the task
+    task.add_done_callback(functools.partial(_end, ended))
     try:
-        await asyncio.wait((task,))
+        await ended
     except BaseException:
         task.cancel()
         if on_abandoned is not None:
             task.add_done_callback(lambda _: on_abandoned())
         raise
     return unwrap(task.result())
+
+
+def _end(ended: asyncio.Future[None], task: object) -> None:
+    if not ended.done():
+        ended.set_result(None)
 
 
 async def _settled(steps: Steps[T]) -> T | Raised:
