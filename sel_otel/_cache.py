@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 
-from ._cache_backend import CacheBackend, CircuitOpen, Ticket, error_type, prefix_of
+from ._cache_backend import MISS, CacheBackend, CircuitOpen, Ticket, _Miss, error_type, prefix_of
+from ._memory_cache import LRUMemoryCache
 from ._shared_cache import SharedBackend, SharedCache
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ class ResultCache:
             )
         else:
             self.storage = backend
+        #: The store read without waiting (this process's memory), where `peek` answers.
+        self._memory: LRUMemoryCache | None = None
+        if isinstance(backend, LRUMemoryCache) and backend.immediate:
+            self._memory = backend
         self._on_error = on_error
         self._flights: dict[str, asyncio.Future[CacheOutcome]] = {}
         self._generations: dict[str, int] = {}
@@ -100,6 +105,18 @@ class ResultCache:
     def agent_prefix(self, agent: str) -> str:
         """The prefix shared by every key of `agent`."""
         return f"{self.namespace}:{agent}:"
+
+    def peek(self, key: str) -> str | _Miss:
+        """The output cached for `key` when the store answers at once (this process's memory)
+        and no execution of `key` is in flight: what `get_or_run` would answer as a hit,
+        without a coroutine. Otherwise MISS, and `get_or_run` answers."""
+        memory = self._memory
+        if memory is None or key in self._flights:
+            return MISS
+        value = memory.lookup(key)
+        if self._failing and value is not MISS:
+            self._recovered()
+        return value
 
     async def get_or_run(
         self,

@@ -54,6 +54,21 @@ class LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
         value = await self._get(key)
         return value if isinstance(value, str) else MISS
 
+    @property
+    def immediate(self) -> bool:
+        """Whether `lookup` reads what `read` reads: the storage is this class's own dict (a
+        subclass that overrides `_get` reads as that says, through `read` only)."""
+        return type(self)._get is LRUMemoryCache._get
+
+    def lookup(self, key: str) -> str | _Miss:
+        """`read` without a coroutine, when `immediate`: the value under `key` (now the most
+        recently used), or MISS."""
+        value = self._cache.get(key)
+        if value is None:
+            return MISS
+        self._cache.move_to_end(key)
+        return value if isinstance(value, str) else MISS
+
     async def acquire(self, key: str, compute_timeout: float | None) -> Ticket:
         return FREE
 

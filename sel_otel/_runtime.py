@@ -8,8 +8,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import context, metrics, trace
 from opentelemetry.trace import SpanKind
@@ -40,10 +39,16 @@ logger = logging.getLogger(__name__)
 #: Seconds an agent's `close()` may take before it is abandoned.
 CLOSE_TIMEOUT = 5.0
 
+#: Cache keys remembered, and the longest input whose key is.
+_KEY_MEMO_ENTRIES = 4096
+_KEY_MEMO_MAX_CHARS = 1024
 
-@dataclass(frozen=True, slots=True)
-class AgentResult:
-    """The outcome of one agent call: an output, or the error that replaced it."""
+
+class AgentResult(NamedTuple):
+    """The outcome of one agent call: an output, or the error that replaced it.
+
+    A named tuple: one is built for every call, and tuples are the cheapest immutable records.
+    """
 
     agent: str
     output: str | None
@@ -110,6 +115,7 @@ class AgentRuntime:
         self._input_attribute = functools.lru_cache(maxsize=1024)(
             functools.partial(span_content, limit=self.settings.trace_content_max)
         )
+        self._keys = functools.lru_cache(maxsize=_KEY_MEMO_ENTRIES)(self._new_key)
 
     async def run(
         self, name: str, query: str, user: str | None = None, frontend: str | None = None
@@ -147,7 +153,6 @@ class AgentRuntime:
         agent_id = id(agent)
         self._calls[agent_id] = self._calls.get(agent_id, 0) + 1
         start = time.perf_counter()
-        token = context.attach(trace.set_span_in_context(span))
         try:
             output, lookup = await self._cached_call(agent, query, user, span)
         except AgentError as exc:
@@ -156,7 +161,6 @@ class AgentRuntime:
             self._record_error(span, metric_attributes, exc, "cancelled")
             raise
         finally:
-            context.detach(token)
             duration = time.perf_counter() - start
             hit = lookup is Lookup.HIT
             span.set_attributes(
@@ -220,11 +224,20 @@ class AgentRuntime:
         invalidates = agent.invalidates(query)
         ttl = 0.0 if invalidates else agent.ttl_for(query)
         user = user if agent.cache_per_user else None
-        key = self.cache.key(agent.name, query, user, version=agent.version)
+        if len(query) <= _KEY_MEMO_MAX_CHARS:  # inputs recur; hashing one costs a tenth of a hit
+            key = self._keys(agent.name, agent.version, user, query)
+        else:
+            key = self._new_key(agent.name, agent.version, user, query)
+        if ttl > 0:
+            cached = self.cache.peek(key)
+            if isinstance(cached, str):  # answered at once: nothing runs under the span
+                return cached, Lookup.HIT
         timeout = agent.timeout or self.settings.agent_timeout
         # An invalidating sync call that times out makes its change only when its thread
         # ends: the agent's results are invalidated again then.
         on_abandoned = self._invalidation(agent.name) if invalidates else None
+        # The span is current while the cache and the agent work: their spans are its children.
+        token = context.attach(trace.set_span_in_context(span))
         try:
             outcome = await self.cache.get_or_run(
                 key,
@@ -233,13 +246,19 @@ class AgentRuntime:
                 compute_timeout=timeout,
             )
         finally:
-            if invalidates:
-                await self.cache.invalidate(agent.name)
+            try:
+                if invalidates:
+                    await self.cache.invalidate(agent.name)
+            finally:
+                context.detach(token)
         if outcome.lookup is Lookup.COALESCED:
             span.set_attribute(names.SEL_CACHE_COALESCED, True)
         if outcome.cache_error is not None:
             span.set_attribute(names.SEL_CACHE_ERROR, outcome.cache_error)
         return outcome.output, outcome.lookup
+
+    def _new_key(self, name: str, version: str, user: str | None, query: str) -> str:
+        return self.cache.key(name, query, user, version=version)
 
     async def _execute(
         self,
