@@ -14,7 +14,7 @@ import io
 import logging
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import TextIO
 
 from ._commands import CommandHandler
@@ -30,7 +30,7 @@ _READ_AHEAD = 64
 
 async def _lines(
     stdin: TextIO, read_ahead: int = _READ_AHEAD, read: Callable[[], str] | None = None
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """Lines of `stdin`, read by a daemon thread so that a pending read never blocks exit.
 
     The thread reads with `read` (`stdin.readline` by default; "" is the end of input) and
