@@ -20,6 +20,8 @@
 #   sel-otel/python:test   Debian's python3 with venv, procps and iproute2
 #   sel-otel/app:test      sel-otel/python:test with sel-otel and its dependencies installed
 #                          from wheels built here (deploy/app-offline.Dockerfile)
+#   sel-otel/collector:test  sel-otel/python:test with rotel, an OTLP collector whose binary
+#                          ships in its PyPI wheel (deploy/collector-offline.Dockerfile)
 #
 # SEL_TEST_<NAME>_IMAGE (SEL_TEST_REDIS_IMAGE...) names an image otherwise; the tests read the
 # same variables (tests/docker_engine.py). An image carries a label with the digest of what it
@@ -31,7 +33,7 @@
 # build_NAME TAG DIGEST (builds it, with the label $LABEL=DIGEST).
 cd "$(dirname "$0")/.." || exit 1
 STATE=${TMPDIR:-/tmp}/sel-otel-docker
-IMAGES="redis python app"
+IMAGES="redis python app collector"
 LABEL=org.sel-otel.recipe
 DEADLINE=$(($(date +%s) + 540))
 mkdir -p "$STATE"
@@ -218,6 +220,29 @@ build_app() {
         image_pip wheel -q -c constraints.txt -w "$context/wheels" "$context/source" &&
         bounded docker build --network none --force-rm --build-arg BASE="$(image python)" \
             --label "$LABEL=$2" -f deploy/app-offline.Dockerfile -t "$1" "$context"
+    status=$?
+    rm -rf "$context"
+    return "$status"
+}
+
+# The collector: rotel, pinned, from a wheel downloaded with the host's pip configuration; its
+# binary links libpython, whose Debian package is downloaded with the host's apt sources.
+ROTEL_VERSION=0.0.1a15
+recipe_collector() {
+    docker image inspect -f '{{.Id}}' "$(image python)"
+    echo "rotel==$ROTEL_VERSION libpython"
+    sha256sum deploy/collector-offline.Dockerfile
+}
+build_collector() {
+    local context="$STATE/collector-context" status version
+    rm -rf "$context" && mkdir -p "$context/debs" || return 1
+    version=$(docker run --rm "$(image python)" \
+        python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])') &&
+        (cd "$context/debs" && bounded apt-get download -q "libpython$version") &&
+        image_pip download -q --no-deps --only-binary :all: -d "$context/wheels" \
+            "rotel==$ROTEL_VERSION" &&
+        bounded docker build --network none --force-rm --build-arg BASE="$(image python)" \
+            --label "$LABEL=$2" -f deploy/collector-offline.Dockerfile -t "$1" "$context"
     status=$?
     rm -rf "$context"
     return "$status"

@@ -33,6 +33,9 @@ from ._exceptions import ConfigError
 
 #: The agent `sel-otel loadtest` writes and calls unless told otherwise (`_loadtest_agent`).
 WORK_AGENT = "loadtest_work"
+#: Seconds a user waits after a call that no instance answered (a refused connection fails
+#: at once: without a pause, a user pinned to a dead instance would loop on it).
+UNREACHED_PAUSE = 0.1
 #: Seconds of latency the live progress reads its p99 from.
 LIVE_WINDOW = 2.0
 
@@ -105,6 +108,7 @@ class CallResult:
 
     outcome: Outcome
     error_type: str | None = None  # for FAILED: the call's `error.type`, or a transport error
+    reached: bool = True  # False: no instance answered (a transport error), none counted it
 
 
 class Target(Protocol):
@@ -193,6 +197,7 @@ class Recording:
     latencies: array[float] = field(default_factory=lambda: array("d"))
     outcomes: array[int] = field(default_factory=lambda: array("b"))
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    unreached: int = 0  # failed calls that no instance answered
     executions: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     faults: list[FaultWindow] = field(default_factory=list)
     #: (seconds, resident bytes, open descriptors), about once a second, when probed.
@@ -210,6 +215,7 @@ class Recording:
         self.outcomes.append(result.outcome)
         if result.outcome is Outcome.FAILED:
             self.errors[result.error_type or "unknown"] += 1
+            self.unreached += not result.reached
         elif result.outcome is Outcome.MISS:
             self.executions[key] += 1
 
@@ -294,7 +300,9 @@ class LoadDriver:
             self._remember(start + latency, latency)
             if result.outcome is Outcome.MISS:
                 self._keys.computed(agent, index, number)
-            if plan.think:
+            if not result.reached:  # a user retries a silent instance no faster than this
+                await asyncio.sleep(max(UNREACHED_PAUSE, plan.think))
+            elif plan.think:
                 await asyncio.sleep(plan.think * rng.uniform(0.5, 1.5))
             else:
                 await asyncio.sleep(0)  # a hit may never suspend: let the other users run

@@ -87,6 +87,13 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--stack", choices=("docker",), help="the same as --cache docker")
     add("--instances", type=_count, default=2, metavar="N", help="sel-otel instances (docker)")
+    for name in ("app", "redis", "collector"):
+        add(
+            f"--{name}-image",
+            default=f"sel-otel/{name}:test",
+            metavar="IMAGE",
+            help=f"the {name} image of the docker stack (scripts/docker-setup.sh builds it)",
+        )
     add("--fault", dest="faults", action="append", default=[], metavar="SPEC", help="a fault")
     add("--json", action="store_true", help="one JSON object on standard output")
     add("--plot", type=Path, metavar="FILE", help="latency and throughput over time, as PNG")
@@ -151,7 +158,10 @@ async def run_loadtest(args: argparse.Namespace, settings: Settings, telemetry: 
     except ImportError:
         print(f"sel-otel loadtest --plot needs matplotlib: {EXTRA}", file=sys.stderr)
         return 2
-    stderr = Console(stderr=True)
+    stderr, stdout = Console(stderr=True), Console()
+    for console in (stderr, stdout):
+        if not console.is_terminal:  # a file or a pipe: room for the tables' columns
+            console.width = 120
     try:
         async with _environment(args, plan, settings, telemetry) as environment:
             check_faults(specs, environment.faults, environment.description)
@@ -162,7 +172,7 @@ async def run_loadtest(args: argparse.Namespace, settings: Settings, telemetry: 
         print(f"sel-otel: {exc}", file=sys.stderr)
         return 2
     summary = summarize(recording, stats_calls, environment.description)
-    render(summary, stderr if args.json else Console())
+    render(summary, stderr if args.json else stdout)
     if args.plot is not None:
         plot(recording, summary, args.plot)
     if args.json:
@@ -174,6 +184,13 @@ def _environment(
     args: argparse.Namespace, plan: LoadPlan, settings: Settings, telemetry: Telemetry
 ) -> contextlib.AbstractAsyncContextManager[Environment]:
     cache = "docker" if args.stack == "docker" else args.cache
+    if cache == "docker":
+        from ._loadtest_stack import Images, docker_environment
+
+        images = Images(args.app_image, args.redis_image, args.collector_image)
+        return docker_environment(
+            plan, instances=args.instances, work_ms=args.work_ms, images=images
+        )
     return local_environment(plan, cache, telemetry, settings, work_ms=args.work_ms)
 
 

@@ -4,7 +4,8 @@ A fault begins START after the run starts and ends DURATION later (`reload@5s` i
 Which kinds exist depends on what the load runs against: each environment hands the schedule
 a `Fault` per kind it can inject (the runtime in this process: `reload`, `agent-hang`, and
 with a Redis it started, `redis-pause` and `redis-kill`; the Docker stack adds the others).
-A fault that has begun is always ended, even when the run is cut short.
+A fault that has begun is always ended, even when the run is cut short; a step of a fault
+that fails is logged, and the load goes on.
 """
 
 from __future__ import annotations
@@ -105,14 +106,22 @@ async def _inject(spec: FaultSpec, fault: Fault, driver: LoadDriver) -> None:
     begin = driver.now()
     driver.active_faults.add(spec.text)
     try:
-        await fault.begin()
+        await _attempt(spec, "beginning", fault.begin)
         if fault.end is not None:
             await asyncio.sleep(max(spec.end - driver.now(), 0.0))
     finally:
         try:
             if fault.end is not None:
                 # Shielded: a run cut short still resumes the paused Redis.
-                await asyncio.shield(fault.end())
+                await asyncio.shield(_attempt(spec, "end", fault.end))
         finally:
             driver.active_faults.discard(spec.text)
             driver.recording.faults.append(FaultWindow(spec.text, begin, driver.now()))
+
+
+async def _attempt(spec: FaultSpec, step: str, action: Callable[[], Awaitable[None]]) -> None:
+    """Run a fault's step; one that fails is logged and the load goes on."""
+    try:
+        await action()
+    except Exception as exc:
+        logger.error("fault %s: its %s failed: %s: %s", spec.text, step, type(exc).__name__, exc)

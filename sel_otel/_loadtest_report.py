@@ -84,6 +84,7 @@ class Summary:
     calls_per_s: float
     hit_ratio: float
     stats_calls: int
+    unreached: int  # failed calls no instance answered: no stats count them
     overall: Latency
     hits: Latency
     misses: Latency
@@ -172,6 +173,7 @@ def summarize(recording: Recording, stats_calls: int, description: str) -> Summa
         calls_per_s=round(calls / elapsed, 1),
         hit_ratio=len(by_kind[Outcome.HIT]) / calls if calls else 0.0,
         stats_calls=stats_calls,
+        unreached=recording.unreached,
         overall=latency_of(latencies),
         hits=latency_of(by_kind[Outcome.HIT]),
         misses=latency_of(by_kind[Outcome.MISS]),
@@ -217,8 +219,10 @@ def render(summary: Summary, console: Console) -> None:
     head.add_row("calls", f"{summary.calls:,} ({summary.calls_per_s:,.1f}/s)")
     head.add_row("failed", f"{summary.failed:,}")
     head.add_row("hit rate", f"{summary.hit_ratio:.1%}")
-    same = "=" if summary.stats_calls == summary.calls else "≠"
-    head.add_row("/sel_agent_stats calls", f"{summary.stats_calls:,} ({same} calls issued)")
+    answered = summary.calls - summary.unreached
+    same = "=" if summary.stats_calls == answered else "≠"
+    whose = "calls issued" if not summary.unreached else f"{answered:,} calls answered"
+    head.add_row("/sel_agent_stats calls", f"{summary.stats_calls:,} ({same} {whose})")
     executions = summary.executions
     head.add_row(
         "executions per key",

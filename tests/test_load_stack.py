@@ -1,0 +1,116 @@
+"""Load runs of the deployment in containers (`sel-otel loadtest --cache docker`): instances of
+the app image on one Redis, with the host-exec service and an OTLP collector.
+
+They skip, saying why, without a Docker engine and the project's images
+(scripts/docker-setup.sh). Small and bounded: a stack starts in a few seconds, each run lasts
+at most 12 s, and the stack is removed, networks included, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sel_otel._loadtest import LoadDriver, LoadPlan, Outcome, Recording
+from sel_otel._loadtest_faults import check_faults, parse_fault, run_schedule
+from sel_otel._loadtest_report import Summary, summarize
+from sel_otel._loadtest_stack import Images, docker_environment
+from tests.docker_engine import project_image, use_docker_image
+
+pytestmark = [pytest.mark.load, pytest.mark.timeout(60)]
+
+IMAGES = Images(project_image("app"), project_image("redis"), project_image("collector"))
+LABEL = "org.sel-otel.loadtest"
+
+
+@pytest.fixture(autouse=True)
+def _engine_and_images() -> None:
+    for image in (IMAGES.app, IMAGES.redis, IMAGES.collector):
+        use_docker_image(image, pull=False, purpose="a load test of the container stack")
+
+
+async def load_stack(
+    plan: LoadPlan, *, instances: int = 2, faults: tuple[str, ...] = ()
+) -> tuple[Summary, Recording]:
+    specs = [parse_fault(text) for text in faults]
+    async with docker_environment(
+        plan, instances=instances, work_ms=10, images=IMAGES
+    ) as environment:
+        check_faults(specs, environment.faults, environment.description)
+        driver = LoadDriver(plan, environment.target)
+        schedule = asyncio.create_task(run_schedule(specs, environment.faults, driver))
+        try:
+            recording = await driver.run()
+        finally:
+            schedule.cancel()
+            await asyncio.gather(schedule, return_exceptions=True)
+        stats_calls = await environment.target.stats_calls()
+    return summarize(recording, stats_calls, environment.description), recording
+
+
+def leftovers() -> list[str]:
+    """Containers and networks of load-test stacks still there."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        containers = client.containers.list(all=True, filters={"label": LABEL})
+        networks = client.networks.list(filters={"label": LABEL})
+        return [item.name for item in [*containers, *networks]]
+    finally:
+        client.close()
+
+
+async def test_identical_misses_execute_once_across_instances_and_the_stats_count_every_call() -> (
+    None
+):
+    # Each new input is asked by all 8 users at once, 4 on each instance.
+    plan = LoadPlan(users=8, duration=5.0, hit_ratio=0.3, fanout=8)
+    summary, _ = await load_stack(plan)
+    assert summary.failed == 0, summary.errors
+    assert summary.stats_calls == summary.calls > 200
+    assert summary.executions.keys > 10
+    assert summary.executions.max == 1  # one execution per input while Redis is healthy
+    assert summary.coalesced.count + summary.hits.count > summary.executions.keys
+    assert leftovers() == []
+
+
+async def test_no_call_fails_through_redis_paused_or_killed_the_collector_down_or_a_reload() -> (
+    None
+):
+    summary, _ = await load_stack(
+        LoadPlan(users=6, duration=12.0),
+        faults=(
+            "redis-pause@1s+2s",
+            "redis-kill@4.5s+1.5s",
+            "collector-down@7.5s+2s",
+            "reload@10s",
+        ),
+    )
+    assert summary.failed == 0, summary.errors
+    assert summary.stats_calls == summary.calls
+    assert [effect.failed for effect in summary.faults] == [0, 0, 0, 0]
+    recoveries = [effect.recovery_s for effect in summary.faults]
+    assert None not in recoveries, summary.faults
+    assert leftovers() == []
+
+
+async def test_an_instance_cut_from_redis_still_answers_and_a_killed_one_comes_back() -> None:
+    summary, recording = await load_stack(
+        LoadPlan(users=6, duration=9.0), faults=("instance-cut@1s+2s", "instance-kill@4s+1s")
+    )
+    cut, kill = summary.faults
+    assert cut.failed == 0  # off Redis, it serves from its agents, uncached
+    # Killed: its users' calls fail, unanswered, and only until it is back.
+    assert kill.failed > 0
+    assert set(summary.errors) <= {"ConnectError", "ReadError", "RemoteProtocolError"}
+    window = recording.faults[1]
+    late = [
+        outcome
+        for start, outcome in zip(recording.starts, recording.outcomes, strict=True)
+        if start > window.end + 1.0
+    ]
+    assert late and Outcome.FAILED not in late
+    assert kill.recovery_s is not None
+    assert leftovers() == []
