@@ -40,7 +40,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 
 from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache, Telemetry
-from sel_otel.hostexec import LocalHostExec
+from sel_otel.hostexec._local import LocalHostExec
 
 ROOT = Path(__file__).resolve().parent.parent
 CALLS, WARM_UP = 200, 20

@@ -22,7 +22,7 @@ from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from sel_otel.hostexec import LocalHostExec
+from sel_otel.hostexec._local import LocalHostExec
 
 REQUESTS, WARM_UP = 3000, 200
 

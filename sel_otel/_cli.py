@@ -157,7 +157,7 @@ async def _embedded_host_exec(settings: Settings, lifetime: Lifetime) -> AsyncIt
     ):
         yield
         return
-    from .hostexec import LocalHostExec
+    from .hostexec._local import LocalHostExec
 
     remains = _Remains()
     with lifetime.last_resort(remains.remove):

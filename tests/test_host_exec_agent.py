@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache
-from sel_otel.hostexec import LocalHostExec
+from sel_otel.hostexec._local import LocalHostExec
 
 Configure = Callable[[str, str], None]
 

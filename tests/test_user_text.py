@@ -33,7 +33,7 @@ from sel_otel import (
 from sel_otel._console import run_console
 from sel_otel._history_format import format_history
 from sel_otel._markup import QUOTE_LIMIT, printable
-from sel_otel.hostexec import LocalHostExec
+from sel_otel.hostexec._local import LocalHostExec
 from tests.conftest import AgentWriter, RuntimeFactory
 
 AGENTS = Path(__file__).resolve().parent.parent / "agents"

@@ -14,7 +14,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from sel_otel.hostexec import AllowList, LocalHostExec, Policy
+from sel_otel.hostexec import AllowList, Policy
+from sel_otel.hostexec._local import LocalHostExec
 
 SPAWN_TREE = Path(__file__).with_name("spawn_tree.py")
 ESCAPE_GROUP = Path(__file__).with_name("escape_group.py")

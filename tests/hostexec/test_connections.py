@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from sel_otel.hostexec import LocalHostExec
+from sel_otel.hostexec._local import LocalHostExec
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

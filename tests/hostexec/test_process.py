@@ -9,7 +9,7 @@ import pytest
 
 import sel_otel.hostexec
 from sel_otel._exceptions import ConfigError
-from sel_otel.hostexec import LocalHostExec
+from sel_otel.hostexec._local import LocalHostExec
 
 
 def test_exported_members_are_exactly_all() -> None:

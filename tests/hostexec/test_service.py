@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sel_otel.hostexec import LocalHostExec
+from sel_otel.hostexec._local import LocalHostExec
 
 from .conftest import (
     ESCAPE_GROUP,
