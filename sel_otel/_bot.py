@@ -35,14 +35,18 @@ from ._agent import Agent
 from ._app import SelApp
 from ._bot_settings import BotSettings, everyone_role_problem
 from ._commands import (
+    AgentsReply,
     CommandHandler,
     ListAgents,
     ReloadAgents,
     Reply,
+    Request,
     RunAgent,
     ShowHistory,
     ShowStats,
+    StatsReply,
     parse_request,
+    request_kind,
 )
 from ._discord_format import (
     CONTENT_LIMIT,
@@ -53,7 +57,7 @@ from ._discord_format import (
     stats_pages,
 )
 from ._discord_pages import Pager
-from ._exceptions import AgentNotFound, ConfigError
+from ._exceptions import ConfigError
 from ._history import HistoryQuery
 from ._history_format import DEFAULT_LIMIT, MAX_LIMIT
 from ._settings import Settings
@@ -67,14 +71,14 @@ PREFIX = "agent:"
 DEFER_AFTER = 1.5
 NO_MENTIONS = discord.AllowedMentions.none()
 FRONTEND = "discord"
-#: Each command's request kind (`sel.request`), as the console names it.
-_REQUESTS = {
-    "/sel_agent": "agent",
-    PREFIX: "agent",
-    "/sel_agent_stats": "stats",
-    "/sel_agents": "agents",
-    "/sel_agent_reload": "reload",
-    "/sel_agent_history": "history",
+#: The request each command makes (its `sel.request` is the request's kind).
+_REQUESTS: dict[str, type[Request]] = {
+    "/sel_agent": RunAgent,
+    PREFIX: RunAgent,
+    "/sel_agent_stats": ShowStats,
+    "/sel_agents": ListAgents,
+    "/sel_agent_reload": ReloadAgents,
+    "/sel_agent_history": ShowHistory,
 }
 
 
@@ -208,7 +212,7 @@ class SelBot(discord.Client):
     def agent_choices(self, current: str) -> list[app_commands.Choice[str]]:
         """Registry agents whose name contains `current`, those starting with it first."""
         needle = current.strip().lower()
-        agents = self.commands.runtime.registry.agents
+        agents = self.commands.agents
         matches = sorted(
             (name for name in agents if needle in name.lower()),
             key=lambda name: (not name.lower().startswith(needle), name),
@@ -267,7 +271,7 @@ class SelBot(discord.Client):
                 return
             reply = await self.commands.execute(ShowStats(agent or None, scope), root_span=False)
             _set_outcome(span, reply)
-            if reply.stats is None:
+            if not isinstance(reply, StatsReply):
                 await interaction.response.send_message(
                     fit(reply.text), ephemeral=True, allowed_mentions=NO_MENTIONS
                 )
@@ -292,7 +296,8 @@ class SelBot(discord.Client):
                 return
             owner = self.access.is_owner(interaction.user)
             reply = await self.commands.execute(ListAgents(detail=owner))
-            embed = agents_embed(reply.text, len(self.commands.runtime.registry.agents))
+            assert isinstance(reply, AgentsReply)
+            embed = agents_embed(reply)
             span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_OK)
             await interaction.response.send_message(embed=embed, allowed_mentions=NO_MENTIONS)
 
@@ -386,10 +391,7 @@ class SelBot(discord.Client):
     ) -> str | None:
         """Why `user` may not run `agent_name` on `query` now, or None; an unknown agent is the
         runtime's. A refusal is recorded in the history."""
-        try:
-            agent: Agent | None = self.commands.runtime.registry.get(agent_name)
-        except AgentNotFound:
-            agent = None
+        agent = self.commands.agent(agent_name)
         if agent is not None and not self.access.may_run(agent, user):
             span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_FORBIDDEN)
             self._record_refusal(agent_name, query, user, span, names.DISCORD_OUTCOME_FORBIDDEN)
@@ -426,9 +428,7 @@ class SelBot(discord.Client):
     def _record_refusal(
         self, agent: str, query: str, user: discord.abc.User, span: trace.Span, reason: str
     ) -> None:
-        history = self.commands.runtime.history
-        if history is not None:
-            history.record_refusal(agent, query, str(user.id), FRONTEND, reason, span)
+        self.commands.record_refusal(agent, query, str(user.id), FRONTEND, reason, span)
 
     @contextlib.contextmanager
     def _command_span(self, command: str, trigger: str, source: Any) -> Iterator[trace.Span]:
@@ -436,7 +436,7 @@ class SelBot(discord.Client):
         user = getattr(source, "user", None) or source.author
         attributes: dict[str, str] = {
             names.SEL_FRONTEND: FRONTEND,
-            names.SEL_REQUEST: _REQUESTS[command],
+            names.SEL_REQUEST: request_kind(_REQUESTS[command]),
             names.SEL_DISCORD_COMMAND: command,
             names.SEL_DISCORD_TRIGGER: trigger,
             names.SEL_USER_ID: str(user.id),

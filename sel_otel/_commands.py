@@ -15,18 +15,22 @@ Request syntax:
 
 from __future__ import annotations
 
+import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from pathlib import Path
+from typing import cast, overload
 
 from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from . import _semconv as names
+from ._agent import Agent
 from ._exceptions import AgentNotFound
-from ._history import HistoryQuery
+from ._history import HistoryPage, HistoryQuery
 from ._history_format import format_history, parse_history_args
 from ._markup import code_span
-from ._registry import AgentRegistry
+from ._registry import ReloadReport
 from ._runtime import AgentResult, AgentRuntime
 from ._stats_report import SCOPES, Scope, StatsReport, format_report
 from ._stats_shared import DeploymentStats
@@ -131,14 +135,126 @@ def parse_stats_args(text: str) -> ShowStats | ShowHelp:
     return ShowStats(agent, cast(Scope, scope))
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """What a frontend shows: markdown text, and whether the request succeeded."""
+class Reply(abc.ABC):
+    """What a frontend shows: each kind carries what was answered, and `text` is its plain
+    form (markdown), which the console prints and the Discord frontend sends where it has no
+    richer form."""
 
-    text: str
-    ok: bool = True
-    result: AgentResult | None = None
-    stats: StatsReport | None = None
+    __slots__ = ()
+
+    @property
+    @abc.abstractmethod
+    def text(self) -> str:
+        """The reply as markdown text."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the request succeeded."""
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReply(Reply):
+    """An agent call's result."""
+
+    result: AgentResult
+
+    @property
+    def text(self) -> str:
+        return format_result(self.result)
+
+    @property
+    def ok(self) -> bool:
+        return self.result.ok
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReply(Reply):
+    """The stats report, of every agent or of `agent`."""
+
+    stats: StatsReport
+    agent: str | None = None
+
+    @property
+    def text(self) -> str:
+        return format_report(self.stats, self.agent)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentsReply(Reply):
+    """The agents, name to description, and the files that failed to load: each path and why
+    with `detail`, else the agent's name alone."""
+
+    agents: Mapping[str, str]
+    failures: Mapping[Path, str] = field(default_factory=dict)
+    directories: tuple[Path, ...] = ()
+    detail: bool = True
+
+    @property
+    def text(self) -> str:
+        lines = [f"**{name}**: {description}" for name, description in sorted(self.agents.items())]
+        if self.detail:
+            lines += [f"⚠️ {path}: {reason}" for path, reason in self.failures.items()]
+            return "\n".join(lines) or f"No agents in {', '.join(map(str, self.directories))}"
+        lines += [f"⚠️ {code_span(path.stem)}: failed to load" for path in self.failures]
+        return "\n".join(lines) or "No agents."
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadReply(Reply):
+    """What a reload of the agents directory changed, and what failed."""
+
+    report: ReloadReport
+
+    @property
+    def text(self) -> str:
+        return f"Agents reloaded: {self.report}"
+
+    @property
+    def ok(self) -> bool:
+        return not self.report.failed
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryReply(Reply):
+    """A page of the execution history, each entry linked to its trace by `trace_url`."""
+
+    page: HistoryPage
+    trace_url: str | None = None
+
+    @property
+    def text(self) -> str:
+        return format_history(self.page, self.trace_url)
+
+
+@dataclass(frozen=True, slots=True)
+class HelpReply(Reply):
+    """The request syntax, after what was wrong with the request when it was not understood."""
+
+    problem: str | None = None
+
+    @property
+    def text(self) -> str:
+        return f"{self.problem}\n{HELP}" if self.problem else HELP
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply(Reply):
+    """A request that could not be answered, and why."""
+
+    message: str
+
+    @property
+    def text(self) -> str:
+        return self.message
+
+    @property
+    def ok(self) -> bool:
+        return False
 
 
 def format_result(result: AgentResult) -> str:
@@ -151,19 +267,14 @@ def format_result(result: AgentResult) -> str:
     return f"❌ Agent {result.agent!r} failed ({result.error.error_type})"
 
 
-def format_agents(registry: AgentRegistry, detail: bool = True) -> str:
-    """Agent names and descriptions, then the files that failed to load: each path and why
-    with `detail`, else the agent's name alone."""
-    lines = [f"**{name}**: {agent.description}" for name, agent in sorted(registry.agents.items())]
-    if detail:
-        lines += [f"⚠️ {path}: {reason}" for path, reason in registry.failures.items()]
-        return "\n".join(lines) or f"No agents in {', '.join(map(str, registry.directories))}"
-    lines += [f"⚠️ {code_span(path.stem)}: failed to load" for path in registry.failures]
-    return "\n".join(lines) or "No agents."
+def request_kind(request: type[Request]) -> str:
+    """The request's low-cardinality name (`sel.request`): `agent`, `stats`, ..."""
+    return _REQUEST_NAMES[request]
 
 
 class CommandHandler:
-    """Answers requests with the runtime, the registry and the stats reader.
+    """Answers requests with the runtime, the registry and the stats reader, and answers the
+    few questions frontends ask besides (the agents, to complete names and check access).
 
     Given a `frontend` name, each request is a root span `{frontend} {request}` (such as
     `console agent`), so that one trace holds the request and the agent call it makes.
@@ -183,11 +294,59 @@ class CommandHandler:
         self.stats = stats if stats is not None else DeploymentStats(stats_reader)
         self._tracer = trace.get_tracer(names.SCOPE_NAME, package_version(), tracer_provider)
 
+    # -- queries frontends need --------------------------------------------------------------
+
+    @property
+    def agents(self) -> Mapping[str, Agent]:
+        """The registered agents by name (read-only)."""
+        return self.runtime.registry.agents
+
+    def agent(self, name: str) -> Agent | None:
+        """The agent registered as `name`, or None."""
+        return self.runtime.registry.agents.get(name)
+
+    def record_refusal(
+        self,
+        agent: str,
+        query: str,
+        user: str | None,
+        frontend: str | None,
+        reason: str,
+        span: trace.Span,
+    ) -> None:
+        """Record in the history (when it is on) that a frontend refused `user` a call of
+        `agent` for `reason`."""
+        history = self.runtime.history
+        if history is not None:
+            history.record_refusal(agent, query, user, frontend, reason, span)
+
+    # -- requests ---------------------------------------------------------------------------
+
     async def handle(
         self, text: str, user: str | None = None, frontend: str | None = None
     ) -> Reply:
         """Answer one line of user input."""
         return await self.execute(parse_request(text), user, frontend)
+
+    @overload
+    async def execute(
+        self,
+        request: RunAgent,
+        user: str | None = None,
+        frontend: str | None = None,
+        *,
+        root_span: bool = True,
+    ) -> AgentReply: ...
+
+    @overload
+    async def execute(
+        self,
+        request: Request,
+        user: str | None = None,
+        frontend: str | None = None,
+        *,
+        root_span: bool = True,
+    ) -> Reply: ...
 
     async def execute(
         self,
@@ -201,7 +360,7 @@ class CommandHandler:
         `root_span` is false: the bot's commands have spans of their own)."""
         if frontend is None or not root_span:
             return await self._answer(request, user, frontend)
-        kind = _REQUEST_NAMES[type(request)]
+        kind = request_kind(type(request))
         with self._tracer.start_as_current_span(
             f"{frontend} {kind}",
             context=trace.set_span_in_context(trace.INVALID_SPAN),
@@ -215,32 +374,38 @@ class CommandHandler:
     async def _answer(self, request: Request, user: str | None, frontend: str | None) -> Reply:
         match request:
             case RunAgent(agent, query):
-                result = await self.runtime.run(agent, query, user=user, frontend=frontend)
-                return Reply(format_result(result), result.ok, result)
+                return AgentReply(
+                    await self.runtime.run(agent, query, user=user, frontend=frontend)
+                )
             case ShowStats(agent, scope):
                 return await self._stats(agent, scope)
             case ListAgents(detail):
-                return Reply(format_agents(self.runtime.registry, detail))
+                registry = self.runtime.registry
+                return AgentsReply(
+                    {name: agent.description for name, agent in registry.agents.items()},
+                    registry.failures,
+                    tuple(registry.directories),
+                    detail,
+                )
             case ReloadAgents():
-                report = await self.runtime.reload()
-                return Reply(f"Agents reloaded: {report}", ok=not report.failed)
+                return ReloadReply(await self.runtime.reload())
             case ShowHistory(query):
                 return await self._history(query)
             case ShowHelp(problem):
-                return Reply(f"{problem}\n{HELP}" if problem else HELP, ok=problem is None)
+                return HelpReply(problem)
 
     async def _history(self, query: HistoryQuery) -> Reply:
         """The latest entries `query` asks for, from every store of the history."""
         history = self.runtime.history
         if history is None:
-            return Reply("The execution history is off (SEL_HISTORY=false).", ok=False)
+            return ErrorReply("The execution history is off (SEL_HISTORY=false).")
         page = await history.query(query)
-        return Reply(format_history(page, self.runtime.settings.trace_url_template))
+        return HistoryReply(page, self.runtime.settings.trace_url_template)
 
     async def _stats(self, agent: str | None, scope: Scope) -> Reply:
         """The stats report; for an agent with no calls, whether it exists at all."""
         report = await self.stats.report(scope, agent)
         known = self.runtime.registry.agents
         if agent is not None and not report.rows and agent not in known:
-            return Reply(AgentNotFound(agent, known=sorted(known)).reply, ok=False)
-        return Reply(format_report(report, agent), stats=report)
+            return ErrorReply(AgentNotFound(agent, known=sorted(known)).reply)
+        return StatsReply(report, agent)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import discord
 
+from ._commands import AgentsReply
 from ._markup import code_span, printable
 from ._stats import format_stats, total
 from ._stats_report import StatsReport, format_instance
@@ -108,11 +109,11 @@ def _pack(blocks: Sequence[str], limit: int) -> list[str]:
     return [*pages, current]
 
 
-def agents_embed(text: str, count: int) -> discord.Embed:
-    """`/sel_agents`: the agent list of the shared command module, in an embed."""
+def agents_embed(reply: AgentsReply) -> discord.Embed:
+    """`/sel_agents`: the agent list, in an embed."""
     return discord.Embed(
-        title=f"SEL agents ({count})",
-        description=fit(text, EMBED_DESCRIPTION_LIMIT),
+        title=f"SEL agents ({len(reply.agents)})",
+        description=fit(reply.text, EMBED_DESCRIPTION_LIMIT),
         colour=STATS_COLOR,
     )
 

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from ._app import SelApp
-from ._commands import CommandHandler
+from ._commands import AgentReply, CommandHandler
 from ._settings import Settings
 from ._telemetry import Telemetry
 
@@ -53,7 +53,7 @@ async def _request(request: web.Request) -> web.Response:
     reply = await request.app[_COMMANDS].handle(
         body["text"], str(user) if user is not None else None, FRONTEND
     )
-    result = reply.result
+    result = reply.result if isinstance(reply, AgentReply) else None
     error = result.error if result is not None else None
     return web.json_response(
         {

@@ -14,6 +14,7 @@ import json
 import sys
 
 from sel_otel import SelApp, Settings, ShowStats, Telemetry
+from sel_otel._commands import StatsReply
 from sel_otel._stats_cli import report_json
 
 
@@ -32,7 +33,7 @@ async def main() -> None:
                 print(json.dumps({"done": len(command["queries"])}), flush=True)
             else:
                 reply = await app.commands.execute(ShowStats(None, command["scope"]))
-                assert reply.stats is not None, reply.text
+                assert isinstance(reply, StatsReply), reply.text
                 print(json.dumps(report_json(reply.stats) | {"text": reply.text}), flush=True)
     telemetry.shutdown()
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from sel_otel import CommandHandler, parse_request
-from sel_otel._commands import ListAgents, ReloadAgents, RunAgent, ShowHelp, ShowStats
+from sel_otel._commands import (
+    ListAgents,
+    ReloadAgents,
+    RunAgent,
+    ShowHelp,
+    ShowStats,
+    StatsReply,
+)
 
 from .conftest import AgentWriter, RuntimeFactory, TelemetryFixture
 
@@ -128,7 +135,7 @@ async def test_stats_say_what_they_cover(handler: CommandHandler) -> None:
     await handler.handle("agent:echo hi")
     reply = await handler.handle("/sel_agent_stats")
     assert reply.text.startswith("_Coverage: this instance only (no shared Redis)_\n\n**echo**")
-    assert reply.stats is not None and [row.calls for row in reply.stats.rows] == [1]
+    assert isinstance(reply, StatsReply) and [row.calls for row in reply.stats.rows] == [1]
     this = await handler.handle("/sel_agent_stats scope:this echo")
     assert this.text.startswith("_Coverage: this instance only (scope:this)_\n\n**echo**")
 

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from sel_otel import SelApp, Settings, Telemetry, read_stats, stats_reader
 from sel_otel import _semconv as names
+from sel_otel._commands import StatsReply
 from sel_otel._stats_redis import RedisStatsStore
 from sel_otel._stats_report import format_report, merge
 from sel_otel._stats_shared import DeploymentStats, read_states, stats_store
@@ -246,14 +247,14 @@ async def test_apps_on_one_redis_answer_for_each_other(
         deadline = time.monotonic() + 30
         while True:
             reply = await second.commands.handle("/sel_agent_stats")
-            assert reply.stats is not None
+            assert isinstance(reply, StatsReply)
             if [row.calls for row in reply.stats.rows] == [4]:
                 break
             assert time.monotonic() < deadline, reply.text
             await asyncio.sleep(0.02)
         assert reply.text.startswith("_Coverage: 2 instances, the oldest figures ")
         this = await second.commands.handle("/sel_agent_stats scope:this")
-        assert this.stats is not None and [row.calls for row in this.stats.rows] == [1]
+        assert isinstance(this, StatsReply) and [row.calls for row in this.stats.rows] == [1]
     # both published their last figures as they stopped: read as `sel-otel stats` reads them
     store = stats_store(settings)
     assert store is not None
