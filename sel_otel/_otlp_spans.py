@@ -26,8 +26,10 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
-from opentelemetry.trace import Link, SpanContext, SpanKind
+from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode
 from opentelemetry.util.types import Attributes
+
+from ._span_fields import has_events, has_links, stored_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +44,16 @@ _fixed32 = struct.Struct("<I").pack
 #: Span.flags: whether the parent is remote is known; and it is remote.
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
+# By the id of the enum member: an enum's own hash is a Python call.
 _KINDS = {
-    SpanKind.INTERNAL: b"\x30\x01",
-    SpanKind.SERVER: b"\x30\x02",
-    SpanKind.CLIENT: b"\x30\x03",
-    SpanKind.PRODUCER: b"\x30\x04",
-    SpanKind.CONSUMER: b"\x30\x05",
+    id(SpanKind.INTERNAL): b"\x30\x01",
+    id(SpanKind.SERVER): b"\x30\x02",
+    id(SpanKind.CLIENT): b"\x30\x03",
+    id(SpanKind.PRODUCER): b"\x30\x04",
+    id(SpanKind.CONSUMER): b"\x30\x05",
 }
+_STATUS_CODES = {id(StatusCode.UNSET): b"", id(StatusCode.OK): b"\x18\x01"}
+_STATUS_CODES[id(StatusCode.ERROR)] = b"\x18\x02"
 _NO_STATUS = b"\x7a\x00"  # an empty Status message: code UNSET, no description
 
 
@@ -181,31 +186,33 @@ class SpanEncoder:
         if parent is not None:
             parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
         name = span.name
-        encoded = memo.get(name)
+        encoded = memo.get((b"\x2a", name))
         if encoded is None:
-            encoded = self._remember(name, _field(b"\x2a", _text(name)) if name else b"")
-        parts += (encoded, _KINDS[span.kind])
+            name_field = _field(b"\x2a", _text(name)) if name else b""
+            encoded = self._remember((b"\x2a", name), name_field)
+        parts += (encoded, _KINDS[id(span.kind)])
         if span.start_time:
             parts += (b"\x39", _fixed64(span.start_time))
         if span.end_time:
             parts += (b"\x41", _fixed64(span.end_time))
-        parts.append(self._attributes(span.attributes, b"\x4a"))
+        parts.append(self._attributes(stored_attributes(span), b"\x4a"))
         if span.dropped_attributes:
             parts += (b"\x50", _varint(span.dropped_attributes))
-        for event in span.events:
-            parts.append(_field(b"\x5a", self._event(event)))
-        if span.dropped_events:
-            parts += (b"\x60", _varint(span.dropped_events))
-        for link in span.links:
-            parts.append(_field(b"\x6a", self._link(link)))
-        if span.dropped_links:
-            parts += (b"\x70", _varint(span.dropped_links))
+        if has_events(span):
+            for event in span.events:
+                parts.append(_field(b"\x5a", self._event(event)))
+            if span.dropped_events:
+                parts += (b"\x60", _varint(span.dropped_events))
+        if has_links(span):
+            for link in span.links:
+                parts.append(_field(b"\x6a", self._link(link)))
+            if span.dropped_links:
+                parts += (b"\x70", _varint(span.dropped_links))
         status = span.status
-        if status.description or status.status_code.value:
+        code = _STATUS_CODES[id(status.status_code)]
+        if status.description or code:
             body = _field(b"\x12", _text(status.description)) if status.description else b""
-            if status.status_code.value:
-                body += b"\x18" + _varint(status.status_code.value)
-            parts.append(_field(b"\x7a", body))
+            parts.append(_field(b"\x7a", body + code))
         else:
             parts.append(_NO_STATUS)
         parts += (b"\x85\x01", _fixed32(_flags(parent)))
@@ -229,7 +236,8 @@ class SpanEncoder:
         return body + b"\x35" + _fixed32(_flags(link.context))
 
     def _attributes(self, attributes: Attributes, tag: bytes) -> bytes:
-        """Each attribute as a KeyValue field with `tag`; strings and booleans remembered."""
+        """Each attribute as a KeyValue field with `tag`; strings and booleans remembered, and
+        the keys of the others."""
         if not attributes:
             return b""
         memo = self._memo
@@ -240,11 +248,18 @@ class SpanEncoder:
                 memo_key = (tag, key, value, kind)
                 encoded = memo.get(memo_key)
                 if encoded is None:
-                    encoded = self._remember(memo_key, _key_value(tag, key, value))
-                parts.append(encoded)
+                    encoded = self._remember(memo_key, _key_value(tag, self._key(key), value))
             else:
-                parts.append(_key_value(tag, key, value))
+                encoded = _key_value(tag, self._key(key), value)
+            parts.append(encoded)
         return b"".join(parts)
+
+    def _key(self, key: str) -> bytes:
+        """KeyValue.key (field 1)."""
+        encoded = self._memo.get((b"\x0a", key))
+        if encoded is None:
+            encoded = self._remember((b"\x0a", key), _field(b"\x0a", _text(key)))
+        return encoded
 
     def _remember(self, key: Any, encoded: bytes) -> bytes:
         if len(self._memo) >= _MEMO_ENTRIES:
@@ -253,8 +268,8 @@ class SpanEncoder:
         return encoded
 
 
-def _key_value(tag: bytes, key: str, value: Any) -> bytes:
-    return _field(tag, _field(b"\x0a", _text(key)) + _field(b"\x12", _any_value(value)))
+def _key_value(tag: bytes, key_field: bytes, value: Any) -> bytes:
+    return _field(tag, key_field + _field(b"\x12", _any_value(value)))
 
 
 def _flags(parent: SpanContext | None) -> int:

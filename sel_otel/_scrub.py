@@ -30,6 +30,7 @@ from opentelemetry.util.types import Attributes, AttributeValue
 
 from . import _semconv as names
 from ._redact import redact
+from ._span_fields import has_events, has_links, stored_attributes
 
 #: Distinct values whose scrubbed form is remembered, and the longest one remembered.
 _MEMO_ENTRIES = 4096
@@ -63,13 +64,15 @@ class ScrubbingSpanExporter(SpanExporter):
         scope = span.instrumentation_scope
         trusted = self._scrubbed_at_source.get(scope.name, _NONE) if scope else _NONE
         name = self._text(span.name, "span name", found)
-        attributes = self._attributes(span.attributes, "", found, trusted)
+        attributes = self._attributes(stored_attributes(span), "", found, trusted)
         status = span.status
         if status.description:
             description = self._text(status.description, "status", found)
             if description is not status.description:
                 status = Status(status.status_code, description)
-        events, links = span.events, span.links
+        # Read only when there are some: the properties copy them.
+        events = span.events if has_events(span) else ()
+        links = span.links if has_links(span) else ()
         if events:
             events = [self._event(event, found) for event in events]
         if links:

@@ -21,6 +21,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from opentelemetry import metrics
 from opentelemetry.context import Context
@@ -30,6 +31,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import StatusCode
 
 from . import _semconv as names
+from ._span_fields import stored_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ OUTCOMES = (names.OUTCOME_ERROR, names.OUTCOME_OK, names.OUTCOME_CACHE_HIT)
 _ERROR, _OK, _HIT = range(3)
 #: Seconds `shutdown` waits for the worker to export what is queued.
 _SHUTDOWN_WAIT = 30.0
+_NONE: Mapping[str, object] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +156,7 @@ class PrioritySpanProcessor(SpanProcessor):
             return
         if span.status.status_code is StatusCode.ERROR:
             outcome = _ERROR
-        elif span.attributes and span.attributes.get(names.SEL_CACHE_HIT) is True:
+        elif (stored_attributes(span) or _NONE).get(names.SEL_CACHE_HIT) is True:
             outcome = _HIT
         else:
             outcome = _OK
