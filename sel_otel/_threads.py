@@ -71,7 +71,7 @@ class DaemonThreads:
         function: Callable[[str], Any],
         argument: str,
         *,
-        owner: Hashable = None,
+        owner: Hashable,
         on_abandoned: Callable[[], object] | None = None,
     ) -> asyncio.Future[Any]:
         """Start `function(argument)` on a daemon thread, in the caller's context, once a slot
