@@ -11,7 +11,8 @@ process's coroutine on an event loop of its own (`run`):
 - when the coroutine ends by itself, the same deadline starts for what exit still does.
 
 Signals are read from the wakeup fd (`signal.set_wakeup_fd`) by a thread of this object's
-own, so they are taken even while an agent holds the event loop. Once the coroutine has
+own, so they are taken even while an agent holds the event loop (nothing else in the process
+may take them: `loop.add_signal_handler` would replace that fd). Once the coroutine has
 ended, the tasks left are cancelled and given `LEFTOVER_WAIT` seconds, and the loop's default
 executor runs on daemon threads that nothing waits for (`_executor.py`): `asyncio.run` would
 wait for both for ever.
