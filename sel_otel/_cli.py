@@ -21,6 +21,7 @@ from ._commands import RunAgent
 from ._console import run_console
 from ._exceptions import ConfigError
 from ._exit import Lifetime, kill_child
+from ._history_cli import add_history_arguments, show_history
 from ._markup import printable
 from ._registry import agent_directories
 from ._settings import Settings, help_paragraph, settings_help
@@ -125,6 +126,14 @@ def _parser() -> argparse.ArgumentParser:
             settings_help=_runtime_help,
         )
     )
+    history = commands.add_parser(
+        "history",
+        help="who ran what, when, with what result: the latest agent calls and refusals",
+        description="Print the latest agent calls and refusals, oldest first, from history.db\n"
+        "and the shared Redis stream when there is one.",
+        settings_help=_runtime_help,
+    )
+    add_history_arguments(history)
     return parser
 
 
@@ -245,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return lifetime.run(show_stats(args, settings))
     # The SDK exporters log every retry and failure; sel_otel._export reports them once.
     logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
+    if args.command == "history":  # reads the history: no telemetry, no runtime
+        return lifetime.run(show_history(args, settings))
     try:
         bot_settings = BotSettings.from_env() if args.command == "bot" else None
         telemetry = Telemetry.from_env()
