@@ -15,10 +15,7 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 
-from ._app import SelApp
 from ._bot_settings import BotSettings
-from ._commands import RunAgent
-from ._console import run_console
 from ._exceptions import ConfigError
 from ._exit import Lifetime, kill_child
 from ._history_cli import add_history_arguments, show_history
@@ -189,6 +186,9 @@ async def _embedded_host_exec(settings: Settings, lifetime: Lifetime) -> AsyncIt
 
 
 async def _console(settings: Settings, telemetry: Telemetry, lifetime: Lifetime) -> int:
+    from ._app import SelApp
+    from ._console import run_console
+
     async with _embedded_host_exec(settings, lifetime), SelApp(settings, telemetry) as app:
         failures = await run_console(app.commands)
     return 1 if failures else 0
@@ -211,6 +211,9 @@ async def _run_once(
         if agent == "host_exec"
         else contextlib.nullcontext()
     )
+    from ._app import SelApp
+    from ._commands import RunAgent
+
     async with embedded, SelApp(settings, telemetry) as app:
         reply = await app.commands.execute(RunAgent(agent, query), user="cli", frontend="cli")
     print(printable(reply.text), file=sys.stdout if reply.ok else sys.stderr)

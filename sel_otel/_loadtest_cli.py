@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING
 from ._exceptions import ConfigError
 from ._loadtest import WORK_AGENT, LoadDriver, LoadPlan, Progress, Recording, parse_mix
 from ._loadtest_faults import FaultSpec, check_faults, parse_fault, parse_seconds, run_schedule
-from ._loadtest_local import Environment, local_environment
 from ._loadtest_report import plot, render, summarize
 from ._settings import Settings
 from ._telemetry import Telemetry
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from ._loadtest_local import Environment
 
 #: The longest run when only `--calls` bounds it, in seconds.
 CALLS_TIME_LIMIT = 600.0
@@ -191,6 +192,9 @@ def _environment(
         return docker_environment(
             plan, instances=args.instances, work_ms=args.work_ms, images=images
         )
+    # The runtime and its cache are imported when a run starts, not with the parser.
+    from ._loadtest_local import local_environment
+
     return local_environment(plan, cache, telemetry, settings, work_ms=args.work_ms)
 
 

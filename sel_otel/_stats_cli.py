@@ -13,7 +13,6 @@ from ._exceptions import ConfigError, StatsStoreError
 from ._settings import Settings
 from ._stats import AgentStats
 from ._stats_report import InstanceFigures, StatsReport, format_report, merge
-from ._stats_shared import read_states, stats_store
 
 
 def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +33,9 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
 async def show_stats(args: argparse.Namespace, settings: Settings) -> int:
     """Print the stats `args` ask for: 0, or 1 when there is no shared Redis to read or it
     cannot be read, 2 on a bad setting."""
+    # The Redis client is imported here, not with the parser: `sel-otel --help` needs none.
+    from ._stats_shared import read_states, stats_store
+
     try:
         store = stats_store(settings)
     except ConfigError as exc:
