@@ -1,8 +1,8 @@
 """The Discord frontend: slash commands and the `agent:NAME INPUT` prefix over the shared commands.
 
-Policy lives here (who may run what, cooldowns, when to defer, one root span per command);
-parsing, agent calls and reply texts come from `_commands`, sizing and embeds from
-`_discord_format`. Slash commands:
+This module renders: when to defer, one root span per command, refusals answered and recorded
+in one place. Who may run what is `_access`'s; parsing, agent calls and typed replies come
+from `_commands`, sizing and embeds from `_discord_format`. Slash commands:
 
 - `/sel_agent agent input`   run an agent (agent names autocompleted from the registry)
 - `/sel_agent_stats [agent] [scope]` stats embeds, every instance merged by default, with
@@ -18,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Literal
 
 import discord
@@ -31,11 +30,10 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import _semconv as names
-from ._agent import Agent
+from ._access import Access, AccessPolicy
 from ._app import SelApp
 from ._bot_settings import BotSettings, everyone_role_problem
 from ._commands import (
-    AgentsReply,
     CommandHandler,
     ListAgents,
     ReloadAgents,
@@ -57,7 +55,7 @@ from ._discord_format import (
     stats_pages,
 )
 from ._discord_pages import Pager
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, Refused
 from ._history import HistoryQuery
 from ._history_format import DEFAULT_LIMIT, MAX_LIMIT
 from ._settings import Settings
@@ -80,52 +78,6 @@ _REQUESTS: dict[str, type[Request]] = {
     "/sel_agent_reload": ReloadAgents,
     "/sel_agent_history": ShowHistory,
 }
-
-
-@dataclass(frozen=True)
-class Access:
-    """Who is an owner, and who may run privileged agents."""
-
-    owner_ids: frozenset[int] = frozenset()
-    allowed_user_ids: frozenset[int] = frozenset()
-    allowed_role_ids: frozenset[int] = frozenset()
-
-    def is_owner(self, user: discord.abc.User) -> bool:
-        return user.id in self.owner_ids
-
-    def may_run(self, agent: Agent, user: discord.abc.User) -> bool:
-        """Anyone may run an ordinary agent; a privileged one needs an owner or an allowed id.
-
-        A guild's @everyone role (whose id is the guild's) never allows: every member has it.
-        """
-        if not agent.privileged or self.is_owner(user) or user.id in self.allowed_user_ids:
-            return True
-        roles: Iterable[discord.abc.Snowflake] = getattr(user, "roles", ())
-        everyone = getattr(getattr(user, "guild", None), "id", None)
-        return any(role.id in self.allowed_role_ids and role.id != everyone for role in roles)
-
-    def everyone_roles(self, guild_ids: Iterable[int]) -> list[int]:
-        """The allowed role ids that are the @everyone role of one of `guild_ids`."""
-        return sorted(self.allowed_role_ids.intersection(guild_ids))
-
-
-class Cooldown:
-    """Per-user spacing of agent calls: `retry_after` is 0 and books the call, or the wait."""
-
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.seconds = seconds
-        self._clock = clock
-        self._last: dict[int, float] = {}
-
-    def retry_after(self, user_id: int) -> float:
-        now = self._clock()
-        last = self._last.get(user_id)
-        if last is not None and now - last < self.seconds:
-            return self.seconds - (now - last)
-        if len(self._last) >= 1024:  # forget users whose cooldown is over
-            self._last = {u: t for u, t in self._last.items() if now - t < self.seconds}
-        self._last[user_id] = now
-        return 0.0
 
 
 #: Team roles that own the application, as discord.py's `Bot.is_owner` counts them.
@@ -162,15 +114,8 @@ class SelBot(discord.Client):
         super().__init__(intents=intents, allowed_mentions=NO_MENTIONS)
         self.commands = commands
         self.settings = settings
-        self.access = Access(
-            settings.owner_ids, settings.allowed_user_ids, settings.allowed_role_ids
-        )
-        self.cooldown = Cooldown(settings.cooldown, clock)
-        #: `/sel_agents` and `/sel_agent_stats` are spaced too, each apart from agent calls.
-        self.command_cooldowns = {
-            command: Cooldown(settings.cooldown, clock)
-            for command in ("/sel_agents", "/sel_agent_stats")
-        }
+        access = Access(settings.owner_ids, settings.allowed_user_ids, settings.allowed_role_ids)
+        self.policy = AccessPolicy(access, settings.cooldown, clock)
         self.defer_after = defer_after
         self._clock = clock
         self.started = clock()
@@ -183,12 +128,13 @@ class SelBot(discord.Client):
     async def setup_hook(self) -> None:
         """Before connecting: find the owners when none are configured, refuse an @everyone
         role among the allowed ones, sync the commands."""
-        if not self.access.owner_ids:
-            self.access = replace(self.access, owner_ids=await self._application_owners())
-        if self.access.allowed_role_ids:
-            everyone = self.access.everyone_roles(
-                [g.id async for g in self.fetch_guilds(limit=None)]
+        access = self.policy.access
+        if not access.owner_ids:
+            access = self.policy.access = replace(
+                access, owner_ids=await self._application_owners()
             )
+        if access.allowed_role_ids:
+            everyone = access.everyone_roles([g.id async for g in self.fetch_guilds(limit=None)])
             if everyone:
                 raise ConfigError(everyone_role_problem(everyone))
         guild = discord.Object(self.settings.guild_id) if self.settings.guild_id else None
@@ -226,19 +172,12 @@ class SelBot(discord.Client):
         self, interaction: discord.Interaction[Any], agent: str, query: str
     ) -> None:
         """`/sel_agent`: refuse, or run the agent, deferring when it outlasts `defer_after`."""
-        with self._command_span("/sel_agent", names.DISCORD_TRIGGER_SLASH, interaction) as span:
-            refusal = self._refusal(agent, query, interaction.user, span)
-            if refusal is not None:
-                await interaction.response.send_message(
-                    refusal, ephemeral=True, allowed_mentions=NO_MENTIONS
-                )
-                return
+        request = RunAgent(agent, query)
+        async with self._slash("/sel_agent", interaction, request) as span:
+            self.policy.check_agent(agent, self.commands.agent(agent), interaction.user)
             call = asyncio.create_task(
                 self.commands.execute(
-                    RunAgent(agent, query),
-                    user=str(interaction.user.id),
-                    frontend=FRONTEND,
-                    root_span=False,
+                    request, user=str(interaction.user.id), frontend=FRONTEND, root_span=False
                 )
             )
             deferred = False
@@ -264,11 +203,8 @@ class SelBot(discord.Client):
         """`/sel_agent_stats [agent] [scope]`: embeds open to everyone, paged with buttons
         that the asker turns when the report does not fit one; an unknown agent is an error
         shown to the asker alone."""
-        with self._command_span(
-            "/sel_agent_stats", names.DISCORD_TRIGGER_SLASH, interaction
-        ) as span:
-            if await self._cooling_down("/sel_agent_stats", interaction, span):
-                return
+        async with self._slash("/sel_agent_stats", interaction) as span:
+            self.policy.check_cooldown("stats", interaction.user)
             reply = await self.commands.execute(ShowStats(agent or None, scope), root_span=False)
             _set_outcome(span, reply)
             if not isinstance(reply, StatsReply):
@@ -276,7 +212,7 @@ class SelBot(discord.Client):
                     fit(reply.text), ephemeral=True, allowed_mentions=NO_MENTIONS
                 )
                 return
-            pages = stats_pages(reply.stats, self._clock() - self.started, agent or None)
+            pages = stats_pages(reply.stats, self._clock() - self.started, reply.agent)
             if len(pages) == 1:
                 await interaction.response.send_message(
                     embed=pages[0], allowed_mentions=NO_MENTIONS
@@ -291,29 +227,19 @@ class SelBot(discord.Client):
     async def list_agents(self, interaction: discord.Interaction[Any]) -> None:
         """`/sel_agents`: the shared agent list in an embed, open to everyone; the files that
         failed to load by name, with their paths and errors for owners only."""
-        with self._command_span("/sel_agents", names.DISCORD_TRIGGER_SLASH, interaction) as span:
-            if await self._cooling_down("/sel_agents", interaction, span):
-                return
-            owner = self.access.is_owner(interaction.user)
+        async with self._slash("/sel_agents", interaction) as span:
+            self.policy.check_cooldown("agents", interaction.user)
+            owner = self.policy.is_owner(interaction.user)
             reply = await self.commands.execute(ListAgents(detail=owner))
-            assert isinstance(reply, AgentsReply)
-            embed = agents_embed(reply)
             span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_OK)
-            await interaction.response.send_message(embed=embed, allowed_mentions=NO_MENTIONS)
+            await interaction.response.send_message(
+                embed=agents_embed(reply), allowed_mentions=NO_MENTIONS
+            )
 
     async def reload_agents(self, interaction: discord.Interaction[Any]) -> None:
         """`/sel_agent_reload`: owners only; the report is shown to the owner alone."""
-        with self._command_span(
-            "/sel_agent_reload", names.DISCORD_TRIGGER_SLASH, interaction
-        ) as span:
-            if not self.access.is_owner(interaction.user):
-                span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_FORBIDDEN)
-                await interaction.response.send_message(
-                    "🔒 Only the bot's owners may reload the agents.",
-                    ephemeral=True,
-                    allowed_mentions=NO_MENTIONS,
-                )
-                return
+        async with self._slash("/sel_agent_reload", interaction) as span:
+            self.policy.check_owner(interaction.user, "reload the agents")
             await interaction.response.defer(ephemeral=True, thinking=True)
             span.set_attribute(names.SEL_DISCORD_DEFERRED, True)
             reply = await self.commands.execute(ReloadAgents())
@@ -332,25 +258,16 @@ class SelBot(discord.Client):
     ) -> None:
         """`/sel_agent_history`: owners see anyone's calls, others their own; the answer is
         shown to the asker alone."""
-        with self._command_span(
-            "/sel_agent_history", names.DISCORD_TRIGGER_SLASH, interaction
-        ) as span:
-            own = str(interaction.user.id)
-            if not self.access.is_owner(interaction.user):
-                if user not in (None, own):
-                    span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_FORBIDDEN)
-                    await interaction.response.send_message(
-                        "🔒 Only the bot's owners may see other users' calls.",
-                        ephemeral=True,
-                        allowed_mentions=NO_MENTIONS,
-                    )
-                    return
-                user = own
+        async with self._slash("/sel_agent_history", interaction) as span:
+            user = self.policy.history_user(interaction.user, user)
             await interaction.response.defer(ephemeral=True, thinking=True)
             span.set_attribute(names.SEL_DISCORD_DEFERRED, True)
             query = HistoryQuery(agent or None, user, outcome, limit)
             reply = await self.commands.execute(
-                ShowHistory(query), user=own, frontend=FRONTEND, root_span=False
+                ShowHistory(query),
+                user=str(interaction.user.id),
+                frontend=FRONTEND,
+                root_span=False,
             )
             _set_outcome(span, reply)
             await interaction.followup.send(
@@ -366,74 +283,77 @@ class SelBot(discord.Client):
 
     async def handle_prefix(self, message: discord.Message) -> None:
         """Answer one `agent:NAME INPUT` message with a reply, by the rules of /sel_agent."""
-        with self._command_span(PREFIX, names.DISCORD_TRIGGER_PREFIX, message) as span:
-            request = parse_request(message.content)
-            if not isinstance(request, RunAgent):
+        request = parse_request(message.content)
+        call = request if isinstance(request, RunAgent) else None
+        async with self._prefix(message, call) as span:
+            if call is None:
                 reply = await self.commands.execute(request)
-                _set_outcome(span, reply)
-                await message.reply(fit(reply.text), allowed_mentions=NO_MENTIONS)
-                return
-            refusal = self._refusal(request.agent, request.query, message.author, span)
-            if refusal is not None:
-                await message.reply(refusal, allowed_mentions=NO_MENTIONS)
-                return
-            async with message.channel.typing():
-                reply = await self.commands.execute(
-                    request, user=str(message.author.id), frontend=FRONTEND, root_span=False
-                )
+            else:
+                self.policy.check_agent(call.agent, self.commands.agent(call.agent), message.author)
+                async with message.channel.typing():
+                    reply = await self.commands.execute(
+                        call, user=str(message.author.id), frontend=FRONTEND, root_span=False
+                    )
             _set_outcome(span, reply)
             await message.reply(fit(reply.text), allowed_mentions=NO_MENTIONS)
 
-    # -- policy -----------------------------------------------------------------------------
+    # -- one span per command, refusals answered and recorded -------------------------------
 
-    def _refusal(
-        self, agent_name: str, query: str, user: discord.abc.User, span: trace.Span
-    ) -> str | None:
-        """Why `user` may not run `agent_name` on `query` now, or None; an unknown agent is the
-        runtime's. A refusal is recorded in the history."""
-        agent = self.commands.agent(agent_name)
-        if agent is not None and not self.access.may_run(agent, user):
-            span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_FORBIDDEN)
-            self._record_refusal(agent_name, query, user, span, names.DISCORD_OUTCOME_FORBIDDEN)
-            return (
-                f"🔒 `{agent_name}` is a privileged agent: only allowed users and roles "
-                "may run it. Ask the bot's owner for access."
+    def _slash(
+        self,
+        command: str,
+        interaction: discord.Interaction[Any],
+        call: RunAgent | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[trace.Span]:
+        async def refuse(text: str) -> None:
+            await interaction.response.send_message(
+                text, ephemeral=True, allowed_mentions=NO_MENTIONS
             )
-        if self.access.is_owner(user):
-            return None
-        wait = self.cooldown.retry_after(user.id)
-        if wait > 0:
-            span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_COOLDOWN)
-            self._record_refusal(agent_name, query, user, span, names.DISCORD_OUTCOME_COOLDOWN)
-            return _slow_down(wait)
-        return None
 
-    async def _cooling_down(
-        self, command: str, interaction: discord.Interaction[Any], span: trace.Span
-    ) -> bool:
-        """True, with the wait told to the user alone, when the user (not an owner) ran
-        `command` within the cooldown."""
-        user = interaction.user
-        if self.access.is_owner(user):
-            return False
-        wait = self.command_cooldowns[command].retry_after(user.id)
-        if wait <= 0:
-            return False
-        span.set_attribute(names.SEL_DISCORD_OUTCOME, names.DISCORD_OUTCOME_COOLDOWN)
-        await interaction.response.send_message(
-            _slow_down(wait), ephemeral=True, allowed_mentions=NO_MENTIONS
+        # An interaction knows its ids even where the guild is not cached (user installs).
+        return self._command(
+            command,
+            names.DISCORD_TRIGGER_SLASH,
+            interaction.user,
+            interaction.guild_id,
+            interaction.channel_id,
+            refuse,
+            call,
         )
-        return True
 
-    def _record_refusal(
-        self, agent: str, query: str, user: discord.abc.User, span: trace.Span, reason: str
-    ) -> None:
-        self.commands.record_refusal(agent, query, str(user.id), FRONTEND, reason, span)
+    def _prefix(
+        self, message: discord.Message, call: RunAgent | None
+    ) -> contextlib.AbstractAsyncContextManager[trace.Span]:
+        async def refuse(text: str) -> None:
+            await message.reply(text, allowed_mentions=NO_MENTIONS)
 
-    @contextlib.contextmanager
-    def _command_span(self, command: str, trigger: str, source: Any) -> Iterator[trace.Span]:
-        """A root span for one command, with where it came from and who sent it."""
-        user = getattr(source, "user", None) or source.author
+        guild = message.guild
+        return self._command(
+            PREFIX,
+            names.DISCORD_TRIGGER_PREFIX,
+            message.author,
+            guild.id if guild is not None else None,
+            message.channel.id,
+            refuse,
+            call,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _command(
+        self,
+        command: str,
+        trigger: str,
+        user: discord.abc.User,
+        guild_id: int | None,
+        channel_id: int | None,
+        refuse: Callable[[str], Awaitable[None]],
+        call: RunAgent | None,
+    ) -> AsyncIterator[trace.Span]:
+        """A root span for one command, with where it came from and who sent it.
+
+        A `Refused` raised by the command's checks ends it here: its outcome is set on the
+        span, a refused agent call is recorded in the history, and the user is told why.
+        """
         attributes: dict[str, str] = {
             names.SEL_FRONTEND: FRONTEND,
             names.SEL_REQUEST: request_kind(_REQUESTS[command]),
@@ -441,9 +361,6 @@ class SelBot(discord.Client):
             names.SEL_DISCORD_TRIGGER: trigger,
             names.SEL_USER_ID: str(user.id),
         }
-        # An interaction knows its ids even where the guild is not cached (user installs).
-        guild_id = getattr(source, "guild_id", None) or getattr(source.guild, "id", None)
-        channel_id = getattr(source, "channel_id", None) or getattr(source.channel, "id", None)
         if guild_id is not None:
             attributes[names.SEL_DISCORD_GUILD_ID] = str(guild_id)
         if channel_id is not None:
@@ -457,16 +374,20 @@ class SelBot(discord.Client):
             set_status_on_exception=False,
         ) as span:
             try:
-                yield span
+                try:
+                    yield span
+                except Refused as refusal:
+                    span.set_attribute(names.SEL_DISCORD_OUTCOME, refusal.outcome)
+                    if call is not None:
+                        self.commands.record_refusal(
+                            call.agent, call.query, str(user.id), FRONTEND, refusal.outcome, span
+                        )
+                    await refuse(str(refusal))
             except Exception as exc:
                 span.set_status(Status(StatusCode.ERROR, str(exc) or type(exc).__qualname__))
                 span.record_exception(exc)
                 span.set_attribute(names.ERROR_TYPE, type(exc).__qualname__)
                 raise
-
-
-def _slow_down(wait: float) -> str:
-    return f"⏳ Slow down: try again in {math.ceil(wait)}s."
 
 
 def _set_outcome(span: trace.Span, reply: Reply) -> None:

@@ -341,6 +341,16 @@ class CommandHandler:
     @overload
     async def execute(
         self,
+        request: ListAgents,
+        user: str | None = None,
+        frontend: str | None = None,
+        *,
+        root_span: bool = True,
+    ) -> AgentsReply: ...
+
+    @overload
+    async def execute(
+        self,
         request: Request,
         user: str | None = None,
         frontend: str | None = None,

@@ -12,6 +12,9 @@ SelOtelError
 │   ├── AgentFailed           the agent raised (carries `original`)
 │   └── AgentOutputError      the agent returned a non-string or an output over the cap
 ├── AgentReplyError           raised by agent code: fail the call with a message for the user
+├── Refused                   a frontend's access policy refused a request; nothing ran
+│   ├── NotPermitted          the user may not do that (as discord.py's `CheckFailure`)
+│   └── OnCooldown            the user did it too recently (carries `retry_after`)
 └── StatsStoreError           the shared stats could not be read or published (carries `original`)
 ```
 Library errors are translated at the boundary with `raise ... from exc`.
@@ -19,7 +22,9 @@ Library errors are translated at the boundary with `raise ... from exc`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import ClassVar
 
 from ._markup import code_span
 
@@ -151,6 +156,30 @@ class AgentReplyError(SelOtelError):
     The call counts as an error (never cached, `error.type` is the subclass name), and the
     reply is the message alone, e.g. `⚠️ Command blocked by the allow-list: rm -rf /`.
     """
+
+
+class Refused(SelOtelError):
+    """A frontend refused a request before anything ran; the message is the reply shown to
+    the user, `outcome` the low-cardinality reason recorded (`sel.discord.outcome`, the
+    history's refusal reason)."""
+
+    outcome: ClassVar[str] = "refused"
+
+
+class NotPermitted(Refused):
+    """The user may not do that: a privileged agent, an owners' command."""
+
+    outcome = "forbidden"
+
+
+class OnCooldown(Refused):
+    """The user did that within the cooldown; `retry_after` is the wait, in seconds."""
+
+    outcome = "cooldown"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"⏳ Slow down: try again in {math.ceil(retry_after)}s.")
+        self.retry_after = retry_after
 
 
 class StatsStoreError(SelOtelError):

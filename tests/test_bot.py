@@ -15,10 +15,11 @@ import discord
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from sel_otel import CommandHandler, ConfigError
+from sel_otel import ConfigError
 from sel_otel import _semconv as names
 from sel_otel._bot import SelBot, application_owners
 from sel_otel._bot_settings import BotSettings
+from sel_otel._commands import CommandHandler
 from sel_otel._discord_format import CONTENT_LIMIT
 from tests.conftest import AgentWriter, RuntimeFactory, TelemetryFixture
 
@@ -96,7 +97,9 @@ class Interaction:
     def __init__(self, user: User, *, guild: bool = True, fail: bool = False) -> None:
         self.user = user
         self.guild = Snowflake(GUILD) if guild else None
+        self.guild_id = GUILD if guild else None
         self.channel = Snowflake(CHANNEL)
+        self.channel_id = CHANNEL
         self.command = None
         self.sent: list[Sent] = []
         self.response = Response(self.sent, fail)
