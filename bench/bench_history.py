@@ -38,14 +38,12 @@ from sel_otel import (
     AgentRegistry,
     AgentResult,
     AgentRuntime,
-    History,
-    HistoryEntry,
-    HistoryQuery,
     LRUMemoryCache,
     ResultCache,
-    SqliteHistoryStore,
     stats_reader,
 )
+from sel_otel._history import History, HistoryEntry, HistoryQuery
+from sel_otel._history_sqlite import SqliteHistoryStore
 from sel_otel._metric_data import data_points
 
 CALLS_PER_ROUND = 2_000

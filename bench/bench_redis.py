@@ -55,8 +55,9 @@ from _common import (
 from bench_runtime import telemetry_for
 from opentelemetry.trace import SpanKind
 
-from sel_otel import AgentRegistry, AgentRuntime, Settings, Telemetry, cache_from_settings
+from sel_otel import AgentRegistry, AgentRuntime, Settings, Telemetry
 from sel_otel import _semconv as names
+from sel_otel._app import cache_from_settings
 from sel_otel._telemetry import package_version
 
 CALLS, ROUNDS, WARM_UP = 500, 12, 1_000

@@ -40,13 +40,13 @@ from opentelemetry.metrics import Histogram
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
-from sel_otel import DeploymentStats, stats_reader
 from sel_otel import _semconv as names
+from sel_otel import stats_reader
 from sel_otel._stats import agent_points
 from sel_otel._stats_publish import StatsPublisher
 from sel_otel._stats_redis import RedisStatsStore
 from sel_otel._stats_report import merge
-from sel_otel._stats_shared import REDIS_TIMEOUT, read_states
+from sel_otel._stats_shared import REDIS_TIMEOUT, DeploymentStats, read_states
 
 READS_PER_ROUND = 20
 PUBLISHES_PER_ROUND = 20

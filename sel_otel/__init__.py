@@ -1,28 +1,19 @@
-"""sel_otel: an observability-first agent runtime for the SEL Discord bot."""
+"""sel_otel: an observability-first agent runtime for the SEL Discord bot.
+
+The public API is what agents and embedders write: the agent contract (`Agent`, `code_span`,
+`first_word`, `AgentReplyError`), the runtime and its results, the errors, the settings,
+telemetry and the app. Everything else lives in private modules and may change.
+"""
 
 import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._agent import Agent, first_word
-    from ._app import SelApp, cache_from_settings
-    from ._bot import SelBot, run_bot
+    from ._app import SelApp
+    from ._bot import SelBot
     from ._bot_settings import BotSettings
-    from ._cache import CacheOutcome, Lookup, ResultCache
-    from ._cache_backend import MISS
-    from ._commands import (
-        CommandHandler,
-        ListAgents,
-        ReloadAgents,
-        Reply,
-        Request,
-        RunAgent,
-        ShowHelp,
-        ShowHistory,
-        ShowStats,
-        format_result,
-        parse_request,
-    )
+    from ._cache import ResultCache
     from ._exceptions import (
         AgentBusy,
         AgentError,
@@ -37,63 +28,23 @@ if TYPE_CHECKING:
         SelOtelError,
         StatsStoreError,
     )
-    from ._history import (
-        ContentPolicy,
-        History,
-        HistoryEntry,
-        HistoryPage,
-        HistoryQuery,
-        HistoryReader,
-        HistorySink,
-        HistoryStore,
-    )
-    from ._history_redis import RedisHistoryStore
-    from ._history_setup import history_from_settings
-    from ._history_sqlite import SqliteHistoryStore
     from ._markup import code_span
     from ._memory_cache import LRUMemoryCache
-    from ._redis_cache import OutputSerializer, RedisResultBackend
-    from ._registry import AgentRegistry, ReloadReport
+    from ._registry import AgentRegistry
     from ._runtime import AgentResult, AgentRuntime
     from ._settings import Settings
-    from ._shared_cache import Claim, Claimed, SharedBackend
-    from ._stats import AgentStats, format_stats, read_stats
-    from ._stats_report import StatsReport
-    from ._stats_shared import DeploymentStats
+    from ._stats import AgentStats, read_stats
     from ._telemetry import Telemetry, stats_reader
 
 #: Where each public name is defined. The package root imports none of it up front, so that
 #: `import sel_otel.hostexec` (the host-exec service) loads no cache, Redis or Discord code:
 #: a name is imported from its module on first use.
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "_agent": (
-        "Agent",
-        "first_word",
-    ),
-    "_app": (
-        "SelApp",
-        "cache_from_settings",
-    ),
+    "_agent": ("Agent", "first_word"),
+    "_app": ("SelApp",),
+    "_bot": ("SelBot",),  # imports discord.py, which only the bot needs
     "_bot_settings": ("BotSettings",),
-    "_cache": (
-        "CacheOutcome",
-        "Lookup",
-        "ResultCache",
-    ),
-    "_cache_backend": ("MISS",),
-    "_commands": (
-        "CommandHandler",
-        "ListAgents",
-        "ReloadAgents",
-        "Reply",
-        "Request",
-        "RunAgent",
-        "ShowHelp",
-        "ShowHistory",
-        "ShowStats",
-        "format_result",
-        "parse_request",
-    ),
+    "_cache": ("ResultCache",),
     "_exceptions": (
         "AgentBusy",
         "AgentError",
@@ -108,56 +59,17 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "SelOtelError",
         "StatsStoreError",
     ),
-    "_history": (
-        "ContentPolicy",
-        "History",
-        "HistoryEntry",
-        "HistoryPage",
-        "HistoryQuery",
-        "HistoryReader",
-        "HistorySink",
-        "HistoryStore",
-    ),
-    "_history_redis": ("RedisHistoryStore",),
-    "_history_setup": ("history_from_settings",),
-    "_history_sqlite": ("SqliteHistoryStore",),
     "_markup": ("code_span",),
     "_memory_cache": ("LRUMemoryCache",),
-    "_redis_cache": (
-        "OutputSerializer",
-        "RedisResultBackend",
-    ),
-    "_registry": (
-        "AgentRegistry",
-        "ReloadReport",
-    ),
-    "_runtime": (
-        "AgentResult",
-        "AgentRuntime",
-    ),
+    "_registry": ("AgentRegistry",),
+    "_runtime": ("AgentResult", "AgentRuntime"),
     "_settings": ("Settings",),
-    "_shared_cache": (
-        "Claim",
-        "Claimed",
-        "SharedBackend",
-    ),
-    "_stats": (
-        "AgentStats",
-        "format_stats",
-        "read_stats",
-    ),
-    "_stats_report": ("StatsReport",),
-    "_stats_shared": ("DeploymentStats",),
-    "_telemetry": (
-        "Telemetry",
-        "stats_reader",
-    ),
-    "_bot": ("SelBot", "run_bot"),
+    "_stats": ("AgentStats", "read_stats"),
+    "_telemetry": ("Telemetry", "stats_reader"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "MISS",
     "Agent",
     "AgentBusy",
     "AgentError",
@@ -173,53 +85,18 @@ __all__ = [
     "AgentThreadsExhausted",
     "AgentTimeout",
     "BotSettings",
-    "CacheOutcome",
-    "Claim",
-    "Claimed",
-    "CommandHandler",
     "ConfigError",
-    "ContentPolicy",
-    "DeploymentStats",
-    "History",
-    "HistoryEntry",
-    "HistoryPage",
-    "HistoryQuery",
-    "HistoryReader",
-    "HistorySink",
-    "HistoryStore",
     "LRUMemoryCache",
-    "ListAgents",
-    "Lookup",
-    "OutputSerializer",
-    "RedisHistoryStore",
-    "RedisResultBackend",
-    "ReloadAgents",
-    "ReloadReport",
-    "Reply",
-    "Request",
     "ResultCache",
-    "RunAgent",
     "SelApp",
     "SelBot",
     "SelOtelError",
     "Settings",
-    "SharedBackend",
-    "ShowHelp",
-    "ShowHistory",
-    "ShowStats",
-    "SqliteHistoryStore",
-    "StatsReport",
     "StatsStoreError",
     "Telemetry",
-    "cache_from_settings",
     "code_span",
     "first_word",
-    "format_result",
-    "format_stats",
-    "history_from_settings",
-    "parse_request",
     "read_stats",
-    "run_bot",
     "stats_reader",
 ]
 

@@ -18,7 +18,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from sel_otel import AgentRegistry, AgentRuntime, Settings, cache_from_settings, stats_reader
+from sel_otel import AgentRegistry, AgentRuntime, Settings, stats_reader
+from sel_otel._app import cache_from_settings
 from sel_otel._metric_data import data_points
 
 pytest_plugins = ["tests.otlp_receiver"]

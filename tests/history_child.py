@@ -8,7 +8,8 @@ import asyncio
 import itertools
 import time
 
-from sel_otel import RunAgent, SelApp, Settings, Telemetry
+from sel_otel import SelApp, Settings, Telemetry
+from sel_otel._commands import RunAgent
 
 
 async def main() -> None:

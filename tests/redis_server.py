@@ -165,7 +165,8 @@ async def _serve(config: dict[str, object]) -> None:
     import json
     import sys
 
-    from sel_otel import AgentRegistry, AgentRuntime, Settings, cache_from_settings
+    from sel_otel import AgentRegistry, AgentRuntime, Settings
+    from sel_otel._app import cache_from_settings
 
     settings = Settings(
         agents_dir=Path(str(config["agents_dir"])),

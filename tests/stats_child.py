@@ -13,8 +13,8 @@ import asyncio
 import json
 import sys
 
-from sel_otel import SelApp, Settings, ShowStats, Telemetry
-from sel_otel._commands import StatsReply
+from sel_otel import SelApp, Settings, Telemetry
+from sel_otel._commands import ShowStats, StatsReply
 from sel_otel._stats_cli import report_json
 
 

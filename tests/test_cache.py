@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from sel_otel import MISS, Lookup, LRUMemoryCache, ResultCache
+from sel_otel import LRUMemoryCache, ResultCache
+from sel_otel._cache import Lookup
+from sel_otel._cache_backend import MISS
 
 from .conftest import Counting, Listing
 

@@ -3,7 +3,9 @@ outputs evict the least recently used ones, and one larger than the whole bound 
 
 from __future__ import annotations
 
-from sel_otel import Lookup, LRUMemoryCache, Settings, cache_from_settings
+from sel_otel import LRUMemoryCache, Settings
+from sel_otel._app import cache_from_settings
+from sel_otel._cache import Lookup
 from tests.conftest import Counting, TelemetryFixture
 
 OUTPUT = "x" * 100_000  # about 100 kB in memory

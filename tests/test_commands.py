@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from sel_otel import CommandHandler, parse_request
 from sel_otel._commands import (
+    CommandHandler,
     ListAgents,
     ReloadAgents,
     RunAgent,
     ShowHelp,
     ShowStats,
     StatsReply,
+    parse_request,
 )
 
 from .conftest import AgentWriter, RuntimeFactory, TelemetryFixture

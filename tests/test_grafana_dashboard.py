@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from sel_otel import AgentRegistry, AgentRuntime, Settings, Telemetry, cache_from_settings
+from sel_otel import AgentRegistry, AgentRuntime, Settings, Telemetry
 from sel_otel import _semconv as names
+from sel_otel._app import cache_from_settings
 from sel_otel._metric_data import data_points
 from tests.conftest import free_port
 from tests.otlp_receiver import attributes

@@ -11,22 +11,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 
-from sel_otel import (
-    AgentRegistry,
-    AgentRuntime,
-    CommandHandler,
-    ContentPolicy,
-    History,
-    HistoryEntry,
-    HistoryQuery,
-    SelApp,
-    Settings,
-    SqliteHistoryStore,
-    Telemetry,
-    cache_from_settings,
-)
+from sel_otel import AgentRegistry, AgentRuntime, SelApp, Settings, Telemetry
+from sel_otel._app import cache_from_settings
 from sel_otel._bot import SelBot
+from sel_otel._commands import CommandHandler
+from sel_otel._history import ContentPolicy, History, HistoryEntry, HistoryQuery
 from sel_otel._history_redis import RedisHistoryStore
+from sel_otel._history_sqlite import SqliteHistoryStore
 from sel_otel._telemetry import build_resource
 from tests.conftest import AgentWriter, TelemetryFixture
 from tests.test_bot import OWNER, SETTINGS, STRANGER, Interaction, Message, User, slash

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sel_otel import HistoryQuery, SqliteHistoryStore
+from sel_otel._history import HistoryQuery
+from sel_otel._history_sqlite import SqliteHistoryStore
 from tests.conftest import CLI, ROOT, cli_environment
 from tests.otlp_receiver import OtlpReceiver
 

@@ -22,18 +22,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection
 
-from sel_otel import (
-    AgentRuntime,
-    ConfigError,
-    Lookup,
-    OutputSerializer,
-    RedisResultBackend,
-    ResultCache,
-    SelApp,
-    Settings,
-    Telemetry,
-    cache_from_settings,
-)
+from sel_otel import AgentRuntime, ConfigError, ResultCache, SelApp, Settings, Telemetry
+from sel_otel._app import cache_from_settings
+from sel_otel._cache import Lookup
+from sel_otel._redis_cache import OutputSerializer, RedisResultBackend
 from tests.conftest import (
     AgentWriter,
     Counting,

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from sel_otel import CacheOutcome, Lookup, RedisResultBackend, ResultCache
+from sel_otel import ResultCache
+from sel_otel._cache import CacheOutcome, Lookup
+from sel_otel._redis_cache import RedisResultBackend
 from tests.conftest import Counting
 
 if TYPE_CHECKING:

@@ -17,15 +17,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis.asyncio as aioredis
 
-from sel_otel import (
-    Claim,
-    CommandHandler,
-    Lookup,
-    RedisResultBackend,
-    ResultCache,
-    stats_reader,
-)
+from sel_otel import ResultCache, stats_reader
+from sel_otel._cache import Lookup
+from sel_otel._commands import CommandHandler
 from sel_otel._console import run_console
+from sel_otel._redis_cache import RedisResultBackend
+from sel_otel._shared_cache import Claim
 from tests.conftest import AgentWriter, Counting, RuntimeFactory
 
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sel_otel import AgentNotFound, AgentRegistry, ReloadReport
-from sel_otel._registry import agent_directories
+from sel_otel import AgentNotFound, AgentRegistry
+from sel_otel._registry import ReloadReport, agent_directories
 
 from .conftest import AgentWriter, RuntimeFactory
 

@@ -310,7 +310,8 @@ async def test_invalidating_input_clears_the_agents_cache(
 async def test_lru_bound_evictions_are_counted(
     make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
 ) -> None:
-    from sel_otel import Settings, cache_from_settings
+    from sel_otel import Settings
+    from sel_otel._app import cache_from_settings
 
     cache = cache_from_settings(Settings(cache_max_entries=2), telemetry.meter_provider)
     write_agent("echo", ECHO)

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from opentelemetry.trace import StatusCode
 
-from sel_otel import AgentFailed, AgentThreadsExhausted, AgentTimeout, format_stats, read_stats
+from sel_otel import AgentFailed, AgentThreadsExhausted, AgentTimeout, read_stats
+from sel_otel._stats import format_stats
 
 from .conftest import AgentWriter, RuntimeFactory, TelemetryFixture
 

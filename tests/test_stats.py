@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sel_otel import AgentStats, format_stats, read_stats
+from sel_otel import AgentStats, read_stats
+from sel_otel._stats import format_stats
 
 from .conftest import AgentWriter, RuntimeFactory, TelemetryFixture
 

@@ -20,17 +20,15 @@ from sel_otel import (
     AgentRegistry,
     AgentRuntime,
     BotSettings,
-    CommandHandler,
     ConfigError,
-    HistoryEntry,
-    HistoryPage,
     LRUMemoryCache,
     ResultCache,
     code_span,
-    format_result,
     stats_reader,
 )
+from sel_otel._commands import CommandHandler, format_result
 from sel_otel._console import run_console
+from sel_otel._history import HistoryEntry, HistoryPage
 from sel_otel._history_format import format_history
 from sel_otel._markup import QUOTE_LIMIT, printable
 from sel_otel.hostexec._local import LocalHostExec
