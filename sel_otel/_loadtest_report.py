@@ -348,7 +348,9 @@ def plot(recording: Recording, summary: Summary, path: Path) -> None:
         )
     latency.set_xlim(0, max(recording.elapsed, 1.0))
     handles = [*latency.get_legend_handles_labels()[0], *throughput.get_legend_handles_labels()[0]]
-    latency.legend(handles=handles, loc="upper right", fontsize=8)
+    latency.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.13), ncol=4, fontsize=8
+    )
     latency.set_title(
         f"{summary.description}: {summary.users} users, {summary.calls_per_s:,.0f} calls/s, "
         f"hit rate {summary.hit_ratio:.0%}",
