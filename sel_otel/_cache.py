@@ -14,7 +14,7 @@ import enum
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from opentelemetry import trace
 
@@ -34,9 +34,11 @@ class Lookup(enum.Enum):
     BYPASS = "bypass"  # not cacheable: executed, nothing stored
 
 
-@dataclass(frozen=True, slots=True)
-class CacheOutcome:
-    """A cached call's output, how it was answered, and the cache error met on the way (if any)."""
+class CacheOutcome(NamedTuple):
+    """A cached call's output, how it was answered, and the cache error met on the way (if any).
+
+    A named tuple: the cheapest immutable record, and one is built for most calls.
+    """
 
     output: str
     lookup: Lookup
