@@ -43,7 +43,7 @@ from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache, T
 from sel_otel.hostexec._local import LocalHostExec
 
 ROOT = Path(__file__).resolve().parent.parent
-CALLS, WARM_UP = 200, 20
+CALLS, WARM_UP = 400, 20
 PROCESSES = ("full", "own", "disabled")
 
 
