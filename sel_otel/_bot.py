@@ -55,7 +55,7 @@ from ._discord_format import (
     stats_pages,
 )
 from ._discord_pages import Pager
-from ._exceptions import ConfigError, Refused
+from ._exceptions import ConfigError, Refused, StartupError
 from ._history import HistoryQuery
 from ._history_format import DEFAULT_LIMIT, MAX_LIMIT
 from ._settings import Settings
@@ -469,7 +469,7 @@ async def serve(bot: discord.Client, token: str, stop: asyncio.Event | None = No
     or SIGINT), or the connection fails.
 
     The client is closed on the way out. A rejected token or a missing privileged intent
-    becomes a `ConfigError` saying what to fix.
+    becomes a `ConfigError` saying what to fix; Discord out of reach, a `StartupError`.
     """
     stop = stop or asyncio.Event()
     try:
@@ -503,20 +503,23 @@ async def serve(bot: discord.Client, token: str, stop: asyncio.Event | None = No
             "`bot applications.commands`, and check SEL_DISCORD_GUILD_ID names a server it is in"
         ) from exc
     except (discord.HTTPException, discord.GatewayNotFound, OSError) as exc:
-        raise ConfigError(f"cannot reach Discord: {type(exc).__name__}: {exc}") from exc
+        raise StartupError(f"cannot reach Discord: {type(exc).__name__}: {exc}") from exc
 
 
 async def _close(bot: discord.Client, runner: asyncio.Task[None]) -> None:
     """Close the client and wait for its connection task. Whatever either raises now is the
-    consequence of stopping, not news: the caller has what decided the outcome."""
-    with contextlib.suppress(Exception):
+    consequence of stopping, not news: the caller has what decided the outcome, so it is
+    logged at debug level alone."""
+    try:
         await bot.close()
+    except Exception:
+        logger.debug("closing the Discord client failed", exc_info=True)
     try:
         await asyncio.wait_for(runner, timeout=5)
     except TimeoutError:
         logger.warning("the Discord connection did not stop within 5s")
     except (Exception, asyncio.CancelledError):
-        pass
+        logger.debug("the Discord connection ended with an error as it stopped", exc_info=True)
 
 
 async def run_bot(settings: Settings, bot_settings: BotSettings, telemetry: Telemetry) -> None:

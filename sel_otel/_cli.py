@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 
 from ._bot_settings import BotSettings
-from ._exceptions import ConfigError
+from ._exceptions import StartupError
 from ._exit import Lifetime, kill_child
 from ._history_cli import add_history_arguments, show_history
 from ._markup import printable
@@ -225,27 +225,31 @@ async def _bot(
 ) -> int:
     from ._bot import run_bot  # discord.py is imported by the bot alone
 
-    try:
-        async with _embedded_host_exec(settings, lifetime):
-            await run_bot(settings, bot_settings, telemetry)
-    except ConfigError as exc:
-        print(f"sel-otel: {exc}", file=sys.stderr)
-        return 2
+    async with _embedded_host_exec(settings, lifetime):
+        await run_bot(settings, bot_settings, telemetry)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `sel-otel` console script."""
+    """Entry point of the `sel-otel` console script.
+
+    A process that cannot start (a bad setting, a service out of reach: `StartupError`) says
+    why in one line on standard error and exits with status 2.
+    """
     args = _parser().parse_args(argv)
     if args.command == "host-exec":
         from .hostexec import main as host_exec_main
 
         return host_exec_main([])  # its arguments were parsed here
     try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
+        return _run(args)
+    except StartupError as exc:
         print(f"sel-otel: {exc}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -259,12 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
     if args.command == "history":  # reads the history: no telemetry, no runtime
         return lifetime.run(show_history(args, settings))
-    try:
-        bot_settings = BotSettings.from_env() if args.command == "bot" else None
-        telemetry = Telemetry.from_env()
-    except ConfigError as exc:
-        print(f"sel-otel: {exc}", file=sys.stderr)
-        return 2
+    bot_settings = BotSettings.from_env() if args.command == "bot" else None
+    telemetry = Telemetry.from_env()
     # The process's own providers become the global ones, so instrumentations used inside
     # agents (httpx) report into the same traces.
     trace.set_tracer_provider(telemetry.tracer_provider)
@@ -282,9 +282,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return lifetime.run(_bot(settings, bot_settings, telemetry, lifetime))
         query = " ".join(args.input)
         return lifetime.run(_run_once(settings, telemetry, lifetime, args.agent, query))
-    except ConfigError as exc:  # met while starting: the cache backend, the local service
-        print(f"sel-otel: {exc}", file=sys.stderr)
-        return 2
     finally:
         # Within what is left before the exit deadline: the deadline is a deadline.
         telemetry.shutdown(lifetime.time_left(settings.telemetry_shutdown_timeout))

@@ -2,7 +2,8 @@
 
 ```
 SelOtelError
-├── ConfigError               bad or missing settings
+├── StartupError              the process could not start: a service it needs is unreachable
+│   └── ConfigError           ... because a setting is bad or missing
 ├── AgentError                an agent call did not produce an output (carries `agent`)
 │   ├── AgentNotFound         no agent of that name (carries `known`)
 │   ├── AgentLoadError        an agent file failed to import or breaks the contract (carries `path`)
@@ -33,7 +34,14 @@ class SelOtelError(Exception):
     """Base of every error raised by sel_otel."""
 
 
-class ConfigError(SelOtelError):
+class StartupError(SelOtelError):
+    """The process could not start: a service it needs refused it or could not be reached.
+
+    Each entry point answers it in one place: the message, and exit status 2.
+    """
+
+
+class ConfigError(StartupError):
     """A setting is missing or invalid."""
 
 
@@ -128,10 +136,8 @@ class AgentFailed(AgentError):
             f"Agent {agent!r} failed: {type(original).__name__}: {original}", agent=agent
         )
         self.original = original
-
-    @property
-    def error_type(self) -> str:  # type: ignore[override]
-        return type(self.original).__qualname__
+        #: The exception's own class name: what the agent raised is what went wrong.
+        self.error_type = type(original).__qualname__
 
     @property
     def reply(self) -> str:

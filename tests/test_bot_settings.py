@@ -13,6 +13,7 @@ import pytest
 from sel_otel import ConfigError
 from sel_otel._bot import serve
 from sel_otel._bot_settings import BotSettings
+from sel_otel._exceptions import StartupError
 from tests.test_cli import sel_otel
 
 
@@ -173,24 +174,29 @@ class _Response:
 
 
 @pytest.mark.parametrize(
-    ("failure", "message"),
+    ("failure", "error", "message"),
     [
         (
             discord.Forbidden(
                 cast(aiohttp.ClientResponse, _Response()),
                 {"code": 50001, "message": "Missing Access"},
             ),
+            ConfigError,
             "applications.commands",
         ),
-        (ConnectionRefusedError(111, "Connection refused"), "cannot reach Discord"),
+        # Discord out of reach is no setting's fault: a startup error, not a ConfigError.
+        (ConnectionRefusedError(111, "Connection refused"), StartupError, "cannot reach Discord"),
         # discord.py leaves GatewayNotFound.__init__ unannotated.
-        (discord.GatewayNotFound(), "cannot reach Discord"),  # type: ignore[no-untyped-call]
+        (discord.GatewayNotFound(), StartupError, "cannot reach Discord"),  # type: ignore[no-untyped-call]
     ],
 )
-async def test_start_failures_say_what_to_check(failure: BaseException, message: str) -> None:
+async def test_start_failures_say_what_to_check(
+    failure: BaseException, error: type[StartupError], message: str
+) -> None:
     client = FakeClient(fail_with=failure)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(error, match=message) as raised:
         await serve(client, "tok")  # type: ignore[arg-type]
+    assert isinstance(raised.value, ConfigError) == (error is ConfigError)
     assert client.closed.is_set()
 
 
