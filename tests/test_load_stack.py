@@ -3,7 +3,7 @@ the app image on one Redis, with the host-exec service and an OTLP collector.
 
 They skip, saying why, without a Docker engine and the project's images
 (scripts/docker-setup.sh). Small and bounded: a stack starts in a few seconds, each run lasts
-at most 12 s, and the stack is removed, networks included, whatever happens.
+at most 14 s, and the stack is removed, networks included, whatever happens.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ async def test_no_call_fails_through_redis_paused_or_killed_the_collector_down_o
 
 async def test_an_instance_cut_from_redis_still_answers_and_a_killed_one_comes_back() -> None:
     summary, recording = await load_stack(
-        LoadPlan(users=6, duration=9.0), faults=("instance-cut@1s+2s", "instance-kill@4s+1s")
+        LoadPlan(users=6, duration=14.0), faults=("instance-cut@1s+2s", "instance-kill@4s+1s")
     )
     cut, kill = summary.faults
     assert cut.failed == 0  # off Redis, it serves from its agents, uncached
@@ -111,6 +111,8 @@ async def test_an_instance_cut_from_redis_still_answers_and_a_killed_one_comes_b
         for start, outcome in zip(recording.starts, recording.outcomes, strict=True)
         if start > window.end + 1.0
     ]
-    assert late and Outcome.FAILED not in late
+    # (Its start takes a few seconds on a loaded machine: the run lasts long enough for it.)
+    assert late, recording.faults
+    assert Outcome.FAILED not in late, (recording.faults, summary.errors)
     assert kill.recovery_s is not None
     assert leftovers() == []
