@@ -120,8 +120,9 @@ class SelBot(discord.Client):
         self._clock = clock
         self.started = clock()
         self._tracer = trace.get_tracer(names.SCOPE_NAME, package_version(), tracer_provider)
-        self.tree: app_commands.CommandTree[SelBot] = app_commands.CommandTree(self)
-        _add_commands(self.tree, self)
+        self.tree: app_commands.CommandTree[SelBot] = _CommandTree(self)
+        for command in _SLASH_COMMANDS:
+            self.tree.add_command(command)
 
     # -- connection -------------------------------------------------------------------------
 
@@ -395,61 +396,14 @@ def _set_outcome(span: trace.Span, reply: Reply) -> None:
     span.set_attribute(names.SEL_DISCORD_OUTCOME, outcome)
 
 
-def _add_commands(tree: app_commands.CommandTree[SelBot], bot: SelBot) -> None:
-    """Register the slash commands; each callback hands over to a `SelBot` method."""
+# -- registration: each slash command hands over to the `SelBot` it came to ------------------
 
-    async def agent_names(
-        interaction: discord.Interaction[Any], current: str
-    ) -> list[app_commands.Choice[str]]:
-        return bot.agent_choices(current)
 
-    @tree.command(name="sel_agent", description="Run a SEL agent")
-    @app_commands.describe(agent="agent name", input="what the agent is asked")
-    @app_commands.autocomplete(agent=agent_names)
-    async def sel_agent(interaction: discord.Interaction[Any], agent: str, input: str = "") -> None:
-        await bot.run_agent(interaction, agent, input)
+class _CommandTree(app_commands.CommandTree["SelBot"]):
+    """The bot's command tree: what a command raises is logged, and the user told."""
 
-    @tree.command(name="sel_agent_stats", description="Calls, cache hits, times and errors")
-    @app_commands.describe(
-        agent="only this agent",
-        scope="every instance merged (all), this one, or each instance's totals",
-    )
-    @app_commands.autocomplete(agent=agent_names)
-    async def sel_agent_stats(
-        interaction: discord.Interaction[Any],
-        agent: str | None = None,
-        scope: Literal["all", "this", "per-instance"] = "all",
-    ) -> None:
-        await bot.show_stats(interaction, agent, scope)
-
-    @tree.command(name="sel_agents", description="Agent names and descriptions")
-    async def sel_agents(interaction: discord.Interaction[Any]) -> None:
-        await bot.list_agents(interaction)
-
-    @tree.command(name="sel_agent_reload", description="Re-read the agents directory (owners)")
-    async def sel_agent_reload(interaction: discord.Interaction[Any]) -> None:
-        await bot.reload_agents(interaction)
-
-    @tree.command(name="sel_agent_history", description="Who ran what, when, with what result")
-    @app_commands.describe(
-        agent="only this agent",
-        user="only this user's calls (owners; others see their own)",
-        outcome="only calls that ended so",
-        limit=f"entries shown, newest first (1-{MAX_LIMIT})",
-    )
-    @app_commands.autocomplete(agent=agent_names)
-    async def sel_agent_history(
-        interaction: discord.Interaction[Any],
-        agent: str | None = None,
-        user: discord.User | None = None,
-        outcome: Literal["ok", "error", "refused"] | None = None,
-        limit: app_commands.Range[int, 1, MAX_LIMIT] = DEFAULT_LIMIT,
-    ) -> None:
-        await bot.show_history(interaction, agent, str(user.id) if user else None, outcome, limit)
-
-    @tree.error
     async def on_error(
-        interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+        self, interaction: discord.Interaction[SelBot], error: app_commands.AppCommandError, /
     ) -> None:
         logger.error(
             "command %s failed",
@@ -462,6 +416,71 @@ def _add_commands(tree: app_commands.CommandTree[SelBot], bot: SelBot) -> None:
                 await interaction.followup.send(text, ephemeral=True)
             else:
                 await interaction.response.send_message(text, ephemeral=True)
+
+
+async def _agent_names(
+    interaction: discord.Interaction[SelBot], current: str
+) -> list[app_commands.Choice[str]]:
+    return interaction.client.agent_choices(current)
+
+
+@app_commands.command(name="sel_agent", description="Run a SEL agent")
+@app_commands.describe(agent="agent name", input="what the agent is asked")
+@app_commands.autocomplete(agent=_agent_names)
+async def _sel_agent(interaction: discord.Interaction[SelBot], agent: str, input: str = "") -> None:
+    await interaction.client.run_agent(interaction, agent, input)
+
+
+@app_commands.command(name="sel_agent_stats", description="Calls, cache hits, times and errors")
+@app_commands.describe(
+    agent="only this agent",
+    scope="every instance merged (all), this one, or each instance's totals",
+)
+@app_commands.autocomplete(agent=_agent_names)
+async def _sel_agent_stats(
+    interaction: discord.Interaction[SelBot],
+    agent: str | None = None,
+    scope: Literal["all", "this", "per-instance"] = "all",
+) -> None:
+    await interaction.client.show_stats(interaction, agent, scope)
+
+
+@app_commands.command(name="sel_agents", description="Agent names and descriptions")
+async def _sel_agents(interaction: discord.Interaction[SelBot]) -> None:
+    await interaction.client.list_agents(interaction)
+
+
+@app_commands.command(name="sel_agent_reload", description="Re-read the agents directory (owners)")
+async def _sel_agent_reload(interaction: discord.Interaction[SelBot]) -> None:
+    await interaction.client.reload_agents(interaction)
+
+
+@app_commands.command(name="sel_agent_history", description="Who ran what, when, with what result")
+@app_commands.describe(
+    agent="only this agent",
+    user="only this user's calls (owners; others see their own)",
+    outcome="only calls that ended so",
+    limit=f"entries shown, newest first (1-{MAX_LIMIT})",
+)
+@app_commands.autocomplete(agent=_agent_names)
+async def _sel_agent_history(
+    interaction: discord.Interaction[SelBot],
+    agent: str | None = None,
+    user: discord.User | None = None,
+    outcome: Literal["ok", "error", "refused"] | None = None,
+    limit: app_commands.Range[int, 1, MAX_LIMIT] = DEFAULT_LIMIT,
+) -> None:
+    asked = str(user.id) if user else None
+    await interaction.client.show_history(interaction, agent, asked, outcome, limit)
+
+
+_SLASH_COMMANDS: tuple[app_commands.Command[Any, ..., None], ...] = (
+    _sel_agent,
+    _sel_agent_stats,
+    _sel_agents,
+    _sel_agent_reload,
+    _sel_agent_history,
+)
 
 
 async def serve(bot: discord.Client, token: str, stop: asyncio.Event | None = None) -> None:

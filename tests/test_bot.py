@@ -94,7 +94,10 @@ class Followup:
 
 
 class Interaction:
-    def __init__(self, user: User, *, guild: bool = True, fail: bool = False) -> None:
+    def __init__(
+        self, user: User, *, guild: bool = True, fail: bool = False, client: Any = None
+    ) -> None:
+        self.client = client  # the bot the command came to
         self.user = user
         self.guild = Snowflake(GUILD) if guild else None
         self.guild_id = GUILD if guild else None
@@ -252,6 +255,7 @@ async def slash(bot: SelBot, command: str, interaction: Interaction, **arguments
     assert isinstance(registered, discord.app_commands.Command)
     # The test's Interaction stands in for discord.Interaction: called as the tree calls it.
     callback: Callable[..., Awaitable[Any]] = registered.callback
+    interaction.client = bot
     await callback(interaction, **arguments)
 
 
@@ -413,7 +417,7 @@ async def test_agent_names_are_autocompleted_from_the_registry(
     assert isinstance(command, discord.app_commands.Command)
     complete = command._params["agent"].autocomplete
     assert callable(complete)
-    interaction = Interaction(User(STRANGER))
+    interaction = Interaction(User(STRANGER), client=bot)
     choices = await complete(interaction, "O")
     # Names containing the text, those starting with it first.
     assert [c.value for c in choices] == ["echo", "slow", "whoami"]
@@ -430,7 +434,8 @@ async def test_stats_agent_argument_is_autocompleted_too(bot: SelBot) -> None:
     assert isinstance(command, discord.app_commands.Command)
     complete = command._params["agent"].autocomplete
     assert callable(complete)
-    assert [c.value for c in await complete(Interaction(User(STRANGER)), "ech")] == ["echo"]
+    interaction = Interaction(User(STRANGER), client=bot)
+    assert [c.value for c in await complete(interaction, "ech")] == ["echo"]
 
 
 # -- /sel_agent_stats, /sel_agents, /sel_agent_reload ------------------------------------------
