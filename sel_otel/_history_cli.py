@@ -13,7 +13,6 @@ import os
 import sys
 import time
 
-from ._exceptions import ConfigError
 from ._history import OUTCOMES, HistoryEntry, HistoryQuery, HistoryReader
 from ._history_format import DEFAULT_LIMIT, format_line
 from ._history_setup import history_stores
@@ -55,12 +54,9 @@ def _positive(raw: str) -> int:
 
 
 async def show_history(args: argparse.Namespace, settings: Settings) -> int:
-    """Print the entries `args` ask for; 1 when no store could be read, 2 on a bad setting."""
-    try:
-        stores = history_stores(settings)
-    except ConfigError as exc:
-        print(f"sel-otel: {exc}", file=sys.stderr)
-        return 2
+    """Print the entries `args` ask for; 1 when no store could be read. A bad setting is a
+    `ConfigError`, answered by `sel-otel`'s entry point."""
+    stores = history_stores(settings)
     reader = HistoryReader(stores)
     printer = _Printer(args.json, args.follow, settings.trace_url_template)
     query = HistoryQuery(args.agent, args.user, args.outcome, args.limit)

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._exceptions import ConfigError
 from ._loadtest import WORK_AGENT, LoadDriver, LoadPlan, Progress, Recording, parse_mix
 from ._loadtest_faults import FaultSpec, check_faults, parse_fault, parse_seconds, run_schedule
 from ._loadtest_report import plot, render, summarize
@@ -142,20 +141,19 @@ def plan_from_args(args: argparse.Namespace) -> LoadPlan:
 
 
 async def run_loadtest(args: argparse.Namespace, settings: Settings, telemetry: Telemetry) -> int:
-    """Run the load `args` describe and report it; 2 on a bad option."""
+    """Run the load `args` describe and report it; 2 when its extras are missing. A bad
+    option or an environment that does not start is a `StartupError`, answered by
+    `sel-otel`'s entry point."""
     try:
         from rich.console import Console
     except ImportError:
         print(f"sel-otel loadtest needs its extra: {EXTRA}", file=sys.stderr)
         return 2
+    plan = plan_from_args(args)
+    specs = [parse_fault(text) for text in args.faults]
     try:
-        plan = plan_from_args(args)
-        specs = [parse_fault(text) for text in args.faults]
         if args.plot is not None:
             import matplotlib  # noqa: F401  fail before the run, not after it
-    except ConfigError as exc:
-        print(f"sel-otel: {exc}", file=sys.stderr)
-        return 2
     except ImportError:
         print(f"sel-otel loadtest --plot needs matplotlib: {EXTRA}", file=sys.stderr)
         return 2
@@ -163,15 +161,11 @@ async def run_loadtest(args: argparse.Namespace, settings: Settings, telemetry: 
     for console in (stderr, stdout):
         if not console.is_terminal:  # a file or a pipe: room for the tables' columns
             console.width = 120
-    try:
-        async with _environment(args, plan, settings, telemetry) as environment:
-            check_faults(specs, environment.faults, environment.description)
-            driver = LoadDriver(plan, environment.target, probe=environment.probe)
-            recording = await _drive(driver, specs, environment, stderr)
-            stats_calls = await environment.target.stats_calls()
-    except ConfigError as exc:
-        print(f"sel-otel: {exc}", file=sys.stderr)
-        return 2
+    async with _environment(args, plan, settings, telemetry) as environment:
+        check_faults(specs, environment.faults, environment.description)
+        driver = LoadDriver(plan, environment.target, probe=environment.probe)
+        recording = await _drive(driver, specs, environment, stderr)
+        stats_calls = await environment.target.stats_calls()
     summary = summarize(recording, stats_calls, environment.description)
     render(summary, stderr if args.json else stdout)
     if args.plot is not None:

@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from ._exceptions import ConfigError, StatsStoreError
+from ._exceptions import StatsStoreError
 from ._settings import Settings
 from ._stats import AgentStats
 from ._stats_report import InstanceFigures, StatsReport, format_report, merge
@@ -32,15 +32,11 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def show_stats(args: argparse.Namespace, settings: Settings) -> int:
     """Print the stats `args` ask for: 0, or 1 when there is no shared Redis to read or it
-    cannot be read, 2 on a bad setting."""
+    cannot be read. A bad setting is a `ConfigError`, answered by `sel-otel`'s entry point."""
     # The Redis client is imported here, not with the parser: `sel-otel --help` needs none.
     from ._stats_shared import read_states, stats_store
 
-    try:
-        store = stats_store(settings)
-    except ConfigError as exc:
-        print(f"sel-otel: {exc}", file=sys.stderr)
-        return 2
+    store = stats_store(settings)
     if store is None:
         print(
             "sel-otel: no shared Redis to read the stats from: set SEL_STATS_REDIS_URL, or "
