@@ -14,6 +14,7 @@ import pytest
 
 from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache
 from sel_otel.hostexec._local import LocalHostExec
+from tests.waiting import Gate, wait_until
 
 Configure = Callable[[str, str], None]
 
@@ -21,12 +22,18 @@ AGENTS = Path(__file__).resolve().parent.parent / "agents"
 
 
 @pytest.fixture(scope="module")
-def allowlist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Gate:
+    """A command in the allow-list that runs until the test opens this gate."""
+    return Gate(tmp_path_factory.mktemp("gate") / "open")
+
+
+@pytest.fixture(scope="module")
+def allowlist(tmp_path_factory: pytest.TempPathFactory, gate: Gate) -> Path:
     path = tmp_path_factory.mktemp("allowlist") / "allowlist.json"
     commands = [
         {"argv": ["uname", "-a"]},
         {"argv": ["sleep", "30"], "timeout": 1},
-        {"argv": ["sleep", "1"]},
+        {"argv": gate.argv},
         {"argv": ["seq", "1", "20000"]},
         {"argv": ["false"]},
     ]
@@ -172,11 +179,16 @@ async def test_busy_service_answers_429_as_a_clear_message(
     service: LocalHostExec,
     configure: Configure,
     runtime: AgentRuntime,
+    gate: Gate,
 ) -> None:
     configure(service.url, service.token)
-    slow = asyncio.create_task(runtime.run("host_exec", "sleep 1"))
-    await asyncio.sleep(0.3)
-    busy = await runtime.run("host_exec", "seq 1 20000")
+    gate.close()
+    slow = asyncio.create_task(runtime.run("host_exec", gate.command))
+    try:
+        await wait_until(lambda: gate.waiting() == 1, "the slow command to take the only slot")
+        busy = await runtime.run("host_exec", "seq 1 20000")
+    finally:
+        gate.open()
     assert (await slow).ok
     assert busy.error is not None and busy.error.reply.startswith("⏳ Host exec is busy")
 

@@ -16,6 +16,7 @@ import pytest_asyncio
 
 from sel_otel.hostexec import AllowList, Policy
 from sel_otel.hostexec._local import LocalHostExec
+from tests.waiting import Gate
 
 SPAWN_TREE = Path(__file__).with_name("spawn_tree.py")
 ESCAPE_GROUP = Path(__file__).with_name("escape_group.py")
@@ -30,6 +31,11 @@ def not_a_program(directory: Path) -> Path:
     path.write_bytes(b"\x00\x01\x02 not a program\n")
     path.chmod(0o755)
     return path
+
+
+def allowlist_gate(allowlist: Path) -> Gate:
+    """The gate of the allow-list `write_allowlist` wrote to `allowlist`."""
+    return Gate(allowlist.with_name("gate-open"))
 
 
 def write_allowlist(path: Path, root: Path) -> Path:
@@ -47,6 +53,7 @@ def write_allowlist(path: Path, root: Path) -> Path:
             {"argv": [sys.executable, str(ESCAPE_GROUP), "exit"], "timeout": 10},
             {"argv": [str(not_a_program(path.parent))]},
             {"argv": ["yes"]},  # prints until it is killed
+            {"argv": allowlist_gate(path).argv},  # runs until the test opens the gate
             {"argv": ["cat", "--", "<path>"]},
         ],
     }
@@ -93,6 +100,15 @@ def file_root(trusted_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def test_allowlist(tmp_path_factory: pytest.TempPathFactory, file_root: Path) -> Path:
     return write_allowlist(tmp_path_factory.mktemp("allowlist") / "allowlist.json", file_root)
+
+
+@pytest.fixture
+def gate(test_allowlist: Path) -> Iterator[Gate]:
+    """The test allow-list's gate, closed; opened at the end, so no command waits on."""
+    gate = allowlist_gate(test_allowlist)
+    gate.close()
+    yield gate
+    gate.open()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
