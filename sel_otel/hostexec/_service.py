@@ -114,14 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = HostExecSettings.from_env()
         telemetry = Telemetry.from_env(_DEFAULT_SERVICE_NAME)
-    except ConfigError as exc:
+        try:
+            run_service(settings, tracer_provider=telemetry.tracer_provider)
+        finally:
+            telemetry.shutdown()
+    except ConfigError as exc:  # the one place a service that cannot start says why
         print(f"host-exec: {exc}", file=sys.stderr)
         return 2
-    try:
-        run_service(settings, tracer_provider=telemetry.tracer_provider)
-    except ConfigError as exc:
-        print(f"host-exec: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        telemetry.shutdown()
     return 0
