@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from sel_otel._cache import Lookup
 from sel_otel._cache_backend import MISS
 
 from .conftest import Counting, Listing
+from .waiting import wait_until, within
 
 
 async def test_lru_evicts_the_least_recently_used_entry_at_the_bound() -> None:
@@ -45,13 +47,20 @@ async def test_clear_cancels_timers_so_a_key_set_again_survives() -> None:
 
 
 async def test_entries_expire_after_their_ttl() -> None:
+    ttl = 0.05
     cache = ResultCache(LRUMemoryCache(10))
-    compute = Counting()
-    key = cache.key("agent", "q")
-    assert (await cache.get_or_run(key, 0.05, compute)).lookup is Lookup.MISS
-    assert (await cache.get_or_run(key, 0.05, compute)).lookup is Lookup.HIT
-    await asyncio.sleep(0.1)
-    assert (await cache.get_or_run(key, 0.05, compute)).lookup is Lookup.MISS
+    attempts = itertools.count()
+
+    async def store_and_read_back() -> tuple[str, Counting, list[Lookup]]:
+        key, compute = cache.key("agent", f"q{next(attempts)}"), Counting()
+        lookups = [(await cache.get_or_run(key, ttl, compute)).lookup for _ in range(2)]
+        return key, compute, lookups
+
+    key, compute, lookups = await within(ttl, store_and_read_back, "a read within the TTL")
+    assert lookups == [Lookup.MISS, Lookup.HIT]
+    # Not a guess: the loop runs the entry's expiry timer, due first, before this sleep's.
+    await asyncio.sleep(2 * ttl)
+    assert (await cache.get_or_run(key, ttl, compute)).lookup is Lookup.MISS
     assert compute.calls == 2
 
 
@@ -133,15 +142,23 @@ async def test_concurrent_callers_share_the_leaders_failure() -> None:
 
 async def test_followers_take_over_when_the_leader_is_cancelled() -> None:
     cache = ResultCache(LRUMemoryCache(10))
-    compute = Counting(delay=0.05)
+    calls = 0
+
+    async def compute() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.Event().wait()  # the leader's execution: runs until cancelled
+        return "out"
+
     leader = asyncio.create_task(cache.get_or_run("k", 60, compute))
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: calls == 1, "the leader to execute")
     follower = asyncio.create_task(cache.get_or_run("k", 60, compute))
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one turn of the loop: the follower joins the leader's execution
     leader.cancel()
     outcome = await follower
     assert leader.cancelled()
-    assert (outcome.output, outcome.lookup, compute.calls) == ("out", Lookup.MISS, 2)
+    assert (outcome.output, outcome.lookup, calls) == ("out", Lookup.MISS, 2)
 
 
 async def test_invalidate_drops_only_that_agents_entries() -> None:
@@ -181,16 +198,17 @@ async def test_backend_failures_are_misses_reported_once_in_the_log(
 async def test_a_result_computed_across_an_invalidation_is_not_stored() -> None:
     cache = ResultCache(LRUMemoryCache(10))
     key = cache.key("files", "ls")
-    started = asyncio.Event()
+    started, finish = asyncio.Event(), asyncio.Event()
 
     async def slow_listing() -> str:
         started.set()
-        await asyncio.sleep(0.05)
+        await finish.wait()
         return "files: ['a']"  # read before the invalidation below
 
     listing = asyncio.create_task(cache.get_or_run(key, 60, slow_listing))
     await started.wait()
     await cache.invalidate("files")  # e.g. `rm a` ran meanwhile
+    finish.set()
     assert (await listing).output == "files: ['a']"
     fresh = Counting("files: []")
     outcome = await cache.get_or_run(key, 60, fresh)

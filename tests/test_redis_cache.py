@@ -10,6 +10,7 @@ a Docker engine answers. Runtime processes are real child processes
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import pickle
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection
 
@@ -34,13 +36,18 @@ from tests.conftest import (
     TelemetryFixture,
     free_port,
 )
+from tests.waiting import block_until, wait_until, within
 
 if TYPE_CHECKING:
     from tests.redis_server import RedisServer, RuntimeProcess
 
 pytest_plugins = ["tests.redis_server"]  # redis_server, redis_container_url
 
-TIMEOUT = 0.25  # SEL_CACHE_TIMEOUT's default
+TIMEOUT = 0.25  # SEL_CACHE_TIMEOUT's default, for the tests of a stalled Redis
+#: The operation timeout of the other tests: on a loaded machine a process can wait longer than
+#: TIMEOUT for its turn, and its call would then run without the cache.
+AMPLE_TIMEOUT = 10.0
+SLOW_HIT = 0.005  # ResultCache's: a hit that takes longer gets a span
 
 COUNTER_AGENT = """
     import os, time
@@ -102,7 +109,7 @@ async def make_cache(redis_url: str, namespace: str) -> AsyncIterator[CacheFacto
         url = options.pop("url", redis_url)
         options.setdefault("namespace", namespace)
         options.setdefault("retry_after", 0.2)
-        cache = ResultCache(RedisResultBackend.from_url(url, timeout=TIMEOUT), **options)
+        cache = ResultCache(RedisResultBackend.from_url(url, timeout=AMPLE_TIMEOUT), **options)
         caches.append(cache)
         return cache
 
@@ -196,14 +203,26 @@ async def test_results_are_json_with_the_ttl_as_redis_expiry(
     assert compute.calls == 1
 
 
-async def test_entries_expire_in_redis_after_their_ttl(make_cache: CacheFactory) -> None:
+async def test_entries_expire_in_redis_after_their_ttl(
+    make_cache: CacheFactory, raw: aioredis.Redis
+) -> None:
+    ttl = 0.2
     cache = make_cache()
-    compute = Counting()
-    key = cache.key("agent", "q")
-    await cache.get_or_run(key, 0.2, compute)
-    assert (await cache.get_or_run(key, 0.2, compute)).lookup is Lookup.HIT
-    await asyncio.sleep(0.3)
-    assert (await cache.get_or_run(key, 0.2, compute)).lookup is Lookup.MISS
+
+    async def store_and_read_back() -> tuple[str, Counting, list[Lookup], int]:
+        key, compute = cache.key("agent", uuid.uuid4().hex), Counting()
+        lookups = [(await cache.get_or_run(key, ttl, compute)).lookup for _ in range(2)]
+        return key, compute, lookups, await raw.pttl(key)
+
+    key, compute, lookups, pttl = await within(ttl, store_and_read_back, "a read within the TTL")
+    assert lookups == [Lookup.MISS, Lookup.HIT]
+    assert 0 < pttl <= ttl * 1000  # Redis expires it at the TTL
+
+    async def expired() -> bool:
+        return not await raw.exists(key)
+
+    await wait_until(expired, "Redis to expire the entry")
+    assert (await cache.get_or_run(key, ttl, compute)).lookup is Lookup.MISS
     assert compute.calls == 2
 
 
@@ -373,15 +392,37 @@ async def test_concurrent_identical_calls_in_one_process_send_one_read(
     assert {o.lookup for o in hits} == {Lookup.HIT}
 
 
-async def test_the_lease_is_renewed_while_a_long_agent_runs(make_cache: CacheFactory) -> None:
-    first, second = make_cache(lock_lease=0.3), make_cache(lock_lease=0.3)
-    compute = Counting(delay=1.2)  # four leases
+async def test_the_lease_is_renewed_while_a_long_agent_runs(
+    make_cache: CacheFactory, raw: aioredis.Redis
+) -> None:
+    lease = 1.0  # renewed every third of it: a renewal may come 0.6 s late, whatever the load
+    first, second = make_cache(lock_lease=lease), make_cache(lock_lease=lease)
+    finish = asyncio.Event()
+    calls = 0
+
+    async def long_agent() -> str:
+        nonlocal calls
+        calls += 1
+        await finish.wait()
+        return "out"
+
     key = first.key("agent", "slow")
-    leader = asyncio.create_task(first.get_or_run(key, 60, compute))
-    await asyncio.sleep(0.1)
-    outcome = await second.get_or_run(key, 60, compute)
+    leader = asyncio.create_task(first.get_or_run(key, 60, long_agent))
+    await wait_until(lambda: calls == 1, "the leader to take the lock and run the agent")
+    follower = asyncio.create_task(second.get_or_run(key, 60, long_agent))
+    lease_left: list[int] = []
+
+    async def renewed_past_its_lease() -> bool:
+        """Four renewals, each seen as a rise of the lock's expiry: the lock outlived its
+        first lease (a third of a lease apart)."""
+        lease_left.append(await raw.pttl(key + ":lock"))
+        return sum(b > a for a, b in itertools.pairwise(lease_left)) >= 4
+
+    await wait_until(renewed_past_its_lease, "the leader's lock to be renewed four times")
+    finish.set()
+    assert min(lease_left) > 0  # held all along
     assert (await leader).lookup is Lookup.MISS
-    assert (outcome.lookup, compute.calls) == (Lookup.COALESCED, 1)
+    assert ((await follower).lookup, calls) == (Lookup.COALESCED, 1)
 
 
 async def test_a_dead_lock_holder_blocks_the_key_no_longer_than_its_lease(
@@ -407,7 +448,8 @@ async def test_a_live_holder_is_waited_for_at_most_lock_wait(
     start = time.monotonic()
     outcome = await cache.get_or_run(key, 60, Counting())
     assert outcome.lookup is Lookup.MISS
-    assert 0.3 <= time.monotonic() - start < 3.0  # lock_wait, not the holder's 60 s
+    assert time.monotonic() - start >= 0.3  # lock_wait,
+    assert await raw.get(key + ":lock") == b"a-holder-that-never-ends"  # not the holder's end
 
 
 # -- through the runtime: spans, metrics, faults ---------------------------------------------
@@ -419,6 +461,7 @@ def redis_runtime(make_runtime: RuntimeFactory, namespace: str) -> Callable[...,
 
     def make(url: str, **settings: Any) -> AgentRuntime:
         settings.setdefault("cache_retry_after", 0.2)
+        settings.setdefault("cache_timeout", AMPLE_TIMEOUT)
         return make_runtime(cache_url=url, cache_namespace=namespace, **settings)
 
     return make
@@ -434,9 +477,11 @@ async def test_cache_operations_are_child_spans_of_the_agent_span(
     write_agent("counter", COUNTER_AGENT)
     runtime = redis_runtime(redis_server.url)
     assert (await runtime.run("counter", "a")).cached is False
-    assert (await runtime.run("counter", "a")).cached is True
+    # A hit that took less than SLOW_HIT in all: its read was faster still.
+    fast_hit = await within(SLOW_HIT, lambda: runtime.run("counter", "a"), "a fast hit")
+    assert fast_hit.cached is True
 
-    first, second = telemetry.finished("invoke_agent counter")
+    first, *_, second = telemetry.finished("invoke_agent counter")
     children = {
         span.context.trace_id: [s for s in telemetry.finished() if s.parent is not None]
         for span in (first, second)
@@ -457,6 +502,17 @@ async def test_cache_operations_are_child_spans_of_the_agent_span(
     assert executions(count_file) == 1
 
 
+def _request_waits_at(port: int) -> bool:
+    """True when a connection to `port` on 127.0.0.1 holds bytes that its server has not read:
+    a request sent to a paused Redis."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, _, state, queues = line.split()[1:5]
+        unread = int(queues.partition(":")[2], 16)  # tx_queue:rx_queue, in hex
+        if state == "01" and int(local.rpartition(":")[2], 16) == port and unread:  # established
+            return True
+    return False
+
+
 async def test_a_slow_hit_is_a_child_span_with_its_real_duration(
     redis_server: RedisServer,
     redis_runtime: Callable[..., AgentRuntime],
@@ -468,14 +524,20 @@ async def test_a_slow_hit_is_a_child_span_with_its_real_duration(
     runtime = redis_runtime(redis_server.url)
     await runtime.run("counter", "a")
     redis_server.pause()
-    call = asyncio.create_task(runtime.run("counter", "a"))
-    await asyncio.sleep(0.05)
-    redis_server.resume()
+    try:
+        call = asyncio.create_task(runtime.run("counter", "a"))
+        await wait_until(lambda: _request_waits_at(redis_server.port), "the hit's read to wait")
+        stalled_since = time.monotonic()
+        await asyncio.sleep(0.05)  # how long Redis stalls the read: at least this
+        stall = time.monotonic() - stalled_since
+    finally:
+        redis_server.resume()
     assert (await call).cached is True
     agent_span = telemetry.finished("invoke_agent counter")[-1]
     (get,) = [s for s in telemetry.finished("cache get") if s.parent == agent_span.context]
     assert get.attributes["sel.cache.hit"] is True
-    assert 0.04 < (get.end_time - get.start_time) / 1e9 < TIMEOUT
+    assert (get.end_time - get.start_time) / 1e9 >= stall  # the read's real time, stall included
+    assert agent_span.start_time <= get.start_time <= get.end_time <= agent_span.end_time
 
 
 async def test_a_dead_redis_never_fails_a_call_and_hits_resume_after_restart(
@@ -487,7 +549,8 @@ async def test_a_dead_redis_never_fails_a_call_and_hits_resume_after_restart(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     write_agent("counter", COUNTER_AGENT)
-    runtime = redis_runtime(redis_server.url)
+    retry_after = 1.0  # far longer than a call: the breaker is seen skipping Redis
+    runtime = redis_runtime(redis_server.url, cache_retry_after=retry_after)
     assert (await runtime.run("counter", "a")).ok
     redis_server.kill()
 
@@ -501,7 +564,7 @@ async def test_a_dead_redis_never_fails_a_call_and_hits_resume_after_restart(
     assert len([r for r in caplog.records if "serving without cache" in r.message]) == 1
 
     redis_server.start()
-    await asyncio.sleep(0.25)  # past retry_after: the next call probes Redis again
+    await asyncio.sleep(retry_after)  # a lower bound: then the next call probes Redis again
     assert (await runtime.run("counter", "a")).cached is False  # the restart lost the data
     assert (await runtime.run("counter", "a")).cached is True
     assert len([r for r in caplog.records if "answers again" in r.message]) == 1
@@ -511,23 +574,28 @@ async def test_a_stalled_redis_costs_one_timeout_then_calls_skip_it(
     redis_server: RedisServer,
     redis_runtime: Callable[..., AgentRuntime],
     write_agent: AgentWriter,
+    telemetry: TelemetryFixture,
     count_file: Path,
 ) -> None:
     write_agent("counter", COUNTER_AGENT)
-    runtime = redis_runtime(redis_server.url, cache_retry_after=1.0)
+    retry_after = 2.0  # far longer than the calls below: the breaker stays open for them all
+    runtime = redis_runtime(redis_server.url, cache_retry_after=retry_after, cache_timeout=TIMEOUT)
     assert (await runtime.run("counter", "a")).ok
     redis_server.pause()
     try:
-        start = time.monotonic()
         results = [await runtime.run("counter", "a") for _ in range(10)]
-        elapsed = time.monotonic() - start
     finally:
         redis_server.resume()
     assert all(r.ok and r.output == "result of a" for r in results)
-    assert TIMEOUT * 0.8 < results[0].duration < TIMEOUT * 3  # the first one meets the timeout
-    assert max(r.duration for r in results[1:]) < TIMEOUT * 0.8  # breaker open: no Redis wait
-    assert elapsed < TIMEOUT * 3 + 1.0
-    await asyncio.sleep(1.0)
+    assert results[0].duration > TIMEOUT * 0.8  # the first one meets the timeout,
+    calls = telemetry.finished("invoke_agent counter")[1:]
+    operations = [[s for s in telemetry.finished() if s.parent == c.context] for c in calls]
+    (timed_out,) = operations[0]  # one operation, one timeout: nothing more is sent
+    assert (timed_out.name, timed_out.attributes["error.type"]) == ("cache get", "timeout")
+    # Breaker open: the others skip Redis, no operation and so no wait.
+    assert [c.attributes["sel.cache.error"] for c in calls[1:]] == ["circuit_open"] * 9
+    assert operations[1:] == [[]] * 9
+    await asyncio.sleep(retry_after)  # a lower bound: then the next call probes Redis again
     for _ in range(3):
         last = await runtime.run("counter", "a")
     assert last.cached is True
@@ -547,6 +615,7 @@ async def test_warm_up_fills_redis_for_every_instance(
         agents_dir=agents_dir,
         cache_url=redis_server.url,
         cache_namespace=namespace,
+        cache_timeout=AMPLE_TIMEOUT,
         cache_warmup=(("counter", "warm"),),
     )
     for name in [n for n in os.environ if n.startswith("OTEL_")]:
@@ -576,7 +645,13 @@ def spawn(
     processes: list[RuntimeProcess] = []
 
     def start(url: str, env: dict[str, str] | None = None, **config: Any) -> RuntimeProcess:
-        config = {"url": url, "namespace": namespace, "agents_dir": str(agents_dir), **config}
+        config = {
+            "url": url,
+            "namespace": namespace,
+            "agents_dir": str(agents_dir),
+            "timeout": AMPLE_TIMEOUT,  # no test here is about a slow Redis
+            **config,
+        }
         env = {"SEL_TEST_COUNT_FILE": str(count_file), **(env or {})}
         process = RuntimeProcess(config, env)
         processes.append(process)
@@ -624,24 +699,44 @@ def test_invalidation_by_one_process_is_seen_by_the_other(
     assert executions(count_file, "q") == 2
 
 
+def _hitting(server: RedisServer, namespace: str, queries: int) -> None:
+    """Wait until every query's result is stored, then until calls go on finding them: reads
+    that find a key, once no result is missing, are hits (not a generation or a lock)."""
+
+    def stats() -> tuple[int, int]:
+        with redis.Redis.from_url(server.url) as client:
+            keys = client.keys(f"{namespace}:counter:*")
+            results = [k for k in keys if len(k.rpartition(b":")[2]) == 32]  # no lock, no count
+            return len(results), int(client.info("stats")["keyspace_hits"])
+
+    block_until(lambda: stats()[0] == queries, "every query's result to be stored")
+    hits = stats()[1]
+    block_until(lambda: stats()[1] >= hits + 20, "calls to find the stored results")
+
+
 def test_redis_killed_mid_load_and_restarted_every_call_succeeds_and_hits_resume(
-    redis_server: RedisServer, spawn: Callable[..., RuntimeProcess]
+    redis_server: RedisServer,
+    spawn: Callable[..., RuntimeProcess],
+    namespace: str,
+    count_file: Path,
 ) -> None:
     processes = [spawn(redis_server.url, retry_after=0.2) for _ in range(2)]
     queries = [f"q{i} 0.005" for i in range(5)]
     for process in processes:
-        process.send({"op": "load", "agent": "counter", "queries": queries, "seconds": 3.0})
-    time.sleep(0.8)
+        # Longer than the steps below, which wait for what each needs, not for a time.
+        process.send({"op": "load", "agent": "counter", "queries": queries, "seconds": 4.0})
+    _hitting(redis_server, namespace, len(queries))
     redis_server.kill()
-    time.sleep(0.8)
+    executed = executions(count_file)
+    block_until(lambda: executions(count_file) >= executed + 20, "calls while Redis is down")
     redis_server.start()
-    for process in processes:
-        results = process.results(timeout=30)
-        assert len(results) > 50
-        assert all(r["error"] is None and r["output"] for r in results)
-        before = [r for r in results if float(r["at"]) < 0.7]  # type: ignore[arg-type]
-        after = [r for r in results if float(r["at"]) > 2.4]  # type: ignore[arg-type]
-        assert any(r["cached"] for r in before) and after and all(r["cached"] for r in after)
+    _hitting(redis_server, namespace, len(queries))  # the restart lost them: stored again
+    runs = [process.results(timeout=30) for process in processes]
+    assert all(r["error"] is None and r["output"] for results in runs for r in results)
+    hits = [[bool(r["cached"]) for r in results] for results in runs]
+    assert any(False in cached[cached.index(True) :] for cached in hits)  # a miss after hits
+    for cached in hits:
+        assert cached[-len(queries) :] == [True] * len(queries)  # every query hits again
 
 
 def test_a_lock_holder_process_killed_mid_run_frees_the_key_after_its_lease(
@@ -650,10 +745,7 @@ def test_a_lock_holder_process_killed_mid_run_frees_the_key_after_its_lease(
     holder = spawn(redis_server.url, lease=1.0, env={"SEL_TEST_DELAY": "60"})
     waiter = spawn(redis_server.url, lease=1.0, env={"SEL_TEST_DELAY": "0.05"})
     holder.send({"op": "run", "agent": "counter", "query": "q"})
-    deadline = time.monotonic() + 10
-    while executions(count_file) == 0:  # the holder took the lock and runs the agent
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    block_until(lambda: executions(count_file) == 1, "the holder to take the lock and run")
     holder.process.kill()
     holder.process.wait()
     start = time.monotonic()
@@ -667,7 +759,7 @@ def test_a_lock_holder_process_killed_mid_run_frees_the_key_after_its_lease(
 async def test_open_connects_ahead_and_reports_a_redis_that_is_down(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    up = cache_from_settings(Settings(cache_url=redis_server.url))
+    up = cache_from_settings(Settings(cache_url=redis_server.url, cache_timeout=AMPLE_TIMEOUT))
     await up.open()
     assert not caplog.records
     await up.close()
