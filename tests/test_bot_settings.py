@@ -15,6 +15,7 @@ from sel_otel._bot import serve
 from sel_otel._bot_settings import BotSettings
 from sel_otel._exceptions import StartupError
 from tests.test_cli import sel_otel
+from tests.waiting import wait_until
 
 
 def test_settings_are_read_from_the_environment() -> None:
@@ -118,7 +119,7 @@ async def test_serve_closes_the_client_when_asked_to_stop() -> None:
     client = FakeClient()
     stop = asyncio.Event()
     serving = asyncio.create_task(serve(client, "tok", stop))  # type: ignore[arg-type]
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: client.tokens, "serve to start the client")
     assert client.tokens == ["tok"] and not serving.done()
     stop.set()
     await asyncio.wait_for(serving, timeout=2)
@@ -131,7 +132,7 @@ async def test_serve_cancelled_closes_the_client_and_leaves_signals_to_its_calle
     loop.add_signal_handler(signal.SIGTERM, lambda: None)
     try:
         serving = asyncio.create_task(serve(client, "tok"))  # type: ignore[arg-type]
-        await asyncio.sleep(0.01)
+        await wait_until(lambda: client.tokens, "serve to start the client")
         serving.cancel()  # what `sel-otel bot` does on SIGTERM
         with pytest.raises(asyncio.CancelledError):
             await serving
@@ -146,7 +147,7 @@ async def test_serve_cancelled_closes_the_client_and_leaves_signals_to_its_calle
 async def test_a_cancelled_serve_ends_cancelled_whatever_the_closing_client_raises() -> None:
     client = FakeClient(fail_when_closed=OSError("Connector is closed."), close_delay=0.1)
     serving = asyncio.create_task(serve(client, "tok"))  # type: ignore[arg-type]
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: client.tokens, "serve to start the client")
     serving.cancel()  # the connection task then fails: that must not replace the cancellation
     with pytest.raises(asyncio.CancelledError):
         await serving

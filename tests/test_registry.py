@@ -13,6 +13,7 @@ from sel_otel import AgentNotFound, AgentRegistry
 from sel_otel._registry import ReloadReport, agent_directories
 
 from .conftest import AgentWriter, RuntimeFactory
+from .waiting import agent_globals
 
 GOOD = """
 DESCRIPTION = "Says {word}"
@@ -150,16 +151,20 @@ async def test_reload_does_not_drop_calls_in_flight(
         import asyncio
         DESCRIPTION = "v1"
         CACHEABLE = False
+        STARTED, FINISH = asyncio.Event(), asyncio.Event()  # a call: begun, may answer
         async def run(query):
-            await asyncio.sleep(0.2)
+            STARTED.set()
+            await FINISH.wait()
             return "v1"
         """,
     )
     runtime = make_runtime()
     in_flight = asyncio.create_task(runtime.run("slow", "q"))
-    await asyncio.sleep(0.05)
+    v1 = agent_globals(runtime, "slow")
+    await v1["STARTED"].wait()
     write_agent("slow", 'DESCRIPTION = "v2"\ndef run(query):\n    return "v2"\n')
     assert runtime.registry.reload().updated == ("slow",)
+    v1["FINISH"].set()
     assert (await in_flight).output == "v1"
     assert (await runtime.run("slow", "q")).output == "v2"
 

@@ -8,9 +8,17 @@ from pathlib import Path
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from sel_otel import AgentBusy, AgentFailed, AgentNotFound, AgentOutputError, AgentTimeout
+from sel_otel import (
+    AgentBusy,
+    AgentFailed,
+    AgentNotFound,
+    AgentOutputError,
+    AgentResult,
+    AgentTimeout,
+)
 
 from .conftest import AgentWriter, RuntimeFactory, TelemetryFixture
+from .waiting import agent_globals, wait_until
 
 DURATION = "gen_ai.client.operation.duration"
 
@@ -187,13 +195,16 @@ async def test_hung_sync_agent_times_out_and_the_runtime_keeps_serving(
     make_runtime: RuntimeFactory, write_agent: AgentWriter
 ) -> None:
     write_agent(
-        "hang", "import time\nDESCRIPTION='d'\ndef run(q):\n    time.sleep(0.5)\n    return q\n"
+        "hang",
+        "import threading\nDESCRIPTION='d'\nTIMEOUT=0.05\nFINISH = threading.Event()\n"
+        "def run(q):\n    FINISH.wait(60)\n    return q\n",
     )
-    write_agent("echo", ECHO)
-    runtime = make_runtime(agent_timeout=0.05)
+    write_agent("echo", ECHO)  # the default timeout: time for a thread, whatever the load
+    runtime = make_runtime()
     results = await asyncio.gather(*(runtime.run("hang", str(i)) for i in range(4)))
     assert all(isinstance(r.error, AgentTimeout) for r in results)
     assert (await runtime.run("echo", "still here")).output == "echo still here"
+    agent_globals(runtime, "hang")["FINISH"].set()
 
 
 async def test_agent_raising_timeout_error_itself_is_a_failure_not_a_timeout(
@@ -232,10 +243,13 @@ async def test_cancellation_propagates_and_is_recorded(
     make_runtime: RuntimeFactory, write_agent: AgentWriter, telemetry: TelemetryFixture
 ) -> None:
     write_agent(
-        "slow", "import asyncio\nDESCRIPTION='d'\nasync def run(q):\n    await asyncio.sleep(10)\n"
+        "slow",
+        "import asyncio\nDESCRIPTION='d'\nSTARTED = asyncio.Event()\n"
+        "async def run(q):\n    STARTED.set()\n    await asyncio.sleep(10)\n",
     )
-    task = asyncio.create_task(make_runtime().run("slow", "x"))
-    await asyncio.sleep(0.02)
+    runtime = make_runtime()
+    task = asyncio.create_task(runtime.run("slow", "x"))
+    await agent_globals(runtime, "slow")["STARTED"].wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -369,24 +383,26 @@ async def test_an_agent_raising_exit_or_cancelled_fails_its_call_not_the_process
 
 
 async def test_hung_sync_agents_hold_their_thread_slot_until_they_end(
-    make_runtime: RuntimeFactory, write_agent: AgentWriter, agents_dir: Path
+    make_runtime: RuntimeFactory, write_agent: AgentWriter
 ) -> None:
-    started = agents_dir.parent / "started"
-    started.mkdir()
     write_agent(
         "worker",
-        f"""
-        import pathlib, time
+        """
+        import threading
         DESCRIPTION = "d"
         CACHEABLE = False
+        THREADS = {}  # the thread of each query started
+        FINISH = threading.Event()  # the slow query runs until it is set
         def run(q):
-            (pathlib.Path({str(started)!r}) / q).touch()
+            THREADS[q] = threading.current_thread()
             if q == "slow":
-                time.sleep(0.5)
+                FINISH.wait(60)
             return q
         """,
     )
-    runtime = make_runtime(agent_timeout=0.15, agent_threads=1)
+    # Long enough for "quick" to start on a thread and answer, whatever the load.
+    runtime = make_runtime(agent_timeout=1.0, agent_threads=1)
+    worker = agent_globals(runtime, "worker")
     assert isinstance((await runtime.run("worker", "slow")).error, AgentTimeout)
     # The abandoned thread still holds the only slot: the next call waits, then fails
     # without ever starting, as a call that found no thread, not as its own timeout (and
@@ -395,9 +411,10 @@ async def test_hung_sync_agents_hold_their_thread_slot_until_they_end(
     assert isinstance(waited, AgentBusy)
     assert waited.error_type == "threads_exhausted"
     assert "its 1 threads are all taken by its calls still running" in str(waited)
-    assert sorted(p.name for p in started.iterdir()) == ["slow"]
-    await asyncio.sleep(0.6)  # the slow thread has ended and released its slot
-    assert (await runtime.run("worker", "quick")).output == "quick"
+    assert sorted(worker["THREADS"]) == ["slow"]
+    worker["FINISH"].set()
+    await wait_until(lambda: not worker["THREADS"]["slow"].is_alive(), "the slow thread to end")
+    assert (await runtime.run("worker", "quick")).output == "quick"  # its slot was released
 
 
 async def test_an_invalidating_call_that_timed_out_invalidates_again_when_it_really_ends(
@@ -408,25 +425,33 @@ async def test_an_invalidating_call_that_timed_out_invalidates_again_when_it_rea
     write_agent(
         "files",
         f"""
-        import pathlib, time
+        import pathlib, threading
         DESCRIPTION = "d"
         CACHE_TTL = 3600
         INVALIDATED_BY = {{"rm"}}
         STATE = pathlib.Path({str(state)!r})
+        FINISH = threading.Event()  # rm runs past the timeout until it is set
         def run(q):
             if q.startswith("rm"):
-                time.sleep(0.4)  # past the timeout: the change lands after the call gave up
+                FINISH.wait(60)  # the change lands after the call gave up
                 STATE.write_text("b")
                 return "removed"
             return STATE.read_text()
         """,
     )
-    runtime = make_runtime(agent_timeout=0.1)
+    runtime = make_runtime(agent_timeout=1.0)  # ls answers within it, whatever the load
     assert (await runtime.run("files", "ls")).output == "a b"
     assert isinstance((await runtime.run("files", "rm a")).error, AgentTimeout)
     assert (await runtime.run("files", "ls")).output == "a b"  # rm has not happened yet
-    await asyncio.sleep(0.5)
-    listing = await runtime.run("files", "ls")
+    agent_globals(runtime, "files")["FINISH"].set()
+    listings: list[AgentResult] = []
+
+    async def listed_afresh() -> bool:  # hits until the results are invalidated
+        listings.append(await runtime.run("files", "ls"))
+        return not listings[-1].cached
+
+    await wait_until(listed_afresh, "the late end of rm to invalidate the listing")
+    listing = listings[-1]
     assert (listing.output, listing.cached) == ("b", False)
 
 
@@ -434,9 +459,11 @@ CLOSE_LOGGING = """
 import asyncio, pathlib
 DESCRIPTION = "d"
 CACHE_TTL = 3600
+STARTED, FINISH = asyncio.Event(), asyncio.Event()  # the slow query: begun, may answer
 async def run(q):
     if q == "slow":
-        await asyncio.sleep(0.2)
+        STARTED.set()
+        await FINISH.wait()
     return "{version} " + q
 async def close():
     path = pathlib.Path({log!r})
@@ -451,16 +478,18 @@ async def test_a_reload_closes_a_replaced_agent_when_its_last_call_ends(
     write_agent("holder", CLOSE_LOGGING.format(log=str(log), version="v1"))
     runtime = make_runtime()
     in_flight = asyncio.create_task(runtime.run("holder", "slow"))
-    await asyncio.sleep(0.05)
+    v1 = agent_globals(runtime, "holder")
+    await v1["STARTED"].wait()
     write_agent("holder", CLOSE_LOGGING.format(log=str(log), version="v2"))
     assert (await runtime.reload()).updated == ("holder",)
     assert not log.exists()  # v1 still has a call in flight
+    v1["FINISH"].set()
     assert (await in_flight).output == "v1 slow"
-    await asyncio.sleep(0.05)  # closed beside the call's answer, not before it
+    await wait_until(log.exists, "v1 to be closed")  # beside the call's answer, not before it
     assert log.read_text().split() == ["v1"]
     write_agent("holder", CLOSE_LOGGING.format(log=str(log), version="v3"))
     await runtime.reload()
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: len(log.read_text().split()) > 1, "v2 to be closed")
     assert log.read_text().split() == ["v1", "v2"]  # nothing in flight: closed at once
     await runtime.aclose()
     assert log.read_text().split() == ["v1", "v2", "v3"]
@@ -476,8 +505,10 @@ async def test_closing_a_replaced_agent_neither_delays_nor_fails_its_last_call(
     source = """
     import asyncio
     DESCRIPTION = "d"
+    STARTED, FINISH = asyncio.Event(), asyncio.Event()  # a call: begun, may answer
     async def run(q):
-        await asyncio.sleep(0.1)
+        STARTED.set()
+        await FINISH.wait()
         return "{version}"
     async def close():
         {close}
@@ -486,10 +517,14 @@ async def test_closing_a_replaced_agent_neither_delays_nor_fails_its_last_call(
     write_agent("odd", source.format(version="v1", close="raise asyncio.CancelledError"))
     runtime = make_runtime()
     calls = [asyncio.create_task(runtime.run(name, "q")) for name in ("stuck", "odd")]
-    await asyncio.sleep(0.02)
+    v1 = [agent_globals(runtime, name) for name in ("stuck", "odd")]
+    for module in v1:
+        await module["STARTED"].wait()
     for name in ("stuck", "odd"):
         write_agent(name, source.format(version="v2", close="pass"))
     await runtime.reload()
+    for module in v1:
+        module["FINISH"].set()
     results = await asyncio.gather(*calls)
     assert [(r.output, r.ok) for r in results] == [("v1", True), ("v1", True)]
     # The calls have answered while the hung close still runs: they did not wait for it.
