@@ -73,12 +73,6 @@ class _LogSince:
     def warnings(self) -> list[str]:
         return [line for line in self.text().splitlines() if " WARNING " in line]
 
-    def started(self, word: str) -> int:
-        """How many commands holding `word` have started: each is logged once it holds a slot."""
-        return len(
-            [line for line in self.text().splitlines() if " exec (" in line and word in line]
-        )
-
 
 async def test_healthz_answers_without_a_token(service: LocalHostExec) -> None:
     async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
