@@ -6,8 +6,9 @@ Routes:
   `truncated`, `timed_out`, `duration_ms`). 504: the command ran past its timeout and was
   killed; same body with `timed_out: true`, plus `timeout_s`. 400: malformed request or
   command line; 401: missing or wrong token; 403: refused by the allow-list; 413: body over
-  the cap; 429: the concurrency limit is reached (not queued). Errors are `{"error": ...}`,
-  with `reason` and `command` for 400/403 refusals of a command line.
+  the cap; 415: a compressed body (`Content-Encoding`, never inflated); 429: the concurrency
+  limit is reached (not queued). Errors are `{"error": ...}`, with `reason` and `command`
+  for 400/403 refusals of a command line.
 - `GET /healthz`: `{"status": "ok"}`, no token needed.
 """
 
@@ -29,6 +30,7 @@ from opentelemetry.util.types import AttributeValue
 from .._redact import scrub_argv, span_content
 from . import _semconv as names
 from ._allowlist import AllowList
+from ._limits import BodyRefused, read_body
 from ._policy import Approved, Policy, Refused
 from ._runner import ExecResult, Runner
 from ._settings import HostExecSettings
@@ -143,9 +145,9 @@ def _authorized(request: web.Request, token: bytes) -> bool:
 
 async def _read_command(request: web.Request) -> str | web.Response:
     try:
-        body = json.loads(await request.read())
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"body is over {request.client_max_size} bytes")
+        body = json.loads(await read_body(request))
+    except BodyRefused as exc:
+        return _error(exc.status, exc.message)
     except (ValueError, RecursionError):
         return _error(400, 'body must be JSON: {"command": "..."}')
     command = body.get("command") if isinstance(body, dict) else None

@@ -47,6 +47,10 @@ async def _serve(settings: HostExecSettings, tracer_provider: TracerProvider | N
         max_line_size=_MAX_LINE_SIZE,
         max_field_size=_MAX_FIELD_SIZE,
         max_headers=_MAX_HEADERS,
+        # No body is inflated (a 1 MB gzip body is 1 GiB of work on the event loop), and a body
+        # left unread once the answer is sent closes the connection instead of being read.
+        auto_decompress=False,
+        lingering_time=0,
     )
     await runner.setup()
     try:

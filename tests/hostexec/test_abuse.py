@@ -1,0 +1,120 @@
+"""Requests meant to exhaust the service: each costs it almost nothing and is closed at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from sel_otel.hostexec._local import LocalHostExec
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+#: Bytes a gzip bomb inflates to; inflating one took the unfixed service about 0.8 s of CPU.
+BOMB_INFLATED = 256 * 2**20
+BOMBS = 4
+#: CPU seconds the service may spend on all the bombs together: a fraction of one inflation.
+CPU_BUDGET_S = 0.5
+
+
+def _gzip_bomb() -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: a gzip header and trailer
+    zeros = bytes(2**20)
+    parts = [packer.compress(zeros) for _ in range(BOMB_INFLATED // len(zeros))]
+    return b"".join(parts) + packer.flush()
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    return _gzip_bomb()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def service() -> AsyncIterator[LocalHostExec]:
+    async with LocalHostExec() as running:
+        yield running
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _connect(service: LocalHostExec) -> socket.socket:
+    host, port = service.url.removeprefix("http://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def _send_bomb(service: LocalHostExec, body: bytes, token: str | None) -> bytes:
+    """POST `body` as gzip: the headers and a first part, then, once the service has
+    answered, the rest; returns the answer's status line."""
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    head = (
+        f"POST /exec HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+        f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with _connect(service) as sock:
+        sock.sendall(head + body[:4096])
+        answer = sock.recv(65536)
+        try:
+            sock.sendall(body[4096:])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed by the service, as it should be
+        return answer.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize("authenticated", [False, True], ids=["unauthenticated", "authenticated"])
+async def test_gzip_bodies_are_never_inflated(
+    service: LocalHostExec, bomb: bytes, authenticated: bool
+) -> None:
+    token = service.token if authenticated else None
+    before = _cpu_seconds(service.pid)
+    answers = await asyncio.gather(
+        *(asyncio.to_thread(_send_bomb, service, bomb, token) for _ in range(BOMBS))
+    )
+    status = b"415 Unsupported Media Type" if authenticated else b"401 Unauthorized"
+    assert answers == [b"HTTP/1.1 " + status] * BOMBS
+    # The service has dealt with every byte sent (read, dropped, or refused by closing) once
+    # a later request is answered; what it cost is its CPU time, whatever the load.
+    assert (await _post_uname(service)).startswith(b"HTTP/1.1 200")
+    spent = _cpu_seconds(service.pid) - before
+    assert spent < CPU_BUDGET_S, f"{BOMBS} gzip bombs cost the service {spent:.2f}s of CPU"
+
+
+async def _post_uname(service: LocalHostExec) -> bytes:
+    body = b'{"command": "uname -a"}'
+    head = (
+        f"POST /exec HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {service.token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+
+    def send() -> bytes:
+        with _connect(service) as sock:
+            sock.sendall(head + body)
+            return sock.recv(65536)
+
+    return await asyncio.to_thread(send)
+
+
+async def test_a_body_declared_over_the_cap_is_refused_before_it_is_sent(
+    service: LocalHostExec,
+) -> None:
+    def send() -> bytes:
+        with _connect(service) as sock:
+            sock.sendall(
+                f"POST /exec HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {service.token}\r\n"
+                f"Content-Length: {2**30}\r\n\r\n".encode()
+            )
+            return sock.recv(65536)  # no byte of the body sent: answered all the same
+
+    answer = await asyncio.to_thread(send)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
