@@ -47,12 +47,19 @@ class Refused:
     """A command line that must not run.
 
     `status` is the HTTP status (400 malformed, 403 not allowed), `reason` a
-    low-cardinality code and `message` the explanation shown to the user.
+    low-cardinality code, `message` the explanation shown to the user and `detail` what only
+    the service's log may say (who can write a directory, for an untrusted path).
     """
 
     status: int
     reason: str
     message: str
+    detail: str = ""
+
+    @property
+    def logged(self) -> str:
+        """What the service's log says of this refusal."""
+        return self.detail or self.message
 
 
 def _malformed(reason: str, message: str) -> Refused:
@@ -178,11 +185,14 @@ def _check_path(token: str, roots: tuple[Path, ...], trust: _Trust) -> str | Ref
     try:
         resolved = Path(os.path.realpath(token))
     except OSError as exc:  # a link that changed while being followed
-        return _untrusted(f"path {token} changed while it was checked: {exc.strerror}")
+        return _untrusted(token, f"path {token} changed while it was checked: {exc.strerror}")
     if not any(resolved == root or root in resolved.parents for root in roots):
         allowed = ", ".join(str(root) for root in roots)
         return _forbidden("outside_roots", f"path {token} is outside the allowed roots ({allowed})")
-    return trust.check(resolved) or str(resolved)
+    refused = trust.check(resolved)
+    if refused is not None:  # named as the user wrote it, not as it resolved
+        return _untrusted(token, refused.detail)
+    return str(resolved)
 
 
 @dataclass(frozen=True)
@@ -202,13 +212,13 @@ class _Trust:
                 # Nothing below exists, and only a trusted user may create it here.
                 return None
             except OSError as exc:
-                return _untrusted(f"{directory} cannot be checked: {exc.strerror}")
+                return _untrusted(path, f"{directory} cannot be checked: {exc.strerror}")
             last = index == len(directories) - 1
             if last and not stat.S_ISDIR(info.st_mode):
                 return None  # a file in a trusted directory: it cannot be swapped
             problem = self._writer(directory, info)
             if problem is not None:
-                return _untrusted(f"{directory} is writable by {problem}")
+                return _untrusted(path, f"{directory} is writable by {problem}")
         return None
 
     def _writer(self, directory: Path, info: os.stat_result) -> str | None:
@@ -235,5 +245,6 @@ def _has_acl(path: Path) -> bool:
     return True
 
 
-def _untrusted(message: str) -> Refused:
-    return _forbidden("untrusted_path", message)
+def _untrusted(path: str | Path, detail: str) -> Refused:
+    """Refuse an untrusted path; who owns or can write what stays in `detail`."""
+    return Refused(403, "untrusted_path", f"path {path} is not trusted", detail)

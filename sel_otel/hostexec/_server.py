@@ -74,7 +74,7 @@ def create_app(
         allowlist, max_length=settings.max_command_length, default_timeout=settings.default_timeout
     )
     for problem in policy.untrusted_roots():
-        logger.warning("every <path> under this root will be refused: %s", problem.message)
+        logger.warning("every <path> under this root will be refused: %s", problem.logged)
     service = _Service(
         token=settings.token.encode(),
         policy=policy,
@@ -177,7 +177,12 @@ async def _exec(request: web.Request) -> web.Response:
 
 def _refuse(refused: Refused, command: str) -> web.Response:
     trace.get_current_span().set_attribute(names.SEL_EXEC_REFUSAL, refused.reason)
-    logger.warning("refused (%s): %.200r", refused.reason, span_content(command, 200))
+    logger.warning(
+        "refused (%s): %.200r%s",
+        refused.reason,
+        span_content(command, 200),
+        f" ({refused.detail})" if refused.detail else "",
+    )
     if refused.status == 403:  # a 400 line may be unprintable or very long: not echoed
         return _error(403, refused.message, reason=refused.reason, command=command)
     return _error(refused.status, refused.message, reason=refused.reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import zlib
@@ -63,10 +64,8 @@ def _send_bomb(service: LocalHostExec, body: bytes, token: str | None) -> bytes:
     with _connect(service) as sock:
         sock.sendall(head + body[:4096])
         answer = sock.recv(65536)
-        try:
-            sock.sendall(body[4096:])
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # closed by the service, as it should be
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(body[4096:])  # the service may have closed the connection: it should
         return answer.split(b"\r\n", 1)[0]
 
 

@@ -103,3 +103,15 @@ async def test_swapping_a_directory_for_a_symlink_never_reads_the_target(
     # Refused as untrusted, or as outside the roots while the link is in place: never run.
     assert set(reasons) <= {"untrusted_path", "outside_roots"}, reasons
     assert reasons.get("untrusted_path", 0) > 0
+
+
+async def test_a_refused_path_is_called_untrusted_and_who_can_write_it_stays_in_the_log(
+    race_service: LocalHostExec, race_tree: Path
+) -> None:
+    target = f"{race_tree}/root/d/passwd"
+    response = await post_exec(race_service, {"command": f"cat -- {target}"})
+    assert response.status_code == 403
+    assert response.json()["reason"] == "untrusted_path"
+    assert response.json()["error"] == f"path {target} is not trusted"
+    assert "writable" not in response.text
+    assert f"{race_tree}/root is writable by everyone" in race_service.log_path.read_text()

@@ -215,7 +215,7 @@ def test_directory_owned_by_another_user_is_refused(trusted_tmp: Path) -> None:
     policy = _cat_policy(trusted_tmp)
     refused = _refused(policy, f"cat {directory}/file")
     assert (refused.status, refused.reason) == (403, "untrusted_path")
-    assert refused.message == f"{directory} is writable by uid {_OTHER_ID} (its owner)"
+    assert refused.detail == f"{directory} is writable by uid {_OTHER_ID} (its owner)"
     assert _refused(policy, f"ls {directory}").reason == "untrusted_path"  # the operand itself
     (trusted_tmp / "other").write_text("y")
     assert _approved(policy, f"cat {trusted_tmp}/other")  # a sibling stays readable
@@ -227,7 +227,7 @@ def test_root_owned_by_another_user_refuses_every_path_and_is_reported(trusted_t
     os.chown(trusted_tmp, _OTHER_ID, _OTHER_ID)
     policy = _cat_policy(trusted_tmp)
     assert _refused(policy, f"cat {directory}/file").reason == "untrusted_path"
-    assert [p.message for p in policy.untrusted_roots()] == [
+    assert [p.detail for p in policy.untrusted_roots()] == [
         f"{trusted_tmp} is writable by uid {_OTHER_ID} (its owner)"
     ]
 
@@ -241,7 +241,7 @@ def test_group_writable_directory_is_refused_unless_the_group_is_trusted(
     os.chown(directory, -1, _OTHER_ID)
     policy = _cat_policy(trusted_tmp)
     refused = _refused(policy, f"cat {directory}/file")
-    assert refused.message == f"{directory} is writable by group gid {_OTHER_ID}"
+    assert refused.detail == f"{directory} is writable by group gid {_OTHER_ID}"
     os.chown(directory, -1, 0)  # root's group
     assert _approved(policy, f"cat {directory}/file")
 
@@ -252,7 +252,7 @@ def test_world_writable_directory_is_refused_even_when_sticky(trusted_tmp: Path,
     directory.chmod(mode)
     policy = _cat_policy(trusted_tmp)
     refused = _refused(policy, f"cat {directory}/file")
-    assert refused.message == f"{directory} is writable by everyone"
+    assert refused.detail == f"{directory} is writable by everyone"
 
 
 def test_a_writable_file_in_a_trusted_directory_is_allowed(trusted_tmp: Path) -> None:
@@ -267,7 +267,7 @@ def test_paths_under_a_world_writable_tmp_are_refused(tmp_path: Path) -> None:
         pytest.skip(f"{top} is not world-writable here")
     (tmp_path / "file").write_text("x")
     refused = _refused(_cat_policy(tmp_path), f"cat {tmp_path}/file")
-    assert refused.message == f"{top} is writable by everyone"
+    assert refused.detail == f"{top} is writable by everyone"
 
 
 def test_default_root_var_log_is_trusted_on_a_stock_system() -> None:
