@@ -122,16 +122,38 @@ def _launcher(process: subprocess.Popen[Any]) -> Iterator[set[int]]:
 
 
 def _wait_until_gone(pids: set[int], why: str) -> None:
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in pids):
         assert time.monotonic() < deadline, why
         time.sleep(0.05)
 
 
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie: an orphan's reaper may take its time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def _children(pid: int) -> set[int]:
+    """Child processes of `pid`, from each of its threads' lists (threads come and go)."""
     children: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children.update(int(c) for c in (task / "children").read_text().split())
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                children.update(int(c) for c in (task / "children").read_text().split())
+    return children
+
+
+def _first_children(process: subprocess.Popen[Any]) -> set[int]:
+    """The first child processes of `process`, polled closely, as soon as there are any."""
+    deadline = time.monotonic() + 60
+    while not (children := _children(process.pid)):
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "no child process was started"
+        time.sleep(0.0002)
     return children
 
 
@@ -176,9 +198,12 @@ def test_bytes_that_are_not_text_are_answered_not_fatal(encoding: str) -> None:
     assert done.returncode == 1  # the two unreadable requests failed, and nothing else
 
 
-def test_a_console_killed_outright_leaves_no_service_behind() -> None:
+def test_a_console_killed_outright_leaves_no_service_behind(tmp_path: Path) -> None:
     console = subprocess.Popen(
-        [*CLI, "console"], env=cli_environment(), stdin=subprocess.PIPE, stderr=subprocess.PIPE
+        [*CLI, "console"],
+        env=cli_environment(TMPDIR=str(tmp_path)),  # where the token directory stays behind
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     with _launcher(console) as children:
         deadline = time.monotonic() + 60
@@ -190,3 +215,99 @@ def test_a_console_killed_outright_leaves_no_service_behind() -> None:
         console.kill()  # SIGKILL: no clean-up code runs in the console
         console.wait()
         _wait_until_gone(children, "the host-exec service outlived its launcher")
+
+
+@pytest.mark.parametrize(
+    "after_fork_s",
+    # The moment of the kill is the variable under test: this long after the service's
+    # process appears, so before or after it has run a line of its own, armed its death
+    # signal or started to watch its launcher; None: once the console answers.
+    [0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.03, 0.1, 0.3, None],
+)
+def test_a_console_killed_at_any_moment_of_its_services_start_leaves_none_behind(
+    after_fork_s: float | None, tmp_path: Path
+) -> None:
+    console = subprocess.Popen(
+        [*CLI, "console"],
+        env=cli_environment(PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with _launcher(console) as children:
+        if after_fork_s is None:
+            assert console.stdin is not None and console.stdout is not None
+            console.stdin.write("agent:calc 1+1\n")
+            console.stdin.flush()
+            assert console.stdout.readline() == "1+1 = 2\n", console.communicate()[1]
+            children |= _children(console.pid)
+        else:
+            children |= _first_children(console)
+            time.sleep(after_fork_s)
+        console.kill()  # SIGKILL: no clean-up code runs in the console
+        console.wait()
+        _wait_until_gone(children, "the host-exec service outlived its launcher")
+
+
+def _pending(pid: int, signum: int) -> bool:
+    """Whether `signum` waits to be delivered to `pid` (a stopped process, say)."""
+    bit = 1 << (signum - 1)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, mask = line.partition(":")
+        if name in ("SigPnd", "ShdPnd") and int(mask, 16) & bit:
+            return True
+    return False
+
+
+def _stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T"
+
+
+def _environment(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode().partition("=")[::2] for entry in entries if entry)
+
+
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name
+)
+def test_a_signal_while_the_console_waits_for_its_service_to_stop_leaves_no_token_behind(
+    signum: int, tmp_path: Path
+) -> None:
+    stdin, requests = os.pipe()
+    console = subprocess.Popen(
+        [*CLI, "console"],
+        env=cli_environment(PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path)),
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(stdin)
+    with _launcher(console) as children, open(requests, "w") as lines:
+        lines.write("agent:calc 1+1\n")
+        lines.flush()
+        assert console.stdout is not None
+        assert console.stdout.readline() == "1+1 = 2\n", console.communicate()[1]
+        children |= _children(console.pid)
+        [service] = children  # the embedded host-exec service, up since the console is
+        token_dir = Path(_environment(service)["HOST_EXEC_TOKEN_FILE"]).parent
+        assert token_dir.parent == tmp_path and token_dir.is_dir()
+        # Stopped, the service takes the console's SIGTERM only when it is continued: the
+        # console waits for it until its grace ends, and then kills it.
+        os.kill(service, signal.SIGSTOP)
+        deadline = time.monotonic() + 60
+        while not _stopped(service):  # a signal sent now stays pending
+            assert time.monotonic() < deadline, "the service never stopped"
+            time.sleep(0.01)
+        lines.close()  # end of input: the console shuts down
+        while not _pending(service, signal.SIGTERM):  # the console is in its wait
+            assert console.poll() is None, console.communicate()[1]
+            assert time.monotonic() < deadline, "the console never asked the service to stop"
+            time.sleep(0.01)
+        console.send_signal(signum)
+        assert console.wait(timeout=60) == 128 + signum, console.communicate()[1]
+        assert not token_dir.exists()
+        assert list(tmp_path.glob("sel-hostexec-local-*")) == []
+        assert not _running(service)

@@ -4,27 +4,34 @@ Used as the embedded default when no `HOST_EXEC_URL` is configured, and by tests
 reaches the child through a private file (`HOST_EXEC_TOKEN_FILE`), never its environment.
 The listening socket is bound here and inherited by the child (`HOST_EXEC_LISTEN_FD`), so no
 other process can take the port between its choice and the child's start and be sent the
-token. The child gets only the environment a service needs, not the parent's secrets, and
-on Linux it is stopped when its parent dies, even killed outright.
+token. The child gets only the environment a service needs, not the parent's secrets.
+
+The child stops when its launcher goes, even killed outright at any moment of the start: it
+inherits the read end of a pipe whose write end only the launcher holds
+(`HOST_EXEC_LAUNCHER_FD`), and stops at end of file on it. The kernel closes the launcher's
+end however the launcher ends, and the end of file stays, so a launcher gone before the
+child even began to watch is seen all the same. (On Linux the child also asks for SIGTERM at
+its parent's death, a second line should the write end leak into a process that outlives
+the launcher.) Nothing runs in the child between fork and exec.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import secrets
 import shutil
-import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
-import aiohttp
+import httpx
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from .._exceptions import ConfigError
 from ._settings import DEFAULT_CHILD_ENV
@@ -44,17 +51,7 @@ _INHERITED = frozenset(
 )
 _INHERITED_PREFIXES = ("LC_", "PYTHON", "OTEL_")
 
-
-_PR_SET_PDEATHSIG = 1
-#: The C library, loaded before any fork: the child only calls into it.
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-
-
-def _stop_with_parent() -> None:
-    """In the child, before exec: SIGTERM it when its parent dies, so that a launcher killed
-    outright (SIGKILL, a crash) leaves no service behind."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+T = TypeVar("T")
 
 
 def _inherited(name: str) -> bool:
@@ -73,6 +70,10 @@ class LocalHostExec:
     `settings` holds extra `HOST_EXEC_*` variables (such as `HOST_EXEC_MAX_CONCURRENCY`);
     host, port and token are chosen here. Raises ConfigError when the service does not
     become healthy within `startup_timeout` seconds, with the tail of its log.
+
+    Leaving the block stops the service and removes its token and log, to the end even when
+    the task is cancelled meanwhile (a signal during shutdown): the cancellation is raised
+    once both are done.
     """
 
     def __init__(
@@ -89,6 +90,8 @@ class LocalHostExec:
         self._port: int | None = None
         self._dir: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
+        #: The write end of the child's launcher pipe: open while this launcher lives.
+        self._lifeline: int | None = None
 
     @property
     def token_file(self) -> Path:
@@ -119,33 +122,8 @@ class LocalHostExec:
         return self._dir / "service.log"
 
     async def __aenter__(self) -> LocalHostExec:
-        self._dir = Path(tempfile.mkdtemp(prefix="sel-hostexec-local-"))
-        token_file = self.token_file
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(self.token)
-        env = {name: value for name, value in os.environ.items() if _inherited(name)}
-        env.update(self._settings)
-        env["HOST_EXEC_TOKEN_FILE"] = str(token_file)
-        env.pop("HOST_EXEC_TOKEN", None)
-        if self._allowlist is not None:
-            env["HOST_EXEC_ALLOWLIST"] = str(self._allowlist)
         try:
-            with socket.create_server((_LOOPBACK, 0)) as listener:
-                self._port = listener.getsockname()[1]
-                env["HOST_EXEC_LISTEN_FD"] = str(listener.fileno())
-                with self.log_path.open("wb") as log:
-                    self._process = await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        "-m",
-                        "sel_otel.hostexec",
-                        stdin=asyncio.subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=asyncio.subprocess.STDOUT,
-                        env=env,
-                        pass_fds=(listener.fileno(),),
-                        preexec_fn=_stop_with_parent,
-                    )
+            await self._start()
             await self._wait_healthy()
         except BaseException:
             await self._stop()
@@ -160,22 +138,59 @@ class LocalHostExec:
     ) -> None:
         await self._stop()
 
+    async def _start(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="sel-hostexec-local-"))
+        token_file = self.token_file
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(self.token)
+        env = {name: value for name, value in os.environ.items() if _inherited(name)}
+        env.update(self._settings)
+        env["HOST_EXEC_TOKEN_FILE"] = str(token_file)
+        env.pop("HOST_EXEC_TOKEN", None)
+        if self._allowlist is not None:
+            env["HOST_EXEC_ALLOWLIST"] = str(self._allowlist)
+        # Both ends are close-on-exec: the child gets the read end alone (pass_fds), and no
+        # other process this one starts gets the write end.
+        watched, self._lifeline = os.pipe()
+        try:
+            with socket.create_server((_LOOPBACK, 0)) as listener:
+                self._port = listener.getsockname()[1]
+                env["HOST_EXEC_LISTEN_FD"] = str(listener.fileno())
+                env["HOST_EXEC_LAUNCHER_FD"] = str(watched)
+                with self.log_path.open("wb") as log:
+                    self._process = await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        "sel_otel.hostexec",
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=asyncio.subprocess.STDOUT,
+                        env=env,
+                        pass_fds=(listener.fileno(), watched),
+                    )
+        finally:
+            os.close(watched)
+
     async def _wait_healthy(self) -> None:
         assert self._process is not None
         deadline = asyncio.get_running_loop().time() + self._startup_timeout
-        timeout = aiohttp.ClientTimeout(total=1.0)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while asyncio.get_running_loop().time() < deadline:
-                if self._process.returncode is not None:
-                    raise ConfigError(
-                        f"host-exec service exited with status {self._process.returncode}: "
-                        f"{self._log_tail()}"
-                    )
-                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                    async with session.get(f"{self.url}/healthz") as response:
-                        if response.status == 200:
+        # Readiness checks are no one's request: no client span (were httpx instrumented
+        # globally), no `traceparent`; the service does not trace /healthz either.
+        with suppress_instrumentation():
+            # trust_env=False: a loopback address is never reached through a proxy.
+            async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
+                while asyncio.get_running_loop().time() < deadline:
+                    if self._process.returncode is not None:
+                        raise ConfigError(
+                            f"host-exec service exited with status {self._process.returncode}: "
+                            f"{self._log_tail()}"
+                        )
+                    with contextlib.suppress(httpx.HTTPError, OSError):
+                        response = await client.get(f"{self.url}/healthz")
+                        if response.status_code == 200:
                             return
-                await asyncio.sleep(_POLL_INTERVAL)
+                    await asyncio.sleep(_POLL_INTERVAL)
         raise ConfigError(
             f"host-exec service not healthy after {self._startup_timeout:g}s: {self._log_tail()}"
         )
@@ -187,14 +202,49 @@ class LocalHostExec:
             return "(no log)"
 
     async def _stop(self) -> None:
+        """Stop the service, then remove its directory. Neither is cut short by a
+        cancellation, which is raised again once both are done."""
         process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), _STOP_GRACE)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        lifeline, self._lifeline = self._lifeline, None
+        directory, self._dir = self._dir, None
+        try:
+            if process is not None:
+                await _to_completion(_end(process))
+        finally:
+            if process is not None and process.returncode is None:
+                # The wait itself was cancelled (its event loop is closing): no service is
+                # left behind all the same.
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+            if lifeline is not None:
+                os.close(lifeline)
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+async def _end(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL after a grace period; wait for the exit."""
+    if process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), _STOP_GRACE)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+async def _to_completion(work: Awaitable[T]) -> T:
+    """Await `work` to its end even if the caller is cancelled meanwhile, as often as it may
+    be; then raise that cancellation, so that it still takes effect (unless `work` failed:
+    its error is raised instead)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])  # unlike awaiting the task, never cancels it
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled and (task.cancelled() or task.exception() is None):
+        raise asyncio.CancelledError
+    return task.result()

@@ -9,7 +9,8 @@ Routes:
   the cap; 415: a compressed body (`Content-Encoding`, never inflated); 429: the concurrency
   limit is reached (not queued). Errors are `{"error": ...}`, with `reason` and `command`
   for 400/403 refusals of a command line.
-- `GET /healthz`: `{"status": "ok"}`, no token needed.
+- `GET /healthz`: `{"status": "ok"}`, no token needed, and no span: a readiness check is
+  nobody's request, and a trace of its own for each one would bury the real ones.
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ def create_app(
 
 @web.middleware
 async def _trace_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One SERVER span per request, continuing the caller's `traceparent`."""
+    """One SERVER span per request but readiness checks, continuing the caller's
+    `traceparent`."""
+    if request.match_info.route.handler is _healthz:
+        return await handler(request)
     tracer = request.app[_SERVICE].tracer
     resource = request.match_info.route.resource
     attributes = {

@@ -1,11 +1,14 @@
-"""The service process: settings from the environment, serve until SIGTERM or SIGINT."""
+"""The service process: settings from the environment, serve until SIGTERM or SIGINT, or
+until the process that started it is gone (`HOST_EXEC_LAUNCHER_FD`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import sys
@@ -17,7 +20,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from .._exceptions import ConfigError
 from .._settings import settings_help
 from .._telemetry import Telemetry, telemetry_help
-from ._httplog import AccessLog, server_logger
 from ._server import create_app
 from ._settings import HostExecSettings
 
@@ -29,16 +31,25 @@ _DEFAULT_SERVICE_NAME = "sel-host-exec"
 _MAX_LINE_SIZE = 4096
 _MAX_FIELD_SIZE = 4096
 _MAX_HEADERS = 32
+_PR_SET_PDEATHSIG = 1
 
 
 def run_service(
     settings: HostExecSettings, *, tracer_provider: TracerProvider | None = None
 ) -> None:
-    """Serve the host-exec API until SIGTERM or SIGINT; raises ConfigError on bad settings."""
+    """Serve the host-exec API until SIGTERM or SIGINT, or end of file on
+    `settings.launcher_fd`; raises ConfigError on bad settings."""
     asyncio.run(_serve(settings, tracer_provider))
 
 
 async def _serve(settings: HostExecSettings, tracer_provider: TracerProvider | None) -> None:
+    # Whatever asks the service to stop while it starts is honoured once it has started.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if settings.launcher_fd is not None:
+        _watch_launcher(settings.launcher_fd, stop)
     app = create_app(settings, tracer_provider=tracer_provider)
     runner = web.AppRunner(
         app,
@@ -52,10 +63,6 @@ async def _serve(settings: HostExecSettings, tracer_provider: TracerProvider | N
         # left unread once the answer is sent closes the connection instead of being read.
         auto_decompress=False,
         lingering_time=0,
-        # No query string in the access log (a token may be in one); refused requests in one
-        # line each, without a traceback, and a few lines a minute at most.
-        access_log_class=AccessLog,
-        logger=server_logger(),
     )
     await runner.setup()
     try:
@@ -63,14 +70,42 @@ async def _serve(settings: HostExecSettings, tracer_provider: TracerProvider | N
         logger.info("host-exec listening on %s", ", ".join(map(str, runner.addresses)))
         if not _is_loopback(host):
             logger.warning("host-exec listens beyond loopback: the token crosses the network")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
         await stop.wait()
         logger.info("host-exec stopping")
     finally:
         await runner.cleanup()
+
+
+def _watch_launcher(fd: int, stop: asyncio.Event) -> None:
+    """Set `stop` when the launcher is gone: at end of file on `fd`, the read end of a pipe
+    whose write end only the launcher holds. The kernel closes that end however the launcher
+    ends, and end of file lasts, so a launcher gone before this watch began is seen at once.
+
+    On Linux, SIGTERM at the parent's death is asked for too, first, so that the service
+    stops even should the write end have been leaked into another process.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            if os.read(fd, 512):
+                return  # the launcher writes nothing; were it to, it is still there
+        except BlockingIOError:
+            return
+        except OSError:
+            pass  # the pipe is broken: the launcher is gone all the same
+        loop.remove_reader(fd)
+        logger.info("host-exec launcher gone")
+        stop.set()
+
+    try:
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, readable)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigError(f"HOST_EXEC_LAUNCHER_FD={fd} is not a readable pipe: {why}") from exc
 
 
 async def _start_site(runner: web.AppRunner, settings: HostExecSettings) -> str:

@@ -38,6 +38,13 @@ def _listen_fd(raw: str) -> int:
     return value
 
 
+def _launcher_fd(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= _MAX_FD:
+        raise ValueError(f"must be the number of an inherited pipe's read end (0 to {_MAX_FD})")
+    return value
+
+
 def _path(raw: str) -> Path:
     return Path(raw.strip())
 
@@ -90,6 +97,14 @@ class HostExecSettings:
         None,
         "a listening socket inherited from the process that started the service, used "
         "instead of host and port",
+    )
+    launcher_fd: int | None = setting(
+        "HOST_EXEC_LAUNCHER_FD",
+        _launcher_fd,
+        None,
+        "the read end of a pipe whose write end the process that started the service holds: "
+        "the service stops at its end of file, when that process is gone, even killed "
+        "outright",
     )
     allowlist: Path | None = setting(  # None: the built-in default list
         "HOST_EXEC_ALLOWLIST",

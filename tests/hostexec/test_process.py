@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import sel_otel.hostexec
 from sel_otel._exceptions import ConfigError
+from sel_otel.hostexec import _local
 from sel_otel.hostexec._local import LocalHostExec
+
+from ..conftest import cli_environment
+
+#: Generous: a loaded 2-core machine starts a Python process in well under this.
+DEADLINE_S = 30.0
 
 
 def test_exported_members_are_exactly_all() -> None:
@@ -40,6 +54,110 @@ async def test_launcher_stops_the_service_on_exit() -> None:
         assert _state(pid) not in (None, "Z")
     assert _state(pid) in (None, "Z")
     assert not _exists(log_dir)
+
+
+async def test_a_shutdown_cancelled_while_it_waits_still_stops_the_service_and_removes_its_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_local, "_STOP_GRACE", 2.0)  # the SIGKILL that ends the wait, sooner
+    service = LocalHostExec()
+    await service.__aenter__()
+    pid, directory = service.pid, service.log_path.parent
+    os.kill(pid, signal.SIGSTOP)  # the SIGTERM of the shutdown waits, and so does the shutdown
+    try:
+        _until(lambda: _state(pid) == "T", "never stopped")  # a signal sent now stays pending
+        closing = asyncio.ensure_future(service.__aexit__(None, None, None))
+        while not _pending(pid, signal.SIGTERM):  # the shutdown now waits for the service
+            assert not closing.done(), closing
+            await asyncio.wait([closing], timeout=0.01)
+        for _ in range(2):  # as a signal does, twice
+            closing.cancel()
+            await asyncio.sleep(0)  # one turn of the loop: the cancellation is delivered
+        assert not closing.done()  # still waiting for the service, cancelled or not
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert _state(pid) in (None, "Z")
+        assert not _exists(directory)
+    finally:
+        _kill(pid)
+        shutil.rmtree(directory, ignore_errors=True)  # when the test failed
+
+
+@pytest.mark.parametrize("when", ["before it starts", "once it listens"])
+def test_the_service_stops_at_the_end_of_its_launcher_pipe(when: str) -> None:
+    watched, lifeline = os.pipe()
+    service = subprocess.Popen(
+        [sys.executable, "-m", "sel_otel.hostexec"],
+        env=cli_environment(
+            HOST_EXEC_TOKEN="launcher-test-token-0123456789",
+            HOST_EXEC_PORT="0",
+            HOST_EXEC_LAUNCHER_FD=str(watched),
+        ),
+        pass_fds=(watched,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(watched)
+    try:
+        log = []
+        if when == "once it listens":
+            assert service.stderr is not None
+            for line in service.stderr:
+                log.append(line)
+                if "host-exec listening on" in line:
+                    break
+            assert service.poll() is None, log
+        os.close(lifeline)  # the launcher is gone
+        lifeline = -1
+        _, stderr = service.communicate(timeout=DEADLINE_S)
+        assert service.returncode == 0, stderr
+        assert "host-exec launcher gone" in "".join(log) + stderr
+    finally:
+        if lifeline >= 0:
+            os.close(lifeline)
+        service.kill()
+        service.communicate()
+
+
+def test_a_launcher_fd_that_is_no_pipe_is_refused() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sel_otel.hostexec"],
+        env=cli_environment(
+            HOST_EXEC_TOKEN="launcher-test-token-0123456789",
+            HOST_EXEC_PORT="0",
+            HOST_EXEC_LAUNCHER_FD="987",  # not open in the service
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "HOST_EXEC_LAUNCHER_FD=987 is not a readable pipe" in done.stderr
+
+
+def _until(condition: Callable[[], bool], why: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, why
+        time.sleep(0.01)
+
+
+def _pending(pid: int, signum: int) -> bool:
+    """Whether `signum` waits to be delivered to `pid`."""
+    bit = 1 << (signum - 1)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, mask = line.partition(":")
+        if name in ("SigPnd", "ShdPnd") and int(mask, 16) & bit:
+            return True
+    return False
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL `pid` if it still runs (a stopped process too)."""
+    if _state(pid) not in (None, "Z"):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _state(pid: int) -> str | None:

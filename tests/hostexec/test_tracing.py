@@ -135,10 +135,10 @@ async def test_refused_command_has_no_exec_span_and_a_refusal_reason(
 async def test_request_without_traceparent_starts_a_new_trace(
     client: TestClient[object, object], exporter: InMemorySpanExporter
 ) -> None:
-    response = await client.get("/healthz")
-    assert response.status == 200
+    response = await client.post("/exec", json={"command": "uname -a"})  # /healthz: no span
+    assert response.status == 401
     (server,) = exporter.get_finished_spans()
-    assert server.name == "GET /healthz"
+    assert server.name == "POST /exec"
     assert server.parent is None
     assert format(server.context.trace_id, "032x") != TRACE_ID
 
