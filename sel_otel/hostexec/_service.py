@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from .._exceptions import ConfigError
 from .._settings import settings_help
 from .._telemetry import Telemetry, telemetry_help
+from ._httplog import AccessLog, server_logger
 from ._server import create_app
 from ._settings import HostExecSettings
 
@@ -63,6 +64,10 @@ async def _serve(settings: HostExecSettings, tracer_provider: TracerProvider | N
         # left unread once the answer is sent closes the connection instead of being read.
         auto_decompress=False,
         lingering_time=0,
+        # No query string in the access log (a token may be in one); refused requests in one
+        # line each, without a traceback, and a few lines a minute at most.
+        access_log_class=AccessLog,
+        logger=server_logger(),
     )
     await runner.setup()
     try:

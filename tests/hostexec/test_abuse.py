@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 
 from sel_otel.hostexec._local import LocalHostExec
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -117,3 +118,51 @@ async def test_a_body_declared_over_the_cap_is_refused_before_it_is_sent(
 
     answer = await asyncio.to_thread(send)
     assert answer.startswith(b"HTTP/1.1 413"), answer
+
+
+async def test_the_access_log_never_holds_a_query_string(service: LocalHostExec) -> None:
+    secret = "qs-secret-" + service.token[:12]
+
+    def send() -> list[bytes]:
+        answers = []
+        for target in (f"/healthz?token={secret}", f"/exec?access_token={secret}&x=1"):
+            with _connect(service) as sock:
+                sock.sendall(
+                    f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+                )
+                answers.append(sock.recv(65536).split(b"\r\n", 1)[0])
+        return answers
+
+    assert await asyncio.to_thread(send) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 405 Method Not Allowed"]
+    await wait_until(lambda: '"GET /exec' in service.log_path.read_text(), "the access line")
+    log = service.log_path.read_text()
+    assert secret not in log
+    assert '"GET /healthz HTTP/1.1" 200' in log
+
+
+async def test_malformed_requests_are_logged_in_one_rate_limited_line_each(
+    service: LocalHostExec,
+) -> None:
+    refusals = 30
+
+    def send() -> list[bytes]:
+        answers = []
+        for _ in range(refusals):
+            with _connect(service) as sock:
+                sock.sendall(
+                    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
+                )
+                answers.append(sock.recv(65536).split(b"\r\n", 1)[0])
+        return answers
+
+    assert set(await asyncio.to_thread(send)) == {b"HTTP/1.0 400 Bad Request"}
+    # A later request's access line comes after every refusal's line, if any was written.
+    assert (await _post_uname(service)).startswith(b"HTTP/1.1 200")
+    await wait_until(
+        lambda: '"POST /exec HTTP/1.1" 200' in service.log_path.read_text(), "the access line"
+    )
+    log = service.log_path.read_text()
+    assert "Traceback" not in log
+    lines = [line for line in log.splitlines() if "refused a request from" in line]
+    assert 1 <= len(lines) <= 10, lines
+    assert "LineTooLong" in lines[0] or "BadHttpMessage" in lines[0], lines[0]
