@@ -8,6 +8,8 @@ both off (`_service.py`) and reads a body only through `read_body`.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 _IDENTITY = ("", "identity")
@@ -22,11 +24,14 @@ class BodyRefused(Exception):
         self.message = message
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The request's body, at most `request.client_max_size` bytes, never inflated.
+async def read_body(request: web.Request, *, time_limit: float) -> bytes:
+    """The request's body, at most `request.client_max_size` bytes, never inflated, read
+    within `time_limit` seconds.
 
     Raises BodyRefused: 415 for any `Content-Encoding` but identity, 413 for a body over the
-    cap (by its `Content-Length` before a byte of it is read, else once the cap is passed).
+    cap (by its `Content-Length` before a byte of it is read, else once the cap is passed),
+    408 for a body still arriving after `time_limit` seconds (a slow client holds a connection
+    and a request in the service for as long as its body takes).
     """
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in _IDENTITY:
@@ -36,6 +41,9 @@ async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     try:
-        return await request.read()
+        async with asyncio.timeout(time_limit):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
+    except TimeoutError:
+        raise BodyRefused(408, f"the body took more than {time_limit:g}s to arrive") from None

@@ -5,10 +5,11 @@ Routes:
   200: the command ran; the body is an `ExecResult` (`exit_code`, `stdout`, `stderr`,
   `truncated`, `timed_out`, `duration_ms`). 504: the command ran past its timeout and was
   killed; same body with `timed_out: true`, plus `timeout_s`. 400: malformed request or
-  command line; 401: missing or wrong token; 403: refused by the allow-list; 413: body over
-  the cap; 415: a compressed body (`Content-Encoding`, never inflated); 429: the concurrency
-  limit is reached (not queued). Errors are `{"error": ...}`, with `reason` and `command`
-  for 400/403 refusals of a command line.
+  command line; 401: missing or wrong token; 403: refused by the allow-list; 408: a body
+  slower than `HOST_EXEC_BODY_TIMEOUT`; 413: body over the cap; 415: a compressed body
+  (`Content-Encoding`, never inflated); 429: the concurrency limit is reached (not queued).
+  Errors are `{"error": ...}`, with `reason` and `command` for 400/403 refusals of a command
+  line.
 - `GET /healthz`: `{"status": "ok"}`, no token needed, and no span: a readiness check is
   nobody's request, and a trace of its own for each one would bury the real ones.
 """
@@ -50,6 +51,7 @@ class _Service:
     runner: Runner
     slots: asyncio.Semaphore
     tracer: trace.Tracer
+    body_timeout: float
 
 
 _SERVICE = web.AppKey("service", _Service)
@@ -85,6 +87,7 @@ def create_app(
         ),
         slots=asyncio.Semaphore(settings.max_concurrency),
         tracer=trace.get_tracer(names.SCOPE_NAME, tracer_provider=tracer_provider),
+        body_timeout=settings.body_timeout,
     )
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_trace_requests])
     app[_SERVICE] = service
@@ -149,7 +152,7 @@ def _authorized(request: web.Request, token: bytes) -> bool:
 
 async def _read_command(request: web.Request) -> str | web.Response:
     try:
-        body = json.loads(await read_body(request))
+        body = json.loads(await read_body(request, time_limit=request.app[_SERVICE].body_timeout))
     except BodyRefused as exc:
         return _error(exc.status, exc.message)
     except (ValueError, RecursionError):

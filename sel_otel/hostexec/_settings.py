@@ -141,6 +141,13 @@ class HostExecSettings:
         "seconds a connection may stay idle, or take to send its headers, counted from its "
         "start or its last answer",
     )
+    body_timeout: float = setting(
+        "HOST_EXEC_BODY_TIMEOUT",
+        _seconds,
+        10.0,
+        "seconds a request body may take to arrive after its headers; a slower one gets 408 "
+        "and its connection is closed",
+    )
     child_path: str = setting(
         "HOST_EXEC_PATH", str.strip, DEFAULT_PATH, "the PATH commands are run with"
     )

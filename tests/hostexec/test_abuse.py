@@ -166,3 +166,47 @@ async def test_malformed_requests_are_logged_in_one_rate_limited_line_each(
     lines = [line for line in log.splitlines() if "refused a request from" in line]
     assert 1 <= len(lines) <= 10, lines
     assert "LineTooLong" in lines[0] or "BadHttpMessage" in lines[0], lines[0]
+
+
+BODY_TIMEOUT_S = 1.0
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def short_body_timeout() -> AsyncIterator[LocalHostExec]:
+    settings = {"HOST_EXEC_BODY_TIMEOUT": str(BODY_TIMEOUT_S)}
+    async with LocalHostExec(settings=settings) as running:
+        yield running
+
+
+async def test_a_body_slower_than_the_limit_gets_408_and_its_connection_is_closed(
+    short_body_timeout: LocalHostExec,
+) -> None:
+    service = short_body_timeout
+
+    def trickle() -> tuple[bytes, int]:
+        """Send a body a byte every 0.1 s, for up to 30 s; the answer and the bytes sent."""
+        body = b'{"command": "uname -a"}' + b" " * 400
+        head = (
+            f"POST /exec HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {service.token}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with _connect(service) as sock:
+            sock.sendall(head)
+            sock.settimeout(0.1)
+            for sent in range(300):
+                try:
+                    answer = sock.recv(65536)
+                except TimeoutError:
+                    sock.sendall(body[sent : sent + 1])
+                    continue
+                sock.settimeout(30)
+                with contextlib.suppress(ConnectionResetError):
+                    while chunk := sock.recv(65536):  # then closed by the service
+                        answer += chunk
+                return answer, sent
+        pytest.fail("no answer to a body trickled in for 30s")
+
+    answer, sent = await asyncio.to_thread(trickle)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"took more than 1s" in answer
+    assert sent < 300
