@@ -1,23 +1,21 @@
 """Run an allow-listed system command on the host through the host-exec service.
 
-Reads `HOST_EXEC_URL` and the token at each call: `HOST_EXEC_TOKEN`, or when it is unset the
-file named by `HOST_EXEC_TOKEN_FILE` (read at each call), so a deployment can keep the
-token out of the environment. One `httpx.AsyncClient` per event
-loop, traced by the OpenTelemetry httpx instrumentation, so the HTTP call is a child of the
-agent span and carries `traceparent` to the service.
+Its configuration comes from the runtime through `setup(context)`: the service's URL
+(`HOST_EXEC_URL`) and its token, `HOST_EXEC_TOKEN` or the file named by `HOST_EXEC_TOKEN_FILE`
+(read at each call, so that a rotated token is used at once), all read by the runtime's
+settings. Requests go through the runtime's httpx client, traced by the OpenTelemetry httpx
+instrumentation, so the HTTP call is a child of the agent span and carries `traceparent` to
+the service.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-from pathlib import Path
 
 import httpx
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-from sel_otel import AgentReplyError, code_span, first_word
+from sel_otel import AgentContext, AgentReplyError, code_span, first_word
 
 DESCRIPTION = (
     "Run an allow-listed system command on the host, e.g. `uname -a`, `fastfetch`, `df -h`"
@@ -60,7 +58,9 @@ _BACKTICK_RUN = re.compile(r"`(?=`)")
 #: Tabs and line breaks, which a pasted command may hold: spaces to the service's parser.
 _LINE_BREAKS = re.compile(r"[\t\n\r\v\f]")
 
-_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+#: What the runtime handed this agent (`setup`); None until then.
+_context: AgentContext | None = None
+_HEADERS = {"User-Agent": "sel-otel host_exec"}
 
 
 class HostExecAuthFailed(AgentReplyError):
@@ -83,28 +83,21 @@ class HostExecUnavailable(AgentReplyError):
     pass
 
 
-def _client() -> httpx.AsyncClient:
-    """The process's client for the running event loop (a client cannot cross loops)."""
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        for stale in [other for other in _clients if other.is_closed()]:
-            del _clients[stale]
-        client = httpx.AsyncClient(headers={"User-Agent": "sel-otel host_exec"})
-        HTTPXClientInstrumentor.instrument_client(client)
-        _clients[loop] = client
-    return client
+async def setup(context: AgentContext) -> None:
+    """Keep the runtime's settings and httpx client for the calls to come."""
+    global _context
+    _context = context
 
 
-def _token() -> str:
+def _token(context: AgentContext) -> str:
     """HOST_EXEC_TOKEN, else the content of HOST_EXEC_TOKEN_FILE, read at each call so that a
     rotated token is used at once (a small read beside a network round trip)."""
-    token = os.environ.get("HOST_EXEC_TOKEN", "").strip()
-    path = os.environ.get("HOST_EXEC_TOKEN_FILE", "").strip()
-    if token or not path:
-        return token
+    settings = context.settings
+    path = settings.host_exec_token_file
+    if path is None:
+        return settings.host_exec_token
     try:
-        return Path(path).read_text(encoding="utf-8").strip()
+        return path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
         raise HostExecAuthFailed(
@@ -117,20 +110,21 @@ def _timeout_for(program: str) -> float:
 
 
 async def _post(command: str) -> httpx.Response:
-    url = os.environ.get("HOST_EXEC_URL", "").rstrip("/")
-    if not url:
+    context = _context
+    url = context.settings.host_exec_url.rstrip("/") if context is not None else ""
+    if context is None or not url:
         raise HostExecUnavailable("❌ Host exec is not configured (set HOST_EXEC_URL)")
-    token = _token()
+    token = _token(context)
     program = first_word(command)
     timeout = _timeout_for(program)
     mutating = program in INVALIDATED_BY
     last_error: Exception | None = None
     for attempt in range(ATTEMPTS):
         try:
-            return await _client().post(
+            return await context.http.post(
                 f"{url}/exec",
                 json={"command": command},
-                headers={"Authorization": f"Bearer {token}"},
+                headers={**_HEADERS, "Authorization": f"Bearer {token}"},
                 timeout=httpx.Timeout(timeout, connect=3.0),
             )
         except httpx.ReadTimeout as exc:
@@ -178,13 +172,6 @@ def _format(command: str, body: dict[str, object]) -> str:
     if notes:
         parts.append(f"_({'; '.join(notes)})_")
     return "\n".join(parts)
-
-
-async def close() -> None:
-    """Close the client of the running event loop."""
-    client = _clients.pop(asyncio.get_running_loop(), None)
-    if client is not None:
-        await client.aclose()
 
 
 async def run(query: str) -> str:

@@ -9,7 +9,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._agent import Agent, first_word
+    from ._agent import Agent, AgentContext, first_word
     from ._app import SelApp
     from ._bot import SelBot
     from ._bot_settings import BotSettings
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 #: `import sel_otel.hostexec` (the host-exec service) loads no cache, Redis or Discord code:
 #: a name is imported from its module on first use.
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "_agent": ("Agent", "first_word"),
+    "_agent": ("Agent", "AgentContext", "first_word"),
     "_app": ("SelApp",),
     "_bot": ("SelBot",),  # imports discord.py, which only the bot needs
     "_bot_settings": ("BotSettings",),
@@ -72,6 +72,7 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 __all__ = [
     "Agent",
     "AgentBusy",
+    "AgentContext",
     "AgentError",
     "AgentFailed",
     "AgentLoadError",

@@ -12,22 +12,33 @@ INVALIDATED_BY = {"rm", "mv"}       # optional: inputs whose first word clears t
 PRIVILEGED = False                  # optional: only allowed users may run it
 CACHE_PER_USER = False              # optional: the user id goes into the cache key
 def run(query: str) -> str: ...     # or: async def run(query: str) -> str
+async def setup(context) -> None: ...  # optional: take what the runtime owns (`AgentContext`)
 async def close() -> None: ...      # optional: release resources when the runtime stops
 ```
 `CACHE_TTL_BY_INPUT` keys match the input (white space collapsed) exactly, or else its first word.
+
+`setup(context)` runs once per loaded version of the agent, before its first call: the
+`AgentContext` carries the runtime's settings (the host-exec URL and token among them) and an
+httpx client the runtime owns and closes. Agents take their configuration from it, never from
+variables of the process environment.
 """
 
 from __future__ import annotations
 
 import inspect
 import shlex
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import AgentLoadError
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ._settings import Settings
 
 AgentFunction = Callable[[str], Awaitable[Any]] | Callable[[str], Any]
 
@@ -36,6 +47,20 @@ _QUOTING = frozenset("'\"\\")
 
 #: The longest TTL or timeout an agent may declare; a cache backend must be able to take it.
 MAX_SECONDS = 365 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class AgentContext:
+    """What the runtime hands an agent's `setup(context)`: what it owns, for agents to use.
+
+    `settings` are the runtime's (`host_exec_url`, `host_exec_token`, `host_exec_token_file`
+    among them); `http` is a client traced by the OpenTelemetry httpx instrumentation, so that
+    a request is a child of the agent span and carries `traceparent`. The runtime closes it
+    when it stops: an agent must not.
+    """
+
+    settings: Settings
+    http: httpx.AsyncClient = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +79,9 @@ class Agent:
     privileged: bool = False
     cache_per_user: bool = False
     close: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
+    setup: Callable[[AgentContext], Coroutine[Any, Any, None]] | None = field(
+        default=None, repr=False
+    )
     path: Path | None = None
     #: The digest of the source it was loaded from: part of its cache keys, so that results
     #: of different code never mix.
@@ -118,6 +146,14 @@ class Agent:
         close = getattr(module, "close", None)
         if close is not None and not inspect.iscoroutinefunction(close):
             raise broken("close must be an async function taking no arguments")
+        setup = getattr(module, "setup", None)
+        if setup is not None:
+            if not inspect.iscoroutinefunction(setup):
+                raise broken("setup must be an async function taking one argument (the context)")
+            try:
+                inspect.signature(setup).bind("context")
+            except (TypeError, ValueError) as exc:
+                raise broken(f"setup must accept one argument (the context): {exc}") from None
         flags = {}
         for flag in ("PRIVILEGED", "CACHE_PER_USER"):
             flags[flag] = getattr(module, flag, False)
@@ -137,6 +173,7 @@ class Agent:
             privileged=flags["PRIVILEGED"],
             cache_per_user=flags["CACHE_PER_USER"],
             close=close,
+            setup=setup,
             path=path,
         )
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import shutil
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from ._exit import Lifetime, kill_child
 from ._history_cli import add_history_arguments, show_history
 from ._markup import printable
 from ._registry import agent_directories
-from ._settings import Settings, help_paragraph, settings_help
+from ._settings import Settings, settings_help
 from ._stats_cli import add_stats_arguments, show_stats
 from ._telemetry import Telemetry, telemetry_help
 
@@ -41,15 +40,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 _SETTINGS = "settings (environment variables)"
-_HOST_EXEC_AGENT = help_paragraph(
-    "The host_exec agent reads HOST_EXEC_URL, the service's base URL (unset: a local service "
-    "is started), and its token from HOST_EXEC_TOKEN_FILE or HOST_EXEC_TOKEN."
-)
 
 
 def _runtime_help() -> str:
     runtime = settings_help(Settings, f"runtime {_SETTINGS}")
-    return "\n\n".join([runtime, _HOST_EXEC_AGENT, telemetry_help()])
+    return "\n\n".join([runtime, telemetry_help()])
 
 
 def _bot_help() -> str:
@@ -150,18 +145,19 @@ class _Remains:
 
 
 @contextlib.asynccontextmanager
-async def _embedded_host_exec(settings: Settings, lifetime: Lifetime) -> AsyncIterator[None]:
-    """Without `HOST_EXEC_URL`, run a local host-exec service for the `host_exec` agent.
+async def _embedded_host_exec(settings: Settings, lifetime: Lifetime) -> AsyncIterator[Settings]:
+    """Without `HOST_EXEC_URL`, run a local host-exec service for the `host_exec` agent:
+    `settings` pointing at it are yielded, for the runtime to hand the agent (`setup`).
 
     The service listens on a free loopback port with the default allow-list and a random
     token, and stops with the frontend; a forced exit (`Lifetime`) kills it and removes its
     token at once, even while it is being stopped.
     """
     directories = agent_directories(settings.agents_dir)
-    if os.environ.get("HOST_EXEC_URL") or not any(
+    if settings.host_exec_url or not any(
         (directory / "host_exec.py").exists() for directory in directories
     ):
-        yield
+        yield settings
         return
     from .hostexec._local import LocalHostExec
 
@@ -169,27 +165,22 @@ async def _embedded_host_exec(settings: Settings, lifetime: Lifetime) -> AsyncIt
     with lifetime.last_resort(remains.remove):
         async with LocalHostExec() as service:
             remains.pid, remains.directory = service.pid, service.token_file.parent
-            # The token travels as a private file: child processes of the bot do not inherit it.
-            names = ("HOST_EXEC_URL", "HOST_EXEC_TOKEN", "HOST_EXEC_TOKEN_FILE")
-            saved = {name: os.environ.get(name) for name in names}
-            os.environ.pop("HOST_EXEC_TOKEN", None)
-            os.environ["HOST_EXEC_URL"] = service.url
-            os.environ["HOST_EXEC_TOKEN_FILE"] = str(service.token_file)
-            try:
-                yield
-            finally:
-                for name, value in saved.items():
-                    if value is None:
-                        os.environ.pop(name, None)
-                    else:
-                        os.environ[name] = value
+            # The token stays in a private file, named in the settings alone: no environment
+            # holds it, so child processes of the bot do not inherit it.
+            yield replace(
+                settings,
+                host_exec_url=service.url,
+                host_exec_token="",
+                host_exec_token_file=service.token_file,
+            )
 
 
 async def _console(settings: Settings, telemetry: Telemetry, lifetime: Lifetime) -> int:
     from ._app import SelApp
     from ._console import run_console
 
-    async with _embedded_host_exec(settings, lifetime), SelApp(settings, telemetry) as app:
+    embedded = _embedded_host_exec(settings, lifetime)
+    async with embedded as settings, SelApp(settings, telemetry) as app:
         failures = await run_console(app.commands)
     return 1 if failures else 0
 
@@ -199,22 +190,22 @@ async def _serve(
 ) -> int:
     from ._serve import serve
 
-    async with _embedded_host_exec(settings, lifetime):
+    async with _embedded_host_exec(settings, lifetime) as settings:
         return await serve(settings, telemetry, host, port)
 
 
 async def _run_once(
     settings: Settings, telemetry: Telemetry, lifetime: Lifetime, agent: str, query: str
 ) -> int:
-    embedded = (
+    embedded: contextlib.AbstractAsyncContextManager[Settings] = (
         _embedded_host_exec(settings, lifetime)
         if agent == "host_exec"
-        else contextlib.nullcontext()
+        else contextlib.nullcontext(settings)
     )
     from ._app import SelApp
     from ._commands import RunAgent
 
-    async with embedded, SelApp(settings, telemetry) as app:
+    async with embedded as settings, SelApp(settings, telemetry) as app:
         reply = await app.commands.execute(RunAgent(agent, query), user="cli", frontend="cli")
     print(printable(reply.text), file=sys.stdout if reply.ok else sys.stderr)
     return 0 if reply.ok else 1
@@ -225,7 +216,7 @@ async def _bot(
 ) -> int:
     from ._bot import run_bot  # discord.py is imported by the bot alone
 
-    async with _embedded_host_exec(settings, lifetime):
+    async with _embedded_host_exec(settings, lifetime) as settings:
         await run_bot(settings, bot_settings, telemetry)
     return 0
 

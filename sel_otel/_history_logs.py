@@ -29,7 +29,7 @@ from opentelemetry.util.types import AnyValue
 from . import _semconv as names
 from ._export import GuardedLogExporter
 from ._history import HistoryEntry, HistorySink
-from ._telemetry import _export_self_metrics, _exporter_names, _protocol, package_version
+from ._telemetry import _exporter_names, _protocol, counts_exports, package_version
 
 LOGS_EXPORTER = "OTEL_LOGS_EXPORTER"
 
@@ -72,12 +72,39 @@ def log_sink_from_env(
     if not exporters:
         return None
     provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-    with _export_self_metrics():
-        for exporter in exporters:
-            provider.add_log_record_processor(
-                BatchLogRecordProcessor(exporter, meter_provider=meter_provider)
-            )
+    for exporter in exporters:
+        processor = BatchLogRecordProcessor(exporter, meter_provider=meter_provider)
+        if counts_exports(env):
+            _count_processed(processor, meter_provider)
+        provider.add_log_record_processor(processor)
     return LogRecordSink(provider)
+
+
+def _count_processed(
+    processor: BatchLogRecordProcessor, meter_provider: MeterProvider | None
+) -> None:
+    """Give `processor` the counts (records processed, dropped, queue size) the SDK gives it
+    when its self-metrics switch is on (`counts_exports`), without editing the environment
+    the SDK reads that switch from."""
+    from opentelemetry.metrics import get_meter_provider
+    from opentelemetry.sdk._shared_internal._processor_metrics import create_processor_metrics
+    from opentelemetry.semconv._incubating.attributes.otel_attributes import (
+        OtelComponentTypeValues,
+    )
+
+    batch = getattr(processor, "_batch_processor", None)
+    queue = getattr(batch, "_queue", None)
+    if batch is None or queue is None or not hasattr(batch, "_metrics"):
+        return  # an SDK of another shape: its processors count as it decides
+    metrics = create_processor_metrics(
+        "logs",
+        OtelComponentTypeValues.BATCHING_LOG_PROCESSOR,
+        meter_provider or get_meter_provider(),
+        capacity=queue.maxlen,
+        enabled=True,
+    )
+    metrics.register_queue_size(lambda: len(queue))
+    batch._metrics = metrics
 
 
 def _log_exporters(env: Mapping[str, str]) -> list[LogRecordExporter]:

@@ -14,7 +14,7 @@ from opentelemetry import context, metrics, trace
 from opentelemetry.trace import SpanKind
 
 from . import _semconv as names
-from ._agent import Agent
+from ._agent import Agent, AgentContext
 from ._cache import Lookup, ResultCache
 from ._exceptions import (
     AgentBusy,
@@ -86,6 +86,11 @@ class AgentRuntime:
         #: Where every call is recorded, when the execution history is on.
         self.history = history
         self._tracer = trace.get_tracer(names.SCOPE_NAME, package_version(), tracer_provider)
+        self._providers = (tracer_provider, meter_provider)
+        #: What agents' `setup(context)` get, made at the first setup; and the setup of each
+        #: agent object (by id, beside the agent that keeps the id taken), done or running.
+        self._context: AgentContext | None = None
+        self._setups: dict[int, tuple[Agent, asyncio.Task[None]]] = {}
         meter = metrics.get_meter(names.SCOPE_NAME, package_version(), meter_provider)
         self._duration = meter.create_histogram(
             names.AGENT_DURATION,
@@ -181,7 +186,7 @@ class AgentRuntime:
             else:
                 del self._calls[agent_id]
                 if agent_id in self._retired:  # closed apart: the call's answer is ready
-                    self._in_background(_close(self._retired.pop(agent_id)))
+                    self._in_background(self._close(self._retired.pop(agent_id)))
         if lookup is Lookup.COALESCED:
             self._coalesced.add(1, {names.GEN_AI_AGENT_NAME: name})
         return AgentResult(
@@ -204,9 +209,31 @@ class AgentRuntime:
             if id(agent) in self._calls:
                 self._retired[id(agent)] = agent
             else:
-                self._in_background(_close(agent))
+                self._in_background(self._close(agent))
         await self.cache.retire(*report.updated, *report.removed)
+        for name in (*report.added, *report.updated):  # set up now: a failure is seen at once
+            loaded = self.registry.agents.get(name)
+            if loaded is not None and loaded.setup is not None:
+                try:
+                    await self._set_up(loaded, self.settings.agent_timeout)
+                except AgentError as exc:
+                    logger.error("setup of agent %s failed: %s", name, exc)
         return report
+
+    def agent_context(self) -> AgentContext:
+        """What agents' `setup(context)` get: the runtime's settings and its httpx client,
+        traced, made on first use and closed by `aclose`."""
+        if self._context is None:
+            import httpx
+            from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+            client = httpx.AsyncClient()
+            tracer_provider, meter_provider = self._providers
+            HTTPXClientInstrumentor.instrument_client(
+                client, tracer_provider=tracer_provider, meter_provider=meter_provider
+            )
+            self._context = AgentContext(self.settings, client)
+        return self._context
 
     async def aclose(self) -> None:
         """Close the agents that hold resources, current and replaced by reloads alike, each
@@ -216,7 +243,13 @@ class AgentRuntime:
         retired, self._retired = self._retired, {}
         agents = [*self.registry.agents.values(), *self.registry.take_retired()]
         for agent in [*agents, *retired.values()]:
-            await _close(agent)
+            await self._close(agent)
+        for _, setup in self._setups.values():
+            setup.cancel()
+        self._setups.clear()
+        if self._context is not None:
+            context, self._context = self._context, None
+            await context.http.aclose()
 
     async def _cached_call(
         self, agent: Agent, query: str, user: str | None, span: trace.Span
@@ -272,6 +305,8 @@ class AgentRuntime:
         steps: Steps[Any] | None = None
         owner = (agent.name, agent.version)
         try:
+            if agent.setup is not None:
+                await self._set_up(agent, time_limit)
             async with deadline:
                 when = deadline.when() or 0.0
                 if agent.is_async:
@@ -317,6 +352,42 @@ class AgentRuntime:
                 agent=agent.name,
             )
         return output
+
+    async def _set_up(self, agent: Agent, time_limit: float) -> None:
+        """Run `agent.setup(context)` once, before the agent's first call; calls that come
+        meanwhile wait for it, within `time_limit` seconds. A setup that fails fails the
+        calls waiting for it, and the next call tries again."""
+        entry = self._setups.get(id(agent))
+        if entry is None:
+            assert agent.setup is not None
+            task = asyncio.get_running_loop().create_task(agent.setup(self.agent_context()))
+            entry = self._setups[id(agent)] = (agent, task)
+
+            def forget_failure(done: asyncio.Task[None]) -> None:
+                current = self._setups.get(id(agent))
+                failed = done.cancelled() or done.exception() is not None
+                if failed and current is not None and current[1] is done:
+                    del self._setups[id(agent)]
+
+            task.add_done_callback(forget_failure)
+        task = entry[1]
+        if task.done() and not task.cancelled() and task.exception() is None:
+            return
+        try:
+            async with asyncio.timeout(time_limit):
+                await asyncio.shield(task)
+        except TimeoutError:
+            raise AgentTimeout(agent.name, timeout=time_limit) from None
+        except asyncio.CancelledError as exc:
+            if _cancelled():
+                raise
+            raise AgentFailed(agent.name, original=exc) from exc
+        except Exception as exc:
+            raise AgentFailed(agent.name, original=exc) from exc
+
+    async def _close(self, agent: Agent) -> None:
+        self._setups.pop(id(agent), None)
+        await _close(agent)
 
     def _blocked(self, agent: Agent, time_limit: float, blocked: float) -> AgentTimeout:
         """The error of a call whose async agent held the event loop past its deadline; the

@@ -390,8 +390,35 @@ class Settings:
         "a history entry's link to its trace, {trace_id} replaced: for Jaeger, "
         "http://localhost:16686/trace/{trace_id}",
     )
+    host_exec_url: str = setting(
+        "HOST_EXEC_URL",
+        lambda raw: raw.strip().rstrip("/"),
+        "",
+        "the host-exec service's base URL, for the host_exec agent",
+        shown_default="none: a local service is started for the agent",
+    )
+    host_exec_token_file: Path | None = setting(
+        "HOST_EXEC_TOKEN_FILE",
+        lambda raw: Path(raw.strip()),
+        None,
+        "a file holding the host-exec token (preferred to HOST_EXEC_TOKEN), read at each "
+        "call so that a rotated token is used at once",
+    )
+    host_exec_token: str = setting(
+        "HOST_EXEC_TOKEN",
+        str.strip,
+        "",
+        "the host-exec token itself, when HOST_EXEC_TOKEN_FILE is not set",
+        repr=False,
+    )
+
+    def __post_init__(self) -> None:
+        if self.host_exec_token and self.host_exec_token_file is not None:
+            # The rule of the service itself (`hostexec/_settings.py`).
+            raise ConfigError("set HOST_EXEC_TOKEN_FILE or HOST_EXEC_TOKEN, not both")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from `SEL_*` variables (`os.environ` when `env` is None)."""
+        """Build settings from `SEL_*` and `HOST_EXEC_URL`/`_TOKEN*` variables (`os.environ`
+        when `env` is None)."""
         return cls(**read_env(cls, env))

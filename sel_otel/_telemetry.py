@@ -26,14 +26,13 @@ The console exporters write to standard error, apart from the replies on standar
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -99,33 +98,35 @@ _SDK_DISABLED = "OTEL_SDK_DISABLED"
 _SEMCONV_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
 
 
-@contextlib.contextmanager
-def _variable(name: str, value: str | None) -> Iterator[None]:
-    """`name` set to `value` (or unset, for None) while the SDK components inside are built:
-    the SDK reads some switches only from the environment, when a component is made."""
-    saved = os.environ.get(name)
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = saved
-
-
-def _export_self_metrics() -> contextlib.AbstractContextManager[None]:
-    """Turn on the SDK's own metrics for the exporters (and log processors) built inside.
+def counts_exports(env: Mapping[str, str]) -> bool:
+    """Whether exporters (and log processors) are to get the SDK's own metrics although
+    the SDK, reading `OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED` unset, made them without.
 
     They count exports, failed ones by `error.type`, per batch. The SDK reads one switch for
-    all its self-metrics, each time a component is built, and its per-span ones (spans
-    started, live) double the cost of a span; so unless the variable is set explicitly it is
-    on only while the exporters are built.
+    all its self-metrics, from `os.environ`, each time a component is built, and its per-span
+    ones (spans started, live) double the cost of a span; so unless the variable is set
+    explicitly, sel_otel makes the export counts of its exporters itself, as the SDK makes
+    them when the switch is on, and leaves the rest off. The environment is never edited:
+    it is the process's, and not thread-safe to change.
     """
-    return _variable(_SELF_METRICS, os.environ.get(_SELF_METRICS, "true"))
+    return _SELF_METRICS not in env
+
+
+def _count_exports(exporter: SpanExporter, meter_provider: MeterProvider) -> None:
+    """Give an OTLP span exporter the export counts the SDK gives it when its self-metrics
+    switch is on (`counts_exports`)."""
+    from opentelemetry.exporter.otlp.common._exporter_metrics import create_exporter_metrics
+    from opentelemetry.semconv._incubating.attributes.otel_attributes import (
+        OtelComponentTypeValues,
+    )
+
+    endpoint = getattr(exporter, "_endpoint", None)
+    if not isinstance(endpoint, str) or not hasattr(exporter, "_metrics"):
+        return  # an SDK of another shape: its exporters count as it decides
+    component = getattr(
+        exporter, "_component_type", OtelComponentTypeValues.OTLP_HTTP_SPAN_EXPORTER
+    )
+    exporter._metrics = create_exporter_metrics(component, "traces", endpoint, meter_provider, True)
 
 
 def _self_metrics_on(env: Mapping[str, str]) -> bool:
@@ -234,18 +235,18 @@ class Telemetry:
             readers += [
                 PeriodicExportingMetricReader(e) for e in metric_exporters if e not in shared
             ]
+            meter_provider = MeterProvider(
+                resource=resource, metric_readers=readers, shutdown_on_exit=False
+            )
             # The stats are read from this provider: it records even when the SDK is
-            # disabled, and then exports nothing.
-            with _variable(_SDK_DISABLED, None):
-                meter_provider = MeterProvider(
-                    resource=resource, metric_readers=readers, shutdown_on_exit=False
-                )
+            # disabled (which it reads from os.environ when it is made), and then exports
+            # nothing.
+            meter_provider._disabled = False
             tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-            with _export_self_metrics():
-                span_exporters = [
-                    GuardedSpanExporter(ScrubbingSpanExporter(e))
-                    for e in _span_exporters(env, meter_provider)
-                ]
+            span_exporters = [
+                GuardedSpanExporter(ScrubbingSpanExporter(e))
+                for e in _span_exporters(env, meter_provider)
+            ]
             counted = meter_provider if _self_metrics_on(env) else None
             for i, span_exporter in enumerate(span_exporters):
                 tracer_provider.add_span_processor(
@@ -347,6 +348,8 @@ def _span_exporters(env: Mapping[str, str], meter_provider: MeterProvider) -> li
             from ._otlp_spans import FastOTLPSpanExporter
 
             exporters.append(FastOTLPSpanExporter(meter_provider=meter_provider))
+        if name != "console" and counts_exports(env):
+            _count_exports(exporters[-1], meter_provider)
     return exporters
 
 

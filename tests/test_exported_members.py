@@ -41,6 +41,7 @@ def test_the_public_api_is_what_users_write_and_nothing_more() -> None:
     assert sel_otel.__all__ == [
         "Agent",
         "AgentBusy",
+        "AgentContext",  # what an agent's setup(context) gets
         "AgentError",
         "AgentFailed",
         "AgentLoadError",

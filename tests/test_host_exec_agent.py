@@ -7,16 +7,16 @@ import json
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache
+from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache, Settings
 from sel_otel.hostexec._local import LocalHostExec
 from tests.waiting import Gate, wait_until
 
-Configure = Callable[[str, str], None]
+RuntimeFor = Callable[..., Awaitable[AgentRuntime]]
 
 AGENTS = Path(__file__).resolve().parent.parent / "agents"
 
@@ -50,18 +50,30 @@ async def service(allowlist: Path) -> AsyncIterator[LocalHostExec]:
 
 
 @pytest.fixture
-def configure(monkeypatch: pytest.MonkeyPatch) -> Configure:
-    """Point the host_exec agent at a service: its URL and token."""
+async def runtime_for() -> AsyncIterator[RuntimeFor]:
+    """A runtime whose settings point the host_exec agent at a service: its URL and token
+    (or token file), handed to the agent by its `setup(context)`."""
+    made: list[AgentRuntime] = []
 
-    def point_at(url: str, token: str) -> None:
-        monkeypatch.setenv("HOST_EXEC_URL", url)
-        monkeypatch.setenv("HOST_EXEC_TOKEN", token)
+    async def point_at(url: str, token: str = "", token_file: Path | None = None) -> AgentRuntime:
+        settings = Settings(
+            host_exec_url=url, host_exec_token=token, host_exec_token_file=token_file
+        )
+        runtime = AgentRuntime(
+            AgentRegistry(AGENTS), ResultCache(LRUMemoryCache(100)), settings=settings
+        )
+        made.append(runtime)
+        await runtime.reload()
+        return runtime
 
-    return point_at
+    yield point_at
+    for runtime in made:
+        await runtime.aclose()
 
 
 @pytest.fixture
 async def runtime() -> AsyncIterator[AgentRuntime]:
+    """A runtime with default settings: no host-exec service configured."""
     registry = AgentRegistry(AGENTS)
     registry.reload()
     runtime = AgentRuntime(registry, ResultCache(LRUMemoryCache(100)))
@@ -71,10 +83,9 @@ async def runtime() -> AsyncIterator[AgentRuntime]:
 
 async def test_allowed_command_replies_with_exit_code_and_output(
     service: LocalHostExec,
-    configure: Configure,
-    runtime: AgentRuntime,
+    runtime_for: RuntimeFor,
 ) -> None:
-    configure(service.url, service.token)
+    runtime = await runtime_for(service.url, service.token)
     result = await runtime.run("host_exec", "uname -a")
     assert result.ok, result.error
     lines = (result.output or "").splitlines()
@@ -84,10 +95,9 @@ async def test_allowed_command_replies_with_exit_code_and_output(
 
 async def test_tabs_and_line_breaks_in_a_command_are_read_as_spaces(
     service: LocalHostExec,
-    configure: Configure,
-    runtime: AgentRuntime,
+    runtime_for: RuntimeFor,
 ) -> None:
-    configure(service.url, service.token)
+    runtime = await runtime_for(service.url, service.token)
     result = await runtime.run("host_exec", "uname\t-a\n")
     assert result.ok, result.error
     assert (result.output or "").splitlines()[0] == "✅ `uname -a` (exit code: 0)"
@@ -95,20 +105,18 @@ async def test_tabs_and_line_breaks_in_a_command_are_read_as_spaces(
 
 async def test_non_zero_exit_is_shown_as_a_warning(
     service: LocalHostExec,
-    configure: Configure,
-    runtime: AgentRuntime,
+    runtime_for: RuntimeFor,
 ) -> None:
-    configure(service.url, service.token)
+    runtime = await runtime_for(service.url, service.token)
     assert (await runtime.run("host_exec", "false")).output == "⚠️ `false` (exit code: 1)"
 
 
 async def test_cached_second_call_does_not_reach_the_service(
     allowlist: Path,
-    configure: Configure,
-    runtime: AgentRuntime,
+    runtime_for: RuntimeFor,
 ) -> None:
     async with LocalHostExec(allowlist=allowlist) as svc:
-        configure(svc.url, svc.token)
+        runtime = await runtime_for(svc.url, svc.token)
         first = await runtime.run("host_exec", "uname -a")
     second = await runtime.run("host_exec", " uname -a ")  # the service is gone now
     assert (second.output, second.cached) == (first.output, True)
@@ -116,10 +124,9 @@ async def test_cached_second_call_does_not_reach_the_service(
 
 async def test_wrong_token_is_an_authentication_error(
     service: LocalHostExec,
-    configure: Configure,
-    runtime: AgentRuntime,
+    runtime_for: RuntimeFor,
 ) -> None:
-    configure(service.url, "not-the-token")
+    runtime = await runtime_for(service.url, "not-the-token")
     result = await runtime.run("host_exec", "uname -a")
     assert result.error is not None
     assert result.error.reply == "❌ Host exec authentication failed (check HOST_EXEC_TOKEN)"
@@ -128,15 +135,12 @@ async def test_wrong_token_is_an_authentication_error(
 
 async def test_token_is_read_from_a_file_when_the_variable_is_unset_and_reread_on_change(
     service: LocalHostExec,
-    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-    runtime: AgentRuntime,
+    runtime_for: RuntimeFor,
 ) -> None:
     token_file = tmp_path / "host_exec_token"
     token_file.write_text(service.token + "\n")
-    monkeypatch.setenv("HOST_EXEC_URL", service.url)
-    monkeypatch.delenv("HOST_EXEC_TOKEN", raising=False)
-    monkeypatch.setenv("HOST_EXEC_TOKEN_FILE", str(token_file))
+    runtime = await runtime_for(service.url, token_file=token_file)
     assert (await runtime.run("host_exec", "uname -a")).ok
     token_file.write_text("a-rotated-token-the-service-does-not-know")
     os.utime(token_file, ns=(0, token_file.stat().st_mtime_ns + 1_000_000_000))
@@ -153,10 +157,9 @@ async def test_token_is_read_from_a_file_when_the_variable_is_unset_and_reread_o
 
 async def test_command_outside_the_allow_list_is_blocked_and_not_cached(
     service: LocalHostExec,
-    configure: Configure,
-    runtime: AgentRuntime,
+    runtime_for: RuntimeFor,
 ) -> None:
-    configure(service.url, service.token)
+    runtime = await runtime_for(service.url, service.token)
     for _ in range(2):
         result = await runtime.run("host_exec", "uname -r")
         assert result.error is not None and not result.cached
@@ -165,10 +168,9 @@ async def test_command_outside_the_allow_list_is_blocked_and_not_cached(
 
 async def test_timeout_is_reported_with_its_limit(
     service: LocalHostExec,
-    configure: Configure,
-    runtime: AgentRuntime,
+    runtime_for: RuntimeFor,
 ) -> None:
-    configure(service.url, service.token)
+    runtime = await runtime_for(service.url, service.token)
     result = await runtime.run("host_exec", "sleep 30")
     assert result.error is not None
     assert result.error.reply == "❌ Command timed out after 1s: `sleep 30`"
@@ -177,11 +179,10 @@ async def test_timeout_is_reported_with_its_limit(
 
 async def test_busy_service_answers_429_as_a_clear_message(
     service: LocalHostExec,
-    configure: Configure,
-    runtime: AgentRuntime,
+    runtime_for: RuntimeFor,
     gate: Gate,
 ) -> None:
-    configure(service.url, service.token)
+    runtime = await runtime_for(service.url, service.token)
     gate.close()
     slow = asyncio.create_task(runtime.run("host_exec", gate.command))
     try:
@@ -195,10 +196,9 @@ async def test_busy_service_answers_429_as_a_clear_message(
 
 async def test_long_output_is_cut_to_fit_a_discord_message(
     service: LocalHostExec,
-    configure: Configure,
-    runtime: AgentRuntime,
+    runtime_for: RuntimeFor,
 ) -> None:
-    configure(service.url, service.token)
+    runtime = await runtime_for(service.url, service.token)
     output = (await runtime.run("host_exec", "seq 1 20000")).output or ""
     assert len(output) <= 2000
     assert output.count("```") == 2  # the code block is closed
@@ -254,13 +254,12 @@ class CountingDoor:
 
 
 async def test_unreachable_service_is_retried_then_reported(
-    configure: Configure,
-    runtime: AgentRuntime,
+    runtime_for: RuntimeFor,
 ) -> None:
     door = CountingDoor()
     url = door.url
     try:
-        configure(door.url, "token")
+        runtime = await runtime_for(door.url, "token")
         result = await runtime.run("host_exec", "uname -a")
     finally:
         door.close()
@@ -270,16 +269,15 @@ async def test_unreachable_service_is_retried_then_reported(
 
 
 async def test_a_service_that_never_answers_is_not_sent_the_command_twice(
-    configure: Configure,
-    runtime: AgentRuntime,
+    runtime_for: RuntimeFor,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    agent_globals = runtime.registry.get("host_exec").function.__globals__
-    monkeypatch.setitem(agent_globals, "DEFAULT_TIMEOUT", 0.3)
-    monkeypatch.setitem(agent_globals, "RESPONSE_MARGIN", 0.0)
     door = CountingDoor(silent=True)
     try:
-        configure(door.url, "token")
+        runtime = await runtime_for(door.url, "token")
+        agent_globals = runtime.registry.get("host_exec").function.__globals__
+        monkeypatch.setitem(agent_globals, "DEFAULT_TIMEOUT", 0.3)
+        monkeypatch.setitem(agent_globals, "RESPONSE_MARGIN", 0.0)
         result = await runtime.run("host_exec", "uname -a")
     finally:
         door.close()
@@ -290,20 +288,16 @@ async def test_a_service_that_never_answers_is_not_sent_the_command_twice(
 
 async def test_mutating_command_invalidates_the_host_exec_cache(
     service: LocalHostExec,
-    configure: Configure,
-    runtime: AgentRuntime,
+    runtime_for: RuntimeFor,
 ) -> None:
-    configure(service.url, service.token)
+    runtime = await runtime_for(service.url, service.token)
     await runtime.run("host_exec", "uname -a")
     assert (await runtime.run("host_exec", "uname -a")).cached
     await runtime.run("host_exec", "rm -f /tmp/anything")  # refused, but may have changed state
     assert not (await runtime.run("host_exec", "uname -a")).cached
 
 
-async def test_missing_configuration_is_a_clear_error(
-    monkeypatch: pytest.MonkeyPatch, runtime: AgentRuntime
-) -> None:
-    monkeypatch.delenv("HOST_EXEC_URL", raising=False)
+async def test_missing_configuration_is_a_clear_error(runtime: AgentRuntime) -> None:
     result = await runtime.run("host_exec", "uname -a")
     assert result.error is not None
     assert "set HOST_EXEC_URL" in result.error.reply
