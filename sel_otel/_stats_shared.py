@@ -8,10 +8,6 @@ stats reader ──StatsPublisher (thread, every SEL_STATS_PUBLISH_INTERVAL)─�
 sel-otel stats ──read_states──► every live state ──► merge
 ```
 
-A process keeps the states it decoded, by payload: a payload unchanged since its last read
-(an idle instance, or a read within the publishing interval) is not parsed again. The
-figures are the same; only their age is read anew.
-
 Without a shared Redis, or while it cannot be read, the report is this process's figures,
 and says so.
 """
@@ -64,7 +60,6 @@ class DeploymentStats:
         self.instance = instance
         self.started = time.time() if started is None else started
         self.store = store
-        self.states = None if store is None else StateReader(store)
         self.publisher = (
             None
             if store is None
@@ -95,10 +90,10 @@ class DeploymentStats:
         this = self.this()
         if scope == "this":
             return local_report(this, scope, agent, ASKED)
-        if self.states is None:
+        if self.store is None:
             return local_report(this, scope, agent, NO_STORE)
         try:
-            states, unreadable = await asyncio.to_thread(self.states.read)
+            states, unreadable = await asyncio.to_thread(read_states, self.store)
         except StatsStoreError as exc:
             logger.warning("the shared stats could not be read: %s", exc)
             note = (
@@ -109,45 +104,16 @@ class DeploymentStats:
         return merge(states, this=this, scope=scope, agent=agent, notes=unreadable)
 
 
-class StateReader:
-    """Reads the live states in `store`, decoding only the payloads that changed since its
-    last read (a payload holds its instance, start and figures: the same bytes, the same
-    state). Safe from several threads: each read replaces what is kept as a whole."""
-
-    def __init__(self, store: RedisStatsStore) -> None:
-        self.store = store
-        self._decoded: dict[bytes, InstanceState] = {}
-
-    def read(self) -> tuple[list[InstanceState], list[str]]:
-        """Every live state, and a note for those this version cannot read."""
-        kept = self._decoded
-        decoded: dict[bytes, InstanceState] = {}
-        states, unreadable = [], 0
-        for payload, remaining in self.store.read():
-            state = kept.get(payload)
-            if state is not None:
-                states.append(state.aged(remaining))
-                decoded[payload] = state
-                continue
-            try:
-                state = decode(payload, remaining)
-            except ValueError as exc:
-                logger.debug("unreadable stats payload: %s", exc)
-                unreadable += 1
-            else:
-                states.append(state)
-                decoded[payload] = state
-        self._decoded = decoded
-        return states, _unreadable_notes(unreadable)
-
-
 def read_states(store: RedisStatsStore) -> tuple[list[InstanceState], list[str]]:
     """Every live state in `store`, and a note for those this version cannot read."""
-    return StateReader(store).read()
-
-
-def _unreadable_notes(unreadable: int) -> list[str]:
-    return (
+    states, unreadable = [], 0
+    for payload, remaining in store.read():
+        try:
+            states.append(decode(payload, remaining))
+        except ValueError as exc:
+            logger.debug("unreadable stats payload: %s", exc)
+            unreadable += 1
+    notes = (
         [
             f"{unreadable} instance(s) left out: their figures are in a format this version "
             "cannot read"
@@ -155,6 +121,7 @@ def _unreadable_notes(unreadable: int) -> list[str]:
         if unreadable
         else []
     )
+    return states, notes
 
 
 def stats_redis_url(settings: Settings) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
@@ -33,11 +33,6 @@ class InstanceState:
     rows: Mapping[str, AgentStats]  # per agent, added up from its points
     bounds: tuple[float, ...]  # the bucket boundaries of its histogram
     age: float = 0.0  # seconds since it was published; 0 for the live figures of this process
-    expiry: float = 0.0  # the seconds it was published to live; 0 for the live figures
-
-    def aged(self, remaining: float) -> InstanceState:
-        """The same state, read again with `remaining` seconds left to live."""
-        return replace(self, age=max(self.expiry - remaining, 0.0))
 
     @classmethod
     def from_points(
@@ -117,14 +112,12 @@ def decode(raw: bytes, remaining: float) -> InstanceState:
                 )
                 if error == names.ERROR_THREADS_EXHAUSTED:
                     row.threads_exhausted += int(count)
-        expiry = float(payload["expiry"])
         return InstanceState(
             str(payload["instance"]),
             float(payload["started"]),
             rows,
             bounds,
-            age=max(expiry - remaining, 0.0),
-            expiry=expiry,
+            age=max(float(payload["expiry"]) - remaining, 0.0),
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a stats payload: {exc!r}") from exc

@@ -23,6 +23,7 @@ from sel_otel import (
     ConfigError,
     LRUMemoryCache,
     ResultCache,
+    Settings,
     code_span,
     stats_reader,
 )
@@ -127,22 +128,27 @@ async def test_calc_echoes_plain_arithmetic_as_typed(runtime: AgentRuntime) -> N
 
 
 @pytest.fixture
-async def host_exec(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[LocalHostExec]:
+async def host_exec(tmp_path: Path) -> AsyncIterator[AgentRuntime]:
+    """A runtime whose settings point the host_exec agent at a service of its own."""
     allowlist = tmp_path / "allowlist.json"
     allowlist.write_text(json.dumps({"roots": [], "commands": [{"argv": ["uname", "-a"]}]}))
     async with LocalHostExec(allowlist=allowlist) as service:
-        monkeypatch.setenv("HOST_EXEC_URL", service.url)
-        monkeypatch.setenv("HOST_EXEC_TOKEN", service.token)
-        yield service
+        settings = Settings(host_exec_url=service.url, host_exec_token=service.token)
+        runtime = AgentRuntime(
+            AgentRegistry(AGENTS), ResultCache(LRUMemoryCache(100)), settings=settings
+        )
+        await runtime.reload()
+        try:
+            yield runtime
+        finally:
+            await runtime.aclose()
 
 
 @pytest.mark.parametrize("command", [f"uname `{LINK}`", f"uname ``{LINK}``", f"uname {LINK}"])
 async def test_host_exec_quotes_a_refused_command_inertly(
-    host_exec: LocalHostExec, runtime: AgentRuntime, command: str
+    host_exec: AgentRuntime, command: str
 ) -> None:
-    result = await runtime.run("host_exec", command)
+    result = await host_exec.run("host_exec", command)
     assert result.error is not None and "blocked" in result.error.reply
     assert_inert(result.error.reply)
 
