@@ -16,6 +16,10 @@ network while the load test still reaches it. The work agent's directory is moun
 every instance (read-only), so its faults act on all of them. User i calls instance i mod N.
 Everything is removed at the end, networks included. The images are the project's own,
 built by `scripts/docker-setup.sh`; none is pulled.
+
+The collector drops what it receives, unless the stack is made with `trace_log=True`: then it
+also prints every span it receives (rotel's detailed debug log, on its standard output), and
+`Stack.received_spans()` reads them back, so a test can see what arrived at the collector.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -48,6 +53,73 @@ PORT = 8080
 HOST_EXEC_PORT = 8765
 #: Variables of this process passed on to the instances (sampling, say).
 PASSED_ON = ("OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "SEL_LOG_LEVEL")
+#: The collector's command: OTLP over gRPC and HTTP, dropped (the image's default command).
+COLLECTOR_COMMAND = (
+    "--otlp-grpc-endpoint", "0.0.0.0:4317", "--otlp-http-endpoint", "0.0.0.0:4318",
+    "--exporter", "blackhole",
+)  # fmt: skip
+#: Added to it to print every span received, with its ids and resource, on standard output.
+COLLECTOR_TRACE_LOG = ("--debug-log", "traces", "--debug-log-verbosity", "detailed")
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    """A span as the collector printed it: ids in hex, `parent_id` empty for a root."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str
+    name: str
+    kind: str  # SPAN_KIND_SERVER, SPAN_KIND_CLIENT...
+    resource: dict[str, str]  # its string attributes: service.name, service.instance.id...
+
+
+#: rotel's detailed debug log (the OpenTelemetry Collector's debug exporter format).
+_RESOURCE_START = re.compile(r"^ResourceSpans #")
+_RESOURCE_ATTRIBUTES = re.compile(r"^Resource attributes:")
+_SCOPE_START = re.compile(r"^ScopeSpans #")
+_SPAN_START = re.compile(r"^Span #")
+_ATTRIBUTE = re.compile(r"^\s+-> ([^:]+): Str\((.*)\)$")
+_SPAN_FIELD = re.compile(r"^\s+(Trace ID|Parent ID|ID|Name|Kind)\s*: ?(.*)$")
+_SPAN_FIELDS = {
+    "Trace ID": "trace_id",
+    "Parent ID": "parent_id",
+    "ID": "span_id",
+    "Name": "name",
+    "Kind": "kind",
+}
+
+
+def parse_trace_log(text: str) -> list[ReceivedSpan]:
+    """The spans of a collector's detailed trace debug log, in the order printed (other lines,
+    its own log among them, are skipped)."""
+    spans: list[ReceivedSpan] = []
+    resource: dict[str, str] = {}
+    fields: dict[str, str] | None = None
+    in_resource = False
+
+    def finish() -> None:
+        if fields is not None and len(fields) == len(_SPAN_FIELDS):
+            spans.append(ReceivedSpan(**fields, resource=dict(resource)))
+
+    for line in text.splitlines():
+        if _RESOURCE_START.match(line):
+            finish()
+            fields, resource, in_resource = None, {}, False
+        elif _RESOURCE_ATTRIBUTES.match(line):
+            in_resource = True
+        elif _SCOPE_START.match(line):
+            finish()
+            fields, in_resource = None, False
+        elif _SPAN_START.match(line):
+            finish()
+            fields = {}
+        elif in_resource and (attribute := _ATTRIBUTE.match(line)):
+            resource[attribute[1]] = attribute[2]
+        elif fields is not None and (field := _SPAN_FIELD.match(line)):
+            fields.setdefault(_SPAN_FIELDS[field[1]], field[2].strip())
+    finish()
+    return spans
 
 
 @dataclass(frozen=True)
@@ -129,10 +201,19 @@ def configure_testcontainers() -> None:
 class Stack:
     """The containers and networks of one run; `up` starts them, `down` removes them all."""
 
-    def __init__(self, images: Images, instances: int, agents: Path, namespace: str) -> None:
+    def __init__(
+        self,
+        images: Images,
+        instances: int,
+        agents: Path,
+        namespace: str,
+        *,
+        trace_log: bool = False,
+    ) -> None:
         import docker
 
         self.images = images
+        self.trace_log = trace_log
         self.count = instances
         self.agents = agents
         self.namespace = namespace
@@ -183,9 +264,10 @@ class Stack:
         self.redis = started(
             DockerContainer(self.images.redis), "redis", "Ready to accept connections"
         )
-        self.collector = started(
-            DockerContainer(self.images.collector), "collector", "Starting Rotel"
-        )
+        collector = DockerContainer(self.images.collector)
+        if self.trace_log:
+            collector.with_command([*COLLECTOR_COMMAND, *COLLECTOR_TRACE_LOG])
+        self.collector = started(collector, "collector", "Starting Rotel")
         hostexec = DockerContainer(self.images.app).with_command("host-exec")
         hostexec.with_env("HOST_EXEC_HOST", "0.0.0.0").with_env("HOST_EXEC_TOKEN", self.token)
         hostexec.with_env("HOST_EXEC_PORT", str(HOST_EXEC_PORT))
@@ -242,6 +324,12 @@ class Stack:
             if time.monotonic() > deadline:
                 raise ConfigError(f"instance {container.name} not ready in {READY_TIMEOUT:g} s")
             time.sleep(0.1)
+
+    def received_spans(self) -> list[ReceivedSpan]:
+        """The spans the collector has received so far (a stack made with `trace_log`)."""
+        if not self.trace_log:
+            raise ConfigError("the collector prints what it receives only with trace_log=True")
+        return parse_trace_log(self.collector.logs(stderr=False).decode(errors="replace"))
 
     def down(self) -> None:
         """Remove every container and network of the run, the last made first."""

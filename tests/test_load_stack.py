@@ -1,5 +1,6 @@
 """Load runs of the deployment in containers (`sel-otel loadtest --cache docker`): instances of
-the app image on one Redis, with the host-exec service and an OTLP collector.
+the app image on one Redis, with the host-exec service and an OTLP collector; and the traces of
+a `host_exec` call, as the collector receives them.
 
 They skip, saying why, without a Docker engine and the project's images
 (scripts/docker-setup.sh). Small and bounded: a stack starts in a few seconds, each run lasts
@@ -9,13 +10,19 @@ at most 14 s, and the stack is removed, networks included, whatever happens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from sel_otel._loadtest import LoadDriver, LoadPlan, Outcome, Recording
 from sel_otel._loadtest_faults import check_faults, parse_fault, run_schedule
+from sel_otel._loadtest_local import run_namespace
 from sel_otel._loadtest_report import Summary, summarize
-from sel_otel._loadtest_stack import Images, docker_environment
+from sel_otel._loadtest_stack import Images, ReceivedSpan, Stack, docker_environment
 from tests.docker_engine import project_image, use_docker_image
 
 pytestmark = [pytest.mark.load, pytest.mark.timeout(60)]
@@ -115,4 +122,78 @@ async def test_an_instance_cut_from_redis_still_answers_and_a_killed_one_comes_b
     assert late, recording.faults
     assert Outcome.FAILED not in late, (recording.faults, summary.errors)
     assert kill.recovery_s is not None
+    assert leftovers() == []
+
+
+@contextlib.contextmanager
+def traced_stack(instances: int, scratch: Path) -> Iterator[tuple[Stack, list[str]]]:
+    """A stack whose collector prints what it receives, and its instances' URLs."""
+    agents = scratch / "agents"
+    agents.mkdir()
+    agents.chmod(0o755)  # the instances' user reads it (no agent here: the shipped ones serve)
+    stack = Stack(IMAGES, instances, agents, run_namespace(), trace_log=True)
+    try:
+        yield stack, stack.up()
+    finally:
+        stack.down()
+
+
+def wait_for_spans(stack: Stack, done: Callable[[list[ReceivedSpan]], bool]) -> list[ReceivedSpan]:
+    """The collector's spans once `done` says they are all there (instances export in batches,
+    every few seconds)."""
+    deadline = time.monotonic() + 30
+    while not done(spans := stack.received_spans()):
+        assert time.monotonic() < deadline, spans
+        time.sleep(0.2)
+    return spans
+
+
+def test_a_host_exec_call_from_any_instance_reaches_the_collector_as_one_trace(
+    tmp_path: Path,
+) -> None:
+    # Different commands: the instances share one cache, and a hit would not call the service.
+    commands = ("uname -a", "uname -r")
+    with traced_stack(len(commands), tmp_path) as (stack, urls):
+        for index, (url, command) in enumerate(zip(urls, commands, strict=True)):
+            reply = httpx.post(
+                f"{url}/request",
+                json={"text": f"agent:host_exec {command}", "user": f"user-{index}"},
+                timeout=30,
+            ).json()
+            assert reply["ok"] and not reply["cached"], reply
+
+        def complete(spans: list[ReceivedSpan]) -> bool:
+            agents = [span for span in spans if span.name == "invoke_agent host_exec"]
+            execs = [span for span in spans if span.name == "exec uname"]
+            return len(agents) == len(execs) == len(commands)
+
+        spans = wait_for_spans(stack, complete)
+
+    traces: set[str] = set()
+    for index in range(len(commands)):
+        (agent,) = [
+            span
+            for span in spans
+            if span.name == "invoke_agent host_exec"
+            and span.resource.get("service.instance.id") == f"sel-{index}"
+        ]
+        trace = {span.span_id: span for span in spans if span.trace_id == agent.trace_id}
+        children = {
+            parent: [span for span in trace.values() if span.parent_id == parent]
+            for parent in trace
+        }
+        (client,) = [span for span in children[agent.span_id] if span.kind == "SPAN_KIND_CLIENT"]
+        (server,) = children[client.span_id]
+        (execution,) = children[server.span_id]
+        assert (server.kind, server.name) == ("SPAN_KIND_SERVER", "POST /exec")
+        assert execution.name == "exec uname"
+        assert server.resource["service.name"] == execution.resource["service.name"]
+        assert server.resource["service.name"] != agent.resource["service.name"]
+        # One trace: a single root (the instance's request), every other parent in the trace.
+        roots = [span for span in trace.values() if not span.parent_id]
+        assert len(roots) == 1, trace
+        assert all(span.parent_id in trace for span in trace.values() if span.parent_id), trace
+        assert roots[0].resource.get("service.instance.id") == f"sel-{index}"
+        traces.add(agent.trace_id)
+    assert len(traces) == len(commands)  # a trace per call, not one for the run
     assert leftovers() == []
