@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from .._exceptions import ConfigError
 from .._settings import settings_help
 from .._telemetry import Telemetry, telemetry_help
+from ._accept import CappedSite
 from ._httplog import AccessLog, server_logger
 from ._server import create_app
 from ._settings import HostExecSettings
@@ -116,8 +117,11 @@ def _watch_launcher(fd: int, stop: asyncio.Event) -> None:
 async def _start_site(runner: web.AppRunner, settings: HostExecSettings) -> str:
     """Listen on the inherited socket, or on host and port; return the host listened on."""
     if settings.listen_fd is None:
-        site: web.BaseSite = web.TCPSite(runner, settings.host, settings.port)
         host, where = settings.host, f"{settings.host}:{settings.port}"
+        try:
+            sock = _listening_socket(settings.host, settings.port)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from exc
     else:
         where = f"HOST_EXEC_LISTEN_FD={settings.listen_fd}"
         try:
@@ -125,12 +129,27 @@ async def _start_site(runner: web.AppRunner, settings: HostExecSettings) -> str:
             host = str(sock.getsockname()[0])
         except OSError as exc:
             raise ConfigError(f"{where} is not a usable socket: {exc.strerror}") from exc
-        site = web.SockSite(runner, sock)
+    site = CappedSite(runner, sock, limit=settings.max_connections)
     try:
         await site.start()
     except OSError as exc:
         raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from exc
     return host
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to the first address `host` names (IPv4 or IPv6), not yet listening."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _is_loopback(host: str) -> bool:

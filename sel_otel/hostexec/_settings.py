@@ -141,6 +141,12 @@ class HostExecSettings:
         "seconds a connection may stay idle, or take to send its headers, counted from its "
         "start or its last answer",
     )
+    max_connections: int = setting(
+        "HOST_EXEC_MAX_CONNECTIONS",
+        _count,
+        64,
+        "connections open at once; more wait in the kernel's queue until others close",
+    )
     body_timeout: float = setting(
         "HOST_EXEC_BODY_TIMEOUT",
         _seconds,

@@ -210,3 +210,51 @@ async def test_a_body_slower_than_the_limit_gets_408_and_its_connection_is_close
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b"took more than 1s" in answer
     assert sent < 300
+
+
+MAX_CONNECTIONS = 4
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def few_connections() -> AsyncIterator[LocalHostExec]:
+    settings = {
+        "HOST_EXEC_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        "HOST_EXEC_KEEPALIVE_TIMEOUT": "60",
+    }
+    async with LocalHostExec(settings=settings) as running:
+        yield running
+
+
+def _healthz(sock: socket.socket) -> bytes:
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    return sock.recv(65536).split(b"\r\n", 1)[0]
+
+
+async def test_connections_past_the_cap_are_accepted_only_as_others_close(
+    few_connections: LocalHostExec,
+) -> None:
+    service = few_connections
+
+    def flood() -> None:
+        held = [_connect(service) for _ in range(MAX_CONNECTIONS)]
+        waiting = [_connect(service) for _ in range(3)]  # queued by the kernel, not accepted
+        try:
+            for sock in held:  # each accepted and answered, then kept open
+                assert _healthz(sock) == b"HTTP/1.1 200 OK"
+            for sock in waiting:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            waiting[0].settimeout(1.0)
+            with pytest.raises(TimeoutError):
+                waiting[0].recv(65536)  # not answered while the cap is reached
+            for sock in held:
+                sock.close()
+            for sock in waiting:  # accepted once others closed
+                sock.settimeout(30)
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        finally:
+            for sock in held + waiting:
+                sock.close()
+
+    await asyncio.to_thread(flood)
+    log = service.log_path.read_text()
+    assert log.count("connections open, the most allowed") == 1, log
