@@ -143,7 +143,8 @@ def wait_for_spans(stack: Stack, done: Callable[[list[ReceivedSpan]], bool]) -> 
     every few seconds)."""
     deadline = time.monotonic() + 30
     while not done(spans := stack.received_spans()):
-        assert time.monotonic() < deadline, spans
+        received = sorted({(span.resource.get("service.name"), span.name) for span in spans})
+        assert time.monotonic() < deadline, f"the collector received only {received}"
         time.sleep(0.2)
     return spans
 
