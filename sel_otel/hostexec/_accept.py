@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import resource
 import socket
 from collections.abc import Callable
 from functools import partial
@@ -28,6 +29,37 @@ logger = logging.getLogger(__name__)
 #: Seconds to wait before accepting again when the process is out of file descriptors.
 _OUT_OF_FILES_PAUSE_S = 0.5
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: File descriptors the service needs besides its connections: its listening socket, log,
+#: event loop and Python's own, and per running command its pipes.
+_RESERVED_FILES = 32
+_FILES_PER_COMMAND = 4
+
+
+def fit_open_files(connections: int, *, commands: int) -> int:
+    """The connection cap that fits the open-file limit, with room for `commands` running
+    commands: the soft limit is raised towards the hard one if it must be, and if that is not
+    enough the cap is lowered, with a warning."""
+    reserved = _RESERVED_FILES + _FILES_PER_COMMAND * commands
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= connections + reserved:
+        return connections
+    wanted = connections + reserved
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = wanted
+    if soft >= connections + reserved:
+        return connections
+    fitted = max(1, soft - reserved)
+    logger.warning(
+        "HOST_EXEC_MAX_CONNECTIONS=%d does not fit the open-file limit of %d (ulimit -n): "
+        "at most %d connections will be open at once",
+        connections,
+        soft,
+        fitted,
+    )
+    return fitted
 
 
 class CappedSite(web.BaseSite):

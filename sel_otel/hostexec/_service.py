@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from .._exceptions import ConfigError
 from .._settings import settings_help
 from .._telemetry import Telemetry, telemetry_help
-from ._accept import CappedSite
+from ._accept import CappedSite, fit_open_files
 from ._httplog import AccessLog, server_logger
 from ._server import create_app
 from ._settings import HostExecSettings
@@ -129,7 +129,8 @@ async def _start_site(runner: web.AppRunner, settings: HostExecSettings) -> str:
             host = str(sock.getsockname()[0])
         except OSError as exc:
             raise ConfigError(f"{where} is not a usable socket: {exc.strerror}") from exc
-    site = CappedSite(runner, sock, limit=settings.max_connections)
+    limit = fit_open_files(settings.max_connections, commands=settings.max_concurrency)
+    site = CappedSite(runner, sock, limit=limit)
     try:
         await site.start()
     except OSError as exc:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import socket
+import subprocess
+import sys
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -258,3 +261,71 @@ async def test_connections_past_the_cap_are_accepted_only_as_others_close(
     await asyncio.to_thread(flood)
     log = service.log_path.read_text()
     assert log.count("connections open, the most allowed") == 1, log
+
+
+OPEN_FILES = 64
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _lower_open_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
+
+
+def _start_with_few_open_files(listener: socket.socket, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "HOST_EXEC_TOKEN": "t" * 32,
+        "HOST_EXEC_LISTEN_FD": str(listener.fileno()),
+        "HOST_EXEC_MAX_CONNECTIONS": "200",
+        "HOST_EXEC_MAX_CONCURRENCY": "2",
+        "OTEL_SDK_DISABLED": "true",
+    }
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sel_otel.hostexec"],
+            env=env,
+            pass_fds=[listener.fileno()],
+            stdout=log,
+            stderr=log,
+            preexec_fn=_lower_open_files,  # only sets a limit, before exec
+        )
+
+
+async def test_the_connection_cap_is_lowered_to_fit_the_open_file_limit(tmp_path: Path) -> None:
+    """With 64 open files and a cap of 200, connections past what the files allow wait
+    instead of failing to be accepted, again and again, each failure logged."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    log_path = tmp_path / "service.log"
+    process = _start_with_few_open_files(listener, log_path)
+    listener.close()
+
+    def flood() -> list[bytes]:
+        sockets = [socket.create_connection(("127.0.0.1", port), timeout=30)]
+        try:
+            assert _healthz(sockets[0]) == b"HTTP/1.1 200 OK"  # the service is up
+            sockets += [socket.create_connection(("127.0.0.1", port)) for _ in range(OPEN_FILES)]
+            for sock in sockets[1:]:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            sockets[0].close()
+            answers = []
+            for sock in sockets[1:]:  # each answered, the later ones as the first close
+                sock.settimeout(30)
+                answers.append(sock.recv(65536).split(b"\r\n", 1)[0])
+                sock.close()
+            return answers
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    try:
+        await wait_until(lambda: "listening on" in log_path.read_text(), "the service to start")
+        answers = await asyncio.to_thread(flood)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    text = log_path.read_text()
+    assert "HOST_EXEC_MAX_CONNECTIONS=200 does not fit the open-file limit of 64" in text, text
+    assert set(answers) == {b"HTTP/1.1 200 OK"}
+    assert "cannot accept" not in text and "Too many open files" not in text, text
