@@ -11,9 +11,8 @@ reader adds the points up per agent as it decodes them.
 from __future__ import annotations
 
 import json
-import operator
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
@@ -34,11 +33,6 @@ class InstanceState:
     rows: Mapping[str, AgentStats]  # per agent, added up from its points
     bounds: tuple[float, ...]  # the bucket boundaries of its histogram
     age: float = 0.0  # seconds since it was published; 0 for the live figures of this process
-    expiry: float = 0.0  # the seconds it was published to live; 0 for the live figures
-
-    def aged(self, remaining: float) -> InstanceState:
-        """The same state, read again with `remaining` seconds left to live."""
-        return replace(self, age=max(self.expiry - remaining, 0.0))
 
     @classmethod
     def from_points(
@@ -91,46 +85,39 @@ def decode(raw: bytes, remaining: float) -> InstanceState:
         if payload["format"] != FORMAT:
             raise ValueError(f"payload format {payload['format']!r}, not {FORMAT}")
         bounds = tuple(payload["bounds"])
-        width = len(bounds) + 1
-        # per agent: calls, cached, errors, threads exhausted, seconds, min, max, bucket counts
-        sums: dict[str, list[Any]] = {}
+        rows: dict[str, AgentStats] = {}
         for keys, points in payload["groups"]:
             agent_at = keys.index(names.GEN_AI_AGENT_NAME)
             hit_at = keys.index(names.SEL_CACHE_HIT) if names.SEL_CACHE_HIT in keys else -1
             error_at = keys.index(names.ERROR_TYPE) if names.ERROR_TYPE in keys else -1
-            for values, count, seconds, minimum, maximum, counts in points:
-                if len(counts) > width or len(values) != len(keys):
+            for values, count, total, minimum, maximum, counts in points:
+                padding = len(bounds) + 1 - len(counts)
+                if padding < 0 or len(values) != len(keys):
                     raise ValueError("bucket counts or attributes do not match")
                 name = str(values[agent_at])
-                row = sums.get(name)
+                row = rows.get(name)
                 if row is None:
-                    row = sums[name] = [0, 0, 0, 0, 0.0, float("inf"), 0.0, [0] * width]
-                count = int(count)
-                row[0] += count
-                if hit_at >= 0 and values[hit_at] is True:
-                    row[1] += count
+                    row = rows[name] = AgentStats(name)
+                cached = hit_at >= 0 and values[hit_at] is True
                 error = values[error_at] if error_at >= 0 else None
-                if error is not None:
-                    row[2] += count
-                    if error == names.ERROR_THREADS_EXHAUSTED:
-                        row[3] += count
-                row[4] += float(seconds)
-                row[5] = min(row[5], float(minimum))
-                row[6] = max(row[6], float(maximum))
-                buckets = row[7]
-                buckets[: len(counts)] = map(operator.add, buckets, counts)
-        rows = {
-            name: AgentStats(name, calls, cached, errors, seconds, bounds, buckets, low, high, gone)
-            for name, (calls, cached, errors, gone, seconds, low, high, buckets) in sums.items()
-        }
-        expiry = float(payload["expiry"])
+                row._fold(
+                    int(count),
+                    int(count) if cached else 0,
+                    int(count) if error is not None else 0,
+                    float(total),
+                    float(minimum),
+                    float(maximum),
+                    bounds,
+                    counts + [0] * padding if padding else counts,
+                )
+                if error == names.ERROR_THREADS_EXHAUSTED:
+                    row.threads_exhausted += int(count)
         return InstanceState(
             str(payload["instance"]),
             float(payload["started"]),
             rows,
             bounds,
-            age=max(expiry - remaining, 0.0),
-            expiry=expiry,
+            age=max(float(payload["expiry"]) - remaining, 0.0),
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a stats payload: {exc!r}") from exc

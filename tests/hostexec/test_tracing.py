@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.instrumentation._semconv import (
     _OpenTelemetrySemanticConventionStability as Stability,
@@ -41,7 +42,7 @@ def exporter() -> InMemorySpanExporter:
 @pytest_asyncio.fixture
 async def client(
     test_allowlist: Path, exporter: InMemorySpanExporter
-) -> AsyncIterator[TestClient[object, object]]:
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     settings = HostExecSettings(token=TOKEN, allowlist=test_allowlist, host="127.0.0.1")
@@ -51,7 +52,7 @@ async def client(
     provider.shutdown()
 
 
-async def _post(client: TestClient[object, object], command: str) -> int:
+async def _post(client: TestClient[web.Request, web.Application], command: str) -> int:
     response = await client.post(
         "/exec",
         json={"command": command},
@@ -66,7 +67,7 @@ def _by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:
 
 
 async def test_request_span_continues_the_callers_trace(
-    client: TestClient[object, object], exporter: InMemorySpanExporter
+    client: TestClient[web.Request, web.Application], exporter: InMemorySpanExporter
 ) -> None:
     assert await _post(client, "uname -a") == 200
     spans = _by_name(exporter)
@@ -83,7 +84,7 @@ async def test_request_span_continues_the_callers_trace(
 
 
 async def test_command_is_a_child_exec_span_with_exit_code_and_duration(
-    client: TestClient[object, object], exporter: InMemorySpanExporter
+    client: TestClient[web.Request, web.Application], exporter: InMemorySpanExporter
 ) -> None:
     assert await _post(client, "uname -a") == 200
     spans = _by_name(exporter)
@@ -106,7 +107,7 @@ async def test_command_is_a_child_exec_span_with_exit_code_and_duration(
 
 
 async def test_timed_out_command_marks_both_spans_as_errors(
-    client: TestClient[object, object], exporter: InMemorySpanExporter
+    client: TestClient[web.Request, web.Application], exporter: InMemorySpanExporter
 ) -> None:
     assert await _post(client, "sleep 30") == 504
     spans = _by_name(exporter)
@@ -122,7 +123,7 @@ async def test_timed_out_command_marks_both_spans_as_errors(
 
 
 async def test_refused_command_has_no_exec_span_and_a_refusal_reason(
-    client: TestClient[object, object], exporter: InMemorySpanExporter
+    client: TestClient[web.Request, web.Application], exporter: InMemorySpanExporter
 ) -> None:
     assert await _post(client, "uname -a; id") == 403
     spans = exporter.get_finished_spans()
@@ -133,7 +134,7 @@ async def test_refused_command_has_no_exec_span_and_a_refusal_reason(
 
 
 async def test_request_without_traceparent_starts_a_new_trace(
-    client: TestClient[object, object], exporter: InMemorySpanExporter
+    client: TestClient[web.Request, web.Application], exporter: InMemorySpanExporter
 ) -> None:
     response = await client.post("/exec", json={"command": "uname -a"})  # /healthz: no span
     assert response.status == 401
@@ -144,7 +145,7 @@ async def test_request_without_traceparent_starts_a_new_trace(
 
 
 async def test_unknown_path_keeps_the_span_name_low_cardinality(
-    client: TestClient[object, object], exporter: InMemorySpanExporter
+    client: TestClient[web.Request, web.Application], exporter: InMemorySpanExporter
 ) -> None:
     response = await client.get("/no/such/path/12345")
     assert response.status == 404
@@ -156,7 +157,7 @@ async def test_unknown_path_keeps_the_span_name_low_cardinality(
 
 
 async def test_long_request_path_is_capped_on_the_span(
-    client: TestClient[object, object], exporter: InMemorySpanExporter
+    client: TestClient[web.Request, web.Application], exporter: InMemorySpanExporter
 ) -> None:
     response = await client.get("/" + "A" * 5000)
     assert response.status == 404
@@ -167,7 +168,7 @@ async def test_long_request_path_is_capped_on_the_span(
 
 
 async def test_every_command_is_logged_with_its_argv_even_when_its_trace_is_not_sampled(
-    client: TestClient[object, object],
+    client: TestClient[web.Request, web.Application],
     exporter: InMemorySpanExporter,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -220,7 +221,7 @@ def fresh_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatc
 
 
 async def _traced_post(
-    client: TestClient[object, object], exporter: InMemorySpanExporter
+    client: TestClient[web.Request, web.Application], exporter: InMemorySpanExporter
 ) -> tuple[ReadableSpan, ReadableSpan, set[str]]:
     """POST /exec with an httpx client traced by the instrumentation, as the host_exec agent
     sends it, after the start-up every sel-otel process makes; returns the client span, the
@@ -245,7 +246,7 @@ async def _traced_post(
 
 
 async def test_the_httpx_client_span_uses_the_stable_http_names_like_the_service(
-    client: TestClient[object, object],
+    client: TestClient[web.Request, web.Application],
     exporter: InMemorySpanExporter,
     fresh_process: pytest.MonkeyPatch,
 ) -> None:
@@ -267,7 +268,7 @@ async def test_the_httpx_client_span_uses_the_stable_http_names_like_the_service
 
 
 async def test_the_users_own_semantic_convention_choice_is_kept(
-    client: TestClient[object, object],
+    client: TestClient[web.Request, web.Application],
     exporter: InMemorySpanExporter,
     fresh_process: pytest.MonkeyPatch,
 ) -> None:
