@@ -91,6 +91,7 @@ class CappedSite(web.BaseSite):
         # it never accepts, `_accept` does.
         self._server = await loop.create_server(server, sock=self._sock, start_serving=False)
         self._accepting = asyncio.create_task(self._accept(server))
+        self._accepting.add_done_callback(_report_end)
 
     async def stop(self) -> None:
         if self._accepting is not None:
@@ -130,6 +131,13 @@ class CappedSite(web.BaseSite):
             except OSError:
                 conn.close()
                 release()
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    """Log why accepting stopped, unless the site was stopped: the service takes no more
+    connections and needs a restart."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.critical("host-exec stopped accepting connections", exc_info=task.exception())
 
 
 class _Release:
