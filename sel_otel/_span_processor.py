@@ -8,6 +8,9 @@ delay: `BatchSettings`, read from the `OTEL_BSP_*` variables), with two differen
   only when it holds nothing else. The collector's tail sampling keeps every error trace; the
   process must not lose the error spans before the collector sees them. Batches are taken
   in the same order, errors first.
+- While exports fail (a collector down), the queue keeps one batch of spans other than
+  errors, and errors up to its bound: what cannot be sent is dropped as it ends, instead of
+  being held (and its memory) for an export that is not coming.
 - Dropped spans are counted without a cost per span: plain integers, read by an observable
   counter when the metrics are collected. The counter is the SDK's own,
   `otel.sdk.processor.span.processed` (with `error.type` `queue_full` for the spans dropped),
@@ -27,7 +30,7 @@ from opentelemetry import metrics
 from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
 
 from . import _semconv as names
@@ -111,6 +114,8 @@ class PrioritySpanProcessor(SpanProcessor):
         self.settings = settings or BatchSettings()
         self._max_queue = self.settings.max_queue_size
         self._batch = self.settings.max_export_batch_size
+        #: Places for spans other than errors: the queue, or one batch while exports fail.
+        self._room = self._max_queue
         self._queues: tuple[deque[ReadableSpan], ...] = (deque(), deque(), deque())
         self._queued = 0
         self._dropped = [0, 0, 0]
@@ -164,7 +169,7 @@ class PrioritySpanProcessor(SpanProcessor):
             if self._shutdown:
                 self._closed += 1
                 return
-            if self._queued < self._max_queue:
+            if self._queued < (self._max_queue if outcome == _ERROR else self._room):
                 self._queued += 1
             else:
                 # Make room by dropping the oldest span less useful than this one, or drop it.
@@ -216,9 +221,12 @@ class PrioritySpanProcessor(SpanProcessor):
                     batch = self._take()
                 try:
                     with suppress_instrumentation():  # the export's own HTTP call untraced
-                        self.exporter.export(batch)
+                        result = self.exporter.export(batch)
                 except Exception:
                     logger.exception("exporting %d spans failed", len(batch))
+                    result = SpanExportResult.FAILURE
+                failed = result is SpanExportResult.FAILURE
+                self._room = self._batch if failed else self._max_queue
 
     def _take(self) -> list[ReadableSpan]:
         """Up to one batch of queued spans, errors first (the lock held)."""

@@ -3,7 +3,9 @@ what is dropped is counted, by outcome."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,3 +161,48 @@ async def test_when_only_errors_are_queued_a_new_error_is_dropped_and_counted(
     await runtime.aclose()
     telemetry.shutdown(timeout=60)
     assert Counter(agent_spans(otlp_receiver)) == {names.OUTCOME_OK: 8, names.OUTCOME_ERROR: 8}
+
+
+async def test_while_exports_fail_only_one_batch_of_successes_waits_and_every_error(
+    otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    otel_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60")
+    otel_env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "64")
+    otel_env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "16")
+    otel_env.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+    telemetry = Telemetry.from_env()
+    runtime = make_runtime(tmp_path, telemetry)
+    otlp_receiver.fail(400)  # refused for good: not retried
+    for i in range(16):  # a batch that the collector refuses
+        await runtime.run("echo", f"refused {i}")
+    deadline = time.monotonic() + 30
+    while not any(exporter.failing for exporter in telemetry.exporters):
+        assert time.monotonic() < deadline, "the export never failed"
+        await asyncio.sleep(0.02)
+    otlp_receiver.hang(60)
+    for i in range(16):  # the next batch: its export is held
+        await runtime.run("echo", f"held {i}")
+    otlp_receiver.wait_for_requests(lambda r: r == ("/v1/traces", 503))
+    # The last export failed: one batch of successes may wait, and errors up to the bound.
+    for i in range(30):
+        await runtime.run("echo", f"waiting {i}")
+    for i in range(10):
+        await runtime.run("fails", str(i))
+    for i in range(5):
+        await runtime.run("echo", f"late {i}")
+    counts = processed(telemetry)
+    assert counts[(names.OUTCOME_OK, names.SPAN_DROPPED_QUEUE_FULL)] == 30 - 16 + 5
+    assert counts[(names.OUTCOME_ERROR, names.SPAN_DROPPED_QUEUE_FULL)] == 0
+    otlp_receiver.stop()  # the held export is answered 503 and retried once this is up
+    otlp_receiver.ok()
+    otlp_receiver.start()
+    while any(exporter.failing for exporter in telemetry.exporters):
+        assert time.monotonic() < deadline + 30, "the export never recovered"
+        await asyncio.sleep(0.02)
+    await runtime.aclose()
+    telemetry.shutdown(timeout=60)
+    assert Counter(agent_spans(otlp_receiver)) == {
+        names.OUTCOME_OK: 16 + 16,  # the held batch, and the one that waited
+        names.OUTCOME_ERROR: 10,
+    }
