@@ -118,23 +118,6 @@ def test_a_state_drops_out_when_it_expires_and_leaves_the_index(
     assert redis.Redis.from_url(redis_server.url).smembers(PREFIX) == {b"1:kept"}
 
 
-def test_each_read_finds_the_states_published_expired_or_replaced_since_the_last(
-    make_store: StoreFactory, redis_server: RedisServer
-) -> None:
-    store, other = make_store(), make_store()
-    store.put("1:a", encode("a", 1.0, 60.0, []), 60.0)
-    assert [decode(p, r).instance for p, r in store.read()] == ["a"]
-    store.put("2:b", encode("b", 2.0, 0.3, []), 0.3)
-    store.put("1:a", encode("a", 1.0, 30.0, []), 30.0)
-    assert [(decode(p, r).instance, r <= 30) for p, r in store.read()] == [
-        ("a", True),
-        ("b", True),
-    ]
-    wait_for(lambda: [decode(p, r).instance for p, r in store.read()] == ["a"])
-    assert redis.Redis.from_url(redis_server.url).smembers(PREFIX) == {b"1:a"}
-    assert [decode(p, r).instance for p, r in other.read()] == ["a"]
-
-
 def test_instance_states_live_apart_from_any_agents_cached_results() -> None:
     # the cache's keys of agent A start with "{namespace}:{A}:", A an identifier
     assert not "agent-stats".isidentifier()
