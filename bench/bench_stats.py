@@ -6,9 +6,12 @@ agent), recorded as the runtime records its agent-call histogram; all but one pu
 interleaved, REPETITIONS times:
 - the merged `/sel_agent_stats` as the remaining instance answers it
   (`DeploymentStats.report()`: its live reader, the others' states read from Redis, decoded
-  and merged), per call (target <= 10 ms); beside it `sel-otel stats`'s path (read and merge,
-  no live reader), the floor of the wire format (the Redis read and `json.loads` alone) and
-  `scope:this` (this process's reader alone);
+  and merged), per call (target <= 10 ms), after the other instances published, untimed:
+  every agent of every instance with a new call (every line of every state parsed anew),
+  each instance with one new call (one agent's line each), or nothing new (every line kept
+  from the previous read); beside it `sel-otel stats`'s path (read, decode and merge every
+  state from scratch, no live reader), the floor of the wire format (the Redis read and
+  `json.loads` of every line alone) and `scope:this` (this process's reader alone);
 - one publish of an instance while a thread records 1,000 calls/s into its histogram: the
   publishing thread's CPU time (reader collect, JSON, Redis SET), and that as a share of one
   core at the default interval (5 s) and at 1 s (target <= 1 % of one core).
@@ -117,21 +120,49 @@ class Instance:
         self.histogram.record(rng.lognormvariate(-7, 2), attributes)
 
 
-async def merged_reads(stats: DeploymentStats, store: RedisStatsStore) -> list[float]:
-    """Seconds per read, wall and CPU (every thread): the merged report, sel-otel stats's
-    path, the floor of its wire format (Redis read and JSON parsing alone), scope:this."""
+async def merged_reads(
+    stats: DeploymentStats,
+    store: RedisStatsStore,
+    others: list[tuple[Instance, StatsPublisher]],
+    agents: int,
+    rng: random.Random,
+) -> list[float]:
+    """Seconds per read, wall and CPU (every thread): the merged report after every agent of
+    every other instance was called, after one call each, after none; sel-otel stats's path,
+    the floor of its wire format (Redis read and JSON parsing alone), scope:this."""
+
+    def every_agent() -> None:
+        for instance, publisher in others:
+            for agent in range(agents):
+                instance.record(agent, rng)
+            publisher.publish()
+
+    def one_call_each() -> None:
+        for instance, publisher in others:
+            instance.record(rng.randrange(agents), rng)
+            publisher.publish()
+
+    def floor() -> list[object]:
+        return [json.loads(line) for raw, _ in store.read() for line in raw.split(b"\n")]
+
     timings = []
-    for read in (
-        lambda: stats.report(),
-        lambda: asyncio.to_thread(lambda: merge(read_states(store)[0])),
-        lambda: asyncio.to_thread(lambda: [json.loads(raw) for raw, _ in store.read()]),
-        lambda: stats.report("this"),
+    for before, read in (
+        (every_agent, lambda: stats.report()),
+        (one_call_each, lambda: stats.report()),
+        (None, lambda: stats.report()),
+        (None, lambda: asyncio.to_thread(lambda: merge(read_states(store)[0]))),
+        (None, lambda: asyncio.to_thread(floor)),
+        (None, lambda: stats.report("this")),
     ):
-        start, cpu = time.perf_counter(), time.process_time()
+        wall = cpu = 0.0
         for _ in range(READS_PER_ROUND):
+            if before is not None:
+                before()  # untimed
+            start, cpu_start = time.perf_counter(), time.process_time()
             await read()
-        timings.append((time.perf_counter() - start) / READS_PER_ROUND)
-        timings.append((time.process_time() - cpu) / READS_PER_ROUND)
+            wall += time.perf_counter() - start
+            cpu += time.process_time() - cpu_start
+        timings += [wall / READS_PER_ROUND, cpu / READS_PER_ROUND]
     return timings
 
 
@@ -191,17 +222,21 @@ async def main(url: str, count: int, agents: int, repetitions: int) -> None:
         f"{count} instances x {agents} agents: {len(report.rows)} agents merged, "
         f"{report.coverage()}; {points} published points, largest state {payload:,} bytes"
     )
-    reads: list[list[float]] = [[] for _ in range(8)]
+    others = list(zip(instances[1:], publishers[1:], strict=True))
+    reads: list[list[float]] = [[] for _ in range(12)]
     cpu, wall = [], []
     for _ in range(repetitions):
-        for kept, value in zip(reads, await merged_reads(stats, store), strict=True):
+        timings = await merged_reads(stats, store, others, agents, rng)
+        for kept, value in zip(reads, timings, strict=True):
             kept.append(value)
         p_cpu, p_wall = publish_cost(publishers[0], answering, agents)
         cpu.append(p_cpu)
         wall.append(p_wall)
     store.close()
     labels = (
-        f"merged /sel_agent_stats ({count} x {agents})",
+        f"merged ({count} x {agents}), all new",
+        f"merged ({count} x {agents}), 1 call each",
+        f"merged ({count} x {agents}), none new",
         "sel-otel stats (read, merge)",
         "floor: Redis read + json.loads",
         "scope:this (reader alone)",

@@ -8,6 +8,10 @@ stats reader ──StatsPublisher (thread, every SEL_STATS_PUBLISH_INTERVAL)─�
 sel-otel stats ──read_states──► every live state ──► merge
 ```
 
+A process keeps what it decoded, by agent: an agent's line unchanged since its last read
+(an agent without new calls, an idle instance, a read within the publishing interval) is
+not parsed again.
+
 Without a shared Redis, or while it cannot be read, the report is this process's figures,
 and says so.
 """
@@ -27,7 +31,7 @@ from ._stats import agent_points
 from ._stats_publish import StatsPublisher
 from ._stats_redis import RedisStatsStore
 from ._stats_report import Scope, StatsReport, local_report, merge
-from ._stats_state import InstanceState, decode
+from ._stats_state import DecodedLines, InstanceState, Lines, decode
 from ._telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ class DeploymentStats:
         self.instance = instance
         self.started = time.time() if started is None else started
         self.store = store
+        self.states = None if store is None else StateReader(store)
         self.publisher = (
             None
             if store is None
@@ -90,10 +95,10 @@ class DeploymentStats:
         this = self.this()
         if scope == "this":
             return local_report(this, scope, agent, ASKED)
-        if self.store is None:
+        if self.states is None:
             return local_report(this, scope, agent, NO_STORE)
         try:
-            states, unreadable = await asyncio.to_thread(read_states, self.store)
+            states, unreadable = await asyncio.to_thread(self.states.read)
         except StatsStoreError as exc:
             logger.warning("the shared stats could not be read: %s", exc)
             note = (
@@ -104,16 +109,36 @@ class DeploymentStats:
         return merge(states, this=this, scope=scope, agent=agent, notes=unreadable)
 
 
+class StateReader:
+    """Reads the live states in `store`, parsing again only the agents' lines that changed
+    since its last read (see `_stats_state`). Safe from several threads: each read replaces
+    what is kept as a whole."""
+
+    def __init__(self, store: RedisStatsStore) -> None:
+        self.store = store
+        self._lines: Lines = {}
+
+    def read(self) -> tuple[list[InstanceState], list[str]]:
+        """Every live state, and a note for those this version cannot read."""
+        lines = DecodedLines(self._lines)
+        states, unreadable = [], 0
+        for payload, remaining in self.store.read():
+            try:
+                states.append(decode(payload, remaining, lines))
+            except ValueError as exc:
+                logger.debug("unreadable stats payload: %s", exc)
+                unreadable += 1
+        self._lines = lines.found
+        return states, _unreadable_notes(unreadable)
+
+
 def read_states(store: RedisStatsStore) -> tuple[list[InstanceState], list[str]]:
     """Every live state in `store`, and a note for those this version cannot read."""
-    states, unreadable = [], 0
-    for payload, remaining in store.read():
-        try:
-            states.append(decode(payload, remaining))
-        except ValueError as exc:
-            logger.debug("unreadable stats payload: %s", exc)
-            unreadable += 1
-    notes = (
+    return StateReader(store).read()
+
+
+def _unreadable_notes(unreadable: int) -> list[str]:
+    return (
         [
             f"{unreadable} instance(s) left out: their figures are in a format this version "
             "cannot read"
@@ -121,7 +146,6 @@ def read_states(store: RedisStatsStore) -> tuple[list[InstanceState], list[str]]
         if unreadable
         else []
     )
-    return states, notes
 
 
 def stats_redis_url(settings: Settings) -> str | None:

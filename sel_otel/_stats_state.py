@@ -3,15 +3,18 @@
 What is published is the stats reader's own data: the cumulative points of the agent-call
 histogram, one per attribute set (agent, cache hit, error type), with their count, sum, min,
 max, bucket counts and bucket boundaries, and who published them. On the wire it is compact
-JSON: points grouped by their attribute names, written once a group, each point with its
-values in that order; the boundaries once; bucket counts without their trailing zeros. A
-reader adds the points up per agent as it decodes them.
+JSON lines: a head line (who, the boundaries, the attribute names of each group of points),
+then a line per agent, its points grouped, each with its attribute values in the order of
+its group's names; bucket counts without their trailing zeros. A reader adds the points up
+per agent as it decodes them, and parses again only the lines that changed since its last
+read: an agent with no new calls publishes the same bytes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import operator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +24,7 @@ from . import _semconv as names
 from ._stats import AgentStats, rows_from_points
 
 #: The payload's layout; a reader skips a layout it does not know.
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,12 @@ def member(instance: str, started: float) -> str:
 def encode(
     instance: str, started: float, expiry: float, points: Iterable[HistogramDataPoint]
 ) -> bytes:
-    """The JSON payload of `points`, published by `instance` to live `expiry` seconds."""
+    """The JSON-lines payload of `points`, published by `instance` to live `expiry` seconds:
+    a head line, then a line per agent."""
     points = list(points)
     bounds = tuple(points[0].explicit_bounds) if points else ()
-    groups: dict[tuple[str, ...], list[list[Any]]] = {}
+    agents: dict[str, dict[int, list[list[Any]]]] = {}
+    keys: dict[tuple[str, ...], int] = {}  # the attribute names of each group, numbered
     for point in points:
         attributes = point.attributes or {}
         counts = list(point.bucket_counts)
@@ -65,53 +70,71 @@ def encode(
         if tuple(point.explicit_bounds) != bounds:  # one instrument has one aggregation
             raise ValueError("points of one histogram with different bucket boundaries")
         row = [list(attributes.values()), point.count, point.sum, point.min, point.max, counts]
-        groups.setdefault(tuple(attributes), []).append(row)
-    payload = {
+        group = keys.setdefault(tuple(attributes), len(keys))
+        groups = agents.setdefault(str(attributes.get(names.GEN_AI_AGENT_NAME, "?")), {})
+        groups.setdefault(group, []).append(row)
+    head = {
         "format": FORMAT,
         "instance": instance,
         "started": started,
         "expiry": expiry,
         "bounds": bounds,
-        "groups": [[list(keys), rows] for keys, rows in groups.items()],
+        "keys": list(keys),
     }
-    return json.dumps(payload, separators=(",", ":")).encode()
+    lines: list[Any] = [head]
+    for groups in agents.values():  # an agent's groups in the order of all points'
+        lines.append([[group, rows] for group, rows in sorted(groups.items())])
+    # json.dumps writes a newline inside a string as `\n`: a raw newline only ends a line
+    return "\n".join(json.dumps(line, separators=(",", ":")) for line in lines).encode()
 
 
-def decode(raw: bytes, remaining: float) -> InstanceState:
+#: What the lines of a payload are read with: its bucket boundaries and attribute names.
+Context = tuple[tuple[float, ...], tuple[tuple[str, ...], ...]]
+#: Agents' lines decoded, by context, then by the line's bytes.
+Lines = dict[Context, dict[bytes, dict[str, AgentStats]]]
+
+
+class DecodedLines:
+    """The agents' lines decoded by one read: those `earlier` holds are not parsed again
+    (in the same context, the same bytes are the same figures). `found` is what the read
+    saw, for the next one."""
+
+    def __init__(self, earlier: Lines | None = None) -> None:
+        self.earlier: Lines = earlier or {}
+        self.found: Lines = {}
+
+    def rows(self, context: Context, lines: list[bytes]) -> Iterator[dict[str, AgentStats]]:
+        """The rows of each of `lines`, read in `context`."""
+        earlier = self.earlier.get(context, {})
+        found = self.found.setdefault(context, {})
+        bounds, keys = context
+        for line in lines:
+            rows = earlier.get(line) or found.get(line)
+            if rows is None:
+                groups = [(keys[group], points) for group, points in json.loads(line)]
+                rows = _rows(_add_groups({}, groups, bounds), bounds)
+            found[line] = rows
+            yield rows
+
+
+def decode(raw: bytes, remaining: float, lines: DecodedLines | None = None) -> InstanceState:
     """The state in a payload that has `remaining` seconds to live, its points added up per
-    agent as they are read; ValueError if it is not one this version can read."""
+    agent as they are read (the lines `lines` has seen are not parsed again); ValueError if
+    it is not one this version can read."""
+    lines = DecodedLines() if lines is None else lines
     try:
-        payload = json.loads(raw)
+        head, *agents = raw.split(b"\n")
+        payload = json.loads(head)
         if payload["format"] != FORMAT:
             raise ValueError(f"payload format {payload['format']!r}, not {FORMAT}")
         bounds = tuple(payload["bounds"])
+        keys = tuple(tuple(map(str, group)) for group in payload["keys"])
         rows: dict[str, AgentStats] = {}
-        for keys, points in payload["groups"]:
-            agent_at = keys.index(names.GEN_AI_AGENT_NAME)
-            hit_at = keys.index(names.SEL_CACHE_HIT) if names.SEL_CACHE_HIT in keys else -1
-            error_at = keys.index(names.ERROR_TYPE) if names.ERROR_TYPE in keys else -1
-            for values, count, total, minimum, maximum, counts in points:
-                padding = len(bounds) + 1 - len(counts)
-                if padding < 0 or len(values) != len(keys):
-                    raise ValueError("bucket counts or attributes do not match")
-                name = str(values[agent_at])
-                row = rows.get(name)
-                if row is None:
-                    row = rows[name] = AgentStats(name)
-                cached = hit_at >= 0 and values[hit_at] is True
-                error = values[error_at] if error_at >= 0 else None
-                row._fold(
-                    int(count),
-                    int(count) if cached else 0,
-                    int(count) if error is not None else 0,
-                    float(total),
-                    float(minimum),
-                    float(maximum),
-                    bounds,
-                    counts + [0] * padding if padding else counts,
-                )
-                if error == names.ERROR_THREADS_EXHAUSTED:
-                    row.threads_exhausted += int(count)
+        for agent_rows in lines.rows((bounds, keys), agents):
+            for name, row in agent_rows.items():
+                if name in rows:
+                    raise ValueError(f"agent {name!r} on two lines")
+                rows[name] = row
         return InstanceState(
             str(payload["instance"]),
             float(payload["started"]),
@@ -119,5 +142,46 @@ def decode(raw: bytes, remaining: float) -> InstanceState:
             bounds,
             age=max(float(payload["expiry"]) - remaining, 0.0),
         )
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
         raise ValueError(f"not a stats payload: {exc!r}") from exc
+
+
+def _add_groups(
+    sums: dict[str, list[Any]], groups: Any, bounds: tuple[float, ...]
+) -> dict[str, list[Any]]:
+    """`sums` (per agent: calls, cached, errors, threads exhausted, seconds, min, max, bucket
+    counts) with the points of `groups` added, in their order."""
+    width = len(bounds) + 1
+    for keys, points in groups:
+        agent_at = keys.index(names.GEN_AI_AGENT_NAME)
+        hit_at = keys.index(names.SEL_CACHE_HIT) if names.SEL_CACHE_HIT in keys else -1
+        error_at = keys.index(names.ERROR_TYPE) if names.ERROR_TYPE in keys else -1
+        for values, count, seconds, minimum, maximum, counts in points:
+            if len(counts) > width or len(values) != len(keys):
+                raise ValueError("bucket counts or attributes do not match")
+            name = str(values[agent_at])
+            row = sums.get(name)
+            if row is None:
+                row = sums[name] = [0, 0, 0, 0, 0.0, float("inf"), 0.0, [0] * width]
+            count = int(count)
+            row[0] += count
+            if hit_at >= 0 and values[hit_at] is True:
+                row[1] += count
+            error = values[error_at] if error_at >= 0 else None
+            if error is not None:
+                row[2] += count
+                if error == names.ERROR_THREADS_EXHAUSTED:
+                    row[3] += count
+            row[4] += float(seconds)
+            row[5] = min(row[5], float(minimum))
+            row[6] = max(row[6], float(maximum))
+            buckets = row[7]
+            buckets[: len(counts)] = map(operator.add, buckets, counts)
+    return sums
+
+
+def _rows(sums: dict[str, list[Any]], bounds: tuple[float, ...]) -> dict[str, AgentStats]:
+    return {
+        name: AgentStats(name, calls, cached, errors, seconds, bounds, buckets, low, high, gone)
+        for name, (calls, cached, errors, gone, seconds, low, high, buckets) in sums.items()
+    }

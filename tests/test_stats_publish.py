@@ -38,16 +38,19 @@ def test_the_published_state_is_the_readers_own_points(make_store: StoreFactory)
     instance.publisher(store).publish()
     [(payload, remaining)] = store.read()
     assert 0 < remaining <= 5.0 * EXPIRY_INTERVALS
-    # on the wire: each of the reader's points, with its attributes, as the reader has it
-    published = json.loads(payload)
-    assert published["bounds"] == list(names.DURATION_BUCKETS)
+    # on the wire: a head line, then each agent's line of the reader's points, with their
+    # attributes, as the reader has them
+    head, *agents = (json.loads(line) for line in payload.split(b"\n"))
+    assert head["bounds"] == list(names.DURATION_BUCKETS)
     wire = {
-        frozenset(zip(keys, values, strict=True)): (count, total, low, high, counts)
-        for keys, points in published["groups"]
+        frozenset(zip(head["keys"][group], values, strict=True)): (count, total, low, high, counts)
+        for groups in agents
+        for group, points in groups
         for values, count, total, low, high, counts in points
     }
     points = instance.points()
     assert len(wire) == len(points) > 5
+    assert len(agents) == len({(p.attributes or {})[names.GEN_AI_AGENT_NAME] for p in points})
     for point in points:
         count, total, low, high, counts = wire[frozenset((point.attributes or {}).items())]
         assert (count, total, low, high) == (point.count, point.sum, point.min, point.max)
@@ -69,7 +72,18 @@ def test_the_published_state_is_the_readers_own_points(make_store: StoreFactory)
 def test_a_payload_of_another_layout_is_refused() -> None:
     good = encode("a", 1.0, 15.0, [])
     assert decode(good, 15.0).rows == {}
-    for bad in (b"garbage", b'{"format": 2}', good.replace(b'"groups":[]', b'"groups":[[1]]')):
+    good = good.replace(b'"keys":[]', b'"keys":[["gen_ai.agent.name"]]')
+    line = b'[[0,[[["echo"],1,0.5,0.5,0.5,[1]]]]]'
+    assert decode(good + b"\n" + line, 15.0).rows["echo"].calls == 1
+    for bad in (
+        b"garbage",
+        b'{"format": 1}',
+        good.replace(b'"format":2', b'"format":99'),
+        good + b"\n[[1]]",
+        good + b"\n" + line.replace(b"[[0,", b"[[1,"),  # no such group
+        good + b"\n" + line + b"\n" + line,  # an agent twice
+        good + b"\n" + line.replace(b"[1]]]]]", b"[1" + b",0" * 30 + b"]]]]]"),
+    ):
         with pytest.raises(ValueError):
             decode(bad, 1.0)
 
@@ -116,6 +130,23 @@ def test_a_state_drops_out_when_it_expires_and_leaves_the_index(
     assert {decode(p, r).instance for p, r in store.read()} == {"gone", "kept"}
     wait_for(lambda: [decode(p, r).instance for p, r in store.read()] == ["kept"])
     assert redis.Redis.from_url(redis_server.url).smembers(PREFIX) == {b"1:kept"}
+
+
+def test_each_read_finds_the_states_published_expired_or_replaced_since_the_last(
+    make_store: StoreFactory, redis_server: RedisServer
+) -> None:
+    store, other = make_store(), make_store()
+    store.put("1:a", encode("a", 1.0, 60.0, []), 60.0)
+    assert [decode(p, r).instance for p, r in store.read()] == ["a"]
+    store.put("2:b", encode("b", 2.0, 0.3, []), 0.3)
+    store.put("1:a", encode("a", 1.0, 30.0, []), 30.0)
+    assert [(decode(p, r).instance, r <= 30) for p, r in store.read()] == [
+        ("a", True),
+        ("b", True),
+    ]
+    wait_for(lambda: [decode(p, r).instance for p, r in store.read()] == ["a"])
+    assert redis.Redis.from_url(redis_server.url).smembers(PREFIX) == {b"1:a"}
+    assert [decode(p, r).instance for p, r in other.read()] == ["a"]
 
 
 def test_instance_states_live_apart_from_any_agents_cached_results() -> None:

@@ -89,6 +89,36 @@ async def test_this_process_counts_with_its_live_figures_not_its_last_published_
     assert [f.age for f in report.instances] == [0.0]
 
 
+async def test_repeated_reads_follow_every_new_publish_and_every_restart(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    deployment = answering(Instance("a"), store)
+    b = Instance("b")
+    b.call("echo", 0.001)
+    b.publisher(store).publish()
+    first = await deployment.report()
+    again = await deployment.report()  # the same payload: the same figures, read anew
+    assert [row.calls for row in first.rows] == [row.calls for row in again.rows] == [1]
+    assert again.instances[-1].age >= first.instances[-1].age >= 0
+    b.call("echo", 0.001)
+    b.call("calc", 0.002)
+    b.publisher(store).publish()
+    changed = await deployment.report()
+    assert [(row.agent, row.calls) for row in changed.rows] == [("echo", 2), ("calc", 1)]
+    restarted = Instance("b", b.started + 1)
+    restarted.call("echo", 0.001)
+    restarted.publisher(store).publish()
+    after = await deployment.report()  # both lives are live in Redis: the newest counts
+    assert [(row.agent, row.calls) for row in after.rows] == [("echo", 1)]
+    twin = Instance("c")  # the very same line as b's: counted for each
+    twin.call("echo", 0.001)
+    twin.publisher(store).publish()
+    both = await deployment.report()
+    assert [(row.agent, row.calls) for row in both.rows] == [("echo", 2)]
+    assert len(both.instances) == 3
+
+
 async def test_a_restart_within_the_expiry_counts_the_newest_life_only(
     make_store: StoreFactory,
 ) -> None:
