@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
@@ -103,18 +103,25 @@ class DecodedLines:
         self.earlier: Lines = earlier or {}
         self.found: Lines = {}
 
-    def rows(self, context: Context, lines: list[bytes]) -> Iterator[dict[str, AgentStats]]:
-        """The rows of each of `lines`, read in `context`."""
+    def rows(self, context: Context, lines: list[bytes]) -> list[dict[str, AgentStats]]:
+        """The rows of each of `lines`, read in `context`; the new lines parsed together,
+        as one JSON array (one parse, not one a line)."""
         earlier = self.earlier.get(context, {})
         found = self.found.setdefault(context, {})
+        known = [earlier.get(line) or found.get(line) for line in lines]
+        new = [line for line, rows in zip(lines, known, strict=True) if rows is None]
+        values = json.loads(b"[" + b",".join(new) + b"]") if new else []
+        if len(values) != len(new):  # a line that is not one JSON value
+            raise ValueError(f"{len(new)} lines, {len(values)} values")
+        parsed = iter(values)
         bounds, keys = context
-        for line in lines:
-            rows = earlier.get(line) or found.get(line)
+        layouts, width = [_layout(group) for group in keys], len(bounds) + 1
+        for index, (line, rows) in enumerate(zip(lines, known, strict=True)):
             if rows is None:
-                groups = [(keys[group], points) for group, points in json.loads(line)]
-                rows = _rows(_add_groups({}, groups, bounds), bounds)
+                sums = _add_groups({}, next(parsed), layouts, width)
+                rows = known[index] = _rows(sums, bounds)
             found[line] = rows
-            yield rows
+        return cast(list[dict[str, AgentStats]], known)
 
 
 def decode(raw: bytes, remaining: float, lines: DecodedLines | None = None) -> InstanceState:
@@ -146,18 +153,27 @@ def decode(raw: bytes, remaining: float, lines: DecodedLines | None = None) -> I
         raise ValueError(f"not a stats payload: {exc!r}") from exc
 
 
+#: Where a group's points hold what the stats need: the number of attribute values, and the
+#: places of the agent, the cache hit and the error type among them (-1: not there).
+Layout = tuple[int, int, int, int]
+
+
+def _layout(keys: tuple[str, ...]) -> Layout:
+    hit_at = keys.index(names.SEL_CACHE_HIT) if names.SEL_CACHE_HIT in keys else -1
+    error_at = keys.index(names.ERROR_TYPE) if names.ERROR_TYPE in keys else -1
+    return len(keys), keys.index(names.GEN_AI_AGENT_NAME), hit_at, error_at
+
+
 def _add_groups(
-    sums: dict[str, list[Any]], groups: Any, bounds: tuple[float, ...]
+    sums: dict[str, list[Any]], groups: Any, layouts: Sequence[Layout], width: int
 ) -> dict[str, list[Any]]:
     """`sums` (per agent: calls, cached, errors, threads exhausted, seconds, min, max, bucket
-    counts) with the points of `groups` added, in their order."""
-    width = len(bounds) + 1
-    for keys, points in groups:
-        agent_at = keys.index(names.GEN_AI_AGENT_NAME)
-        hit_at = keys.index(names.SEL_CACHE_HIT) if names.SEL_CACHE_HIT in keys else -1
-        error_at = keys.index(names.ERROR_TYPE) if names.ERROR_TYPE in keys else -1
+    counts) with the points of `groups` (of the group numbered in `layouts`) added, in their
+    order."""
+    for group, points in groups:
+        arity, agent_at, hit_at, error_at = layouts[group]
         for values, count, seconds, minimum, maximum, counts in points:
-            if len(counts) > width or len(values) != len(keys):
+            if len(counts) > width or len(values) != arity:
                 raise ValueError("bucket counts or attributes do not match")
             name = str(values[agent_at])
             row = sums.get(name)

@@ -80,6 +80,7 @@ def test_a_payload_of_another_layout_is_refused() -> None:
         b'{"format": 1}',
         good.replace(b'"format":2', b'"format":99'),
         good + b"\n[[1]]",
+        good + b"\n" + line + b"," + line,  # two values on one line
         good + b"\n" + line.replace(b"[[0,", b"[[1,"),  # no such group
         good + b"\n" + line + b"\n" + line,  # an agent twice
         good + b"\n" + line.replace(b"[1]]]]]", b"[1" + b",0" * 30 + b"]]]]]"),
