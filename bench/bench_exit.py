@@ -81,6 +81,7 @@ def once(checkout: Path, agents: Path, agent: str, ending: str) -> float:
     env |= {
         "PYTHONPATH": str(checkout),
         "SEL_AGENTS_DIR": str(agents),
+        "SEL_DATA_DIR": str(agents.parent),  # the history of these calls stays with them
         "HOST_EXEC_URL": "http://127.0.0.1:9",  # no embedded service: the agents alone
         "PYTHONUNBUFFERED": "1",  # each reply as it is written
     }
