@@ -150,20 +150,36 @@ def read_stats(reader: InMemoryMetricReader, agent: str | None = None) -> list[A
 def merge_rows(rows: Iterable[AgentStats]) -> list[AgentStats]:
     """Rows of the same agents (from several instances, with the same bucket boundaries)
     added up, one per agent, most called first."""
-    by_agent: dict[str, AgentStats] = {}
+    by_agent: dict[str, list[AgentStats]] = {}
     for row in rows:
-        merged = by_agent.get(row.agent)
-        if merged is None:
-            merged = by_agent[row.agent] = AgentStats(row.agent)
-        merged._merge(row)
-    return sorted(by_agent.values(), key=lambda s: (-s.calls, s.agent))
+        by_agent.setdefault(row.agent, []).append(row)
+    merged = [total(same, agent) for agent, same in by_agent.items()]
+    return sorted(merged, key=lambda s: (-s.calls, s.agent))
 
 
 def total(rows: Iterable[AgentStats], name: str = "all agents") -> AgentStats:
-    """The figures of `rows` (with the same bucket boundaries) together, as one row `name`."""
+    """The figures of `rows` (with the same bucket boundaries) together, as one row `name`:
+    as if each were folded in turn, their bucket counts added a bucket at a time."""
+    rows = list(rows)
     merged = AgentStats(name)
-    for row in rows:
-        merged._merge(row)
+    if not all(row.bucket_counts for row in rows):  # rows without calls: fold them in turn
+        for row in rows:
+            merged._merge(row)
+        return merged
+    seconds, minimum, maximum = 0.0, merged.min_seconds, merged.max_seconds
+    for row in rows:  # in order: the same float sum as folding them in turn
+        seconds += row.total_seconds
+        minimum = min(minimum, row.min_seconds)
+        maximum = max(maximum, row.max_seconds)
+    merged.calls = sum(row.calls for row in rows)
+    merged.cached_calls = sum(row.cached_calls for row in rows)
+    merged.errors = sum(row.errors for row in rows)
+    merged.threads_exhausted = sum(row.threads_exhausted for row in rows)
+    merged.total_seconds, merged.min_seconds, merged.max_seconds = seconds, minimum, maximum
+    if rows:
+        merged.bounds = tuple(rows[0].bounds)
+        columns = zip(*(row.bucket_counts for row in rows), strict=False)  # as folding would
+        merged.bucket_counts = list(map(sum, columns))
     return merged
 
 

@@ -4,7 +4,8 @@ Each life of an instance (its `service.instance.id` and start time) has one key,
 `{prefix}:{started_ms}:{instance}`, holding its latest state and expiring a few publishing
 intervals after it was written; the set `{prefix}` lists those keys. A reader takes the set's
 members, then each key's value and remaining lifetime (PTTL: how old a state is, without
-comparing clocks); members whose key has expired are removed from the set.
+comparing clocks); members whose key has expired are removed from the set. The keys of the
+members a reader found last time are read with the set, in the same round trip.
 
 The prefix is not a possible agent's cache prefix (`{namespace}:{agent}:`, an identifier), so
 invalidating an agent's results never deletes the stats.
@@ -33,6 +34,8 @@ class RedisStatsStore:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
+        #: The members of the previous read, whose keys the next read asks for with the set.
+        self._known: list[bytes] = []
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, timeout: float) -> RedisStatsStore:
@@ -58,27 +61,41 @@ class RedisStatsStore:
         self._run(pipeline)
 
     def read(self) -> list[tuple[bytes, float]]:
-        """Every live state's payload, with the seconds it has left to live."""
-        members = cast(set[bytes], self._call(self.client.smembers, self.prefix))
-        if not members:
-            return []
-        names = sorted(members)
+        """Every live state's payload, with the seconds it has left to live, in the order of
+        their members. One round trip when the members are those of the previous read: their
+        keys are read with the set; a second one for members new since."""
+        known = self._known
         pipeline = self.client.pipeline(transaction=False)
-        for name in names:
-            key = self.prefix.encode() + b":" + name
-            pipeline.get(key)
-            pipeline.pttl(key)
+        pipeline.smembers(self.prefix)
+        self._queue_reads(pipeline, known)
         replies = self._run(pipeline)
-        found: list[tuple[bytes, float]] = []
+        members = cast(set[bytes], replies[0])
+        found = dict(zip(known, zip(replies[1::2], replies[2::2], strict=True), strict=True))
+        new = sorted(members.difference(known))
+        if new:
+            pipeline = self.client.pipeline(transaction=False)
+            self._queue_reads(pipeline, new)
+            replies = self._run(pipeline)
+            found.update(zip(new, zip(replies[::2], replies[1::2], strict=True), strict=True))
+        names = sorted(members)
+        self._known = names
+        live: list[tuple[bytes, float]] = []
         expired: list[bytes] = []
-        for name, payload, remaining in zip(names, replies[::2], replies[1::2], strict=True):
+        for name in names:
+            payload, remaining = found[name]
             if payload is None:
                 expired.append(name)
             else:  # -1 (no expiry) cannot happen: every key is written with one
-                found.append((payload, max(int(remaining), 0) / 1000))
+                live.append((payload, max(int(remaining), 0) / 1000))
         if expired:
             self._call(self.client.srem, self.prefix, *expired)
-        return found
+        return live
+
+    def _queue_reads(self, pipeline: redis.client.Pipeline, names: list[bytes]) -> None:
+        prefix = self.prefix.encode() + b":"
+        for name in names:
+            pipeline.get(prefix + name)
+            pipeline.pttl(prefix + name)
 
     def close(self) -> None:
         self.client.close()

@@ -105,7 +105,7 @@ def merge(
             f"(another version?): {', '.join(sorted(state.instance for state in left_out))}"
         )
     instances = [InstanceFigures.of(state, state is this, agent) for state in merged]
-    instances.sort(key=lambda f: (not f.this, -f.total.calls, f.instance))
+    instances.sort(key=lambda f: (not f.this, -sum(row.calls for row in f.rows), f.instance))
     rows = merge_rows(row for figures in instances for row in figures.rows)
     return StatsReport(scope, rows, instances, shared=True, notes=notes)
 
