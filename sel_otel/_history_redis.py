@@ -14,12 +14,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from ._exceptions import ConfigError
 from ._history import HistoryEntry, HistoryQuery, HistoryStore
-from ._redact import scrub
+from ._redis_sync import sync_client
 
 #: Stream items read per `XREVRANGE` while looking for matches.
 PAGE = 1000
@@ -57,16 +54,7 @@ class RedisHistoryStore(HistoryStore):
     ) -> RedisHistoryStore:
         """A store on the Redis at `url` (`redis://` or `rediss://`), each command bounded by
         `timeout` seconds and retried once at once on a broken connection."""
-        try:
-            client = redis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 1),
-            )
-        except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL {scrub(url)!r}: {exc}") from exc
-        return cls(client, key, max_len=max_len, max_age=max_age)
+        return cls(sync_client(url, timeout=timeout), key, max_len=max_len, max_age=max_age)
 
     def write(self, entries: Sequence[HistoryEntry]) -> None:
         pipeline = self.client.pipeline(transaction=False)

@@ -17,11 +17,9 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from ._exceptions import ConfigError, StatsStoreError
-from ._redact import scrub
+from ._exceptions import StatsStoreError
+from ._redis_sync import sync_client
 
 #: Seconds the set of published keys outlives the last publish (its members expire sooner).
 INDEX_LIFETIME = 86_400
@@ -41,16 +39,7 @@ class RedisStatsStore:
     def from_url(cls, url: str, prefix: str, *, timeout: float) -> RedisStatsStore:
         """A store on the Redis at `url`, each command bounded by `timeout` seconds and
         retried once at once on a broken connection."""
-        try:
-            client = redis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 1),
-            )
-        except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL {scrub(url)!r}: {exc}") from exc
-        return cls(client, prefix)
+        return cls(sync_client(url, timeout=timeout), prefix)
 
     def put(self, member: str, payload: bytes, expiry: float) -> None:
         """Store the state `member` (see `_stats_state.member`) for `expiry` seconds."""
