@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
 
 from ._history import ContentPolicy, History, HistoryStore
 from ._history_logs import log_sink_from_env
@@ -51,7 +50,7 @@ def history_stores(settings: Settings) -> list[HistoryStore]:
             settings.data_dir / HISTORY_FILE, max_age=max_age, max_rows=settings.history_max_rows
         )
     ]
-    url = history_redis_url(settings)
+    url = settings.shared_redis_url(settings.history_redis_url)
     if url is not None:
         from ._history_redis import RedisHistoryStore  # redis-py loads only when it is used
 
@@ -65,14 +64,3 @@ def history_stores(settings: Settings) -> list[HistoryStore]:
             )
         )
     return stores
-
-
-def history_redis_url(settings: Settings) -> str | None:
-    """`SEL_HISTORY_REDIS_URL`; unset, the cache's when it is on Redis; `none`: None."""
-    url = settings.history_redis_url
-    if url.lower() == "none":
-        return None
-    if not url:
-        cache = settings.cache_url
-        return cache if urlsplit(cache).scheme in ("redis", "rediss") else None
-    return url

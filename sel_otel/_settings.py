@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from ._exceptions import ConfigError
 
@@ -422,3 +423,13 @@ class Settings:
         """Build settings from `SEL_*` and `HOST_EXEC_URL`/`_TOKEN*` variables (`os.environ`
         when `env` is None)."""
         return cls(**read_env(cls, env))
+
+    def shared_redis_url(self, url: str) -> str | None:
+        """The Redis a `SEL_*_REDIS_URL` setting's value `url` names: unset, the cache's when
+        it is on Redis; `none`: None."""
+        if url.lower() == "none":
+            return None
+        if not url:
+            cache = self.cache_url
+            return cache if urlsplit(cache).scheme in ("redis", "rediss") else None
+        return url

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from urllib.parse import urlsplit
 
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -148,20 +147,9 @@ def _unreadable_notes(unreadable: int) -> list[str]:
     )
 
 
-def stats_redis_url(settings: Settings) -> str | None:
-    """`SEL_STATS_REDIS_URL`; unset, the cache's when it is on Redis; `none`: None."""
-    url = settings.stats_redis_url
-    if url.lower() == "none":
-        return None
-    if not url:
-        cache = settings.cache_url
-        return cache if urlsplit(cache).scheme in ("redis", "rediss") else None
-    return url
-
-
 def stats_store(settings: Settings) -> RedisStatsStore | None:
     """The shared store `settings` name, if any (its prefix: the cache namespace's)."""
-    url = stats_redis_url(settings)
+    url = settings.shared_redis_url(settings.stats_redis_url)
     if url is None:
         return None
     return RedisStatsStore.from_url(
