@@ -25,17 +25,13 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +40,10 @@ from _common import (
     REPETITIONS,
     Sink,
     child_env,
-    free_port,
     interleaved,
     print_header,
     ratios,
+    redis_server,
     run_child,
     spread,
     time_kinds,
@@ -67,31 +63,6 @@ ZIPF_EXPONENT = 1.1
 THROUGHPUT_SECONDS = 3.0
 MODES = ("nothing exported", "as deployed")
 ECHO_AGENT = "DESCRIPTION = 'echo'\nCACHE_TTL = 3600\ndef run(q):\n    return q\n"
-
-
-@contextmanager
-def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed; pass --url")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as directory:
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", directory, "--logfile", f"{directory}/redis.log"],
-        )  # fmt: skip
-        try:
-            for _ in range(500):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                    break
-                except OSError:
-                    time.sleep(0.01)
-            yield f"redis://127.0.0.1:{port}/0", process
-        finally:
-            os.kill(process.pid, signal.SIGCONT)
-            process.kill()
-            process.wait()
 
 
 def build_runtime(

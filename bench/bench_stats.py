@@ -28,18 +28,11 @@ import asyncio
 import json
 import os
 import random
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from _common import free_port
+from _common import redis_server
 from opentelemetry.metrics import Histogram
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
@@ -67,30 +60,6 @@ def summary(values: list[float], scale: float, unit: str) -> str:
         f"{statistics.median(shown):8.3f} {unit} "
         f"(range {min(shown):.3f}-{max(shown):.3f}, n={len(shown)})"
     )
-
-
-@contextmanager
-def redis_server() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed; pass --url")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as directory:
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", directory, "--logfile", f"{directory}/redis.log"],
-        )  # fmt: skip
-        try:
-            for _ in range(500):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                    break
-                except OSError:
-                    time.sleep(0.01)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            process.kill()
-            process.wait()
 
 
 class Instance:
@@ -271,5 +240,5 @@ if __name__ == "__main__":
     if args.url:
         run(args.url)
     else:
-        with redis_server() as url:
+        with redis_server() as (url, _):
             run(url)
