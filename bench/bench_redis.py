@@ -48,13 +48,10 @@ from _common import (
     spread,
     time_kinds,
 )
-from bench_runtime import telemetry_for
-from opentelemetry.trace import SpanKind
+from bench_runtime import otel_floor, telemetry_for
 
 from sel_otel import AgentRegistry, AgentRuntime, Settings, Telemetry
-from sel_otel import _semconv as names
 from sel_otel._app import cache_from_settings
-from sel_otel._telemetry import package_version
 
 CALLS, ROUNDS, WARM_UP = 500, 12, 1_000
 CALLERS = 32
@@ -120,29 +117,9 @@ async def latency_child(mode: str, url: str, agents: str, namespace: str) -> Non
     key = runtime.cache.key("echo", "uname -a", version=runtime.registry.get("echo").version)
     client = aioredis.Redis.from_url(url)
     assert await client.get(key)
-    tracer = telemetry.tracer_provider.get_tracer(names.SCOPE_NAME, package_version())
-    histogram = telemetry.meter_provider.get_meter("floor").create_histogram("floor.duration")
-
-    async def floor() -> None:
-        start = time.perf_counter()
-        span = tracer.start_span(
-            "invoke_agent echo",
-            kind=SpanKind.INTERNAL,
-            attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "echo",
-                        "gen_ai.agent.description": "echo", "sel.agent.input": "uname -a"},
-        )  # fmt: skip
-        duration = time.perf_counter() - start
-        span.set_attributes({"sel.cache.hit": True, "sel.agent.duration_ms": duration * 1e3})
-        span.end()
-        histogram.record(
-            duration,
-            {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "echo",
-             "sel.cache.hit": True},
-        )  # fmt: skip
-
     calls: dict[str, Any] = {
         "raw": lambda: client.get(key),
-        "floor": floor,
+        "floor": otel_floor(telemetry),
         "cached": lambda: runtime.run("echo", "uname -a"),
     }
     for call in calls.values():

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import timeit
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,26 +85,14 @@ def telemetry_for(mode: str) -> Telemetry:
     return Telemetry(tracer_provider, MeterProvider(metric_readers=[reader]), reader)
 
 
-def dropped_spans(telemetry: Telemetry) -> tuple[int, int]:
-    """Spans the span processors dropped, and all they were handed (their self-metrics)."""
-    data = telemetry.stats_reader.get_metrics_data()
-    counts = [
-        (point.value, names.ERROR_TYPE in (point.attributes or {}))
-        for point in data_points(data, "otel.sdk.processor.span.processed")
-        if isinstance(point, NumberDataPoint)
-    ]
-    return int(sum(v for v, dropped in counts if dropped)), int(sum(v for v, _ in counts))
-
-
-async def child(mode: str) -> None:
-    telemetry = telemetry_for(mode)
+def otel_floor(telemetry: Telemetry) -> Callable[[], Awaitable[None]]:
+    """What OpenTelemetry itself does for a call: the runtime's span and record, bare."""
     tracer = telemetry.tracer_provider.get_tracer(names.SCOPE_NAME, package_version())
     histogram = telemetry.meter_provider.get_meter("floor").create_histogram(
         "floor.duration", unit="s"
     )
 
     async def floor() -> None:
-        """What OpenTelemetry itself does for a call: the runtime's span and record, bare."""
         start = time.perf_counter()
         span = tracer.start_span(
             "invoke_agent echo",
@@ -123,6 +112,24 @@ async def child(mode: str) -> None:
             {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "echo",
              "sel.cache.hit": True},
         )  # fmt: skip
+
+    return floor
+
+
+def dropped_spans(telemetry: Telemetry) -> tuple[int, int]:
+    """Spans the span processors dropped, and all they were handed (their self-metrics)."""
+    data = telemetry.stats_reader.get_metrics_data()
+    counts = [
+        (point.value, names.ERROR_TYPE in (point.attributes or {}))
+        for point in data_points(data, "otel.sdk.processor.span.processed")
+        if isinstance(point, NumberDataPoint)
+    ]
+    return int(sum(v for v, dropped in counts if dropped)), int(sum(v for v, _ in counts))
+
+
+async def child(mode: str) -> None:
+    telemetry = telemetry_for(mode)
+    floor = otel_floor(telemetry)
 
     with tempfile.TemporaryDirectory() as directory:
         agents = Path(directory) / "agents"
