@@ -88,11 +88,15 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    one, five, fifteen = os.getloadavg()
     return (
         f"machine: {model}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-        f"load average {one:.2f} {five:.2f} {fifteen:.2f} (1, 5, 15 min)"
+        f"load average {load_average()} (1, 5, 15 min)"
     )
+
+
+def load_average() -> str:
+    """The load average now, over 1, 5 and 15 minutes."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def print_header(title: str) -> None:
@@ -114,6 +118,15 @@ class Spread:
         """`median (min-max)`, each value multiplied by `scale`."""
         low, high = min(self.values) * scale, max(self.values) * scale
         return f"{self.median * scale:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+def summary(values: Sequence[float], scale: float, unit: str, digits: int = 2) -> str:
+    """`median unit (range min-max, n=count)`, each value multiplied by `scale`."""
+    shown = [value * scale for value in values]
+    return (
+        f"{statistics.median(shown):8.{digits}f} {unit} "
+        f"(range {min(shown):.{digits}f}-{max(shown):.{digits}f}, n={len(shown)})"
+    )
 
 
 def spread(values: Sequence[float]) -> Spread:

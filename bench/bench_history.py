@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import tempfile
@@ -28,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from _common import DiscardingExporter, per_call_seconds
+from _common import DiscardingExporter, load_average, per_call_seconds, summary
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import NumberDataPoint
 from opentelemetry.sdk.trace import TracerProvider
@@ -50,18 +49,6 @@ CALLS_PER_ROUND = 2_000
 ROUNDS = 5
 QUERY_REPEATS = 15
 BATCH = 10_000
-
-
-def load() -> str:
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
-def summary(values: list[float], scale: float, unit: str) -> str:
-    shown = [value * scale for value in values]
-    return (
-        f"{statistics.median(shown):8.2f} {unit} "
-        f"(range {min(shown):.2f}-{max(shown):.2f}, n={len(shown)})"
-    )
 
 
 async def call_cost(directory: Path, repetitions: int) -> None:
@@ -205,11 +192,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repetitions", type=int, default=7)
     args = parser.parse_args()
-    print(f"load average (1, 5, 15 min) at start: {load()}")
+    print(f"load average (1, 5, 15 min) at start: {load_average()}")
     with tempfile.TemporaryDirectory() as directory:
         asyncio.run(call_cost(Path(directory), args.repetitions))
         query_latency(Path(directory), args.rows)
-    print(f"load average (1, 5, 15 min) at end  : {load()}")
+    print(f"load average (1, 5, 15 min) at end  : {load_average()}")
 
 
 if __name__ == "__main__":

@@ -28,11 +28,10 @@ import asyncio
 import json
 import os
 import random
-import statistics
 import threading
 import time
 
-from _common import redis_server
+from _common import load_average, redis_server, summary
 from opentelemetry.metrics import Histogram
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
@@ -48,18 +47,6 @@ from sel_otel._stats_shared import REDIS_TIMEOUT, DeploymentStats, read_states
 READS_PER_ROUND = 20
 PUBLISHES_PER_ROUND = 20
 CALLS_PER_SECOND = 1_000
-
-
-def load() -> str:
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
-def summary(values: list[float], scale: float, unit: str) -> str:
-    shown = [value * scale for value in values]
-    return (
-        f"{statistics.median(shown):8.3f} {unit} "
-        f"(range {min(shown):.3f}-{max(shown):.3f}, n={len(shown)})"
-    )
 
 
 class Instance:
@@ -171,7 +158,7 @@ def publish_cost(publisher: StatsPublisher, instance: Instance, agents: int) -> 
 
 
 async def main(url: str, count: int, agents: int, repetitions: int) -> None:
-    print(f"load average at start: {load()}")
+    print(f"load average at start: {load_average()}")
     rng = random.Random(7)
     instances = [Instance(f"instance-{n}") for n in range(count)]
     for instance in instances:
@@ -216,14 +203,15 @@ async def main(url: str, count: int, agents: int, repetitions: int) -> None:
         "scope:this (reader alone)",
     )
     for label, walls, cpus in zip(labels, reads[::2], reads[1::2], strict=True):
-        print(f"{label:36} wall: {summary(walls, 1e3, 'ms')}")
-        print(f"{label:36} CPU:  {summary(cpus, 1e3, 'ms')}")
-    print(f"{'one publish, 1,000 calls/s recorded':36} wall: {summary(wall, 1e3, 'ms')}")
-    print(f"{'':36} CPU:  {summary(cpu, 1e3, 'ms')} (its thread)")
+        print(f"{label:36} wall: {summary(walls, 1e3, 'ms', digits=3)}")
+        print(f"{label:36} CPU:  {summary(cpus, 1e3, 'ms', digits=3)}")
+    print(f"{'one publish, 1,000 calls/s recorded':36} wall: {summary(wall, 1e3, 'ms', digits=3)}")
+    print(f"{'':36} CPU:  {summary(cpu, 1e3, 'ms', digits=3)} (its thread)")
     for interval in (5.0, 1.0):
         share = [value / interval for value in cpu]
-        print(f"publishing every {interval:g}s, share of one core: {summary(share, 100, '%')}")
-    print(f"load average at end: {load()}")
+        shown = summary(share, 100, "%", digits=3)
+        print(f"publishing every {interval:g}s, share of one core: {shown}")
+    print(f"load average at end: {load_average()}")
 
 
 if __name__ == "__main__":
