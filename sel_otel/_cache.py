@@ -20,7 +20,7 @@ from opentelemetry import trace
 
 from ._cache_backend import MISS, CacheBackend, CircuitOpen, Ticket, _Miss, error_type, prefix_of
 from ._memory_cache import LRUMemoryCache
-from ._shared_cache import SharedBackend, SharedCache
+from ._shared_cache import LOCK_LEASE, LOCK_WAIT, SLOW_HIT, SharedBackend, SharedCache
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +66,10 @@ class ResultCache:
         namespace: str = "sel",
         on_error: Callable[[str], None] | None = None,
         tracer_provider: trace.TracerProvider | None = None,
-        lock_lease: float = 5.0,
-        lock_wait: float = 35.0,
+        lock_lease: float = LOCK_LEASE,
+        lock_wait: float = LOCK_WAIT,
         retry_after: float = 0.0,
-        slow_hit: float = 0.005,
+        slow_hit: float = SLOW_HIT,
     ) -> None:
         self.backend = backend
         self.namespace = namespace

@@ -63,6 +63,16 @@ LOCK_SUFFIX: Final = ":lock"
 #: Appended to an agent's key prefix to name the count of that agent's invalidations.
 GENERATION_KEY: Final = "~generation"
 
+#: Default seconds a single-flight lock lives unless its holder renews it (`lock_lease`).
+LOCK_LEASE: Final = 5.0
+
+#: Default longest wait for another process's execution when the agent's timeout is unknown
+#: (`lock_wait`).
+LOCK_WAIT: Final = 35.0
+
+#: Default shortest hit, in seconds, that records a span (`slow_hit`).
+SLOW_HIT: Final = 0.005
+
 #: Longest pause between two claims of a key whose lock another process holds.
 LOCK_POLL_MAX: Final = 0.02
 
@@ -181,10 +191,10 @@ class SharedCache:
         backend: SharedBackend,
         *,
         tracer_provider: trace.TracerProvider | None = None,
-        lock_lease: float = 5.0,
-        lock_wait: float = 35.0,
+        lock_lease: float = LOCK_LEASE,
+        lock_wait: float = LOCK_WAIT,
         retry_after: float = 0.0,
-        slow_hit: float = 0.005,
+        slow_hit: float = SLOW_HIT,
     ) -> None:
         self.backend = backend
         self.lock_lease = lock_lease
