@@ -183,9 +183,17 @@ class StackTarget:
 
 
 def configure_testcontainers() -> None:
-    """No Ryuk (its image would be pulled: the stack removes its own containers), and
-    containers reached at their published ports on this host (not through a bridge
-    gateway), unless the environment says otherwise."""
+    """What TESTCONTAINERS_RYUK_DISABLED=true, TESTCONTAINERS_CONNECTION_MODE=docker_host and,
+    for a local engine, TC_HOST=127.0.0.1 say, except where the environment sets them:
+
+    - no Ryuk: its image would have to be pulled; the stack (and every test) removes its own
+      containers;
+    - containers are reached at their ports as published on the engine's host, which
+      scripts/docker-setup.sh starts with `--ip 127.0.0.1` (loopback only). Left to itself,
+      testcontainers sees /.dockerenv on such a machine and goes through the bridge gateway.
+
+    Set on testcontainers' configuration object, which read the environment when imported.
+    """
     from testcontainers.core.config import ConnectionMode
     from testcontainers.core.config import testcontainers_config as config
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import gc
 import os
-import urllib.parse
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+
+from sel_otel._loadtest_stack import configure_testcontainers
 
 #: How long a pull of a public image may stay silent before it counts as impossible.
 PULL_TIMEOUT = 60.0
@@ -94,26 +95,3 @@ def use_docker_image(image: str, *, pull: bool, purpose: str) -> None:
     if problem is not None:
         pytest.skip(f"{purpose} needs a Docker engine with {image}; {problem}")
     configure_testcontainers()
-
-
-def configure_testcontainers() -> None:
-    """What TESTCONTAINERS_RYUK_DISABLED=true, TESTCONTAINERS_CONNECTION_MODE=docker_host and,
-    for a local engine, TC_HOST=127.0.0.1 say, except where the environment sets them:
-
-    - no Ryuk: its image would have to be pulled; every test stops its own containers;
-    - containers are reached at their ports as published on the engine's host, which
-      scripts/docker-setup.sh starts with `--ip 127.0.0.1` (loopback only). Left to itself,
-      testcontainers sees /.dockerenv on such a machine and goes through the bridge gateway.
-
-    Set on testcontainers' configuration object, which read the environment when imported.
-    """
-    from testcontainers.core.config import ConnectionMode
-    from testcontainers.core.config import testcontainers_config as config
-
-    if "TESTCONTAINERS_RYUK_DISABLED" not in os.environ:
-        config.ryuk_disabled = True
-    if config.connection_mode_override is None:
-        config.connection_mode_override = ConnectionMode.docker_host
-    docker_host = urllib.parse.urlparse(os.environ.get("DOCKER_HOST", "unix://"))
-    if config.tc_host_override is None and docker_host.scheme == "unix":
-        config.tc_host_override = "127.0.0.1"
