@@ -29,6 +29,7 @@ _COLUMNS = (
     "id", "time", "agent", "input", "user_id", "frontend", "outcome", "error_type",
     "duration_ms", "cached", "instance", "trace_id", "span_id", "output",
 )  # fmt: skip
+_CACHED = _COLUMNS.index("cached")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS history (
     seq INTEGER PRIMARY KEY,
@@ -90,7 +91,11 @@ class SqliteHistoryStore(HistoryStore):
             connection.execute("BEGIN IMMEDIATE")
             for start in range(0, len(entries), ROWS_PER_INSERT):
                 rows = entries[start : start + ROWS_PER_INSERT]
-                connection.execute(_insert(len(rows)), tuple(itertools.chain.from_iterable(rows)))
+                values: list[Any] = list(itertools.chain.from_iterable(rows))
+                # `cached` as an int: sqlite3 binds a bool only after looking for an adapter,
+                # which costs more per row than this conversion.
+                values[_CACHED :: len(_COLUMNS)] = map(int, values[_CACHED :: len(_COLUMNS)])
+                connection.execute(_insert(len(rows)), values)
             self._rows += len(entries)
             self._prune(connection)
             if self._rows > 2 * self._analyzed + 1000:
