@@ -7,7 +7,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _semconv as names
 
@@ -21,26 +21,37 @@ BATCH = 1000
 
 #: Called with the store's name, the error type and how many entries were dropped.
 OnDropped = Callable[[str, str, int], None]
+#: An entry as it is queued: a `HistoryEntry`'s fields, in order, in a plain tuple. Python's
+#: garbage collector stops tracking a plain tuple of strings and numbers at its first pass, not
+#: a named tuple: thousands of pending named tuples would be walked by every full collection.
+Row = tuple[Any, ...]
 
 
 class BatchWriter:
     """Writes the entries `put` on the event loop to one sink, on a daemon thread of its own.
 
-    `put` never blocks: it appends to a queue of at most `max_pending` entries, and drops
-    (and counts) what does not fit. The thread writes what is pending every `interval`
-    seconds, as soon as `BATCH` entries are pending, on `flush`, and when stopped. A failed
-    write drops its batch: counted by `on_dropped`, logged once until a write succeeds.
+    `put` never blocks: it appends a row to a queue of at most `max_pending` entries, and
+    drops (and counts) what does not fit; `entry` makes the sink's entries of the rows. The
+    thread writes what is pending every `interval` seconds, as soon as `BATCH` entries are
+    pending, on `flush`, and when stopped. A failed write drops its batch: counted by
+    `on_dropped`, logged once until a write succeeds.
     """
 
     def __init__(
-        self, sink: HistorySink, interval: float, max_pending: int, on_dropped: OnDropped
+        self,
+        sink: HistorySink,
+        interval: float,
+        max_pending: int,
+        on_dropped: OnDropped,
+        entry: Callable[[Row], HistoryEntry],
     ) -> None:
         self.sink = sink
+        self._entry = entry
         self._interval = interval
         self._max_pending = max_pending
         self._on_dropped = on_dropped
-        self._pending: deque[HistoryEntry] = deque()
-        self._writing: list[HistoryEntry] = []  # the batch being written
+        self._pending: deque[Row] = deque()
+        self._writing: list[Row] = []  # the batch being written
         self._wake = threading.Event()
         self._handled = threading.Condition()
         self._accepted = 0  # entries put (written by the recording thread only)
@@ -55,8 +66,8 @@ class BatchWriter:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, entry: HistoryEntry) -> None:
-        """Queue `entry` for the sink, or drop it when `max_pending` entries are waiting."""
+    def put(self, row: Row) -> None:
+        """Queue `row` for the sink, or drop it when `max_pending` entries are waiting."""
         pending = self._pending
         if len(pending) >= self._max_pending:
             self._on_dropped(self.sink.name, names.HISTORY_ERROR_QUEUE_FULL, 1)
@@ -68,7 +79,7 @@ class BatchWriter:
                     self._max_pending,
                 )
             return
-        pending.append(entry)
+        pending.append(row)
         self._accepted += 1
         if len(pending) == BATCH:
             self._wake.set()
@@ -77,7 +88,8 @@ class BatchWriter:
         """The entries put and not written yet (being written, or pending), oldest first:
         each is either here, or in the sink already when this returns."""
         pending = list(self._pending)  # copied in C, under the GIL: no pop interleaves
-        return [*self._writing, *pending]  # read second: a batch gone from it is written
+        rows = [*self._writing, *pending]  # read second: a batch gone from it is written
+        return [*map(self._entry, rows)]
 
     def flush(self, timeout: float) -> bool:
         """Wait until every entry put so far is written (or dropped); False after `timeout`."""
@@ -128,7 +140,7 @@ class BatchWriter:
             for _ in batch:
                 pending.popleft()
             try:
-                self.sink.write(batch)
+                self.sink.write([*map(self._entry, batch)])
             except Exception as exc:
                 self._on_dropped(self.sink.name, type(exc).__qualname__, len(batch))
                 if not self._failing:
