@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, ClassVar, Final, NamedTuple
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import INVALID_SPAN_ID, INVALID_TRACE_ID
@@ -109,6 +109,9 @@ class HistorySink(ABC):
 
     #: The store's name in logs and in the `sel.history.store` attribute.
     name: str
+    #: True when `write` reads entries by position only: it is given the plain tuples queued
+    #: on the event loop, no `HistoryEntry` made of each (see `_history_writer.Row`).
+    takes_rows: ClassVar[bool] = False
 
     @abstractmethod
     def write(self, entries: Sequence[HistoryEntry]) -> None:

@@ -68,6 +68,7 @@ class SqliteHistoryStore(HistoryStore):
     """History in the SQLite file `path` (created with its directory, private to the user)."""
 
     name = "sqlite"
+    takes_rows = True  # bound by position
 
     def __init__(
         self,

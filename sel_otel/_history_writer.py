@@ -7,7 +7,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _semconv as names
 
@@ -140,7 +140,10 @@ class BatchWriter:
             for _ in batch:
                 pending.popleft()
             try:
-                self.sink.write([*map(self._entry, batch)])
+                if self.sink.takes_rows:  # no named tuple to make, and collect, per row
+                    self.sink.write(cast("list[HistoryEntry]", batch))
+                else:
+                    self.sink.write([*map(self._entry, batch)])
             except Exception as exc:
                 self._on_dropped(self.sink.name, type(exc).__qualname__, len(batch))
                 if not self._failing:
