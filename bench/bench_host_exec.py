@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -39,7 +38,14 @@ from _common import (
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.utils import suppress_http_instrumentation
 
-from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache, Telemetry
+from sel_otel import (
+    AgentRegistry,
+    AgentRuntime,
+    LRUMemoryCache,
+    ResultCache,
+    Settings,
+    Telemetry,
+)
 from sel_otel.hostexec._local import LocalHostExec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,30 +53,35 @@ CALLS, WARM_UP = 400, 20
 PROCESSES = ("full", "own", "disabled")
 
 
+def runtime_for(telemetry: Telemetry, service: LocalHostExec) -> AgentRuntime:
+    """A runtime whose host_exec agent calls `service`, as the CLI wires the embedded one."""
+    registry = AgentRegistry(ROOT / "agents")
+    registry.reload()
+    settings = Settings(host_exec_url=service.url, host_exec_token_file=service.token_file)
+    return AgentRuntime(
+        registry,
+        ResultCache(LRUMemoryCache(500)),
+        settings=settings,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+    )
+
+
 async def child(process: str) -> None:
     telemetry = Telemetry.from_env()
     # As the CLI does: the httpx instrumentation reports to the global providers.
     trace.set_tracer_provider(telemetry.tracer_provider)
     metrics.set_meter_provider(telemetry.meter_provider)
-    registry = AgentRegistry(ROOT / "agents")
-    registry.reload()
-    runtime = AgentRuntime(
-        registry,
-        ResultCache(LRUMemoryCache(500)),
-        tracer_provider=telemetry.tracer_provider,
-        meter_provider=telemetry.meter_provider,
-    )
     walls: list[float] = []
     async with LocalHostExec() as first, LocalHostExec() as second:
+        runtimes = [runtime_for(telemetry, service) for service in (first, second)]
         own = suppress_http_instrumentation() if process == "own" else contextlib.nullcontext()
         with own:
             for i in range(WARM_UP + CALLS):
                 if i == WARM_UP:
                     telemetry.tracer_provider.force_flush()
                     cpu_start = time.process_time()
-                service = (first, second)[i % 2]
-                os.environ["HOST_EXEC_URL"] = service.url
-                os.environ["HOST_EXEC_TOKEN"] = service.token
+                runtime = runtimes[i % 2]
                 await runtime.cache.invalidate("host_exec")  # every call goes to the host
                 start = time.perf_counter()
                 result = await runtime.run("host_exec", "uname -a")
@@ -78,7 +89,8 @@ async def child(process: str) -> None:
                 assert result.ok, result.error
         telemetry.tracer_provider.force_flush()
         cpu = (time.process_time() - cpu_start) / CALLS
-    await runtime.aclose()
+        for runtime in runtimes:
+            await runtime.aclose()
     telemetry.shutdown(timeout=2.0)
     print(json.dumps({"wall": statistics.median(walls[WARM_UP:]), "cpu": cpu}))
 
