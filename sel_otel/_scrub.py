@@ -9,36 +9,41 @@ do not own are covered, not only what the runtime sets.
 
 It runs in the exporter, on the batch processor's thread, not on the event loop: a call's
 cost is unchanged. Values recur (agent names, routes, cached inputs), so results are
-memoized by value; the attributes already scrubbed at the source, where they are scrubbed
+memoized by value, and a span whose strings were all seen clean before is passed on after a
+set lookup per string; the attributes already scrubbed at the source, where they are scrubbed
 before being cut (`sel.agent.input`, `process.command_args`), are not scrubbed again.
 Spans with nothing to scrub are passed on as they are.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import TypeVar
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, Status
 from opentelemetry.util.types import Attributes, AttributeValue
 
 from . import _semconv as names
 from ._redact import redact
-from ._span_fields import has_events, has_links, stored_attributes
+from ._span_fields import (
+    FIELDS_READABLE,
+    bounded,
+    has_events,
+    has_links,
+    items,
+    listed,
+    stored_attributes,
+)
 
 #: Distinct values whose scrubbed form is remembered, and the longest one remembered.
 _MEMO_ENTRIES = 4096
 _MEMO_MAX_CHARS = 1024
 
-_T = TypeVar("_T")
 _NONE: frozenset[str] = frozenset()
-_Redact = Callable[[str], tuple[str, tuple[str, ...]]]
+_NO_ATTRIBUTES: Mapping[str, AttributeValue] = MappingProxyType({})
 
 
 class ScrubbingSpanExporter(SpanExporter):
@@ -46,11 +51,14 @@ class ScrubbingSpanExporter(SpanExporter):
 
     def __init__(self, inner: SpanExporter) -> None:
         self.inner = inner
-        self._memo: _Redact = functools.lru_cache(maxsize=_MEMO_ENTRIES)(redact)
+        #: Values known to hold nothing to scrub, and the scrubbed form of the others.
+        self._clean: set[str] = set()
+        self._dirty: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._scrubbed_at_source = scrubbed_at_source()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self.inner.export([self.scrubbed(span) for span in spans])
+        scrubbed = self.scrubbed
+        return self.inner.export([scrubbed(span) for span in spans])
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -60,6 +68,8 @@ class ScrubbingSpanExporter(SpanExporter):
 
     def scrubbed(self, span: ReadableSpan) -> ReadableSpan:
         """`span`, or a copy of it with its secret-looking values replaced."""
+        if FIELDS_READABLE and type(span) is ReadableSpan and self._known_clean(span):
+            return span
         found: list[str] = []
         scope = span.instrumentation_scope
         trusted = self._scrubbed_at_source.get(scope.name, _NONE) if scope else _NONE
@@ -86,9 +96,9 @@ class ScrubbingSpanExporter(SpanExporter):
             context=span.context,
             parent=span.parent,
             resource=span.resource,
-            attributes=_bounded(scrubbed, span.dropped_attributes),
-            events=_listed(list(events), span.dropped_events),
-            links=_listed(list(links), span.dropped_links),
+            attributes=bounded(scrubbed, span.dropped_attributes),
+            events=listed(list(events), span.dropped_events),
+            links=listed(list(links), span.dropped_links),
             kind=span.kind,
             status=status,
             start_time=span.start_time,
@@ -96,11 +106,44 @@ class ScrubbingSpanExporter(SpanExporter):
             instrumentation_scope=scope,
         )
 
+    def _known_clean(self, span: ReadableSpan) -> bool:
+        """Whether every string of `span` is one seen clean before (or scrubbed at the
+        source): the common case, checked without a copy or a call per value."""
+        clean = self._clean
+        if span._name not in clean or span._status._description or items(span._events):
+            return False
+        if items(span._links):
+            return False
+        trusted = _NONE
+        scope = span._instrumentation_scope
+        if scope is not None:
+            trusted = self._scrubbed_at_source.get(scope.name, _NONE)
+        attributes = span._attributes
+        if type(attributes) is BoundedAttributes:
+            attributes = attributes._dict
+        for key, value in (attributes or _NO_ATTRIBUTES).items():
+            kind = type(value)
+            if kind is str:
+                if value not in clean and key not in trusted:
+                    return False
+            elif kind is tuple or kind is list:
+                return False
+        return True
+
     def _text(self, text: str, where: str, found: list[str]) -> str:
         """`text` scrubbed (the same object when nothing matched); rules noted in `found`."""
-        scrubbed, rules = self._memo(text) if len(text) <= _MEMO_MAX_CHARS else redact(text)
-        if not rules:
+        if text in self._clean:
             return text
+        known = self._dirty.get(text)
+        scrubbed, rules = known if known is not None else redact(text)
+        if not rules:
+            if len(text) <= _MEMO_MAX_CHARS:
+                _remember(self._clean, text)
+            return text
+        if known is None and len(text) <= _MEMO_MAX_CHARS:
+            if len(self._dirty) >= _MEMO_ENTRIES:
+                self._dirty.clear()
+            self._dirty[text] = (scrubbed, rules)
         found.extend(f"{where}: {rule}" for rule in rules)
         return scrubbed
 
@@ -136,13 +179,13 @@ class ScrubbingSpanExporter(SpanExporter):
         attributes = self._attributes(event.attributes, f"{event.name} event ", found)
         if attributes is None:
             return event
-        return Event(event.name, _bounded(attributes, event.dropped_attributes), event.timestamp)
+        return Event(event.name, bounded(attributes, event.dropped_attributes), event.timestamp)
 
     def _link(self, index: int, link: Link, found: list[str]) -> Link:
         attributes = self._attributes(link.attributes, f"link {index} ", found)
         if attributes is None:
             return link
-        return Link(link.context, _bounded(attributes, link.dropped_attributes))
+        return Link(link.context, bounded(attributes, link.dropped_attributes))
 
 
 def scrubbed_at_source() -> Mapping[str, frozenset[str]]:
@@ -158,15 +201,7 @@ def scrubbed_at_source() -> Mapping[str, frozenset[str]]:
     )
 
 
-def _bounded(attributes: dict[str, AttributeValue], dropped: int) -> BoundedAttributes:
-    """`attributes`, still saying how many were dropped when they were recorded."""
-    bounded = BoundedAttributes(attributes=attributes)
-    bounded.dropped = dropped
-    return bounded
-
-
-def _listed(items: list[_T], dropped: int) -> Sequence[_T]:
-    """`items`, still saying how many were dropped when the span was recorded."""
-    listed: BoundedList[_T] = BoundedList.from_seq(None, items)
-    listed.dropped = dropped
-    return listed
+def _remember(clean: set[str], text: str) -> None:
+    if len(clean) >= _MEMO_ENTRIES:
+        clean.clear()
+    clean.add(text)

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from sel_otel import Telemetry
 from sel_otel._redact import REDACTED
@@ -140,6 +141,24 @@ def test_a_span_with_nothing_to_scrub_is_passed_on_as_it_is() -> None:
         span.set_attributes({"url.full": "https://example.com/a?page=2", "max_tokens": 4096})
     [clean] = exported.get_finished_spans()
     assert ScrubbingSpanExporter(InMemorySpanExporter()).scrubbed(clean) is clean
+
+
+def test_values_seen_clean_before_do_not_let_a_new_secret_through() -> None:
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    tracer = provider.get_tracer("any.library")
+    clean: dict[str, AttributeValue] = {"url.full": "https://example.com/a", "ok": True}
+    for attributes in (clean, clean, {**clean, "note": f"token {TOKEN}"}):
+        tracer.start_span("call", attributes=attributes).end()
+    first, second, third = exported.get_finished_spans()
+    scrubber = ScrubbingSpanExporter(InMemorySpanExporter())
+    assert scrubber.scrubbed(first) is first
+    assert scrubber.scrubbed(second) is second  # from what it remembers
+    scrubbed = scrubber.scrubbed(third)
+    assert scrubbed.attributes is not None
+    assert TOKEN not in str(scrubbed.attributes)
+    assert _scrubbed(scrubbed) == ["note: auth_scheme"]
 
 
 @pytest.mark.parametrize(
