@@ -7,14 +7,13 @@ interleaved, REPETITIONS times:
 - the merged `/sel_agent_stats` as the remaining instance answers it
   (`DeploymentStats.report()`: its live reader, the others' states read from Redis, decoded
   and merged), per call (target <= 10 ms), after the other instances published, untimed:
-  every agent of every instance with a new call (every line of every state parsed anew),
-  each instance with one new call (one agent's line each), or nothing new (every line kept
-  from the previous read); beside it `sel-otel stats`'s path (read, decode and merge every
-  state from scratch, no live reader), the floor of the wire format (the Redis read and
-  `json.loads` of every line alone, the agents' lines of a state parsed as one array, as a
-  reader parses them) and `scope:this` (this process's reader alone);
+  every agent of every instance with a new call, each instance with one new call, or nothing
+  new (every read decodes every state, whatever changed); beside it `sel-otel stats`'s path
+  (read, decode and merge every state, no live reader), the floor of the wire format (the
+  Redis read and the decoding of every state alone) and `scope:this` (this process's reader
+  alone);
 - one publish of an instance while a thread records 1,000 calls/s into its histogram: the
-  publishing thread's CPU time (reader collect, JSON, Redis SET), and that as a share of one
+  publishing thread's CPU time (reader collect, encoding, Redis SET), and that as a share of one
   core at the default interval (5 s) and at 1 s (target <= 1 % of one core).
 Medians with their range; the load average at the start and at the end.
 
@@ -25,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import threading
@@ -43,6 +41,7 @@ from sel_otel._stats_publish import StatsPublisher
 from sel_otel._stats_redis import RedisStatsStore
 from sel_otel._stats_report import merge
 from sel_otel._stats_shared import REDIS_TIMEOUT, DeploymentStats, read_states
+from sel_otel._stats_state import InstanceState, decode
 
 READS_PER_ROUND = 20
 PUBLISHES_PER_ROUND = 20
@@ -86,7 +85,7 @@ async def merged_reads(
 ) -> list[float]:
     """Seconds per read, wall and CPU (every thread): the merged report after every agent of
     every other instance was called, after one call each, after none; sel-otel stats's path,
-    the floor of its wire format (Redis read and JSON parsing alone), scope:this."""
+    the floor of its wire format (Redis read and decoding alone), scope:this."""
 
     def every_agent() -> None:
         for instance, publisher in others:
@@ -99,12 +98,8 @@ async def merged_reads(
             instance.record(rng.randrange(agents), rng)
             publisher.publish()
 
-    def floor() -> list[object]:  # the head line, then every agent's line in one array
-        parsed = []
-        for raw, _ in store.read():
-            head, *lines = raw.split(b"\n")
-            parsed += [json.loads(head), json.loads(b"[" + b",".join(lines) + b"]")]
-        return parsed
+    def floor() -> list[InstanceState]:  # every state read and decoded, nothing added up
+        return [decode(raw, remaining) for raw, remaining in store.read()]
 
     timings = []
     for before, read in (
@@ -199,7 +194,7 @@ async def main(url: str, count: int, agents: int, repetitions: int) -> None:
         f"merged ({count} x {agents}), 1 call each",
         f"merged ({count} x {agents}), none new",
         "sel-otel stats (read, merge)",
-        "floor: Redis read + json.loads",
+        "floor: Redis read + decode",
         "scope:this (reader alone)",
     )
     for label, walls, cpus in zip(labels, reads[::2], reads[1::2], strict=True):

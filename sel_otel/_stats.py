@@ -8,14 +8,18 @@ likely), which are errors of their own `error.type`.
 
 from __future__ import annotations
 
+import itertools
 import operator
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, MetricsData
 
 from . import _semconv as names
 from ._metric_data import data_points
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -61,53 +65,181 @@ class AgentStats:
             seen += count
         return self.max_seconds
 
-    def _add(self, point: HistogramDataPoint, cached: bool, failed: bool) -> None:
-        self._fold(
-            point.count,
-            point.count if cached else 0,
-            point.count if failed else 0,
-            point.sum,
-            point.min,
-            point.max,
-            point.explicit_bounds,
-            point.bucket_counts,
-        )
-
     def _merge(self, row: AgentStats) -> None:
-        self._fold(
-            row.calls,
-            row.cached_calls,
-            row.errors,
-            row.total_seconds,
-            row.min_seconds,
-            row.max_seconds,
-            row.bounds,
-            row.bucket_counts,
-        )
+        self.calls += row.calls
+        self.cached_calls += row.cached_calls
+        self.errors += row.errors
         self.threads_exhausted += row.threads_exhausted
-
-    def _fold(
-        self,
-        calls: int,
-        cached: int,
-        errors: int,
-        seconds: float,
-        minimum: float,
-        maximum: float,
-        bounds: Sequence[float],
-        bucket_counts: Sequence[int],
-    ) -> None:
-        self.calls += calls
-        self.cached_calls += cached
-        self.errors += errors
-        self.total_seconds += seconds
-        self.min_seconds = min(self.min_seconds, minimum)
-        self.max_seconds = max(self.max_seconds, maximum)
+        self.total_seconds += row.total_seconds
+        self.min_seconds = min(self.min_seconds, row.min_seconds)
+        self.max_seconds = max(self.max_seconds, row.max_seconds)
         if self.bucket_counts:
-            self.bucket_counts = list(map(operator.add, self.bucket_counts, bucket_counts))
+            self.bucket_counts = list(map(operator.add, self.bucket_counts, row.bucket_counts))
         else:
-            self.bounds = tuple(bounds)
-            self.bucket_counts = list(bucket_counts)
+            self.bounds = tuple(row.bounds)
+            self.bucket_counts = list(row.bucket_counts)
+
+
+#: What the calls of a point were: cache hits, failed, failed for want of a thread.
+Kind = tuple[bool, bool, bool]
+
+
+def kind(attributes: Mapping[str, object]) -> Kind:
+    """The kind of the calls of a point with `attributes`."""
+    return (
+        attributes.get(names.SEL_CACHE_HIT) is True,
+        names.ERROR_TYPE in attributes,
+        attributes.get(names.ERROR_TYPE) == names.ERROR_THREADS_EXHAUSTED,
+    )
+
+
+def agent_name(attributes: Mapping[str, object]) -> str:
+    return str(attributes.get(names.GEN_AI_AGENT_NAME, "?"))
+
+
+@dataclass(frozen=True)
+class Points:
+    """Agent-call histogram points (one per attribute set) as a column per field, grouped by
+    agent: the points of `agents[i]` run from `ends[i - 1]` (0 for the first) to `ends[i]`.
+    Thousands of points (every instance's) are a few lists, not an object each."""
+
+    bounds: tuple[float, ...]
+    agents: Sequence[str]  # each once
+    ends: Sequence[int]
+    counts: Sequence[int]
+    cached: Sequence[int]  # a point's count if its calls were cache hits, else 0
+    errors: Sequence[int]  # its count if they failed, else 0
+    exhausted: Sequence[int]  # its count if they found the agent's threads all taken, else 0
+    sums: Sequence[float]
+    mins: Sequence[float]
+    maxs: Sequence[float]
+    buckets: Sequence[Sequence[int]]  # each point's bucket counts
+
+    @classmethod
+    def of(
+        cls,
+        bounds: tuple[float, ...],
+        agents: Sequence[str],
+        sizes: Sequence[int],
+        kinds: Sequence[Kind],
+        numbered: Sequence[int],
+        counts: Sequence[int],
+        sums: Sequence[float],
+        mins: Sequence[float],
+        maxs: Sequence[float],
+        buckets: Sequence[Sequence[int]],
+    ) -> Points:
+        """The points of `agents`, `sizes[i]` of `agents[i]` in turn, each of the kind
+        numbered in `kinds`."""
+
+        def counted(flags: Sequence[bool]) -> list[int]:  # a point's count where flagged
+            if not any(flags):
+                return [0] * len(counts)
+            return list(map(operator.mul, counts, map(flags.__getitem__, numbered)))
+
+        hit, failed, exhausted = zip(*kinds, strict=True) if kinds else ((), (), ())
+        return cls(
+            bounds,
+            agents,
+            list(itertools.accumulate(sizes)),
+            counts,
+            counted(hit),
+            counted(failed),
+            counted(exhausted),
+            sums,
+            mins,
+            maxs,
+            buckets,
+        )
+
+    @classmethod
+    def from_points(cls, points: Iterable[HistogramDataPoint]) -> Points:
+        """A reader's points, grouped by agent (in the order of their first point)."""
+        by_agent: dict[str, list[HistogramDataPoint]] = {}
+        for point in points:
+            by_agent.setdefault(agent_name(point.attributes or {}), []).append(point)
+        ordered = [point for group in by_agent.values() for point in group]
+        kinds: dict[Kind, int] = {}
+        numbered = [kinds.setdefault(kind(point.attributes or {}), len(kinds)) for point in ordered]
+        return cls.of(
+            tuple(ordered[0].explicit_bounds) if ordered else (),
+            list(by_agent),
+            [len(group) for group in by_agent.values()],
+            list(kinds),
+            numbered,
+            [point.count for point in ordered],
+            [point.sum for point in ordered],
+            [point.min for point in ordered],
+            [point.max for point in ordered],
+            [point.bucket_counts for point in ordered],
+        )
+
+    def calls(self, agent: str | None = None) -> int:
+        """The calls of every agent, or of `agent`."""
+        if agent is None:
+            return sum(self.counts)
+        if agent not in self.agents:
+            return 0
+        index = list(self.agents).index(agent)
+        return sum(self.counts[self.ends[index - 1] if index else 0 : self.ends[index]])
+
+
+def add_up(parts: Iterable[Points], agent: str | None = None) -> list[AgentStats]:
+    """Per-agent figures of every point of `parts` (of the same bucket boundaries), most
+    called first; only `agent`'s when given. Counts, sums and bucket counts add, min and max
+    are kept: the figures of one process fed every call."""
+    parts = [part for part in parts if part.counts]
+    bounds = parts[0].bounds if parts else ()
+    if any(part.bounds != bounds for part in parts):
+        raise ValueError("points of different bucket boundaries")
+    at: dict[str, list[int]] = {}  # each agent's points among all of them
+    offset = 0
+    for part in parts:
+        start = offset
+        for name, end in zip(part.agents, part.ends, strict=True):
+            if agent is None or name == agent:
+                at.setdefault(name, []).extend(range(start, offset + end))
+            start = offset + end
+        offset += len(part.counts)
+    counts, cached, errors, exhausted, sums, mins, maxs, buckets = (
+        _joined(parts, column) for column in _COLUMNS
+    )
+    rows = []
+    for name, where in at.items():
+        pick = _picker(where)
+        rows.append(
+            AgentStats(
+                name,
+                sum(pick(counts)),
+                sum(pick(cached)),
+                sum(pick(errors)),
+                sum(pick(sums)),
+                bounds,
+                list(map(sum, zip(*pick(buckets), strict=True))),
+                min(pick(mins)),
+                max(pick(maxs)),
+                sum(pick(exhausted)),
+            )
+        )
+    return sorted(rows, key=lambda s: (-s.calls, s.agent))
+
+
+_COLUMNS = ("counts", "cached", "errors", "exhausted", "sums", "mins", "maxs", "buckets")
+
+
+def _joined(parts: Sequence[Points], column: str) -> Sequence[Any]:
+    """`column` of every part, end to end."""
+    if len(parts) == 1:
+        return cast(Sequence[Any], getattr(parts[0], column))
+    return list(itertools.chain.from_iterable(getattr(part, column) for part in parts))
+
+
+def _picker(where: list[int]) -> Callable[[Sequence[T]], Sequence[T]]:
+    """The items at `where` of a sequence, as a sequence."""
+    if len(where) == 1:
+        [index] = where
+        return lambda column: column[index : index + 1]
+    return cast(Callable[[Sequence[T]], Sequence[T]], operator.itemgetter(*where))
 
 
 def agent_points(data: MetricsData | None) -> Iterator[HistogramDataPoint]:
@@ -121,40 +253,13 @@ def rows_from_points(
     points: Iterable[HistogramDataPoint], agent: str | None = None
 ) -> list[AgentStats]:
     """Per-agent stats from agent-call histogram points, most called first; only `agent`'s
-    when given. Points of several instances add up as one process's would: their bucket
-    boundaries must be the same."""
-    by_agent: dict[str, AgentStats] = {}
-    for point in points:
-        attributes = point.attributes or {}
-        name = str(attributes.get(names.GEN_AI_AGENT_NAME, "?"))
-        if agent is not None and name != agent:
-            continue
-        stats = by_agent.get(name)
-        if stats is None:
-            stats = by_agent[name] = AgentStats(name)
-        stats._add(
-            point,
-            cached=attributes.get(names.SEL_CACHE_HIT) is True,
-            failed=names.ERROR_TYPE in attributes,
-        )
-        if attributes.get(names.ERROR_TYPE) == names.ERROR_THREADS_EXHAUSTED:
-            stats.threads_exhausted += point.count
-    return sorted(by_agent.values(), key=lambda s: (-s.calls, s.agent))
+    when given."""
+    return add_up([Points.from_points(points)], agent)
 
 
 def read_stats(reader: InMemoryMetricReader, agent: str | None = None) -> list[AgentStats]:
     """Per-agent stats from `reader`, most called first; only `agent` when given."""
     return rows_from_points(agent_points(reader.get_metrics_data()), agent)
-
-
-def merge_rows(rows: Iterable[AgentStats]) -> list[AgentStats]:
-    """Rows of the same agents (from several instances, with the same bucket boundaries)
-    added up, one per agent, most called first."""
-    by_agent: dict[str, list[AgentStats]] = {}
-    for row in rows:
-        by_agent.setdefault(row.agent, []).append(row)
-    merged = [total(same, agent) for agent, same in by_agent.items()]
-    return sorted(merged, key=lambda s: (-s.calls, s.agent))
 
 
 def total(rows: Iterable[AgentStats], name: str = "all agents") -> AgentStats:

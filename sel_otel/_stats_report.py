@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Final, Literal
 
-from ._stats import AgentStats, format_duration, format_stats, merge_rows, total
+from ._stats import AgentStats, add_up, format_duration, format_stats, total
 from ._stats_state import InstanceState
 
 Scope = Literal["all", "this", "per-instance"]
@@ -24,22 +24,33 @@ SCOPES: Final[tuple[Scope, ...]] = ("all", "this", "per-instance")
 
 @dataclass(frozen=True)
 class InstanceFigures:
-    """One instance's part of a report."""
+    """One instance's part of a report: its figures of `agent`, or of every agent."""
 
-    instance: str
-    started: float
-    age: float  # seconds since its figures were published; 0 for this process's live ones
+    state: InstanceState
     this: bool  # the process answering
-    rows: list[AgentStats]  # of the agents shown, most called first
+    agent: str | None = None
 
-    @classmethod
-    def of(cls, state: InstanceState, this: bool, agent: str | None) -> InstanceFigures:
-        """`state`'s figures of `agent`, or of every agent."""
-        if agent is None:
-            rows = sorted(state.rows.values(), key=lambda s: (-s.calls, s.agent))
-        else:
-            rows = [state.rows[agent]] if agent in state.rows else []
-        return cls(state.instance, state.started, state.age, this, rows)
+    @property
+    def instance(self) -> str:
+        return self.state.instance
+
+    @property
+    def started(self) -> float:
+        return self.state.started
+
+    @property
+    def age(self) -> float:
+        """Seconds since its figures were published; 0 for this process's live ones."""
+        return self.state.age
+
+    @cached_property
+    def calls(self) -> int:
+        return self.state.points.calls(self.agent)
+
+    @cached_property
+    def rows(self) -> list[AgentStats]:
+        """Of the agents shown, most called first."""
+        return add_up([self.state.points], self.agent)
 
     @cached_property
     def total(self) -> AgentStats:
@@ -98,15 +109,15 @@ def merge(
     merged: list[InstanceState] = []
     left_out: list[InstanceState] = []
     for state in newest.values():
-        (merged if not state.rows or state.bounds == reference else left_out).append(state)
+        (merged if not state.points.counts or state.bounds == reference else left_out).append(state)
     if left_out:
         notes.append(
             f"left out, as their histogram bucket boundaries differ from this instance's "
             f"(another version?): {', '.join(sorted(state.instance for state in left_out))}"
         )
-    instances = [InstanceFigures.of(state, state is this, agent) for state in merged]
-    instances.sort(key=lambda f: (not f.this, -sum(row.calls for row in f.rows), f.instance))
-    rows = merge_rows(row for figures in instances for row in figures.rows)
+    instances = [InstanceFigures(state, state is this, agent) for state in merged]
+    instances.sort(key=lambda f: (not f.this, -f.calls, f.instance))
+    rows = add_up((figures.state.points for figures in instances), agent)
     return StatsReport(scope, rows, instances, shared=True, notes=notes)
 
 
@@ -114,11 +125,11 @@ def _reference_bounds(
     this: InstanceState | None, states: Iterable[InstanceState]
 ) -> tuple[float, ...]:
     """The boundaries the others must have: this process's, else those of the most calls."""
-    if this is not None and this.rows:
+    if this is not None and this.points.counts:
         return this.bounds
     busiest = max(
-        (state for state in states if state.rows),
-        key=lambda state: sum(row.calls for row in state.rows.values()),
+        (state for state in states if state.points.counts),
+        key=lambda state: state.points.calls(),
         default=None,
     )
     return busiest.bounds if busiest is not None else ()
@@ -132,7 +143,7 @@ def local_report(
     notes: Sequence[str] = (),
 ) -> StatsReport:
     """The report of this process's figures alone, `alone` saying why."""
-    figures = InstanceFigures.of(this, True, agent)
+    figures = InstanceFigures(this, True, agent)
     return StatsReport(scope, figures.rows, [figures], shared=False, notes=list(notes), alone=alone)
 
 

@@ -8,9 +8,8 @@ stats reader ──StatsPublisher (thread, every SEL_STATS_PUBLISH_INTERVAL)─�
 sel-otel stats ──read_states──► every live state ──► merge
 ```
 
-A process keeps what it decoded, by agent: an agent's line unchanged since its last read
-(an agent without new calls, an idle instance, a read within the publishing interval) is
-not parsed again.
+Every read decodes every live state anew: a state is a few binary columns (see
+`_stats_state`), cheap to unpack, and the states are added up per agent at once.
 
 Without a shared Redis, or while it cannot be read, the report is this process's figures,
 and says so.
@@ -26,11 +25,11 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from ._exceptions import StatsStoreError
 from ._settings import Settings
-from ._stats import agent_points
+from ._stats import Points, agent_points
 from ._stats_publish import StatsPublisher
 from ._stats_redis import RedisStatsStore
 from ._stats_report import Scope, StatsReport, local_report, merge
-from ._stats_state import DecodedLines, InstanceState, Lines, decode
+from ._stats_state import InstanceState, decode
 from ._telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -63,7 +62,6 @@ class DeploymentStats:
         self.instance = instance
         self.started = time.time() if started is None else started
         self.store = store
-        self.states = None if store is None else StateReader(store)
         self.publisher = (
             None
             if store is None
@@ -85,8 +83,8 @@ class DeploymentStats:
 
     def this(self) -> InstanceState:
         """This process's figures, live."""
-        points = list(agent_points(self.reader.get_metrics_data()))
-        return InstanceState.from_points(self.instance, self.started, points)
+        points = Points.from_points(agent_points(self.reader.get_metrics_data()))
+        return InstanceState(self.instance, self.started, points)
 
     async def report(self, scope: Scope = "all", agent: str | None = None) -> StatsReport:
         """The figures of `agent` (or every agent) for `scope`: `this` process, or every
@@ -94,10 +92,10 @@ class DeploymentStats:
         this = self.this()
         if scope == "this":
             return local_report(this, scope, agent, ASKED)
-        if self.states is None:
+        if self.store is None:
             return local_report(this, scope, agent, NO_STORE)
         try:
-            states, unreadable = await asyncio.to_thread(self.states.read)
+            states, unreadable = await asyncio.to_thread(read_states, self.store)
         except StatsStoreError as exc:
             logger.warning("the shared stats could not be read: %s", exc)
             note = (
@@ -108,32 +106,16 @@ class DeploymentStats:
         return merge(states, this=this, scope=scope, agent=agent, notes=unreadable)
 
 
-class StateReader:
-    """Reads the live states in `store`, parsing again only the agents' lines that changed
-    since its last read (see `_stats_state`). Safe from several threads: each read replaces
-    what is kept as a whole."""
-
-    def __init__(self, store: RedisStatsStore) -> None:
-        self.store = store
-        self._lines: Lines = {}
-
-    def read(self) -> tuple[list[InstanceState], list[str]]:
-        """Every live state, and a note for those this version cannot read."""
-        lines = DecodedLines(self._lines)
-        states, unreadable = [], 0
-        for payload, remaining in self.store.read():
-            try:
-                states.append(decode(payload, remaining, lines))
-            except ValueError as exc:
-                logger.debug("unreadable stats payload: %s", exc)
-                unreadable += 1
-        self._lines = lines.found
-        return states, _unreadable_notes(unreadable)
-
-
 def read_states(store: RedisStatsStore) -> tuple[list[InstanceState], list[str]]:
     """Every live state in `store`, and a note for those this version cannot read."""
-    return StateReader(store).read()
+    states, unreadable = [], 0
+    for payload, remaining in store.read():
+        try:
+            states.append(decode(payload, remaining))
+        except ValueError as exc:
+            logger.debug("unreadable stats payload: %s", exc)
+            unreadable += 1
+    return states, _unreadable_notes(unreadable)
 
 
 def _unreadable_notes(unreadable: int) -> list[str]:

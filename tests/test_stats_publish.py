@@ -4,8 +4,8 @@ once and outlived."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,7 @@ from sel_otel import _semconv as names
 from sel_otel._stats import rows_from_points
 from sel_otel._stats_publish import EXPIRY_INTERVALS
 from sel_otel._stats_redis import RedisStatsStore
-from sel_otel._stats_state import decode, encode
+from sel_otel._stats_state import FORMAT, decode, encode
 from tests.stats_instances import PREFIX, Instance, StoreFactory, feed, stores, wait_for
 
 if TYPE_CHECKING:
@@ -38,24 +38,44 @@ def test_the_published_state_is_the_readers_own_points(make_store: StoreFactory)
     instance.publisher(store).publish()
     [(payload, remaining)] = store.read()
     assert 0 < remaining <= 5.0 * EXPIRY_INTERVALS
-    # on the wire: a head line, then each agent's line of the reader's points, with their
-    # attributes, as the reader has them
-    head, *agents = (json.loads(line) for line in payload.split(b"\n"))
-    assert head["bounds"] == list(names.DURATION_BUCKETS)
+    # on the wire: a JSON head, then the reader's points in binary columns, grouped by agent,
+    # with their attributes as the reader has them
+    line, _, body = payload.partition(b"\n")
+    head = json.loads(line)
+    assert head["format"] == FORMAT and head["bounds"] == list(names.DURATION_BUCKETS)
+    count, width = sum(head["sizes"]), len(names.DURATION_BUCKETS) + 1
+    numbered = struct.unpack_from(f"<{count}I", body)
+    counts = struct.unpack_from(f"<{count}Q", body, 4 * count)
+    floats = struct.unpack_from(f"<{3 * count}d", body, 12 * count)
+    buckets = list(struct.iter_unpack(f"<{width}Q", body[36 * count :]))
+    agents = [
+        name for name, size in zip(head["agents"], head["sizes"], strict=True) for _ in range(size)
+    ]
     wire = {
-        frozenset(zip(head["keys"][group], values, strict=True)): (count, total, low, high, counts)
-        for groups in agents
-        for group, points in groups
-        for values, count, total, low, high, counts in points
+        frozenset(
+            {**head["attributes"][numbered[n]], names.GEN_AI_AGENT_NAME: agents[n]}.items()
+        ): (
+            counts[n],
+            floats[n],
+            floats[count + n],
+            floats[2 * count + n],
+            list(buckets[n]),
+        )
+        for n in range(count)
     }
     points = instance.points()
     assert len(wire) == len(points) > 5
-    assert len(agents) == len({(p.attributes or {})[names.GEN_AI_AGENT_NAME] for p in points})
+    assert len(head["agents"]) == len(
+        {(p.attributes or {})[names.GEN_AI_AGENT_NAME] for p in points}
+    )
     for point in points:
-        count, total, low, high, counts = wire[frozenset((point.attributes or {}).items())]
-        assert (count, total, low, high) == (point.count, point.sum, point.min, point.max)
-        assert counts == list(point.bucket_counts)[: len(counts)]
-        assert not any(point.bucket_counts[len(counts) :])
+        assert wire[frozenset((point.attributes or {}).items())] == (
+            point.count,
+            point.sum,
+            point.min,
+            point.max,
+            list(point.bucket_counts),
+        )
     # read back: the same figures per agent as the reader's own
     state = decode(payload, remaining)
     assert (state.instance, state.started) == ("a", instance.started)
@@ -63,27 +83,37 @@ def test_the_published_state_is_the_readers_own_points(make_store: StoreFactory)
     expected = rows_from_points(points)
     assert sorted(state.rows) == sorted(row.agent for row in expected)
     for row in expected:
-        read = state.rows[row.agent]
-        # the same points, added up in another order: the sum to the last bits only
-        assert read.total_seconds == pytest.approx(row.total_seconds, rel=1e-12)
-        assert dataclasses.replace(read, total_seconds=row.total_seconds) == row
+        assert state.rows[row.agent] == row
 
 
 def test_a_payload_of_another_layout_is_refused() -> None:
-    good = encode("a", 1.0, 15.0, [])
-    assert decode(good, 15.0).rows == {}
-    good = good.replace(b'"keys":[]', b'"keys":[["gen_ai.agent.name"]]')
-    line = b'[[0,[[["echo"],1,0.5,0.5,0.5,[1]]]]]'
-    assert decode(good + b"\n" + line, 15.0).rows["echo"].calls == 1
+    a = Instance("a")
+    a.call("echo", 0.001)
+    a.call("echo", 0.002, hit=True)
+    good = encode("a", 1.0, 15.0, a.points())
+    assert decode(good, 15.0).rows["echo"].calls == 2
+    assert decode(encode("a", 1.0, 15.0, []), 15.0).rows == {}
+    line, _, body = good.partition(b"\n")
+    head = json.loads(line)
+
+    def with_head(**changes: object) -> bytes:
+        return json.dumps(head | changes).encode() + b"\n" + body
+
+    assert decode(with_head(), 15.0).rows["echo"].cached_calls == 1
     for bad in (
         b"garbage",
         b'{"format": 1}',
-        good.replace(b'"format":2', b'"format":99'),
-        good + b"\n[[1]]",
-        good + b"\n" + line + b"," + line,  # two values on one line
-        good + b"\n" + line.replace(b"[[0,", b"[[1,"),  # no such group
-        good + b"\n" + line + b"\n" + line,  # an agent twice
-        good + b"\n" + line.replace(b"[1]]]]]", b"[1" + b",0" * 30 + b"]]]]]"),
+        b"[3]",
+        with_head(format=2),  # the JSON lines of the previous version
+        with_head(format=99),
+        good[:-1],  # a byte short
+        good + b"\0",
+        with_head(sizes=[1]),  # fewer points than there are
+        with_head(sizes=[1, 1], agents=["echo", "echo"]),  # an agent twice
+        with_head(sizes=[2, 0], agents=["echo", "calc"]),  # an agent without points
+        with_head(attributes=head["attributes"][:1]),  # a point of no attribute set
+        with_head(attributes=[["not", "a", "mapping"], {}]),
+        with_head(bounds=[0.1, 1.0]),  # bucket counts of other boundaries
     ):
         with pytest.raises(ValueError):
             decode(bad, 1.0)

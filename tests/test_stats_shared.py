@@ -193,15 +193,26 @@ async def test_calls_that_found_no_thread_are_told_apart_across_instances(
     assert (row.calls, row.errors, row.threads_exhausted) == (3, 3, 2)
 
 
+#: What an instance of the previous version publishes: JSON lines, a head and a line an agent.
+FORMAT_2 = (
+    b'{"format":2,"instance":"old","started":1.0,"expiry":60.0,"bounds":[0.1],'
+    b'"keys":[["gen_ai.agent.name"]]}\n[[0,[[["echo"],1,0.05,0.05,0.05,[1]]]]]'
+)
+
+
 async def test_an_unreadable_state_is_left_out_and_counted(make_store: StoreFactory) -> None:
-    a = Instance("a")
+    a, b = Instance("a"), Instance("b")
     a.call("echo", 0.001)
+    b.call("echo", 0.001)
     store = make_store()
+    b.publisher(store).publish()
     store.put("1:future", b'{"format": 99}', 60.0)
+    store.put("1:old", FORMAT_2, 60.0)  # in a rolling deploy, an instance not yet upgraded
     report = await answering(a, store).report()
-    assert [row.calls for row in report.rows] == [1]
+    assert [row.calls for row in report.rows] == [2]
+    assert [f.instance for f in report.instances] == ["a", "b"]
     assert report.notes == [
-        "1 instance(s) left out: their figures are in a format this version cannot read"
+        "2 instance(s) left out: their figures are in a format this version cannot read"
     ]
 
 
