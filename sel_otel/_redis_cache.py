@@ -20,6 +20,10 @@ between several bot instances needs:
   `_shared_cache.py`), each an atomic Lua script: `claim`, `store`, `advance_generation`,
   `extend_lock` and `release_lock`.
 
+Every operation is bounded by the operation timeout through `Deadlines`: one timer for all the
+operations in flight, and a deadline that never takes a reply already received for a timeout
+(after the event loop was blocked past it), so that a loop stall does not fail a healthy Redis.
+
 Redis's own `maxmemory` with `maxmemory-policy allkeys-lru` bounds the entries; every entry
 carries its TTL as a Redis expiry.
 """
@@ -31,8 +35,8 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Awaitable, Mapping
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from aiocache import RedisCache
@@ -120,6 +124,125 @@ _GENERATION_SEEDS: Final = 2**62
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
+_T = TypeVar("_T")
+
+#: A deadline reached this share of the timeout late or more: the loop was blocked meanwhile.
+LATE_SHARE: Final = 0.1
+
+
+class Deadlines:
+    """Bound every operation of a backend by one timeout, with one timer for all of them; and
+    never fail an operation whose reply is already in.
+
+    `asyncio.timeout` arms a timer per operation (a handle pushed on the loop's heap, then
+    cancelled). Worse, when the event loop is blocked past a deadline (a sync call in an
+    async agent, say) while the reply comes in, the loop runs the reply's socket callback and
+    the expired timer in the same iteration: the timer cancels the task before the task wakes
+    up to take the reply, and a healthy Redis counts as failed (the breaker opens, another
+    instance runs the same key).
+
+    Here the operations in flight are kept in the order they started, which is the order of
+    their deadlines (all have the same timeout), and one timer is armed for the oldest. A
+    deadline that passes cancels its operation one loop iteration later, so that a reply that
+    came in by then wakes its task first; and a deadline that the loop reached late (by
+    `LATE_SHARE` of the timeout or more: it was blocked) is moved one timeout on, once, so
+    that an operation of two round trips gets the loop for its second. An operation thus
+    takes at most two timeouts plus the loop's stall. Cancellation is that of
+    `asyncio.timeout`: the operation sees `CancelledError`, its caller `TimeoutError`, and a
+    cancellation of the task from elsewhere is never swallowed.
+    """
+
+    __slots__ = ("_expired", "_expiring", "_late", "_loop", "_running", "_timer", "timeout")
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self._late = (timeout or 0.0) * LATE_SHARE
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Operations in flight by task, oldest first: [deadline, the task's cancellation
+        #: count at the start, whether the deadline was moved on already].
+        self._running: dict[asyncio.Task[Any], list[Any]] = {}
+        #: Operations past their deadline, cancelled in the next loop iteration unless done.
+        self._expiring: dict[asyncio.Task[Any], list[Any]] = {}
+        #: Operations cancelled by their deadline.
+        self._expired: dict[asyncio.Task[Any], list[Any]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def run(self, operation: Awaitable[_T]) -> _T:
+        """Await `operation` within the timeout; `TimeoutError` when it runs out."""
+        if not self.timeout:  # unbounded
+            return await operation
+        task = self.enter()
+        try:
+            result = await operation
+        except asyncio.CancelledError:
+            if self.leave(task):
+                raise TimeoutError from None
+            raise
+        except BaseException:
+            self.leave(task)
+            raise
+        self.leave(task)
+        return result
+
+    def enter(self) -> asyncio.Task[Any]:
+        """Start the current task's operation: its deadline is one timeout from now."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop: nothing of the old one can still run
+            self._loop = loop
+            self._running, self._expiring, self._expired = {}, {}, {}
+            self._timer = None
+        task = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError("a Redis operation must run in a task")
+        deadline = loop.time() + (self.timeout or 0.0)
+        self._running[task] = [deadline, task.cancelling(), False]
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._fire)
+        return task
+
+    def leave(self, task: asyncio.Task[Any]) -> bool:
+        """End `task`'s operation; True when its deadline cancelled it and nothing else
+        cancelled the task since (its `CancelledError` is the deadline's)."""
+        if self._running.pop(task, None) is not None:
+            return False
+        if self._expiring.pop(task, None) is not None:
+            return False
+        operation = self._expired.pop(task, None)
+        if operation is None:
+            return False
+        cancelling: int = operation[1]
+        return task.uncancel() <= cancelling
+
+    def _fire(self) -> None:
+        """The oldest deadline is due: expire or move on every operation past its deadline,
+        and arm the timer for the next one."""
+        self._timer = None
+        loop, running = self._loop, self._running
+        assert loop is not None
+        now = loop.time()
+        due = []
+        for task, operation in running.items():
+            if operation[0] > now:
+                break
+            due.append(task)
+        for task in due:
+            operation = running.pop(task)
+            if not operation[2] and now - operation[0] >= self._late:
+                operation[0], operation[2] = now + (self.timeout or 0.0), True
+                running[task] = operation  # last: the latest deadline
+            else:
+                self._expiring[task] = operation
+                loop.call_soon(self._expire, task, operation)
+        if running:
+            self._timer = loop.call_at(next(iter(running.values()))[0], self._fire)
+
+    def _expire(self, task: asyncio.Task[Any], operation: list[Any]) -> None:
+        """One loop iteration after its deadline: cancel the operation if it is still on."""
+        if self._expiring.get(task) is operation:
+            del self._expiring[task]
+            self._expired[task] = operation
+            task.cancel()
+
 
 class OutputSerializer(BaseSerializer):  # type: ignore[misc]
     """Agent outputs of at most `max_output` characters as JSON `{"output": "..."}` in UTF-8;
@@ -206,6 +329,7 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
     ) -> None:
         super().__init__(serializer=OutputSerializer(max_output), timeout=timeout, **kwargs)
         self.description = description
+        self.deadlines = Deadlines(timeout)
         self.db_attributes: Mapping[str, str | int] = {
             names.DB_SYSTEM_NAME: names.DB_SYSTEM_REDIS,
             names.SERVER_ADDRESS: self.endpoint,
@@ -310,23 +434,30 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         return deleted
 
     # aiocache bounds each operation with asyncio.wait_for, which spawns a Task per call on
-    # Python 3.11 (15-20 µs, a fifth of a loopback GET). The same bound is applied here with
-    # asyncio.timeout, and aiocache's wait_for is switched off for the call (timeout=0).
+    # Python 3.11 (15-20 µs, a fifth of a loopback GET). The same bound is applied here by
+    # `Deadlines`, and aiocache's wait_for is switched off for the call (timeout=0).
 
     async def get(self, key: str, default: Any = None, **kwargs: Any) -> Any:
         if kwargs:
-            async with asyncio.timeout(kwargs.pop("timeout", self.timeout) or None):
-                return await super().get(key, default, timeout=0, **kwargs)
+            limit = kwargs.pop("timeout", self.timeout)
+            return await self._within(limit, super().get(key, default, timeout=0, **kwargs))
         # What aiocache's get does, without its four decorators (an environment lookup, two
         # clocks and three wrapper calls on every read): this backend has no plugins, and its
-        # timeout is the asyncio.timeout here.
-        async with asyncio.timeout(self.timeout or None):
-            value = self.serializer.loads(await self._get(self.build_key(key)))
+        # timeout is the deadline here.
+        value = self.serializer.loads(await self.deadlines.run(self._get(self.build_key(key))))
         return default if value is None else value
 
     async def set(self, key: str, value: Any, **kwargs: Any) -> Any:
-        async with asyncio.timeout(kwargs.pop("timeout", self.timeout) or None):
-            return await super().set(key, value, timeout=0, **kwargs)
+        limit = kwargs.pop("timeout", self.timeout)
+        return await self._within(limit, super().set(key, value, timeout=0, **kwargs))
+
+    async def _within(self, limit: float | None, operation: Awaitable[_T]) -> _T:
+        """`operation` bounded by the operation timeout, or by `limit` seconds when another
+        bound is asked for (None or 0: unbounded)."""
+        if limit == self.timeout:
+            return await self.deadlines.run(operation)
+        async with asyncio.timeout(limit or None):
+            return await operation
 
     async def clear(self, namespace: str | None = None, _conn: object = None, **kwargs: Any) -> Any:
         # A prefix may span many SCAN steps: allow more than one operation's timeout in all
@@ -348,18 +479,22 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
     ) -> Claimed:
         """The stored output of `key`, or take `lock_key` for `lease` seconds, in one trip;
         with the agent's generation."""
-        async with asyncio.timeout(self.timeout):
-            keys = [key, lock_key, generation_key]
-            args = [token, _ms(lease), secrets.randbelow(_GENERATION_SEEDS)]
-            reply = await self._claim(keys=keys, args=[*args, self.serializer.max_bytes, 0])
-            if reply[0] == 1:
-                value = self.serializer.loads(reply[2])
-                if value is not None:
-                    return Claimed(str(value), reply[1].decode())
-                # An invalid value is a miss: claim again, as if the key were empty.
-                reply = await self._claim(keys=keys, args=[*args, self.serializer.max_bytes, 1])
-            generation = reply[1].decode()
-            return Claimed(Claim.ACQUIRED if reply[0] == 2 else Claim.HELD, generation)
+        return await self.deadlines.run(self._claimed(key, lock_key, generation_key, token, lease))
+
+    async def _claimed(
+        self, key: str, lock_key: str, generation_key: str, token: str, lease: float
+    ) -> Claimed:
+        keys = [key, lock_key, generation_key]
+        args = [token, _ms(lease), secrets.randbelow(_GENERATION_SEEDS)]
+        reply = await self._claim(keys=keys, args=[*args, self.serializer.max_bytes, 0])
+        if reply[0] == 1:
+            value = self.serializer.loads(reply[2])
+            if value is not None:
+                return Claimed(str(value), reply[1].decode())
+            # An invalid value is a miss: claim again, as if the key were empty.
+            reply = await self._claim(keys=keys, args=[*args, self.serializer.max_bytes, 1])
+        generation = reply[1].decode()
+        return Claimed(Claim.ACQUIRED if reply[0] == 2 else Claim.HELD, generation)
 
     async def store(
         self, key: str, output: str, ttl: float, generation_key: str, generation: str
@@ -370,25 +505,22 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
             value = self.serializer.dumps(output)
         except UnicodeEncodeError:
             return False
-        async with asyncio.timeout(self.timeout):
-            return bool(
-                await self._store(keys=[key, generation_key], args=[value, _ms(ttl), generation])
-            )
+        keys, args = [key, generation_key], [value, _ms(ttl), generation]
+        return bool(await self.deadlines.run(self._store(keys=keys, args=args)))
 
     async def advance_generation(self, generation_key: str) -> None:
         """One more invalidation of the agent: results computed before it are not stored."""
-        async with asyncio.timeout(self.timeout):
-            await self._advance(keys=[generation_key], args=[secrets.randbelow(_GENERATION_SEEDS)])
+        seed = secrets.randbelow(_GENERATION_SEEDS)
+        await self.deadlines.run(self._advance(keys=[generation_key], args=[seed]))
 
     async def extend_lock(self, lock_key: str, token: str, lease: float) -> bool:
         """Push the lock's expiry to `lease` from now, if `token` still holds it."""
-        async with asyncio.timeout(self.timeout):
-            return bool(await self._extend(keys=[lock_key], args=[token, _ms(lease)]))
+        extended = await self.deadlines.run(self._extend(keys=[lock_key], args=[token, _ms(lease)]))
+        return bool(extended)
 
     async def release_lock(self, lock_key: str, token: str) -> bool:
         """Delete the lock, if `token` still holds it."""
-        async with asyncio.timeout(self.timeout):
-            return bool(await self._release(keys=[lock_key], args=[token]))
+        return bool(await self.deadlines.run(self._release(keys=[lock_key], args=[token])))
 
     async def _close(self, *args: Any, _conn: object = None, **kwargs: Any) -> None:
         await self.client.aclose()  # redis-py deprecates the close() aiocache calls
