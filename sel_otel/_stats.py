@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import itertools
 import operator
+import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, MetricsData
 
 from . import _semconv as names
 from ._metric_data import data_points
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -101,7 +100,9 @@ def agent_name(attributes: Mapping[str, object]) -> str:
 class Points:
     """Agent-call histogram points (one per attribute set) as a column per field, grouped by
     agent: the points of `agents[i]` run from `ends[i - 1]` (0 for the first) to `ends[i]`.
-    Thousands of points (every instance's) are a few lists, not an object each."""
+    Thousands of points (every instance's) are a few lists, not an object each; the bucket
+    counts of a point are one integer, 64 bits a bucket (`packed`), so that adding points
+    adds every bucket at once."""
 
     bounds: tuple[float, ...]
     agents: Sequence[str]  # each once
@@ -113,7 +114,7 @@ class Points:
     sums: Sequence[float]
     mins: Sequence[float]
     maxs: Sequence[float]
-    buckets: Sequence[Sequence[int]]  # each point's bucket counts
+    buckets: Sequence[int]  # each point's bucket counts, packed
 
     @classmethod
     def of(
@@ -127,10 +128,10 @@ class Points:
         sums: Sequence[float],
         mins: Sequence[float],
         maxs: Sequence[float],
-        buckets: Sequence[Sequence[int]],
+        buckets: bytes,
     ) -> Points:
         """The points of `agents`, `sizes[i]` of `agents[i]` in turn, each of the kind
-        numbered in `kinds`."""
+        numbered in `kinds`; `buckets` holds their bucket counts, uint64 little-endian."""
 
         def counted(flags: Sequence[bool]) -> list[int]:  # a point's count where flagged
             if not any(flags):
@@ -149,7 +150,7 @@ class Points:
             sums,
             mins,
             maxs,
-            buckets,
+            packed(buckets, len(bounds) + 1),
         )
 
     @classmethod
@@ -171,7 +172,7 @@ class Points:
             [point.sum for point in ordered],
             [point.min for point in ordered],
             [point.max for point in ordered],
-            [point.bucket_counts for point in ordered],
+            _uint64(itertools.chain.from_iterable(point.bucket_counts for point in ordered)),
         )
 
     def calls(self, agent: str | None = None) -> int:
@@ -215,13 +216,35 @@ def add_up(parts: Iterable[Points], agent: str | None = None) -> list[AgentStats
                 sum(pick(errors)),
                 sum(pick(sums)),
                 bounds,
-                list(map(sum, zip(*pick(buckets), strict=True))),
+                unpacked(sum(pick(buckets)), len(bounds) + 1),
                 min(pick(mins)),
                 max(pick(maxs)),
                 sum(pick(exhausted)),
             )
         )
     return sorted(rows, key=lambda s: (-s.calls, s.agent))
+
+
+def _uint64(values: Iterable[int]) -> bytes:
+    values = list(values)
+    return struct.pack(f"<{len(values)}Q", *values)
+
+
+def packed(raw: bytes, width: int) -> list[int]:
+    """Each point's `width` bucket counts in `raw` (uint64 little-endian) as one integer, 64
+    bits a count: the sum of such integers holds the sums of the counts, as long as each sum
+    stays below 2**64 (more calls than a million a second for half a million years)."""
+    size = 8 * width
+    return [int.from_bytes(raw[at : at + size], "little") for at in range(0, len(raw), size)]
+
+
+def unpacked(buckets: int, width: int) -> list[int]:
+    """The `width` bucket counts packed in `buckets` (what lies beyond them, only out of
+    counts no histogram holds, is dropped rather than fail a report)."""
+    size = 8 * width
+    return list(
+        struct.unpack(f"<{width}Q", (buckets & ((1 << 8 * size) - 1)).to_bytes(size, "little"))
+    )
 
 
 _COLUMNS = ("counts", "cached", "errors", "exhausted", "sums", "mins", "maxs", "buckets")
@@ -234,12 +257,16 @@ def _joined(parts: Sequence[Points], column: str) -> Sequence[Any]:
     return list(itertools.chain.from_iterable(getattr(part, column) for part in parts))
 
 
-def _picker(where: list[int]) -> Callable[[Sequence[T]], Sequence[T]]:
-    """The items at `where` of a sequence, as a sequence."""
+#: The items at some places of a sequence, as a sequence.
+Picker = Callable[[Sequence[Any]], Sequence[Any]]
+
+
+def _picker(where: list[int]) -> Picker:
+    """The items at `where` of a sequence."""
     if len(where) == 1:
         [index] = where
         return lambda column: column[index : index + 1]
-    return cast(Callable[[Sequence[T]], Sequence[T]], operator.itemgetter(*where))
+    return cast(Picker, operator.itemgetter(*where))
 
 
 def agent_points(data: MetricsData | None) -> Iterator[HistogramDataPoint]:

@@ -5,13 +5,14 @@ histogram, one per attribute set (agent, cache hit, error type), with their coun
 max, bucket counts and bucket boundaries, and who published them. On the wire it is a JSON
 head line (who, the boundaries, the agents with their number of points, and the points'
 attribute sets but for the agent, each once), then the points in binary columns, grouped by
-agent, little-endian: each point's attribute set (uint32), count (uint64), then every
-point's sum, min and max (float64), then each point's bucket counts (uint64). A reader
-unpacks a column at a time: no JSON number to parse, no object per point.
+agent, little-endian: each point's attribute set (uint32), then every point's sum, min and
+max (float64) and count (uint64), then each point's bucket counts (uint64). A reader unpacks
+a column at a time: no JSON number to parse, no object per point.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from collections.abc import Iterable, Mapping
@@ -85,13 +86,13 @@ def encode(
     }
     count, width = len(ordered), len(bounds) + 1
     body = struct.pack(
-        f"<{count}I{count}Q{3 * count}d{count * width}Q",
+        f"<{count}I{3 * count}d{count * (1 + width)}Q",
         *numbered,
-        *(point.count for point in ordered),
         *(point.sum for point in ordered),
         *(point.min for point in ordered),
         *(point.max for point in ordered),
-        *(bucket for point in ordered for bucket in point.bucket_counts),
+        *(point.count for point in ordered),
+        *itertools.chain.from_iterable(point.bucket_counts for point in ordered),
     )
     # json.dumps writes a newline inside a string as `\n`: the first raw newline ends the head
     return json.dumps(head, separators=(",", ":")).encode() + b"\n" + body
@@ -128,8 +129,8 @@ def _points(head: dict[str, Any], body: bytes) -> Points:
     numbered = struct.unpack_from(f"<{count}I", body)
     if numbered and max(numbered) >= len(kinds):
         raise ValueError("a point of no attribute set")
-    counts = struct.unpack_from(f"<{count}Q", body, 4 * count)
-    floats = struct.unpack_from(f"<{3 * count}d", body, 12 * count)
+    floats = struct.unpack_from(f"<{3 * count}d", body, 4 * count)
+    counts = struct.unpack_from(f"<{count}Q", body, 28 * count)
     return Points.of(
         bounds,
         agents,
@@ -140,7 +141,7 @@ def _points(head: dict[str, Any], body: bytes) -> Points:
         floats[:count],
         floats[count : 2 * count],
         floats[2 * count :],
-        list(struct.iter_unpack(f"<{width}Q", memoryview(body)[36 * count :])),
+        body[36 * count :],
     )
 
 

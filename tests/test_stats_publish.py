@@ -4,6 +4,7 @@ once and outlived."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 import redis
 
 from sel_otel import _semconv as names
-from sel_otel._stats import rows_from_points
+from sel_otel._stats import add_up, rows_from_points
 from sel_otel._stats_publish import EXPIRY_INTERVALS
 from sel_otel._stats_redis import RedisStatsStore
 from sel_otel._stats_state import FORMAT, decode, encode
@@ -45,8 +46,8 @@ def test_the_published_state_is_the_readers_own_points(make_store: StoreFactory)
     assert head["format"] == FORMAT and head["bounds"] == list(names.DURATION_BUCKETS)
     count, width = sum(head["sizes"]), len(names.DURATION_BUCKETS) + 1
     numbered = struct.unpack_from(f"<{count}I", body)
-    counts = struct.unpack_from(f"<{count}Q", body, 4 * count)
-    floats = struct.unpack_from(f"<{3 * count}d", body, 12 * count)
+    floats = struct.unpack_from(f"<{3 * count}d", body, 4 * count)
+    counts = struct.unpack_from(f"<{count}Q", body, 28 * count)
     buckets = list(struct.iter_unpack(f"<{width}Q", body[36 * count :]))
     agents = [
         name for name, size in zip(head["agents"], head["sizes"], strict=True) for _ in range(size)
@@ -84,6 +85,26 @@ def test_the_published_state_is_the_readers_own_points(make_store: StoreFactory)
     assert sorted(state.rows) == sorted(row.agent for row in expected)
     for row in expected:
         assert state.rows[row.agent] == row
+
+
+def test_counts_far_beyond_32_bits_add_up_exactly() -> None:
+    a = Instance("a")
+    a.call("echo", 0.001)
+    a.call("calc", 0.001, hit=True)
+    by_agent = {(point.attributes or {})[names.GEN_AI_AGENT_NAME]: point for point in a.points()}
+    echo, calc = by_agent["echo"], by_agent["calc"]
+    big = 2**62 + 3  # three of them need all 64 bits of a bucket
+    counts = [0] * 5 + [big, 1] + [0] * 15
+    huge = dataclasses.replace(echo, count=big + 1, bucket_counts=counts)
+    payload = encode("a", 1.0, 15.0, [huge, calc])
+    rows = decode(payload, 15.0).rows
+    assert rows["echo"] == rows_from_points([huge])[0]
+    assert (rows["echo"].calls, rows["echo"].bucket_counts) == (big + 1, counts)
+    assert (rows["calc"].calls, rows["calc"].cached_calls) == (1, 1)
+    # three instances of those: each bucket adds up on its own, none spills into the next
+    [echo_row] = add_up([decode(payload, 15.0).points] * 3, "echo")
+    assert echo_row.bucket_counts == [0] * 5 + [3 * big, 3] + [0] * 15
+    assert (echo_row.calls, echo_row.cached_calls) == (3 * big + 3, 0)
 
 
 def test_a_payload_of_another_layout_is_refused() -> None:
