@@ -8,8 +8,10 @@ stats reader ──StatsPublisher (thread, every SEL_STATS_PUBLISH_INTERVAL)─�
 sel-otel stats ──read_states──► every live state ──► merge
 ```
 
-Every read decodes every live state anew: a state is a few binary columns (see
-`_stats_state`), cheap to unpack, and the states are added up per agent at once.
+A state is a few binary columns (see `_stats_state`), cheap to unpack; a process keeps the
+points of the payloads it read last, so that a payload unchanged since (an idle instance, a
+read within the publishing interval) is not unpacked again. The states are added up per
+agent at once.
 
 Without a shared Redis, or while it cannot be read, the report is this process's figures,
 and says so.
@@ -62,6 +64,7 @@ class DeploymentStats:
         self.instance = instance
         self.started = time.time() if started is None else started
         self.store = store
+        self.states = None if store is None else StateReader(store)
         self.publisher = (
             None
             if store is None
@@ -88,14 +91,14 @@ class DeploymentStats:
 
     async def report(self, scope: Scope = "all", agent: str | None = None) -> StatsReport:
         """The figures of `agent` (or every agent) for `scope`: `this` process, or every
-        instance merged (`all`) or side by side (`per-instance`)."""
+        instance merged (`all`) or side by side (`per-instance`). The shared states are read
+        while this process's own figures are collected."""
+        if scope == "this" or self.states is None:
+            return local_report(self.this(), scope, agent, ASKED if scope == "this" else NO_STORE)
+        reading = asyncio.get_running_loop().run_in_executor(None, self.states.read)  # begun now
         this = self.this()
-        if scope == "this":
-            return local_report(this, scope, agent, ASKED)
-        if self.store is None:
-            return local_report(this, scope, agent, NO_STORE)
         try:
-            states, unreadable = await asyncio.to_thread(read_states, self.store)
+            states, unreadable = await reading
         except StatsStoreError as exc:
             logger.warning("the shared stats could not be read: %s", exc)
             note = (
@@ -106,16 +109,35 @@ class DeploymentStats:
         return merge(states, this=this, scope=scope, agent=agent, notes=unreadable)
 
 
+class StateReader:
+    """Reads the live states in `store`; the points of a payload read the last time (an
+    idle instance's, or any read within the publishing interval) are not unpacked again.
+    Safe from several threads: each read replaces what is kept as a whole."""
+
+    def __init__(self, store: RedisStatsStore) -> None:
+        self.store = store
+        self._points: dict[bytes, Points] = {}  # by the payload they were read from
+
+    def read(self) -> tuple[list[InstanceState], list[str]]:
+        """Every live state, and a note for those this version cannot read."""
+        earlier, found = self._points, {}
+        states, unreadable = [], 0
+        for payload, remaining in self.store.read():
+            try:
+                state = decode(payload, remaining, earlier)
+            except ValueError as exc:
+                logger.debug("unreadable stats payload: %s", exc)
+                unreadable += 1
+            else:
+                states.append(state)
+                found[payload] = state.points
+        self._points = found
+        return states, _unreadable_notes(unreadable)
+
+
 def read_states(store: RedisStatsStore) -> tuple[list[InstanceState], list[str]]:
     """Every live state in `store`, and a note for those this version cannot read."""
-    states, unreadable = [], 0
-    for payload, remaining in store.read():
-        try:
-            states.append(decode(payload, remaining))
-        except ValueError as exc:
-            logger.debug("unreadable stats payload: %s", exc)
-            unreadable += 1
-    return states, _unreadable_notes(unreadable)
+    return StateReader(store).read()
 
 
 def _unreadable_notes(unreadable: int) -> list[str]:

@@ -98,18 +98,22 @@ def encode(
     return json.dumps(head, separators=(",", ":")).encode() + b"\n" + body
 
 
-def decode(raw: bytes, remaining: float) -> InstanceState:
-    """The state in a payload that has `remaining` seconds to live; ValueError if it is not
+def decode(
+    raw: bytes, remaining: float, earlier: Mapping[bytes, Points] | None = None
+) -> InstanceState:
+    """The state in a payload that has `remaining` seconds to live (its points taken from
+    `earlier` when it holds the same payload, not unpacked again); ValueError if it is not
     one this version can read."""
     line, _, body = raw.partition(b"\n")
     try:
         head = json.loads(line)
         if head["format"] != FORMAT:
             raise ValueError(f"payload format {head['format']!r}, not {FORMAT}")
+        points = earlier.get(raw) if earlier else None
         return InstanceState(
             str(head["instance"]),
             float(head["started"]),
-            _points(head, body),
+            _points(head, body) if points is None else points,
             age=max(float(head["expiry"]) - remaining, 0.0),
         )
     except (KeyError, TypeError, AttributeError, IndexError, struct.error) as exc:

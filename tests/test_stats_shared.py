@@ -19,7 +19,7 @@ from sel_otel import _semconv as names
 from sel_otel._commands import StatsReply
 from sel_otel._stats_redis import RedisStatsStore
 from sel_otel._stats_report import format_report, merge
-from sel_otel._stats_shared import DeploymentStats, read_states, stats_store
+from sel_otel._stats_shared import DeploymentStats, StateReader, read_states, stats_store
 from sel_otel._stats_state import encode
 from sel_otel._telemetry import build_resource
 from tests.conftest import AgentWriter
@@ -117,6 +117,25 @@ async def test_repeated_reads_follow_every_new_publish_and_every_restart(
     both = await deployment.report()
     assert [(row.agent, row.calls) for row in both.rows] == [("echo", 2)]
     assert len(both.instances) == 3
+
+
+def test_a_payload_read_before_is_not_unpacked_again(make_store: StoreFactory) -> None:
+    a, b = Instance("a"), Instance("b")
+    a.call("echo", 0.001)
+    b.call("echo", 0.001)
+    store = make_store()
+    for instance in (a, b):
+        instance.publisher(store).publish()
+    reader = StateReader(store)
+    first, _ = reader.read()
+    again, _ = reader.read()
+    assert all(x.points is y.points for x, y in zip(first, again, strict=True))
+    b.call("echo", 0.001)
+    b.publisher(store).publish()
+    changed, _ = reader.read()
+    assert [state.instance for state in changed] == ["a", "b"]
+    assert changed[0].points is first[0].points  # a published the same figures
+    assert [state.points.calls() for state in changed] == [1, 2]
 
 
 async def test_a_restart_within_the_expiry_counts_the_newest_life_only(
