@@ -7,7 +7,8 @@ Each repetition runs one process per export mode, the modes alternating:
 - as deployed: `Telemetry.from_env()` with an OTLP/HTTP endpoint on loopback (`_sink.py`, a
   process answering 200) and the periodic metric reader, as a deployment runs.
 
-In each process, after a warm-up, the kinds of call take turns, round by round:
+In each process, after a warm-up and the heap frozen as a started app freezes it, the kinds
+of call take turns, round by round:
 - floor: one SDK span plus one histogram record, with the runtime's attributes, awaited;
 - cached call: `await runtime.run(...)`, a hit in the memory cache;
 - cached call with the execution history on (SQLite, the default of a deployment).
@@ -60,6 +61,7 @@ from sel_otel import (
     stats_reader,
 )
 from sel_otel import _semconv as names
+from sel_otel._app import freeze_heap
 from sel_otel._history_setup import history_from_settings
 from sel_otel._metric_data import data_points
 from sel_otel._span_processor import PrioritySpanProcessor
@@ -168,6 +170,7 @@ async def child(mode: str) -> None:
             for _ in range(WARM_UP):
                 await call()
         await settle()
+        freeze_heap()  # as a started SelApp does
         timed = await time_kinds(calls, calls=CALLS, rounds=ROUNDS, settle=settle)
         timings = {kind: timing.to_json() for kind, timing in timed.items()}
         for runtime in runtimes:

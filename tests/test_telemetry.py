@@ -1,13 +1,18 @@
-"""Telemetry written by the console exporters goes to standard error, never among the replies."""
+"""Telemetry written by the console exporters goes to standard error, never among the replies;
+a running process keeps its start-up heap out of garbage collections."""
 
 from __future__ import annotations
 
+import gc
 import os
+from pathlib import Path
 
 import pytest
 from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
 
-from sel_otel import Telemetry
+from sel_otel import SelApp, Settings, Telemetry, stats_reader
 
 from .test_cli import sel_otel
 
@@ -55,3 +60,14 @@ def test_a_cli_run_keeps_telemetry_out_of_its_output() -> None:
     done = sel_otel("run", "calc", "6*7", OTEL_TRACES_EXPORTER="console")
     assert (done.returncode, done.stdout) == (0, "`6*7` = 42\n")
     assert '"name": "cli agent"' in done.stderr
+
+
+async def test_a_running_app_leaves_its_start_up_heap_out_of_garbage_collections(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(agents_dir=tmp_path, data_dir=tmp_path / "data", history=False)
+    reader = stats_reader()
+    telemetry = Telemetry(TracerProvider(), MeterProvider(metric_readers=[reader]), reader)
+    async with SelApp(settings, telemetry) as app:
+        assert not any(obj is app.runtime for obj in gc.get_objects())  # what collections walk
+    assert any(obj is app.runtime for obj in gc.get_objects())  # given back when it stops
