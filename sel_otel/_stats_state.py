@@ -17,13 +17,12 @@ import json
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
 from . import _semconv as names
-from ._stats import AgentStats, Points, add_up, agent_name, kind
+from ._stats import Points, agent_name, kind
 
 #: The payload's layout; a reader skips a layout it does not know (an instance of another
 #: version, in a rolling deploy).
@@ -43,11 +42,6 @@ class InstanceState:
     def bounds(self) -> tuple[float, ...]:
         """The bucket boundaries of its histogram."""
         return self.points.bounds
-
-    @cached_property
-    def rows(self) -> dict[str, AgentStats]:
-        """Its figures per agent."""
-        return {row.agent: row for row in add_up([self.points])}
 
 
 def member(instance: str, started: float) -> str:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import bisect
+
 import pytest
 
 from sel_otel import AgentStats, read_stats
-from sel_otel._stats import format_stats
+from sel_otel import _semconv as names
+from sel_otel._stats import Points, add_up, format_stats
 
 from .conftest import AgentWriter, RuntimeFactory, TelemetryFixture
+from .stats_instances import Instance
 
 
 async def test_stats_count_calls_hits_errors_and_average(
@@ -43,6 +47,28 @@ async def test_reading_the_stats_twice_gives_the_same_cumulative_figures(
     assert read_stats(telemetry.reader)[0].calls == 1
     await runtime.run("echo", "a")
     assert read_stats(telemetry.reader)[0].calls == 2
+
+
+def test_points_of_several_readers_add_up_per_agent() -> None:
+    a, b = Instance("a"), Instance("b")
+    a.call("echo", 0.001, hit=True)
+    a.call("echo", 0.2)
+    a.call("echo", 3.0, error=names.ERROR_THREADS_EXHAUSTED)
+    b.call("echo", 0.02, error="timeout")
+    b.call("calc", 0.5)
+    parts = [Points.from_points(a.points()), Points.from_points(b.points())]
+    echo, calc = add_up(parts)
+    assert (echo.agent, echo.calls, echo.cached_calls, echo.errors) == ("echo", 4, 1, 2)
+    assert echo.threads_exhausted == 1
+    assert echo.total_seconds == pytest.approx(3.221)
+    assert (echo.min_seconds, echo.max_seconds) == (0.001, 3.0)
+    expected = [0] * (len(names.DURATION_BUCKETS) + 1)
+    for seconds in (0.001, 0.2, 3.0, 0.02):  # a bucket holds what is at most its bound
+        expected[bisect.bisect_left(names.DURATION_BUCKETS, seconds)] += 1
+    assert echo.bucket_counts == expected and echo.bounds == names.DURATION_BUCKETS
+    assert (calc.agent, calc.calls, calc.errors, calc.max_seconds) == ("calc", 1, 0, 0.5)
+    assert add_up(parts, "calc") == [calc]
+    assert add_up(parts, "nobody") == [] and add_up([]) == []
 
 
 def stats_with(bounds: tuple[float, ...], counts: list[int], low: float, high: float) -> AgentStats:

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from sel_otel import _semconv as names
-from sel_otel._stats import add_up, rows_from_points
+from sel_otel._stats import AgentStats, Points, add_up, rows_from_points
 from sel_otel._stats_publish import EXPIRY_INTERVALS
 from sel_otel._stats_redis import RedisStatsStore
 from sel_otel._stats_state import FORMAT, decode, encode
@@ -82,9 +82,11 @@ def test_the_published_state_is_the_readers_own_points(make_store: StoreFactory)
     assert (state.instance, state.started) == ("a", instance.started)
     assert 0 <= state.age < 5.0 * EXPIRY_INTERVALS
     expected = rows_from_points(points)
-    assert sorted(state.rows) == sorted(row.agent for row in expected)
-    for row in expected:
-        assert state.rows[row.agent] == row
+    assert add_up([state.points]) == expected
+
+
+def rows_of(points: Points) -> dict[str, AgentStats]:
+    return {row.agent: row for row in add_up([points])}
 
 
 def test_counts_far_beyond_32_bits_add_up_exactly() -> None:
@@ -97,7 +99,7 @@ def test_counts_far_beyond_32_bits_add_up_exactly() -> None:
     counts = [0] * 5 + [big, 1] + [0] * 15
     huge = dataclasses.replace(echo, count=big + 1, bucket_counts=counts)
     payload = encode("a", 1.0, 15.0, [huge, calc])
-    rows = decode(payload, 15.0).rows
+    rows = rows_of(decode(payload, 15.0).points)
     assert rows["echo"] == rows_from_points([huge])[0]
     assert (rows["echo"].calls, rows["echo"].bucket_counts) == (big + 1, counts)
     assert (rows["calc"].calls, rows["calc"].cached_calls) == (1, 1)
@@ -112,15 +114,15 @@ def test_a_payload_of_another_layout_is_refused() -> None:
     a.call("echo", 0.001)
     a.call("echo", 0.002, hit=True)
     good = encode("a", 1.0, 15.0, a.points())
-    assert decode(good, 15.0).rows["echo"].calls == 2
-    assert decode(encode("a", 1.0, 15.0, []), 15.0).rows == {}
+    assert rows_of(decode(good, 15.0).points)["echo"].calls == 2
+    assert rows_of(decode(encode("a", 1.0, 15.0, []), 15.0).points) == {}
     line, _, body = good.partition(b"\n")
     head = json.loads(line)
 
     def with_head(**changes: object) -> bytes:
         return json.dumps(head | changes).encode() + b"\n" + body
 
-    assert decode(with_head(), 15.0).rows["echo"].cached_calls == 1
+    assert rows_of(decode(with_head(), 15.0).points)["echo"].cached_calls == 1
     for bad in (
         b"garbage",
         b'{"format": 1}',
@@ -142,7 +144,7 @@ def test_a_payload_of_another_layout_is_refused() -> None:
 
 def published_calls(store: RedisStatsStore) -> int:
     states = [decode(payload, left) for payload, left in store.read()]
-    return sum(row.calls for state in states for row in state.rows.values())
+    return sum(state.points.calls() for state in states)
 
 
 def test_the_publisher_publishes_when_it_starts_and_when_it_is_closed(

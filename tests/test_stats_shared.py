@@ -322,4 +322,4 @@ async def test_apps_on_one_redis_answer_for_each_other(
         states, _ = read_states(store)
     finally:
         store.close()
-    assert sorted(sum(r.calls for r in state.rows.values()) for state in states) == [1, 3]
+    assert sorted(state.points.calls() for state in states) == [1, 3]
