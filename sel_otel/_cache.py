@@ -49,6 +49,28 @@ class _LeaderCancelled(Exception):
     """The call executing for a key was cancelled; its followers must retry."""
 
 
+class _Flight:
+    """The one execution of a key in flight in this process. The future its followers await
+    is made when the first one joins: most flights (a shared store's hits) have none."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[CacheOutcome] | None = None
+
+    def join(self) -> asyncio.Future[CacheOutcome]:
+        """The outcome to await."""
+        if self.future is None:
+            self.future = asyncio.get_running_loop().create_future()
+        return self.future
+
+    def fail(self, exc: BaseException) -> None:
+        """Hand `exc` to the followers, if any."""
+        if self.future is not None:
+            self.future.set_exception(exc)
+            self.future.exception()  # retrieved: followers that gave up must not make it warn
+
+
 class ResultCache:
     """Best-effort cache of agent outputs with single-flight and per-agent invalidation.
 
@@ -90,7 +112,7 @@ class ResultCache:
         if isinstance(backend, LRUMemoryCache) and backend.immediate:
             self._memory = backend
         self._on_error = on_error
-        self._flights: dict[str, asyncio.Future[CacheOutcome]] = {}
+        self._flights: dict[str, _Flight] = {}
         self._generations: dict[str, int] = {}
         self._failing = False
 
@@ -162,28 +184,41 @@ class ResultCache:
                 if flight is None:
                     break
             try:
-                shared = await asyncio.shield(flight)
+                shared = await asyncio.shield(flight.join())
             except _LeaderCancelled:
                 continue
             lookup = Lookup.HIT if shared.lookup is Lookup.HIT else Lookup.COALESCED
             return CacheOutcome(shared.output, lookup, shared.cache_error)
-        flight = asyncio.get_running_loop().create_future()
+        flight = _Flight()
         self._flights[key] = flight
         try:
-            outcome = await self._lead(key, ttl, compute, compute_timeout, error)
-            flight.set_result(outcome)
-            return outcome
+            if not self.storage.shared:
+                outcome = await self._lead(key, ttl, compute, compute_timeout, error)
+            else:
+                # The flight's read, here rather than in `_lead`: a hit runs no more coroutines.
+                try:
+                    value = await self.storage.read(key)
+                except Exception as exc:  # the store is down: no lock, no write
+                    outcome = CacheOutcome(await compute(), Lookup.MISS, self._failed("get", exc))
+                else:
+                    if self._failing:
+                        self._recovered()
+                    if isinstance(value, str):
+                        outcome = CacheOutcome(value, Lookup.HIT)
+                    else:
+                        outcome = await self._lead(key, ttl, compute, compute_timeout, error)
         except asyncio.CancelledError:
-            flight.set_exception(_LeaderCancelled())
+            flight.fail(_LeaderCancelled())
             raise
         except BaseException as exc:
-            flight.set_exception(exc)
+            flight.fail(exc)
             raise
         finally:
             if self._flights.get(key) is flight:  # an invalidation may have dropped it already
                 del self._flights[key]
-            if flight.done() and not flight.cancelled():
-                flight.exception()  # mark retrieved: a flight nobody joined must not warn
+        if flight.future is not None:
+            flight.future.set_result(outcome)
+        return outcome
 
     async def _lead(
         self,
@@ -193,17 +228,9 @@ class ResultCache:
         compute_timeout: float | None,
         error: str | None,
     ) -> CacheOutcome:
-        """This process's one execution for `key`: read (a shared store), acquire, compute,
-        write unless invalidated meanwhile, release."""
+        """This process's one execution for `key`, which the store does not hold: acquire,
+        compute, write unless invalidated meanwhile, release."""
         storage = self.storage
-        if storage.shared:
-            try:
-                value = await storage.read(key)
-            except Exception as exc:  # the store is down: no lock, no write
-                return CacheOutcome(await compute(), Lookup.MISS, self._failed("get", exc))
-            self._recovered()
-            if isinstance(value, str):
-                return CacheOutcome(value, Lookup.HIT)
         try:
             ticket = await storage.acquire(key, compute_timeout)
         except Exception as exc:

@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import json.decoder
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
@@ -281,15 +282,27 @@ class OutputSerializer(BaseSerializer):  # type: ignore[misc]
     def _output(self, value: bytes | str) -> str | None:
         if len(value) > self.max_bytes:  # before decoding any of it
             return None
+        if type(value) is bytes and value.startswith(_PREFIX) and value.endswith(b"}"):
+            # What `dumps` writes, read without building a dict (a fifth of json.loads' time):
+            # the JSON string after the key, then nothing but the closing brace.
+            try:
+                text = value.decode()
+                output, end = _scanstring(text, len(_PREFIX))
+            except ValueError:  # not UTF-8, or no JSON string: json.loads would fail too
+                return None
+            if end == len(text) - 1:
+                if len(output) > self.max_output or ("\\" in text and not _is_text(output)):
+                    return None
+                return output
         try:
             decoded = json.loads(value)
         except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
             return None
         if type(decoded) is not dict or len(decoded) != 1:
             return None
-        output = decoded.get("output")
-        if type(output) is str and len(output) <= self.max_output and _is_text(output):
-            return output
+        found = decoded.get("output")
+        if type(found) is str and len(found) <= self.max_output and _is_text(found):
+            return found
         return None
 
     def reject(self) -> None:
@@ -300,6 +313,9 @@ class OutputSerializer(BaseSerializer):  # type: ignore[misc]
 
 
 _EMPTY: Final = b'{"output":""}'
+_PREFIX: Final = b'{"output":"'
+#: The reader of a JSON string that json.loads uses (C), absent from the type stubs.
+_scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
 def _is_text(output: str) -> bool:
@@ -443,8 +459,23 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
             return await self._within(limit, super().get(key, default, timeout=0, **kwargs))
         # What aiocache's get does, without its four decorators (an environment lookup, two
         # clocks and three wrapper calls on every read): this backend has no plugins, and its
-        # timeout is the deadline here.
-        value = self.serializer.loads(await self.deadlines.run(self._get(self.build_key(key))))
+        # timeout is the deadline here, taken inline (Deadlines.run's frame costs a hit 1 µs).
+        deadlines = self.deadlines
+        if not deadlines.timeout:
+            value = await self._get(self.build_key(key))
+        else:
+            task = deadlines.enter()
+            try:
+                value = await self._get(self.build_key(key))
+            except asyncio.CancelledError:
+                if deadlines.leave(task):
+                    raise TimeoutError from None
+                raise
+            except BaseException:
+                deadlines.leave(task)
+                raise
+            deadlines.leave(task)
+        value = self.serializer.loads(value)
         return default if value is None else value
 
     async def set(self, key: str, value: Any, **kwargs: Any) -> Any:

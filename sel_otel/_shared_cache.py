@@ -162,23 +162,25 @@ class _Breaker:
 
     def __init__(self, retry_after: float) -> None:
         self.retry_after = retry_after
-        self._open_until = 0.0
+        #: When the backend is tried again (monotonic clock); 0.0 while the breaker is closed,
+        #: which callers may test first, sparing themselves a call on every operation.
+        self.open_until = 0.0
 
     def check(self) -> None:
         """Raise `CircuitOpen` while the backend is skipped."""
-        if not self._open_until:
+        if not self.open_until:
             return
         now = time.monotonic()
-        if now < self._open_until:
+        if now < self.open_until:
             raise CircuitOpen
-        self._open_until = now + self.retry_after  # this caller probes; the others still skip
+        self.open_until = now + self.retry_after  # this caller probes; the others still skip
 
     def failure(self) -> None:
         if self.retry_after > 0:
-            self._open_until = time.monotonic() + self.retry_after
+            self.open_until = time.monotonic() + self.retry_after
 
     def success(self) -> None:
-        self._open_until = 0.0
+        self.open_until = 0.0
 
 
 class SharedCache:
@@ -212,14 +214,17 @@ class SharedCache:
     async def read(self, key: str) -> str | _Miss:
         """Read `key`; its `cache get` span is recorded afterwards, for misses, failures and
         hits slower than `slow_hit` only, so that a fast hit costs no span."""
-        self.breaker.check()
+        breaker = self.breaker
+        if breaker.open_until:
+            breaker.check()
         start = time.time_ns()
         try:
-            value = await self.backend.get(key, default=MISS)
+            value = await self.backend.get(key, MISS)
         except Exception as exc:
             self._failed(self._past_span(names.CACHE_GET, "GET", start), exc).end()
             raise
-        self.breaker.success()
+        if breaker.open_until:
+            breaker.success()
         hit = isinstance(value, str)
         if not hit or time.time_ns() - start >= self._slow_hit_ns:
             span = self._past_span(names.CACHE_GET, "GET", start)
