@@ -7,11 +7,11 @@ interleaved, REPETITIONS times:
 - the merged `/sel_agent_stats` as the remaining instance answers it
   (`DeploymentStats.report()`: its live reader, the others' states read from Redis, decoded
   and merged), per call (target <= 10 ms), after the other instances published, untimed:
-  every agent of every instance with a new call, each instance with one new call, or nothing
-  new (every read decodes every state, whatever changed); beside it `sel-otel stats`'s path
-  (read, decode and merge every state, no live reader), the floor of the wire format (the
-  Redis read and the decoding of every state alone) and `scope:this` (this process's reader
-  alone);
+  every agent of every instance with a new call or each instance with one new call (every
+  state unpacked anew), or nothing new (every state's points kept from the previous read);
+  beside it `sel-otel stats`'s path (read, decode and merge every state from scratch, no live
+  reader), the floor of the wire format (the Redis read and the decoding of every state
+  alone) and `scope:this` (this process's reader alone);
 - one publish of an instance while a thread records 1,000 calls/s into its histogram: the
   publishing thread's CPU time (reader collect, encoding, Redis SET), and that as a share of one
   core at the default interval (5 s) and at 1 s (target <= 1 % of one core).
