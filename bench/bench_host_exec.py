@@ -1,11 +1,15 @@
 """host_exec round trip: agent -> httpx -> host-exec service -> `uname -a` process, on loopback.
 
-Each repetition runs three client processes, alternating, each with two host-exec services
+Each repetition runs three client processes side by side, each with two host-exec services
 of its own (called in turn, as a deployment's several users would):
 - full tracing: `Telemetry.from_env()` exporting over OTLP/HTTP to `_sink.py`, the httpx
   instrumentation's client span included, the services exporting there too;
 - own spans only: the same, the httpx instrumentation suppressed;
 - SDK disabled: the same processes with `OTEL_SDK_DISABLED=true`, services included.
+
+The processes take turns call by call, the order rotating, so that all three are measured
+under the same load: on a shared machine the load changes from second to second, and
+processes measured one after the other differed by more than the telemetry costs.
 
 Every call misses the cache. Prints the median round trip (target <= 10 ms) and the client
 process's CPU time per call (all its threads over the calls, span export included), as
@@ -21,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +37,6 @@ from _common import (
     interleaved,
     print_header,
     ratios,
-    run_child,
     spread,
 )
 from opentelemetry import metrics, trace
@@ -68,42 +72,108 @@ def runtime_for(telemetry: Telemetry, service: LocalHostExec) -> AgentRuntime:
 
 
 async def child(process: str) -> None:
+    """One client process: warms up, says `ready`, then makes one call for each `call` line
+    on its input (printing its round trip in seconds) until `done` (printing its CPU time
+    per call, the export of its last spans included)."""
     telemetry = Telemetry.from_env()
     # As the CLI does: the httpx instrumentation reports to the global providers.
     trace.set_tracer_provider(telemetry.tracer_provider)
     metrics.set_meter_provider(telemetry.meter_provider)
-    walls: list[float] = []
+    calls = 0
     async with LocalHostExec() as first, LocalHostExec() as second:
         runtimes = [runtime_for(telemetry, service) for service in (first, second)]
         own = suppress_http_instrumentation() if process == "own" else contextlib.nullcontext()
         with own:
-            for i in range(WARM_UP + CALLS):
-                if i == WARM_UP:
-                    telemetry.tracer_provider.force_flush()
-                    cpu_start = time.process_time()
-                runtime = runtimes[i % 2]
-                await runtime.cache.invalidate("host_exec")  # every call goes to the host
-                start = time.perf_counter()
-                result = await runtime.run("host_exec", "uname -a")
-                walls.append(time.perf_counter() - start)
-                assert result.ok, result.error
+            for i in range(WARM_UP):
+                await call(runtimes[i % 2])
+            telemetry.tracer_provider.force_flush()
+            print("ready", flush=True)
+            cpu_start = time.process_time()
+            # Blocking reads: while the other processes take their turns, this one sleeps.
+            while sys.stdin.readline().strip() == "call":
+                wall = await call(runtimes[calls % 2])
+                calls += 1
+                print(wall, flush=True)
         telemetry.tracer_provider.force_flush()
-        cpu = (time.process_time() - cpu_start) / CALLS
+        cpu = (time.process_time() - cpu_start) / calls
         for runtime in runtimes:
             await runtime.aclose()
     telemetry.shutdown(timeout=2.0)
-    print(json.dumps({"wall": statistics.median(walls[WARM_UP:]), "cpu": cpu}))
+    print(json.dumps({"cpu": cpu}), flush=True)
+
+
+async def call(runtime: AgentRuntime) -> float:
+    """`uname -a` through the host (the cached result dropped first): its round trip."""
+    await runtime.cache.invalidate("host_exec")
+    start = time.perf_counter()
+    result = await runtime.run("host_exec", "uname -a")
+    wall = time.perf_counter() - start
+    assert result.ok, result.error
+    return wall
+
+
+class Client:
+    """A `child` process, driven one call at a time."""
+
+    def __init__(self, process: str, sink: Sink) -> None:
+        env = child_env(OTEL_EXPORTER_OTLP_ENDPOINT=sink.url)
+        if process == "disabled":
+            env["OTEL_SDK_DISABLED"] = "true"
+        self.walls: list[float] = []
+        self._process = subprocess.Popen(
+            [sys.executable, __file__, "--child", process],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def _line(self) -> str:
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"a client process exited with {self._process.wait()}")
+        return line.strip()
+
+    def _send(self, command: str) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.write(command + "\n")
+        self._process.stdin.flush()
+
+    def ready(self) -> None:
+        while self._line() != "ready":
+            pass
+
+    def call(self) -> None:
+        self._send("call")
+        self.walls.append(float(self._line()))
+
+    def done(self) -> dict[str, float]:
+        """The median round trip and the CPU time per call."""
+        self._send("done")
+        result: dict[str, float] = json.loads(self._line())
+        self._process.wait()
+        return {"wall": statistics.median(self.walls), **result}
+
+
+def repetition(sink: Sink) -> dict[str, dict[str, float]]:
+    """The three processes side by side, taking turns call by call (the order rotating), so
+    that each is measured under the same load as the others."""
+    clients = {process: Client(process, sink) for process in PROCESSES}
+    for client in clients.values():
+        client.ready()
+    for order in interleaved(PROCESSES, CALLS):
+        clients[order].call()
+    return {process: client.done() for process, client in clients.items()}
 
 
 def main() -> None:
     print_header("bench_host_exec: uname -a through the host-exec service")
     results: dict[str, list[dict[str, float]]] = {process: [] for process in PROCESSES}
     with Sink() as sink:
-        for process in interleaved(PROCESSES, REPETITIONS):
-            env = child_env(OTEL_EXPORTER_OTLP_ENDPOINT=sink.url)
-            if process == "disabled":
-                env["OTEL_SDK_DISABLED"] = "true"
-            results[process].append(run_child(Path(__file__), [process], env))
+        for _ in range(REPETITIONS):
+            for process, result in repetition(sink).items():
+                results[process].append(result)
 
     def series(process: str, clock: str) -> list[float]:
         return [r[clock] for r in results[process]]
