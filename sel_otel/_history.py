@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import INVALID_SPAN_ID, INVALID_TRACE_ID
@@ -51,10 +51,10 @@ _MEMO_SIZE = 1024
 class HistoryEntry(NamedTuple):
     """One agent call, or one refusal, as every store keeps it.
 
-    A named tuple, cheap and immutable; on every call, the event loop builds its fields as a
-    plain tuple (`Row`), which the writer threads make entries of. `time` is when the call
-    started, in seconds since the epoch; the trace and span ids are lowercase hex, "" when the
-    call was not traced.
+    A named tuple, cheap and immutable; on every call, the event loop queues only its raw
+    values (a `Row`), which the writer threads make entries of (`RowFormat`). `time` is when
+    the call started, in seconds since the epoch; the trace and span ids are lowercase hex, ""
+    when the call was not traced.
     """
 
     id: str
@@ -75,6 +75,47 @@ class HistoryEntry(NamedTuple):
     def to_json(self) -> dict[str, Any]:
         """The entry as JSON-ready values, `time` in ISO 8601 (UTC, milliseconds)."""
         return self._asdict() | {"time": iso_time(self.time)}
+
+
+#: A call as the event loop queues it: a plain tuple of the values only the call has, raw, in
+#: the order of `ROW_FIELDS` (`count` numbers the process's entries: an id's end; the trace and
+#: span ids are ints, 0 when not traced; the duration is in seconds). Made on every call and
+#: kept until written: each object it makes costs the event loop, and Python's garbage
+#: collector stops tracking a plain tuple of strings and numbers at its first pass.
+Row = tuple[Any, ...]
+ROW_FIELDS: Final = (
+    "count", "time", "agent", "input", "user", "frontend", "outcome", "error_type",
+    "duration", "cached", "trace_id", "span_id", "output",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RowFormat:
+    """What makes an entry of a `Row`: the values every row of one `History` shares (the id
+    prefix, unique to the process, and the instance) and the conversions of the raw ones."""
+
+    prefix: str
+    instance: str
+
+    def entry(self, row: Row) -> HistoryEntry:
+        (count, start, agent, text, user, frontend, outcome, error_type, duration, cached,
+         trace_id, span_id, output) = row  # fmt: skip
+        return HistoryEntry(
+            f"{self.prefix}-{count:x}",
+            start,
+            agent,
+            text,
+            user,
+            frontend,
+            outcome,
+            error_type,
+            duration * 1000.0,
+            cached,
+            self.instance,
+            f"{trace_id:032x}" if trace_id else "",
+            f"{span_id:016x}" if span_id else "",
+            output,
+        )
 
 
 def iso_time(seconds: float) -> str:
@@ -109,13 +150,15 @@ class HistorySink(ABC):
 
     #: The store's name in logs and in the `sel.history.store` attribute.
     name: str
-    #: True when `write` reads entries by position only: it is given the plain tuples queued
-    #: on the event loop, no `HistoryEntry` made of each (see `_history_writer.Row`).
-    takes_rows: ClassVar[bool] = False
 
     @abstractmethod
     def write(self, entries: Sequence[HistoryEntry]) -> None:
         """Keep `entries` (oldest first)."""
+
+    def write_rows(self, rows: Sequence[Row], format: RowFormat) -> None:
+        """Keep `rows`, as the event loop queued them (oldest first): by default, as entries;
+        a sink may convert them more cheaply, in bulk."""
+        self.write([*map(format.entry, rows)])
 
     @abstractmethod
     def close(self) -> None:
@@ -237,13 +280,14 @@ class History:
             unit=names.ENTRY_UNIT,
             description="History entries a store could not keep",
         )
+        # Entry ids: a prefix unique to the process, then a count.
+        self._format = RowFormat(secrets.token_hex(6), instance)
+        self._count = itertools.count()
         self._writers = [
-            BatchWriter(sink, flush_interval, max_pending, self._on_dropped, HistoryEntry._make)
+            BatchWriter(sink, flush_interval, max_pending, self._on_dropped, self._format)
             for sink in sinks
         ]
         self.reader = HistoryReader([sink for sink in sinks if isinstance(sink, HistoryStore)])
-        self._prefix = secrets.token_hex(6)  # entry ids: unique per process, then a count
-        self._count = itertools.count()
 
     def open(self) -> None:
         """Start the writer threads."""
@@ -306,11 +350,12 @@ class History:
     ) -> None:
         context = span.get_span_context()
         trace_id, span_id = context.trace_id, context.span_id
-        traced = trace_id != INVALID_TRACE_ID and span_id != INVALID_SPAN_ID  # `is_valid`
-        # On every call, on the event loop: a plain tuple (see `Row`; the writers make it a
-        # `HistoryEntry`), and `int.to_bytes().hex()`, half the time of `format`, for the ids.
+        if trace_id == INVALID_TRACE_ID or span_id == INVALID_SPAN_ID:  # `is_valid`, inlined
+            trace_id = span_id = 0
+        # On every call, on the event loop: the raw values only (see `Row`); ids, hex and
+        # milliseconds are made by the writer threads, in bulk where a sink can.
         row = (
-            f"{self._prefix}-{next(self._count):x}",
+            next(self._count),
             time.time() - duration,
             agent,
             self.policy.input(query),
@@ -318,11 +363,10 @@ class History:
             frontend,
             outcome,
             error_type,
-            duration * 1000.0,
+            duration,
             cached,
-            self.instance,
-            trace_id.to_bytes(16).hex() if traced else "",
-            span_id.to_bytes(8).hex() if traced else "",
+            trace_id,
+            span_id,
             output,
         )
         for writer in self._writers:

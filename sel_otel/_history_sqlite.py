@@ -1,12 +1,14 @@
 """`SqliteHistoryStore`: the embedded, durable history, one SQLite file in WAL mode.
 
 Writes come from one writer thread, a batch per transaction, inserted by statements of
-`ROWS_PER_INSERT` rows each: SQLite runs each in one step, so the thread gives up Python's lock
-(the GIL) once per statement, not once per row, and waits for it back as seldom; a busy event
-loop would otherwise hand it back once per switch interval, 5 ms, a row. Retention runs with
-each write: entries older than `max_age` go, and the oldest go while there are more than
-`max_rows`. Queries open a read-only connection of their own: WAL lets them read while the
-writer writes, in this process or another (`sel-otel history` reading the bot's file).
+`ROWS_PER_INSERT` rows (and a rest by powers of two): SQLite runs each in one step, so the
+thread gives up Python's lock (the GIL) and waits for it back once per statement, not once per
+row; a busy event loop hands it back only once per switch interval, 5 ms. The values of the
+queued rows are converted in bulk, by C loops and by SQL terms, and no None is bound (see
+`_ROW_SPARSE`). Retention runs with each write: entries older than `max_age` go, and the oldest
+go while there are more than `max_rows`. Queries open a read-only connection of their own: WAL
+lets them read while the writer writes, in this process or another (`sel-otel history`
+reading the bot's file).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _semconv as names
-from ._history import HistoryEntry, HistoryQuery, HistoryStore
+from ._history import ROW_FIELDS, HistoryEntry, HistoryQuery, HistoryStore, Row, RowFormat
 
 #: The file's schema version (`PRAGMA user_version`).
 SCHEMA_VERSION = 1
@@ -30,7 +32,33 @@ _COLUMNS = (
     "id", "time", "agent", "input", "user_id", "frontend", "outcome", "error_type",
     "duration_ms", "cached", "instance", "trace_id", "span_id", "output",
 )  # fmt: skip
-_CACHED = _COLUMNS.index("cached")
+#: How `write_rows` inserts a `Row`: for each of its fields, the column it goes to and the SQL
+#: term that makes the column's value of it. ?1 and ?2, bound once a statement, are the id
+#: prefix and the instance; SQLite makes the ids and the milliseconds, without the GIL.
+_ROW_TERMS = {
+    "count": ("id", "printf('%s-%x', ?1, ?)"),
+    "time": ("time", "?"),
+    "agent": ("agent", "?"),
+    "input": ("input", "?"),
+    "user": ("user_id", "?"),
+    "frontend": ("frontend", "?"),
+    "outcome": ("outcome", "?"),
+    "error_type": ("error_type", "?"),
+    "duration": ("duration_ms", "? * 1000.0"),
+    "cached": ("cached", "?"),
+    "trace_id": ("trace_id", f"replace(?, '{'0' * 32}', '')"),  # 0: not traced
+    "span_id": ("span_id", f"replace(?, '{'0' * 16}', '')"),
+    "output": ("output", "?"),
+}
+_ROW_CACHED = ROW_FIELDS.index("cached")
+#: A row's trace and span ids, and their lengths in bytes (made hex by the writer).
+_ROW_IDS = ((ROW_FIELDS.index("trace_id"), 16), (ROW_FIELDS.index("span_id"), 8))
+#: A row's values None in most rows: `error_type` (calls that succeed), `output` (kept only
+#: when asked for) and `input` (with `SEL_HISTORY_INPUT=none`). sqlite3 binds None only after
+#: looking for an adapter, 0.2 µs a value: a statement whose rows all have None there writes
+#: the literal NULL, and one whose rows do not binds 0 for None, which `NULLIF(?, 0)` makes
+#: NULL again (these text columns never hold an integer).
+_ROW_SPARSE = tuple(ROW_FIELDS.index(field) for field in ("input", "error_type", "output"))
 #: The outcome index holds failures and refusals only: most calls succeed, and their rows skip
 #: it. A query for one of these outcomes repeats the term, so that SQLite may use the index;
 #: one for successes walks the time index until it has found enough.
@@ -60,8 +88,10 @@ DROP INDEX IF EXISTS history_outcome;
 CREATE INDEX IF NOT EXISTS history_not_ok ON history (outcome, time) WHERE {_NOT_OK};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
-#: Rows inserted by one statement (64 rows of 14 values, well under SQLite's 32,766).
-ROWS_PER_INSERT = 64
+#: Rows inserted by one statement of `write_rows`, at most; fewer go by statements of powers
+#: of two, so that the connection caches a few only. More rows a statement cost more to prepare
+#: (again after each ANALYZE: 27 ms for 1,024) and no less to run.
+ROWS_PER_INSERT = 128
 _HAS_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'history'"
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM history"
 #: Page cache of the writer's connection, in KiB.
@@ -74,7 +104,6 @@ class SqliteHistoryStore(HistoryStore):
     """History in the SQLite file `path` (created with its directory, private to the user)."""
 
     name = "sqlite"
-    takes_rows = True  # bound by position
 
     def __init__(
         self,
@@ -93,17 +122,30 @@ class SqliteHistoryStore(HistoryStore):
         self._analyzed = 0  # rows when the index statistics were last gathered
 
     def write(self, entries: Sequence[HistoryEntry]) -> None:
+        """Keep `entries` (a statement per entry: the writer thread's rows go by `write_rows`)."""
+        self._write(
+            len(entries),
+            lambda connection: connection.executemany(_INSERT_ENTRY, entries),
+        )
+
+    def write_rows(self, rows: Sequence[Row], format: RowFormat) -> None:
+        def insert(connection: sqlite3.Connection) -> None:
+            start = 0
+            while start < len(rows):
+                count = min(ROWS_PER_INSERT, 1 << (len(rows) - start).bit_length() - 1)
+                sql, values = _insert_rows(rows[start : start + count], format)
+                connection.execute(sql, values)
+                start += count
+
+        self._write(len(rows), insert)
+
+    def _write(self, count: int, insert: Callable[[sqlite3.Connection], object]) -> None:
+        """Insert `count` entries with `insert`, and apply retention, in one transaction."""
         connection = self._connection or self._open()
         try:
             connection.execute("BEGIN IMMEDIATE")
-            for start in range(0, len(entries), ROWS_PER_INSERT):
-                rows = entries[start : start + ROWS_PER_INSERT]
-                values: list[Any] = list(itertools.chain.from_iterable(rows))
-                # `cached` as an int: sqlite3 binds a bool only after looking for an adapter,
-                # which costs more per row than this conversion.
-                values[_CACHED :: len(_COLUMNS)] = map(int, values[_CACHED :: len(_COLUMNS)])
-                connection.execute(_insert(len(rows)), values)
-            self._rows += len(entries)
+            insert(connection)
+            self._rows += count
             self._prune(connection)
             if self._rows > 2 * self._analyzed + 1000:
                 self._analyze(connection)
@@ -192,11 +234,49 @@ class SqliteHistoryStore(HistoryStore):
             self._rows = max(self._rows - excess, 0)
 
 
+_INSERT_ENTRY = (
+    f"INSERT INTO history ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+)
+_ZERO_FOR_NONE = {None: 0}.get
+
+
+def _insert_rows(rows: Sequence[Row], format: RowFormat) -> tuple[str, list[Any]]:
+    """The INSERT of `rows`, and the values it binds (converted in bulk, by C loops)."""
+    width = len(ROW_FIELDS)
+    values: list[Any] = [format.prefix, format.instance]
+    values += itertools.chain.from_iterable(rows)
+    first = len(values) - len(rows) * width  # the first row's first value
+    # `cached` as an int: sqlite3 binds a bool, as None, after looking for an adapter.
+    cached = slice(first + _ROW_CACHED, None, width)
+    values[cached] = map(int, values[cached])
+    for column, size in _ROW_IDS:
+        ids = slice(first + column, None, width)
+        values[ids] = map(bytes.hex, map(int.to_bytes, values[ids], itertools.repeat(size)))
+    null = 0
+    for bit, column in enumerate(_ROW_SPARSE):
+        sparse = slice(first + column, None, width)
+        found = values[sparse]
+        if found.count(None) == len(found):
+            null |= 1 << bit
+        else:
+            values[sparse] = map(_ZERO_FOR_NONE, found, found)
+    for bit, column in reversed([*enumerate(_ROW_SPARSE)]):  # the last first: offsets hold
+        if null & 1 << bit:
+            del values[first + column :: width]
+            width -= 1
+    return _insert_rows_sql(len(rows), null), values
+
+
 @functools.cache
-def _insert(rows: int) -> str:
-    """An INSERT of `rows` rows (a statement per count: the connection caches each)."""
-    row = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
-    return f"INSERT INTO history ({', '.join(_COLUMNS)}) VALUES " + ", ".join([row] * rows)
+def _insert_rows_sql(rows: int, null: int) -> str:
+    """An INSERT of `rows` rows, NULL in the `_ROW_SPARSE` columns whose bit is set in `null`
+    (a statement per shape: the connection caches each)."""
+    terms = [_ROW_TERMS[field][1] for field in ROW_FIELDS]
+    for bit, column in enumerate(_ROW_SPARSE):
+        terms[column] = "NULL" if null & 1 << bit else f"NULLIF({terms[column]}, 0)"
+    row = f"(?2, {', '.join(terms)})"  # ?2 first: a plain ? after it is ?3
+    columns = ", ".join(["instance", *(_ROW_TERMS[field][0] for field in ROW_FIELDS)])
+    return f"INSERT INTO history ({columns}) VALUES " + ", ".join([row] * rows)
 
 
 def _conditions(query: HistoryQuery) -> tuple[str, list[Any]]:

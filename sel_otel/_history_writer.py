@@ -7,31 +7,27 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from . import _semconv as names
 
 if TYPE_CHECKING:
-    from ._history import HistoryEntry, HistorySink
+    from ._history import HistoryEntry, HistorySink, Row, RowFormat
 
 logger = logging.getLogger(__name__)
 
 #: Entries written at once; this many pending wakes the writer before its interval is up.
-BATCH = 1000
+BATCH = 1024
 
 #: Called with the store's name, the error type and how many entries were dropped.
 OnDropped = Callable[[str, str, int], None]
-#: An entry as it is queued: a `HistoryEntry`'s fields, in order, in a plain tuple. Python's
-#: garbage collector stops tracking a plain tuple of strings and numbers at its first pass, not
-#: a named tuple: thousands of pending named tuples would be walked by every full collection.
-Row = tuple[Any, ...]
 
 
 class BatchWriter:
     """Writes the entries `put` on the event loop to one sink, on a daemon thread of its own.
 
     `put` never blocks: it appends a row to a queue of at most `max_pending` entries, and
-    drops (and counts) what does not fit; `entry` makes the sink's entries of the rows. The
+    drops (and counts) what does not fit; the sink is given the rows and their `format`. The
     thread writes what is pending every `interval` seconds, as soon as `BATCH` entries are
     pending, on `flush`, and when stopped. A failed write drops its batch: counted by
     `on_dropped`, logged once until a write succeeds.
@@ -43,10 +39,10 @@ class BatchWriter:
         interval: float,
         max_pending: int,
         on_dropped: OnDropped,
-        entry: Callable[[Row], HistoryEntry],
+        format: RowFormat,
     ) -> None:
         self.sink = sink
-        self._entry = entry
+        self._format = format
         self._interval = interval
         self._max_pending = max_pending
         self._on_dropped = on_dropped
@@ -89,7 +85,7 @@ class BatchWriter:
         each is either here, or in the sink already when this returns."""
         pending = list(self._pending)  # copied in C, under the GIL: no pop interleaves
         rows = [*self._writing, *pending]  # read second: a batch gone from it is written
-        return [*map(self._entry, rows)]
+        return [*map(self._format.entry, rows)]
 
     def flush(self, timeout: float) -> bool:
         """Wait until every entry put so far is written (or dropped); False after `timeout`."""
@@ -140,10 +136,7 @@ class BatchWriter:
             for _ in batch:
                 pending.popleft()
             try:
-                if self.sink.takes_rows:  # no named tuple to make, and collect, per row
-                    self.sink.write(cast("list[HistoryEntry]", batch))
-                else:
-                    self.sink.write([*map(self._entry, batch)])
+                self.sink.write_rows(batch, self._format)
             except Exception as exc:
                 self._on_dropped(self.sink.name, type(exc).__qualname__, len(batch))
                 if not self._failing:

@@ -21,6 +21,7 @@ from sel_otel._history import (
     HistoryQuery,
     HistoryReader,
     HistoryStore,
+    RowFormat,
 )
 from sel_otel._history_sqlite import SqliteHistoryStore
 from sel_otel._redact import scrub
@@ -67,6 +68,29 @@ def test_entries_are_read_back_newest_first_with_every_field(
     store.write(written)
     assert store.query(HistoryQuery()) == written[::-1]
     assert store.query(HistoryQuery(limit=2)) == written[:0:-1]
+
+
+def test_queued_rows_read_back_as_the_entries_their_format_makes(
+    store: SqliteHistoryStore,
+) -> None:
+    """The writer thread's rows are converted in bulk, by SQL and C loops: each field reads back
+    as `RowFormat.entry` makes it, whatever mix of None and text a statement holds."""
+    row_format = RowFormat("a1b2c3", "instance-a")
+    trace_id, span_id = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
+    rows: list[tuple[object, ...]] = [
+        (n, 2_000_000.0 + n, "echo", f"input {n}", "alice", "cli", "ok", None, 0.0125, n % 2 == 0,
+         trace_id + n, span_id + n, None)
+        for n in range(300)  # statements of 128, 128, 32, 8 and 4 rows
+    ]  # fmt: skip
+    rows[5] = (5, 2_000_005.0, "echo", None, None, None, "error", "timeout", 1.0, False, 0, 0, "")
+    rows[6] = (6, 2_000_006.0, "echo", "0", "0", "0", "refused", "0", 0.0, False, 1, 1, "0")
+    rows[299] = (299, 2_000_299.0, "echo", "", "", "", "ok", None, 2.5, True, 2**128 - 1, 1, "out")
+    store.write_rows(rows, row_format)
+    expected = [row_format.entry(row) for row in rows]
+    assert store.query(HistoryQuery(limit=1000)) == expected[::-1]
+    assert (expected[5].trace_id, expected[5].span_id, expected[5].output) == ("", "", "")
+    assert expected[0].id == "a1b2c3-0" and expected[299].id == "a1b2c3-12b"
+    assert expected[299].trace_id == "f" * 32 and expected[299].duration_ms == 2500.0
 
 
 def test_the_file_is_in_wal_mode_and_private_to_the_user(store: SqliteHistoryStore) -> None:
