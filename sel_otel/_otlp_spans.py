@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
-from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode
+from opentelemetry.trace import DEFAULT_TRACE_STATE, Link, SpanContext, SpanKind, StatusCode
 from opentelemetry.util.types import Attributes
 
 from ._span_fields import FIELDS_READABLE, dropped, items, plain
@@ -264,7 +264,7 @@ class SpanEncoder:
         assert span_context is not None  # an ended SDK span
         trace_id, span_id, _, _, trace_state, _ = span_context
         parts = [_ids(_TRACE_ID_TAG, trace_id >> 64, trace_id & _LOW64, _SPAN_ID_TAG, span_id)]
-        if trace_state:
+        if trace_state is not DEFAULT_TRACE_STATE and trace_state:
             parts.append(_field(b"\x1a", _text(trace_state.to_header())))
         parent = span._parent
         if parent is not None:
@@ -292,16 +292,8 @@ class SpanEncoder:
         elif attributes:
             parts.append(self._span_attributes.encode(attributes))
         events, links = span._events, span._links
-        if items(events):
-            for event in items(events):
-                parts.append(_field(b"\x5a", self._event(event)))
-            if dropped(events):
-                parts.append(b"\x60" + _varint(dropped(events)))
-        if items(links):
-            for link in items(links):
-                parts.append(_field(b"\x6a", self._link(link)))
-            if dropped(links):
-                parts.append(b"\x70" + _varint(dropped(links)))
+        if events or links:  # a BoundedList of them, or a tuple, mostly empty
+            self._extras(span, parts)
         status = span._status
         if status._description:
             code = _STATUS_CODES[id(status._status_code)]
@@ -310,6 +302,18 @@ class SpanEncoder:
             parts.append(_STATUSES[id(status._status_code)])
         parts.append(_REMOTE_FLAGS if parent is not None and parent[2] else _LOCAL_FLAGS)
         out.append(_field(b"\x12", b"".join(parts)))
+
+    def _extras(self, span: ReadableSpan, parts: list[bytes]) -> None:
+        """The span's events and links (fields 11 to 14) appended to `parts`."""
+        events, links = span._events, span._links
+        for event in items(events):
+            parts.append(_field(b"\x5a", self._event(event)))
+        if dropped(events):
+            parts.append(b"\x60" + _varint(dropped(events)))
+        for link in items(links):
+            parts.append(_field(b"\x6a", self._link(link)))
+        if dropped(links):
+            parts.append(b"\x70" + _varint(dropped(links)))
 
     def _event(self, event: Event) -> bytes:
         body = b"\x09" + _fixed64(event.timestamp) if event.timestamp else b""

@@ -126,8 +126,10 @@ class ScrubbingSpanExporter(SpanExporter):
             if kind is str:
                 if value not in clean and key not in trusted:
                     return False
-            elif kind is tuple or kind is list:
-                return False
+            elif (kind is tuple or kind is list) and key not in trusted:
+                for item in value:  # type: ignore[union-attr]
+                    if type(item) is str and item not in clean:
+                        return False
         return True
 
     def _text(self, text: str, where: str, found: list[str]) -> str:

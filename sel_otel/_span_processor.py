@@ -234,7 +234,12 @@ class PrioritySpanProcessor(SpanProcessor):
         room = self._batch
         for outcome, queue in enumerate(self._queues):
             count = min(room, len(queue))
-            batch += (queue.popleft() for _ in range(count))
+            if count == len(queue):
+                batch += queue
+                queue.clear()
+            else:
+                pop = queue.popleft
+                batch += [pop() for _ in range(count)]
             self._processed[outcome] += count
             room -= count
             if not room:

@@ -148,17 +148,23 @@ def test_values_seen_clean_before_do_not_let_a_new_secret_through() -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exported))
     tracer = provider.get_tracer("any.library")
-    clean: dict[str, AttributeValue] = {"url.full": "https://example.com/a", "ok": True}
-    for attributes in (clean, clean, {**clean, "note": f"token {TOKEN}"}):
+    clean: dict[str, AttributeValue] = {
+        "url.full": "https://example.com/a", "ok": True, "args": ("ls", "-l")
+    }  # fmt: skip
+    secrets: list[dict[str, AttributeValue]] = [
+        {**clean, "note": f"token {TOKEN}"}, {**clean, "args": ("ls", f"token {TOKEN}")}
+    ]  # fmt: skip
+    for attributes in (clean, clean, *secrets):
         tracer.start_span("call", attributes=attributes).end()
-    first, second, third = exported.get_finished_spans()
+    first, second, *scrubbed = exported.get_finished_spans()
     scrubber = ScrubbingSpanExporter(InMemorySpanExporter())
     assert scrubber.scrubbed(first) is first
     assert scrubber.scrubbed(second) is second  # from what it remembers
-    scrubbed = scrubber.scrubbed(third)
-    assert scrubbed.attributes is not None
-    assert TOKEN not in str(scrubbed.attributes)
-    assert _scrubbed(scrubbed) == ["note: auth_scheme"]
+    for span, where in zip(scrubbed, ("note", "args"), strict=True):
+        copy = scrubber.scrubbed(span)
+        assert copy.attributes is not None
+        assert TOKEN not in str(copy.attributes)
+        assert _scrubbed(copy) == [f"{where}: auth_scheme"]
 
 
 @pytest.mark.parametrize(
