@@ -24,7 +24,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
-from sel_otel._otlp_spans import SpanEncoder
+from sel_otel._otlp_spans import EnvironmentOnceSession, FastOTLPSpanExporter, SpanEncoder
 from sel_otel._span_fields import FIELDS_READABLE
 
 
@@ -155,3 +155,23 @@ def test_a_value_protobuf_cannot_hold_is_left_to_the_sdk(
     provider.get_tracer("t").start_span("span", attributes={"odd": value, "k": "v"}).end()  # type: ignore[dict-item]
     [span] = exporter.get_finished_spans()
     assert SpanEncoder().encode([span]) == encode_spans([span]).SerializePartialToString()
+
+
+def test_the_exporter_session_reads_the_environment_once_and_keeps_its_proxies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "local.example")
+    exporter = FastOTLPSpanExporter(endpoint="http://collector.example:4318/v1/traces")
+    session = exporter._client._transport._session  # type: ignore[attr-defined]
+    assert isinstance(session, EnvironmentOnceSession)
+    url = "http://collector.example:4318/v1/traces"
+    first = session.merge_environment_settings(url, {}, None, True, None)
+    assert first["proxies"]["http"] == "http://proxy.example:3128"
+    first["proxies"].clear()  # a caller's change stays its own
+    monkeypatch.setenv("HTTP_PROXY", "http://other.example:3128")
+    again = session.merge_environment_settings(url, {}, None, True, None)
+    assert again["proxies"]["http"] == "http://proxy.example:3128"
+    bypassed = session.merge_environment_settings("http://local.example/", {}, None, True, None)
+    assert "http" not in bypassed["proxies"]
+    exporter.shutdown()  # type: ignore[no-untyped-call]
