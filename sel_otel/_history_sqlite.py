@@ -4,17 +4,18 @@ Writes come from one writer thread, a batch per transaction, inserted by stateme
 `ROWS_PER_INSERT` rows (and a rest by powers of two): SQLite runs each in one step, so the
 thread gives up Python's lock (the GIL) and waits for it back once per statement, not once per
 row; a busy event loop hands it back only once per switch interval, 5 ms. The values of the
-queued rows are converted in bulk, by C loops and by SQL terms, and no None is bound (see
-`_ROW_SPARSE`). Retention runs with each write: entries older than `max_age` go, and the oldest
-go while there are more than `max_rows`. Queries open a read-only connection of their own: WAL
-lets them read while the writer writes, in this process or another (`sel-otel history`
-reading the bot's file).
+queued rows are converted in bulk, column by column, and no None is bound (see `_ROW_SPARSE`).
+Retention runs with each write: entries older than `max_age` go, and the oldest go while there
+are more than `max_rows`. Queries open a read-only connection of their own: WAL lets them read
+while the writer writes, in this process or another (`sel-otel history` reading the bot's
+file).
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import operator
 import os
 import sqlite3
 import time
@@ -32,27 +33,23 @@ _COLUMNS = (
     "id", "time", "agent", "input", "user_id", "frontend", "outcome", "error_type",
     "duration_ms", "cached", "instance", "trace_id", "span_id", "output",
 )  # fmt: skip
-#: How `write_rows` inserts a `Row`: for each of its fields, the column it goes to and the SQL
-#: term that makes the column's value of it. ?1 and ?2, bound once a statement, are the id
-#: prefix and the instance; SQLite makes the ids and the milliseconds, without the GIL.
-_ROW_TERMS = {
-    "count": ("id", "printf('%s-%x', ?1, ?)"),
-    "time": ("time", "?"),
-    "agent": ("agent", "?"),
-    "input": ("input", "?"),
-    "user": ("user_id", "?"),
-    "frontend": ("frontend", "?"),
-    "outcome": ("outcome", "?"),
-    "error_type": ("error_type", "?"),
-    "duration": ("duration_ms", "? * 1000.0"),
-    "cached": ("cached", "?"),
-    "trace_id": ("trace_id", f"replace(?, '{'0' * 32}', '')"),  # 0: not traced
-    "span_id": ("span_id", f"replace(?, '{'0' * 16}', '')"),
-    "output": ("output", "?"),
+#: The column of each field of a `Row` (`write_rows`); the instance, the same in every row, is
+#: bound once a statement, as ?1.
+_ROW_COLUMNS = {
+    "count": "id",
+    "time": "time",
+    "agent": "agent",
+    "input": "input",
+    "user": "user_id",
+    "frontend": "frontend",
+    "outcome": "outcome",
+    "error_type": "error_type",
+    "duration": "duration_ms",
+    "cached": "cached",
+    "trace_id": "trace_id",
+    "span_id": "span_id",
+    "output": "output",
 }
-_ROW_CACHED = ROW_FIELDS.index("cached")
-#: A row's trace and span ids, and their lengths in bytes (made hex by the writer).
-_ROW_IDS = ((ROW_FIELDS.index("trace_id"), 16), (ROW_FIELDS.index("span_id"), 8))
 #: A row's values None in most rows: `error_type` (calls that succeed), `output` (kept only
 #: when asked for) and `input` (with `SEL_HISTORY_INPUT=none`). sqlite3 binds None only after
 #: looking for an adapter, 0.2 µs a value: a statement whose rows all have None there writes
@@ -241,28 +238,39 @@ _ZERO_FOR_NONE = {None: 0}.get
 
 
 def _insert_rows(rows: Sequence[Row], format: RowFormat) -> tuple[str, list[Any]]:
-    """The INSERT of `rows`, and the values it binds (converted in bulk, by C loops)."""
+    """The INSERT of `rows`, and the values it binds, converted column by column by C loops:
+    plain values bind fastest (SQL functions such as printf cost SQLite more, per row)."""
     width = len(ROW_FIELDS)
-    values: list[Any] = [format.prefix, format.instance]
+    values: list[Any] = [format.instance]
     values += itertools.chain.from_iterable(rows)
-    first = len(values) - len(rows) * width  # the first row's first value
+
+    def column(field: str) -> slice:
+        return slice(1 + ROW_FIELDS.index(field), None, width)
+
+    ids = column("count")
+    values[ids] = map(f"{format.prefix}-{{:x}}".format, values[ids])
+    durations = column("duration")
+    values[durations] = map(operator.mul, values[durations], itertools.repeat(1000.0))
     # `cached` as an int: sqlite3 binds a bool, as None, after looking for an adapter.
-    cached = slice(first + _ROW_CACHED, None, width)
+    cached = column("cached")
     values[cached] = map(int, values[cached])
-    for column, size in _ROW_IDS:
-        ids = slice(first + column, None, width)
-        values[ids] = map(bytes.hex, map(int.to_bytes, values[ids], itertools.repeat(size)))
+    for field, size in (("trace_id", 16), ("span_id", 8)):
+        numbers = values[column(field)]
+        hexes = [*map(bytes.hex, map(int.to_bytes, numbers, itertools.repeat(size)))]
+        if 0 in numbers:  # not traced
+            hexes = [text if number else "" for number, text in zip(numbers, hexes, strict=True)]
+        values[column(field)] = hexes
     null = 0
-    for bit, column in enumerate(_ROW_SPARSE):
-        sparse = slice(first + column, None, width)
+    for bit, index in enumerate(_ROW_SPARSE):
+        sparse = slice(1 + index, None, width)
         found = values[sparse]
         if found.count(None) == len(found):
             null |= 1 << bit
         else:
             values[sparse] = map(_ZERO_FOR_NONE, found, found)
-    for bit, column in reversed([*enumerate(_ROW_SPARSE)]):  # the last first: offsets hold
+    for bit, index in reversed([*enumerate(_ROW_SPARSE)]):  # the last first: offsets hold
         if null & 1 << bit:
-            del values[first + column :: width]
+            del values[1 + index :: width]
             width -= 1
     return _insert_rows_sql(len(rows), null), values
 
@@ -271,11 +279,11 @@ def _insert_rows(rows: Sequence[Row], format: RowFormat) -> tuple[str, list[Any]
 def _insert_rows_sql(rows: int, null: int) -> str:
     """An INSERT of `rows` rows, NULL in the `_ROW_SPARSE` columns whose bit is set in `null`
     (a statement per shape: the connection caches each)."""
-    terms = [_ROW_TERMS[field][1] for field in ROW_FIELDS]
-    for bit, column in enumerate(_ROW_SPARSE):
-        terms[column] = "NULL" if null & 1 << bit else f"NULLIF({terms[column]}, 0)"
-    row = f"(?2, {', '.join(terms)})"  # ?2 first: a plain ? after it is ?3
-    columns = ", ".join(["instance", *(_ROW_TERMS[field][0] for field in ROW_FIELDS)])
+    terms = ["?"] * len(ROW_FIELDS)
+    for bit, index in enumerate(_ROW_SPARSE):
+        terms[index] = "NULL" if null & 1 << bit else "NULLIF(?, 0)"
+    row = f"(?1, {', '.join(terms)})"  # ?1 first: a plain ? after it is ?2
+    columns = ", ".join(["instance", *(_ROW_COLUMNS[field] for field in ROW_FIELDS)])
     return f"INSERT INTO history ({columns}) VALUES " + ", ".join([row] * rows)
 
 
