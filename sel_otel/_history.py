@@ -304,22 +304,41 @@ class History:
         duration: float,
         attributes: Mapping[str, str | bool],
         output: str | None,
+        *,
+        refused: bool = False,
     ) -> None:
         """Record a call of `agent` that took `duration` seconds and ended now, whose span is
-        `span` and whose metric attributes are `attributes` (`sel.cache.hit`, `error.type`)."""
+        `span` and whose metric attributes are `attributes` (`sel.cache.hit`, `error.type`);
+        one `refused` by the bot's checks when that is true."""
+        # On every call, on the event loop, in one function: the raw values only (see `Row`);
+        # ids, hex and milliseconds are made by the writer threads, in bulk where a sink can.
+        context = span.get_span_context()
+        trace_id, span_id = context.trace_id, context.span_id
+        if trace_id == INVALID_TRACE_ID or span_id == INVALID_SPAN_ID:  # `is_valid`, inlined
+            trace_id = span_id = 0
         error_type = attributes.get(names.ERROR_TYPE)
-        self._record(
+        if error_type is None:
+            outcome = names.OUTCOME_OK
+        else:
+            outcome = names.OUTCOME_REFUSED if refused else names.OUTCOME_ERROR
+            error_type = str(error_type)
+        row = (
+            next(self._count),
+            time.time() - duration,
             agent,
-            query,
+            self.policy.input(query),
             user,
             frontend,
-            names.OUTCOME_OK if error_type is None else names.OUTCOME_ERROR,
-            error_type if isinstance(error_type, str) else None,
+            outcome,
+            error_type,
             duration,
             attributes.get(names.SEL_CACHE_HIT) is True,
-            span,
-            self.policy.output(output),
+            trace_id,
+            span_id,
+            None if output is None else self.policy.output(output),
         )
+        for writer in self._writers:
+            writer.put(row)
 
     def record_refusal(
         self,
@@ -331,46 +350,8 @@ class History:
         span: trace.Span,
     ) -> None:
         """Record that `user` was refused a call of `agent` for `reason` (its `error_type`)."""
-        self._record(
-            agent, query, user, frontend, names.OUTCOME_REFUSED, reason, 0.0, False, span, None
-        )
-
-    def _record(
-        self,
-        agent: str,
-        query: str,
-        user: str | None,
-        frontend: str | None,
-        outcome: str,
-        error_type: str | None,
-        duration: float,
-        cached: bool,
-        span: trace.Span,
-        output: str | None,
-    ) -> None:
-        context = span.get_span_context()
-        trace_id, span_id = context.trace_id, context.span_id
-        if trace_id == INVALID_TRACE_ID or span_id == INVALID_SPAN_ID:  # `is_valid`, inlined
-            trace_id = span_id = 0
-        # On every call, on the event loop: the raw values only (see `Row`); ids, hex and
-        # milliseconds are made by the writer threads, in bulk where a sink can.
-        row = (
-            next(self._count),
-            time.time() - duration,
-            agent,
-            self.policy.input(query),
-            user,
-            frontend,
-            outcome,
-            error_type,
-            duration,
-            cached,
-            trace_id,
-            span_id,
-            output,
-        )
-        for writer in self._writers:
-            writer.put(row)
+        refusal = {names.ERROR_TYPE: reason}
+        self.record_call(agent, query, user, frontend, span, 0.0, refusal, None, refused=True)
 
     async def query(self, query: HistoryQuery) -> HistoryPage:
         """The entries `query` asks for, from every store; this process's own are there as
