@@ -9,7 +9,9 @@ of its own (called in turn, as a deployment's several users would):
 
 The processes take turns call by call, the order rotating, so that all three are measured
 under the same load: on a shared machine the load changes from second to second, and
-processes measured one after the other differed by more than the telemetry costs.
+processes measured one after the other differed by more than the telemetry costs. (CPU
+time per call is higher than in a process running alone: each turn starts with caches the
+other processes have used, alike for all three.)
 
 Every call misses the cache. Prints the median round trip (target <= 10 ms) and the client
 process's CPU time per call (all its threads over the calls, span export included), as
