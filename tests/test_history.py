@@ -80,7 +80,7 @@ def test_queued_rows_read_back_as_the_entries_their_format_makes(
     rows: list[tuple[object, ...]] = [
         (n, 2_000_000.0 + n, "echo", f"input {n}", "alice", "cli", "ok", None, 0.0125, n % 2 == 0,
          trace_id + n, span_id + n, None)
-        for n in range(300)  # statements of 128, 128, 32, 8 and 4 rows
+        for n in range(300)  # statements of 256, 32, 8 and 4 rows
     ]  # fmt: skip
     rows[5] = (5, 2_000_005.0, "echo", None, None, None, "error", "timeout", 1.0, False, 0, 0, "")
     rows[6] = (6, 2_000_006.0, "echo", "0", "0", "0", "refused", "0", 0.0, False, 1, 1, "0")
