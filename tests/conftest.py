@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from sel_otel import AgentRegistry, AgentRuntime, Settings, stats_reader
+from sel_otel import (
+    AgentRegistry,
+    AgentRuntime,
+    LRUMemoryCache,
+    ResultCache,
+    Settings,
+    Telemetry,
+    stats_reader,
+)
 from sel_otel._app import cache_from_settings
 from sel_otel._metric_data import data_points
 
@@ -69,6 +77,39 @@ def _private_data_dir(
     """Every test, and every process it starts, keeps its data (the execution history) in a
     directory of its own, never in the user's."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture
+def clean_otel_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """This process's environment without the OTEL_* variables of whoever runs the tests, for
+    the providers `Telemetry.from_env` builds: a test sets what it needs."""
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+ECHO_AGENT = "DESCRIPTION = 'echo'\ndef run(q):\n    return q\n"
+
+
+def process_runtime(
+    agents: Path,
+    telemetry: Telemetry,
+    sources: Mapping[str, str] | None = None,
+    *,
+    cache_entries: int = 10,
+) -> AgentRuntime:
+    """A runtime reporting to a process's `telemetry`, over agents written into `agents` from
+    `sources` (name to code; an echo agent by default), with a memory cache."""
+    for name, source in (sources or {"echo": ECHO_AGENT}).items():
+        (agents / f"{name}.py").write_text(source)
+    registry = AgentRegistry(agents)
+    registry.reload()
+    return AgentRuntime(
+        registry,
+        ResultCache(LRUMemoryCache(cache_entries)),
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+    )
 
 
 @pytest.fixture

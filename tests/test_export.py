@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,41 +16,22 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.sdk.metrics.export import NumberDataPoint
 
 from sel_otel import (
-    AgentRegistry,
-    AgentRuntime,
     ConfigError,
-    LRUMemoryCache,
-    ResultCache,
     Telemetry,
     read_stats,
 )
 from sel_otel._metric_data import data_points, metrics
 
-from .conftest import CLI, cli_environment
+from .conftest import CLI, cli_environment, process_runtime
 from .otlp_receiver import OtlpReceiver, ReceivedSpan
 
 
 @pytest.fixture
-def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+def otel_env(clean_otel_env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """A clean OTEL_* environment with fast batching, for providers built from it."""
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
-    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "200")
-    yield monkeypatch
-
-
-def make_runtime(agents: Path, telemetry: Telemetry) -> AgentRuntime:
-    (agents / "echo.py").write_text("DESCRIPTION = 'echo'\ndef run(q):\n    return q\n")
-    registry = AgentRegistry(agents)
-    registry.reload()
-    return AgentRuntime(
-        registry,
-        ResultCache(LRUMemoryCache(10)),
-        tracer_provider=telemetry.tracer_provider,
-        meter_provider=telemetry.meter_provider,
-    )
+    clean_otel_env.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    clean_otel_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "200")
+    return clean_otel_env
 
 
 def sdk_counter(telemetry: Telemetry, name: str, error_type: str) -> int:
@@ -97,7 +77,7 @@ async def test_spans_and_metrics_reach_an_otlp_http_receiver_with_the_resource(
     otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
     otel_env.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
     telemetry = Telemetry.from_env()
-    runtime = make_runtime(tmp_path, telemetry)
+    runtime = process_runtime(tmp_path, telemetry)
     for _ in range(3):
         await runtime.run("echo", "hello")
     await runtime.aclose()
@@ -148,7 +128,7 @@ async def test_spans_reach_an_otlp_grpc_receiver(
         otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
         otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.port}")
         telemetry = Telemetry.from_env()
-        runtime = make_runtime(tmp_path, telemetry)
+        runtime = process_runtime(tmp_path, telemetry)
         await runtime.run("echo", "over grpc")
         await runtime.aclose()
         telemetry.shutdown(timeout=30)
@@ -172,7 +152,7 @@ async def test_calls_succeed_whatever_the_collector_does_and_exit_stays_prompt(
     }
     faults[fault]()
     telemetry = Telemetry.from_env()
-    runtime = make_runtime(tmp_path, telemetry)
+    runtime = process_runtime(tmp_path, telemetry)
     results = [await runtime.run("echo", str(i % 50)) for i in range(500)]
     assert all(r.ok for r in results)
     # The queue is bounded: what does not fit is dropped, and counted; the SDK's per-span
@@ -196,7 +176,7 @@ async def test_a_trace_endpoint_that_hangs_at_exit_does_not_cost_the_last_metric
         otel_env.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", otlp_receiver.metrics_url)
         otel_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "60000")  # only the final flush sends
         telemetry = Telemetry.from_env()
-        runtime = make_runtime(tmp_path, telemetry)
+        runtime = process_runtime(tmp_path, telemetry)
         assert (await runtime.run("echo", "x")).ok
         await runtime.aclose()
         started = time.monotonic()
@@ -211,7 +191,7 @@ async def test_a_disabled_sdk_exports_nothing_and_the_stats_still_count(
     otel_env.setenv("OTEL_SDK_DISABLED", "true")
     otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
     telemetry = Telemetry.from_env()
-    runtime = make_runtime(tmp_path, telemetry)
+    runtime = process_runtime(tmp_path, telemetry)
     for _ in range(3):
         assert (await runtime.run("echo", "x")).ok
     [row] = read_stats(telemetry.stats_reader)
@@ -228,7 +208,7 @@ async def test_export_resumes_when_the_collector_comes_back(
     otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
     otlp_receiver.stop()
     telemetry = Telemetry.from_env()
-    runtime = make_runtime(tmp_path, telemetry)
+    runtime = process_runtime(tmp_path, telemetry)
     assert all([(await runtime.run("echo", "while down")).ok for _ in range(20)])
     otlp_receiver.start()
     deadline = time.monotonic() + 20
@@ -324,7 +304,7 @@ async def test_sampled_out_traces_still_count_in_the_stats(
     otel_env.setenv("OTEL_TRACES_SAMPLER", "traceidratio")
     otel_env.setenv("OTEL_TRACES_SAMPLER_ARG", "0.1")
     telemetry = Telemetry.from_env()
-    runtime = make_runtime(tmp_path, telemetry)
+    runtime = process_runtime(tmp_path, telemetry)
     for i in range(300):
         await runtime.run("echo", str(i))
     [row] = read_stats(telemetry.stats_reader)

@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
-from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache, Telemetry, read_stats
+from sel_otel import Telemetry, read_stats
 from sel_otel import _semconv as names
 
+from .conftest import process_runtime
 from .otlp_receiver import OtlpReceiver
 
 
 @pytest.fixture
-def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
-    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "50")
-    yield monkeypatch
-
-
-def make_runtime(agents: Path, telemetry: Telemetry) -> AgentRuntime:
-    (agents / "echo.py").write_text("DESCRIPTION = 'echo'\ndef run(q):\n    return q\n")
-    registry = AgentRegistry(agents)
-    registry.reload()
-    return AgentRuntime(
-        registry,
-        ResultCache(LRUMemoryCache(10)),
-        tracer_provider=telemetry.tracer_provider,
-        meter_provider=telemetry.meter_provider,
-    )
+def otel_env(clean_otel_env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    clean_otel_env.setenv("OTEL_TRACES_EXPORTER", "none")
+    clean_otel_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "50")
+    return clean_otel_env
 
 
 def exported_calls(metric: Metric) -> int:
@@ -64,7 +48,7 @@ async def test_the_stats_stay_exact_while_metrics_are_exported(
     otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
     otel_env.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", preference)
     telemetry = Telemetry.from_env()
-    runtime = make_runtime(tmp_path, telemetry)
+    runtime = process_runtime(tmp_path, telemetry)
     done = 0
     for calls in (30, 50):
         while done < calls:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -192,13 +191,10 @@ def test_only_what_our_scopes_scrubbed_at_the_source_is_not_scrubbed_again(
 
 
 @pytest.fixture
-def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+def otel_env(clean_otel_env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """A clean OTEL_* environment with fast batching."""
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
-    yield monkeypatch
+    clean_otel_env.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    return clean_otel_env
 
 
 async def test_spans_exported_over_otlp_by_the_process_telemetry_are_scrubbed(

@@ -4,20 +4,19 @@ what is dropped is counted, by outcome."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.metrics.export import NumberDataPoint
 from opentelemetry.trace import StatusCode
 
-from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache, Telemetry
+from sel_otel import AgentRuntime, Telemetry
 from sel_otel import _semconv as names
 from sel_otel._metric_data import data_points
 
+from .conftest import process_runtime
 from .otlp_receiver import OtlpReceiver
 
 AGENTS = {
@@ -27,26 +26,14 @@ AGENTS = {
 
 
 @pytest.fixture
-def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+def otel_env(clean_otel_env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """A clean OTEL_* environment: the span processor's defaults, no metric export."""
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
-    yield monkeypatch
+    clean_otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+    return clean_otel_env
 
 
 def make_runtime(agents: Path, telemetry: Telemetry) -> AgentRuntime:
-    for name, source in AGENTS.items():
-        (agents / f"{name}.py").write_text(source)
-    registry = AgentRegistry(agents)
-    registry.reload()
-    return AgentRuntime(
-        registry,
-        ResultCache(LRUMemoryCache(100_000)),
-        tracer_provider=telemetry.tracer_provider,
-        meter_provider=telemetry.meter_provider,
-    )
+    return process_runtime(agents, telemetry, AGENTS, cache_entries=100_000)
 
 
 def processed(telemetry: Telemetry) -> Counter[tuple[str, str | None]]:

@@ -4,7 +4,6 @@ a running process keeps its start-up heap out of garbage collections."""
 from __future__ import annotations
 
 import gc
-import os
 from pathlib import Path
 
 import pytest
@@ -17,19 +16,11 @@ from sel_otel import SelApp, Settings, Telemetry, stats_reader
 from .test_cli import sel_otel
 
 
-@pytest.fixture
-def otel_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """This process's environment without the OTEL_* settings of whoever runs the tests."""
-    for name in [name for name in os.environ if name.startswith("OTEL_")]:
-        monkeypatch.delenv(name)
-    return monkeypatch
-
-
 def test_the_console_exporters_write_to_standard_error(
-    otel_environment: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    clean_otel_env: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    otel_environment.setenv("OTEL_TRACES_EXPORTER", "console")
-    otel_environment.setenv("OTEL_METRICS_EXPORTER", "console")
+    clean_otel_env.setenv("OTEL_TRACES_EXPORTER", "console")
+    clean_otel_env.setenv("OTEL_METRICS_EXPORTER", "console")
     telemetry = Telemetry.from_env()
     try:
         telemetry.tracer_provider.get_tracer("test").start_span("a span").end()
