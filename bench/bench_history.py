@@ -10,7 +10,7 @@ Prints, from one run:
 - a history query over a file of ROWS entries (10 agents, 1,000 users, 90 % ok, 5 % error,
   5 % refused) for each filter, as `/sel_agent_history` and `sel-otel history` run it (a
   read-only connection per query): medians with their range (target <= 50 ms); and the rate
-  the file was filled at, through the store's batched writes.
+  the file was filled at, through the writer thread's batched writes (`write_rows`).
 The load average is printed at the start and at the end.
 
 Run: .venv/bin/python bench/bench_history.py [--rows 1000000] [--repetitions 7]
@@ -41,7 +41,7 @@ from sel_otel import (
     ResultCache,
     stats_reader,
 )
-from sel_otel._history import History, HistoryEntry, HistoryQuery
+from sel_otel._history import History, HistoryQuery, RowFormat
 from sel_otel._history_sqlite import SqliteHistoryStore
 from sel_otel._metric_data import data_points
 
@@ -126,10 +126,13 @@ async def call_cost(directory: Path, repetitions: int) -> None:
 
 
 def fill(store: SqliteHistoryStore, rows: int) -> float:
-    """Write `rows` entries through the store; the rate, in entries per second."""
+    """Write `rows` entries through the store, as its writer thread does (`write_rows`, the
+    rows the event loop queues); the rate, in entries per second."""
     agents = [f"agent{n}" for n in range(10)]
     users = [str(100_000_000_000_000_000 + n) for n in range(1000)]
     outcomes = ["ok"] * 18 + ["error", "refused"]
+    errors = {"ok": None, "error": "timeout", "refused": "forbidden"}
+    row_format = RowFormat("bench", "bench")
     rng = random.Random(16)
     start_time = time.time() - rows * 0.01
     started = time.perf_counter()
@@ -138,23 +141,23 @@ def fill(store: SqliteHistoryStore, rows: int) -> float:
         for n in range(first, min(first + BATCH, rows)):
             outcome = rng.choice(outcomes)
             batch.append(
-                HistoryEntry(
-                    f"bench-{n:x}",
+                (
+                    n,
                     start_time + n * 0.01,
                     rng.choice(agents),
                     "uname -a",
                     rng.choice(users),
                     "discord",
                     outcome,
-                    {"ok": None, "error": "timeout", "refused": "forbidden"}[outcome],
-                    1.5,
+                    errors[outcome],
+                    0.0015,
                     outcome == "ok",
-                    "bench",
-                    f"{n:032x}",
-                    f"{n:016x}",
+                    n + 1,
+                    n + 1,
+                    None,
                 )
             )
-        store.write(batch)
+        store.write_rows(batch, row_format)
     return rows / (time.perf_counter() - started)
 
 
