@@ -6,12 +6,12 @@ Each repetition runs one process per mode, the modes alternating:
 - collector down: the same, to a loopback port where nothing listens.
 
 Metrics are exported every second in the last two, so their export runs during the
-measurement. Each process times two windows of 20,000 calls after a short warm-up: the first
-(with the collector down, the span queue fills meanwhile: the start of an outage) and the
-next (steady: the queue full, each new span dropped as it ends). Prints µs per cached call
-(wall and whole-process CPU) as median (min-max) of the repetitions, and the ratios down /
-nothing exported (target <= 1.1), up / nothing exported and down / up, of paired
-repetitions.
+measurement. Each process freezes its heap after a short warm-up, as a started app does,
+then times two windows of 20,000 calls: the first (with the collector down, the span queue
+fills meanwhile: the start of an outage) and the next (steady: the queue full, each new span
+dropped as it ends). Prints µs per cached call (wall and whole-process CPU) as median
+(min-max) of the repetitions, and the ratios down / nothing exported (target <= 1.1), up /
+nothing exported and down / up, of paired repetitions.
 
 Run: .venv/bin/python bench/bench_export.py
 """
@@ -40,6 +40,7 @@ from _common import (
 from bench_runtime import ECHO, telemetry_for
 
 from sel_otel import AgentRegistry, AgentRuntime, LRUMemoryCache, ResultCache
+from sel_otel._app import freeze_heap
 
 CALLS, ROUNDS, WARM_UP = 2_000, 10, 2_000
 MODES = ("nothing exported", "collector up", "collector down")
@@ -60,6 +61,7 @@ async def child(mode: str) -> None:
         )
         for _ in range(WARM_UP):
             await runtime.run("echo", "uname -a")
+        freeze_heap()  # as a started SelApp does
         # What the calls left queued is exported within the CPU measurement; not with the
         # collector down, where a flush would only wait for the export to give up.
         settle = None if mode == MODES[2] else telemetry.tracer_provider.force_flush
