@@ -150,7 +150,8 @@ class Deadlines:
     that an operation of two round trips gets the loop for its second. An operation thus
     takes at most two timeouts plus the loop's stall. Cancellation is that of
     `asyncio.timeout`: the operation sees `CancelledError`, its caller `TimeoutError`, and a
-    cancellation of the task from elsewhere is never swallowed.
+    cancellation of the task from elsewhere is never swallowed. Operations do not nest: a
+    task runs one at a time.
     """
 
     __slots__ = ("_expired", "_expiring", "_late", "_loop", "_running", "_timer", "timeout")
@@ -370,9 +371,10 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         options) are honoured. The connect timeout is `timeout` too, and a command is retried
         once at once on a broken connection (a pooled connection from before a Redis
         restart), never beyond the operation timeout. There is no socket timeout: every
-        operation here is bounded as a whole by `asyncio.timeout`, and redis-py would bound
-        each write again with `asyncio.wait_for`, a Task per command on Python 3.11 (about a
-        tenth of a cached call); a connection cut off mid-command is closed by redis-py.
+        operation here is bounded as a whole by its deadline (`Deadlines`), and redis-py would
+        bound each write again with `asyncio.wait_for`, a Task per command on Python 3.11
+        (about a tenth of a cached call); a connection cut off mid-command is closed by
+        redis-py.
         """
         scheme = urlsplit(url).scheme
         if scheme not in ("redis", "rediss"):
