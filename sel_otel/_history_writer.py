@@ -16,8 +16,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Entries written at once; this many pending wakes the writer before its interval is up.
-BATCH = 1024
+#: Entries written at once; this many pending wakes the writer before its interval is up. A
+#: batch of many users' calls dirties an index page per user: 4,096 rows cost SQLite 6.4 µs a
+#: row with 1,000 users, 1,024 rows 9.0 µs (the same, 2.9 µs, for one user).
+BATCH = 4096
 
 #: Called with the store's name, the error type and how many entries were dropped.
 OnDropped = Callable[[str, str, int], None]
