@@ -248,7 +248,7 @@ class Settings:
         "SEL_CACHE_TIMEOUT",
         _seconds,
         0.25,
-        "seconds a remote cache operation may take (also Redis's connect and socket timeouts)",
+        "seconds a remote cache operation may take (also Redis's connect timeout)",
     )
     cache_warmup: tuple[tuple[str, str], ...] = setting(
         "SEL_CACHE_WARMUP", _parse_warmup, (), ";-separated NAME INPUT calls to run at start"
