@@ -7,11 +7,11 @@ of its own (called in turn, as a deployment's several users would):
 - own spans only: the same, the httpx instrumentation suppressed;
 - SDK disabled: the same processes with `OTEL_SDK_DISABLED=true`, services included.
 
-The processes take turns call by call, the order rotating, so that all three are measured
+The processes take turns of five calls, the order rotating, so that all three are measured
 under the same load: on a shared machine the load changes from second to second, and
 processes measured one after the other differed by more than the telemetry costs. (CPU
-time per call is higher than in a process running alone: each turn starts with caches the
-other processes have used, alike for all three.)
+time per call is somewhat higher than in a process running alone: each turn starts with
+caches the other processes have used, alike for all three.)
 
 Every call misses the cache. Prints the median round trip (target <= 10 ms) and the client
 process's CPU time per call (all its threads over the calls, span export included), as
@@ -56,6 +56,8 @@ from sel_otel.hostexec._local import LocalHostExec
 
 ROOT = Path(__file__).resolve().parent.parent
 CALLS, WARM_UP = 400, 20
+#: Calls a process makes in a row, its turn.
+TURN = 5
 PROCESSES = ("full", "own", "disabled")
 
 
@@ -159,13 +161,14 @@ class Client:
 
 
 def repetition(sink: Sink) -> dict[str, dict[str, float]]:
-    """The three processes side by side, taking turns call by call (the order rotating), so
+    """The three processes side by side, taking turns of `TURN` calls (the order rotating), so
     that each is measured under the same load as the others."""
     clients = {process: Client(process, sink) for process in PROCESSES}
     for client in clients.values():
         client.ready()
-    for order in interleaved(PROCESSES, CALLS):
-        clients[order].call()
+    for order in interleaved(PROCESSES, CALLS // TURN):
+        for _ in range(TURN):
+            clients[order].call()
     return {process: client.done() for process, client in clients.items()}
 
 
