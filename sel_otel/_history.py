@@ -274,6 +274,8 @@ class History:
     ) -> None:
         self.instance = instance
         self.policy = policy or ContentPolicy()
+        #: The policy's output conversion, None when no output is kept: no call per call.
+        self._output = self.policy.output if self.policy.output_max > 0 else None
         meter = metrics.get_meter(names.SCOPE_NAME, package_version(), meter_provider)
         self._dropped = meter.create_counter(
             names.HISTORY_DROPPED,
@@ -335,7 +337,7 @@ class History:
             attributes.get(names.SEL_CACHE_HIT) is True,
             trace_id,
             span_id,
-            None if output is None else self.policy.output(output),
+            None if output is None or self._output is None else self._output(output),
         )
         for writer in self._writers:
             writer.put(row)
