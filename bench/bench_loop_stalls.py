@@ -173,11 +173,17 @@ def repetition(url: str, seconds: float) -> dict[str, Any]:
             for _ in range(2)
         ]
         results = []
-        for process in processes:
-            out, err = process.communicate(timeout=seconds + 60)
-            if process.returncode != 0:
-                raise RuntimeError(f"instance failed:\n{err}")
-            results.append(json.loads(out.strip().splitlines()[-1]))
+        try:
+            for process in processes:
+                out, err = process.communicate(timeout=seconds + 60)
+                if process.returncode != 0:
+                    raise RuntimeError(f"instance failed:\n{err}")
+                results.append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            for process in processes:  # one failed or hung: the other must not outlive the run
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
         executions = log.read_text().split() if log.exists() else []
     errors: collections.Counter[str] = collections.Counter()
     for result in results:

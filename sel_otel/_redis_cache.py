@@ -493,8 +493,8 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
             return await operation
 
     async def clear(self, namespace: str | None = None, _conn: object = None, **kwargs: Any) -> Any:
-        # A prefix may span many SCAN steps: allow more than one operation's timeout in all
-        # (each step is still bounded by the socket timeout).
+        # A prefix may span many SCAN steps: the whole clear is bounded by a few operations'
+        # timeouts (there is no socket timeout to bound each step).
         limit = kwargs.pop("timeout", max(1.0, 8 * (self.timeout or 0)))
         async with asyncio.timeout(limit or None):
             return await super().clear(namespace, _conn=_conn, timeout=0, **kwargs)
