@@ -5,10 +5,11 @@ them: about 23 µs a span, on the export thread, which holds the interpreter loc
 and so delays the event loop by as much. `SpanEncoder` writes the same
 `ExportTraceServiceRequest` bytes field by field: the fixed-size fields of a span packed
 together, the bytes of the values that recur (span names, attribute keys and values,
-resources and scopes) remembered, the span's fields read where the SDK keeps them (about
-2 µs a span). A batch holding a value it does not write (a mapping, an integer out of range,
-a string that is not UTF-8) goes to the SDK's encoder, as does everything when the SDK's
-spans differ from what it reads.
+resources and scopes) remembered, within bounds of entries and bytes, the span's fields
+read where the SDK keeps them (about 2 µs a span). A batch holding a value it does not write
+(a mapping, an integer out of range, a string that is not UTF-8, an instance of a subclass
+of str) goes to the SDK's encoder, as does everything when the SDK's spans differ from what
+it reads.
 
 `FastOTLPSpanExporter` is the SDK's OTLP/HTTP span exporter (endpoint, headers, TLS,
 compression, retries and self-metrics all its own) with this encoding, and a requests session
@@ -40,8 +41,11 @@ from ._span_fields import FIELDS_READABLE, dropped, items, plain
 
 logger = logging.getLogger(__name__)
 
-#: Values whose encoding is remembered, at most; past that, the memory starts again.
+#: Values whose encoding a memo remembers, at most, and the bytes of those encodings; past
+#: either, it starts again. A longer value (a stack trace, an input) is written each time.
 _MEMO_ENTRIES = 8192
+_MEMO_BYTES = 1 << 20
+_MEMO_MAX_CHARS = 1024
 _INT64 = 1 << 63
 _LOW64 = (1 << 64) - 1
 
@@ -133,15 +137,32 @@ def _any_value(value: Any) -> bytes:
     raise _Unsupported
 
 
+class _Memo(dict[Any, bytes]):
+    """Encodings by value, at most `_MEMO_ENTRIES` of them and `_MEMO_BYTES` bytes in all (the
+    values they are keyed by hold about as many again)."""
+
+    size = 0
+
+    def remember(self, key: Any, encoded: bytes) -> bytes:
+        """`encoded`, remembered under `key`, after forgetting the rest if full."""
+        if len(self) >= _MEMO_ENTRIES or self.size + len(encoded) > _MEMO_BYTES:
+            self.clear()
+            self.size = 0
+        self[key] = encoded
+        self.size += len(encoded)
+        return encoded
+
+
 class _Attributes:
     """Writes attributes as KeyValue fields of one tag, remembering the whole field of string
-    and boolean values, and the start of the field of a float (all but the number)."""
+    values up to `_MEMO_MAX_CHARS` and of boolean values, and the start of the field of a
+    float (all but the number)."""
 
     def __init__(self, tag: bytes) -> None:
         self.tag = tag
-        self.texts: dict[tuple[str, Any], bytes] = {}
-        self.flags: dict[tuple[str, Any], bytes] = {}
-        self.floats: dict[str, bytes] = {}
+        self.texts = _Memo()
+        self.flags = _Memo()
+        self.floats = _Memo()
 
     def encode(self, attributes: Attributes) -> bytes:
         if not attributes:
@@ -149,22 +170,25 @@ class _Attributes:
         texts, flags = self.texts, self.flags
         parts = []
         for item in attributes.items():
-            kind = type(item[1])
+            value = item[1]
+            kind = type(value)
             if kind is str:
                 encoded = texts.get(item)
                 if encoded is None:
-                    encoded = self._remember(texts, item, self._key_value(*item))
+                    encoded = self._key_value(*item)
+                    if len(value) <= _MEMO_MAX_CHARS:  # type: ignore[arg-type]
+                        texts.remember(item, encoded)
             elif kind is float:
                 head = self.floats.get(item[0])
                 if head is None:
                     key_field = _field(b"\x0a", _text(item[0]))
                     head = self.tag + _length(len(key_field) + 11) + key_field + _DOUBLE_VALUE
-                    head = self._remember(self.floats, item[0], head)
+                    self.floats.remember(item[0], head)
                 encoded = head + _double(item[1])
             elif kind is bool:
                 encoded = flags.get(item)
                 if encoded is None:
-                    encoded = self._remember(flags, item, self._key_value(*item))
+                    encoded = flags.remember(item, self._key_value(*item))
             else:
                 encoded = self._key_value(*item)
             parts.append(encoded)
@@ -173,21 +197,14 @@ class _Attributes:
     def _key_value(self, key: str, value: Any) -> bytes:
         return _field(self.tag, _field(b"\x0a", _text(key)) + _field(b"\x12", _any_value(value)))
 
-    @staticmethod
-    def _remember(memo: dict[Any, bytes], key: Any, encoded: bytes) -> bytes:
-        if len(memo) >= _MEMO_ENTRIES:
-            memo.clear()
-        memo[key] = encoded
-        return encoded
-
 
 class SpanEncoder:
     """Writes batches of spans as an OTLP `ExportTraceServiceRequest`, as the SDK's encoder
-    does (the same messages, grouped by resource and scope in the order first seen). Used
-    from one thread at a time."""
+    does (the same messages, grouped by equal resource and scope in the order first seen).
+    Used from one thread at a time."""
 
     def __init__(self) -> None:
-        self._names: dict[str, bytes] = {}
+        self._names = _Memo()
         self._span_attributes = _Attributes(b"\x4a")
         self._event_attributes = _Attributes(b"\x1a")
         self._link_attributes = _Attributes(b"\x22")
@@ -204,7 +221,10 @@ class SpanEncoder:
         return bytes(encode_spans(spans).SerializePartialToString())
 
     def _request(self, spans: Sequence[ReadableSpan]) -> bytes:
-        groups: dict[int, tuple[Resource, dict[InstrumentationScope | None, list[bytes]]]] = {}
+        # By equal resource, as the SDK's encoder groups them; and by resource object, to
+        # compute the hash of each (its attributes as JSON) once a batch.
+        groups: dict[Resource, dict[InstrumentationScope | None, list[bytes]]] = {}
+        by_id: dict[int, dict[InstrumentationScope | None, list[bytes]]] = {}
         encode = self._span
         last_resource: Resource | None = None
         last_scope: InstrumentationScope | None = None
@@ -214,14 +234,14 @@ class SpanEncoder:
                 span = plain(span)
             resource, scope = span._resource, span._instrumentation_scope
             if resource is not last_resource or scope is not last_scope or not current:
-                group = groups.get(id(resource))
-                if group is None:
-                    group = groups[id(resource)] = (resource, {})
-                current = group[1].setdefault(scope or None, [])
+                scopes = by_id.get(id(resource))
+                if scopes is None:
+                    scopes = by_id[id(resource)] = groups.setdefault(resource, {})
+                current = scopes.setdefault(scope or None, [])
                 last_resource, last_scope = resource, scope
             encode(span, current)
         out = []
-        for resource, scopes in groups.values():
+        for resource, scopes in groups.items():
             body = [self._resource(resource)]
             for scope, encoded in scopes.items():
                 scope_spans = [self._scope(scope), *encoded]
@@ -277,9 +297,8 @@ class SpanEncoder:
         encoded = self._names.get(name)
         if encoded is None:
             encoded = _field(b"\x2a", _text(name)) if name else b""
-            if len(self._names) >= _MEMO_ENTRIES:
-                self._names.clear()
-            self._names[name] = encoded
+            if len(name) <= _MEMO_MAX_CHARS:
+                self._names.remember(name, encoded)
         parts += (encoded, _KINDS[id(span._kind)])
         start, end = span._start_time, span._end_time
         if start and end:
@@ -296,7 +315,9 @@ class SpanEncoder:
         elif attributes:
             parts.append(self._span_attributes.encode(attributes))
         events, links = span._events, span._links
-        if events or links:  # a BoundedList of them, or a tuple, mostly empty
+        # A BoundedList of them, or a tuple, mostly empty; empty with a count of those dropped
+        # when the span's limit is 0.
+        if events or links or dropped(events) or dropped(links):
             self._extras(span, parts)
         status = span._status
         if status._description:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from collections.abc import Iterator
 
 import pytest
@@ -175,3 +177,90 @@ def test_the_exporter_session_reads_the_environment_once_and_keeps_its_proxies(
     bypassed = session.merge_environment_settings("http://local.example/", {}, None, True, None)
     assert "http" not in bypassed["proxies"]
     exporter.shutdown()  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ({"service.name": "svc", "host.name": "h"}, {"service.name": "svc", "host.name": "h"}),
+        ({"service.name": "svc", "host.name": "h"}, {"host.name": "h", "service.name": "svc"}),
+        ({"service.name": "svc", "flag": 1}, {"service.name": "svc", "flag": True}),
+    ],
+    ids=["equal", "equal in another order", "equal with another hash"],
+)
+def test_spans_of_equal_resource_objects_are_grouped_as_the_sdk_groups_them(
+    first: dict[str, AttributeValue], second: dict[str, AttributeValue]
+) -> None:
+    exporter = InMemorySpanExporter()
+    providers = [TracerProvider(resource=Resource(attributes)) for attributes in (first, second)]
+    for provider in providers:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    for name in ("a", "b"):
+        for provider in providers:
+            provider.get_tracer("t").start_span(name).end()
+    spans = exporter.get_finished_spans()
+    assert spans[0].resource is not spans[1].resource
+    assert_encodes_as_the_sdk(spans)
+    for provider in providers:
+        provider.shutdown()
+
+
+@pytest.mark.parametrize("how", ["span limits", "environment"])
+def test_counts_of_dropped_events_and_links_are_kept_when_none_may_be_recorded(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    if how == "environment":
+        monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "0")
+        monkeypatch.setenv("OTEL_SPAN_LINK_COUNT_LIMIT", "0")
+        limits = SpanLimits()
+    else:
+        limits = SpanLimits(max_events=0, max_links=0)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=limits)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("linked") as linked:
+        pass
+    link = Link(linked.get_span_context())
+    with tracer.start_as_current_span("events", links=[link, link]) as span:
+        span.add_event("one")
+        span.record_exception(ValueError("two"))
+    tracer.start_span("links only", links=[link]).end()
+    spans = exporter.get_finished_spans()
+    assert [(s.dropped_events, s.dropped_links) for s in spans] == [(0, 0), (2, 2), (0, 1)]
+    assert_encodes_as_the_sdk(spans)
+    provider.shutdown()
+
+
+@pytest.mark.parametrize("size", [4096, 1000], ids=["longer than remembered", "remembered"])
+def test_the_memory_the_encoder_keeps_stays_bounded_whatever_the_values(
+    finished: tuple[TracerProvider, InMemorySpanExporter], size: int
+) -> None:
+    """Distinct values (stack traces, inputs) in span, event and link attributes and span
+    names: what the encoder keeps between batches stays within a few MB."""
+    provider, exporter = finished
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("linked") as linked:
+        pass
+    encoder = SpanEncoder()
+    tracemalloc.start()
+    try:
+        for batch in range(40):
+            for i in range(100):
+                value = f"{batch:04d} {i:04d} ".ljust(size, "x")
+                link = Link(linked.get_span_context(), {"note": value})
+                with tracer.start_as_current_span(value, links=[link]) as span:
+                    span.set_attribute("input", value)
+                    span.add_event("exception", {"exception.stacktrace": value})
+                    span.add_event("exception", {"exception.stacktrace": value + "y"})
+            spans = exporter.get_finished_spans()
+            exporter.clear()
+            written = encoder.encode(spans)
+            assert ExportTraceServiceRequest.FromString(written) == encode_spans(spans)
+        del spans
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0]  # allocated since it started, and still held
+    finally:
+        tracemalloc.stop()
+    # 40 batches of 100 spans with 5 distinct values each: 20 to 80 MB of them.
+    assert kept < 8 * 2**20
