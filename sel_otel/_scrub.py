@@ -1,11 +1,12 @@
 """Scrubbing where spans leave the process: an exporter wrapper, after every instrumentation.
 
 `ScrubbingSpanExporter` hands its exporter copies of the spans whose string values (span
-name, attributes, status description, event and link attributes; strings inside arrays
-too) had secret-looking parts replaced by `[REDACTED]`; the span records where and by which
-rule in `sel.scrubbed` (entries `"url.full: url_credentials"`). So `url.full` from the httpx
-instrumentation, the messages of exceptions recorded by any span, and values set by code we
-do not own are covered, not only what the runtime sets.
+name, attributes, status description, event and link attributes; strings inside arrays and
+mappings, instances of subclasses of str, and bytes read as UTF-8 too) had secret-looking
+parts replaced by `[REDACTED]`; the span records where and by which rule in `sel.scrubbed`
+(entries `"url.full: url_credentials"`). So `url.full` from the httpx instrumentation, the
+messages of exceptions recorded by any span, and values set by code we do not own are
+covered, not only what the runtime sets.
 
 It runs in the exporter, on the batch processor's thread, not on the event loop: a call's
 cost is unchanged. Values recur (agent names, routes, cached inputs), so results are
@@ -17,8 +18,10 @@ Spans with nothing to scrub are passed on as they are.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
+from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -41,6 +44,8 @@ from ._span_fields import (
 #: Distinct values whose scrubbed form is remembered, and the longest one remembered.
 _MEMO_ENTRIES = 4096
 _MEMO_MAX_CHARS = 1024
+#: The types of values with nothing to scrub.
+_SCALARS = frozenset({bool, int, float, type(None)})
 
 _NONE: frozenset[str] = frozenset()
 _NO_ATTRIBUTES: Mapping[str, AttributeValue] = MappingProxyType({})
@@ -73,11 +78,11 @@ class ScrubbingSpanExporter(SpanExporter):
         found: list[str] = []
         scope = span.instrumentation_scope
         trusted = self._scrubbed_at_source.get(scope.name, _NONE) if scope else _NONE
-        name = self._text(span.name, "span name", found)
+        name = self._value(span.name, "span name", found)
         attributes = self._attributes(stored_attributes(span), "", found, trusted)
         status = span.status
         if status.description:
-            description = self._text(status.description, "status", found)
+            description = self._value(status.description, "status", found)
             if description is not status.description:
                 status = Status(status.status_code, description)
         # Read only when there are some: the properties copy them.
@@ -110,7 +115,10 @@ class ScrubbingSpanExporter(SpanExporter):
         """Whether every string of `span` is one seen clean before (or scrubbed at the
         source): the common case, checked without a copy or a call per value."""
         clean = self._clean
-        if span._name not in clean or span._status._description or items(span._events):
+        name = span._name
+        if type(name) is not str or name not in clean:
+            return False
+        if span._status._description or items(span._events):
             return False
         if items(span._links):
             return False
@@ -126,10 +134,17 @@ class ScrubbingSpanExporter(SpanExporter):
             if kind is str:
                 if value not in clean and key not in trusted:
                     return False
-            elif (kind is tuple or kind is list) and key not in trusted:
-                for item in value:  # type: ignore[union-attr]
-                    if type(item) is str and item not in clean:
-                        return False
+            elif kind is tuple or kind is list:
+                if key not in trusted:
+                    for item in value:  # type: ignore[union-attr]
+                        kind = type(item)
+                        if kind is str:
+                            if item not in clean:
+                                return False
+                        elif kind not in _SCALARS:
+                            return False
+            elif kind not in _SCALARS:  # bytes, a mapping, a subclass of str
+                return False
         return True
 
     def _text(self, text: str, where: str, found: list[str]) -> str:
@@ -161,21 +176,42 @@ class ScrubbingSpanExporter(SpanExporter):
             return None
         changed: dict[str, AttributeValue] = {}
         for key, value in attributes.items():
-            # Concrete types, not ABCs: the check runs for every value of every span.
-            if type(value) is str:
-                if key not in trusted:
-                    text = self._text(value, prefix + key, found)
-                    if text is not value:
-                        changed[key] = text
-            elif isinstance(value, tuple | list) and key not in trusted:
-                texts = tuple(
-                    self._text(v, prefix + key, found) if type(v) is str else v for v in value
-                )
-                if any(new is not old for new, old in zip(texts, value, strict=True)):
-                    changed[key] = texts
+            # Concrete types first: the check runs for every value of every span.
+            kind = type(value)
+            if kind in _SCALARS or key in trusted:
+                continue
+            if kind is str:
+                new = self._text(value, prefix + key, found)  # type: ignore[arg-type]
+            else:
+                new = self._value(value, prefix + key, found)
+            if new is not value:
+                changed[key] = new
         if not changed:
             return None
         return {**attributes, **changed}
+
+    def _value(self, value: Any, where: str, found: list[str]) -> Any:
+        """`value` (a string, bytes, a sequence or a mapping of them) scrubbed: the same
+        object when nothing matched. A subclass of str is scrubbed as the str it holds; bytes
+        as UTF-8, any bytes that are not kept as they are."""
+        if type(value) is str:
+            return self._text(value, where, found)
+        if isinstance(value, str):
+            text = str.__str__(value)  # what it holds, whatever its __str__ says
+            scrubbed = self._text(text, where, found)
+            return value if scrubbed is text else scrubbed
+        if isinstance(value, bytes):
+            text = value.decode("utf-8", "surrogateescape")
+            scrubbed = self._text(text, where, found)
+            return value if scrubbed is text else scrubbed.encode("utf-8", "surrogateescape")
+        if isinstance(value, Sequence):
+            items = tuple(self._value(item, where, found) for item in value)
+            return value if all(map(operator.is_, items, value)) else items
+        if isinstance(value, Mapping):
+            scrubbed_items = {k: self._value(v, f"{where}.{k}", found) for k, v in value.items()}
+            unchanged = all(scrubbed_items[k] is v for k, v in value.items())
+            return value if unchanged else scrubbed_items
+        return value
 
     def _event(self, event: Event, found: list[str]) -> Event:
         attributes = self._attributes(event.attributes, f"{event.name} event ", found)

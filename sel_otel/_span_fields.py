@@ -93,12 +93,14 @@ def dropped(container: Any) -> int:
 
 
 def has_events(span: ReadableSpan) -> bool:
-    """Whether the span recorded events (or may have: the SDK keeps them elsewhere)."""
+    """Whether the span holds events (or may: the SDK keeps them elsewhere). A span may hold
+    none and still count some dropped (a limit of 0): read `dropped_events` regardless."""
     return bool(getattr(span, "_events", True))
 
 
 def has_links(span: ReadableSpan) -> bool:
-    """Whether the span has links (or may have: the SDK keeps them elsewhere)."""
+    """Whether the span holds links (or may: the SDK keeps them elsewhere); as for events,
+    read `dropped_links` regardless."""
     return bool(getattr(span, "_links", True))
 
 

@@ -9,6 +9,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -17,6 +18,7 @@ from opentelemetry.trace import Link, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from sel_otel import Telemetry
+from sel_otel._otlp_spans import SpanEncoder
 from sel_otel._redact import REDACTED
 from sel_otel._scrub import ScrubbingSpanExporter
 
@@ -164,6 +166,83 @@ def test_values_seen_clean_before_do_not_let_a_new_secret_through() -> None:
         assert copy.attributes is not None
         assert TOKEN not in str(copy.attributes)
         assert _scrubbed(copy) == [f"{where}: auth_scheme"]
+
+
+class Text(str):
+    """A subclass of str, as some libraries hand out (enum members, markup strings)."""
+
+
+class Disguised(str):
+    """A subclass of str whose str() is not what it holds (what an exporter writes)."""
+
+    def __str__(self) -> str:
+        return "nothing here"
+
+
+SECRET = "password=hunter2secret"
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        (Text(SECRET), "note"),
+        (Disguised(SECRET), "note"),
+        (SECRET.encode(), "note"),
+        ((Text("ok"), Text(SECRET)), "note"),
+        (("ok", (SECRET,)), "note"),
+        ({"inner": SECRET, "n": 1}, "note.inner"),
+        ({"inner": (b"ok", b"\xff" + SECRET.encode())}, "note.inner"),
+    ],
+    ids=["str subclass", "str() not its text", "bytes", "array of subclasses", "nested array",
+         "mapping", "bytes in a mapping"],
+)  # fmt: skip
+@pytest.mark.parametrize("seen", [False, True], ids=["first", "after a clean span"])
+def test_strings_in_any_form_are_scrubbed_before_they_are_encoded(
+    value: AttributeValue, where: str, seen: bool
+) -> None:
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    tracer = provider.get_tracer("any.library")
+    tracer.start_span("call", attributes={"note": "ok", "n": 1}).end()
+    tracer.start_span("call", attributes={"note": value, "n": 1}).end()
+    clean, dirty = exported.get_finished_spans()
+    scrubber = ScrubbingSpanExporter(InMemorySpanExporter())
+    if seen:
+        assert scrubber.scrubbed(clean) is clean
+    span = scrubber.scrubbed(dirty)
+    assert span is not dirty
+    assert _scrubbed(span) == [f"{where}: secret_key_value"]
+    assert b"hunter2secret" not in SpanEncoder().encode([span])
+    assert b"password=[REDACTED]" in SpanEncoder().encode([span])
+
+
+def test_a_clean_str_subclass_is_passed_on_as_it_is() -> None:
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    provider.get_tracer("any.library").start_span("call", attributes={"note": Text("ok")}).end()
+    [span] = exported.get_finished_spans()
+    assert ScrubbingSpanExporter(InMemorySpanExporter()).scrubbed(span) is span
+
+
+def test_a_scrubbed_copy_keeps_the_counts_of_events_and_links_none_may_be_recorded() -> None:
+    exported = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=SpanLimits(max_events=0, max_links=0))
+    provider.add_span_processor(SimpleSpanProcessor(ScrubbingSpanExporter(exported)))
+    tracer = provider.get_tracer("any.library")
+    with tracer.start_as_current_span("linked") as linked:
+        pass
+    link = Link(linked.get_span_context())
+    with tracer.start_as_current_span("call", links=[link]) as live:
+        live.set_attribute("note", SECRET)
+        live.add_event("one")
+        live.add_event("two")
+    _, span = exported.get_finished_spans()
+    assert _scrubbed(span) == ["note: secret_key_value"]
+    assert (span.dropped_events, span.dropped_links) == (2, 1)
+    written = SpanEncoder().encode([span])
+    assert written == encode_spans([span]).SerializePartialToString()
 
 
 @pytest.mark.parametrize(
