@@ -233,17 +233,41 @@ def _uint64(values: Iterable[int]) -> bytes:
     return struct.pack(f"<{len(values)}Q", *values)
 
 
+#: Instances whose points add up without a carry from one bucket's sum into the next: a
+#: payload's counts are each below COUNT_LIMIT (`counts_below_limit`), so that the sum of a
+#: bucket over INSTANCES of them stays below 2**64.
+INSTANCES = 2**16
+COUNT_LIMIT = 2**64 // INSTANCES  # 2**48: more calls than a million a second for 8 years
+_LANES = 2**64 - 1  # 2**64 is 1 modulo this: a packed integer is its counts' sum, modulo it
+
+
+def counts_below_limit(raw: bytes) -> bool:
+    """Whether every uint64 little-endian in `raw` is below COUNT_LIMIT: its top two bytes
+    are zero."""
+    top = raw[6::8] + raw[7::8]
+    return top.count(0) == len(top)
+
+
+def bucket_sums(buckets: Iterable[int], width: int) -> list[int]:
+    """The sum of each point's bucket counts, packed in `buckets`, each below COUNT_LIMIT.
+    Modulo 2**64 - 1 a packed integer is the sum of its counts, which is below it as long as
+    there are fewer than INSTANCES of them; ValueError when there are more."""
+    if width >= INSTANCES:
+        raise ValueError(f"{width} buckets: more than a count's sum can be read of")
+    return list(map(_LANES.__rmod__, buckets))
+
+
 def packed(raw: bytes, width: int) -> list[int]:
     """Each point's `width` bucket counts in `raw` (uint64 little-endian) as one integer, 64
     bits a count: the sum of such integers holds the sums of the counts, as long as each sum
-    stays below 2**64 (more calls than a million a second for half a million years)."""
+    stays below 2**64 (counts below COUNT_LIMIT, of fewer than INSTANCES instances)."""
     size = 8 * width
     return [int.from_bytes(raw[at : at + size], "little") for at in range(0, len(raw), size)]
 
 
 def unpacked(buckets: int, width: int) -> list[int]:
-    """The `width` bucket counts packed in `buckets` (bits beyond them, which only counts no
-    histogram reaches could set, are dropped rather than fail a report)."""
+    """The `width` bucket counts packed in `buckets` (bits beyond them, which only more than
+    INSTANCES instances at COUNT_LIMIT could set, are dropped rather than fail a report)."""
     size = 8 * width
     return list(
         struct.unpack(f"<{width}Q", (buckets & ((1 << 8 * size) - 1)).to_bytes(size, "little"))

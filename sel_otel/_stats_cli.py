@@ -45,7 +45,7 @@ async def show_stats(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 1
     try:
-        states, notes = await asyncio.to_thread(read_states, store)
+        states, unreadable = await asyncio.to_thread(read_states, store)
     except StatsStoreError as exc:
         print(f"sel-otel: the shared stats could not be read: {exc}", file=sys.stderr)
         return 1
@@ -53,7 +53,8 @@ async def show_stats(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
     if args.instance is not None:
         states = [state for state in states if state.instance == args.instance]
-    report = merge(states, scope=args.scope, agent=args.agent, notes=notes)
+        unreadable = [instance for instance in unreadable if instance == args.instance]
+    report = merge(states, scope=args.scope, agent=args.agent, unreadable=unreadable)
     if args.json:
         print(json.dumps(report_json(report), indent=2, ensure_ascii=False))
     else:

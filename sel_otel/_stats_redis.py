@@ -51,8 +51,13 @@ class RedisStatsStore:
 
     def read(self) -> list[tuple[bytes, float]]:
         """Every live state's payload, with the seconds it has left to live, in the order of
-        their members. One round trip when the members are those of the previous read: their
-        keys are read with the set; a second one for members new since."""
+        their members (see `read_members`)."""
+        return [(payload, remaining) for _, payload, remaining in self.read_members()]
+
+    def read_members(self) -> list[tuple[bytes, bytes, float]]:
+        """Every live state's member, payload and seconds left to live, in the order of their
+        members. One round trip when the members are those of the previous read: their keys
+        are read with the set; a second one for members new since."""
         known = self._known
         pipeline = self.client.pipeline(transaction=False)
         pipeline.smembers(self.prefix)
@@ -68,14 +73,14 @@ class RedisStatsStore:
             found.update(zip(new, zip(replies[::2], replies[1::2], strict=True), strict=True))
         names = sorted(members)
         self._known = names
-        live: list[tuple[bytes, float]] = []
+        live: list[tuple[bytes, bytes, float]] = []
         expired: list[bytes] = []
         for name in names:
             payload, remaining = found[name]
             if payload is None:
                 expired.append(name)
             else:  # -1 (no expiry) cannot happen: every key is written with one
-                live.append((payload, max(int(remaining), 0) / 1000))
+                live.append((name, payload, max(int(remaining), 0) / 1000))
         if expired:
             self._call(self.client.srem, self.prefix, *expired)
         return live

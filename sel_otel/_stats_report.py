@@ -5,7 +5,8 @@ and bucket counts add; min and max are kept), so the merged p95, read from the m
 buckets, is the p95 of one process fed every call. An instance whose boundaries differ
 cannot be merged exactly: it is left out, and the report says so. Each instance counts once:
 of several lives of one `service.instance.id` (a restart within the expiry) only the newest
-is taken, and this process's live figures replace what it last published.
+is taken, and this process's live figures replace what it last published. An instance whose
+state this version cannot read (another format, a corrupt payload) is left out and named.
 """
 
 from __future__ import annotations
@@ -93,10 +94,11 @@ def merge(
     this: InstanceState | None = None,
     scope: Scope = "all",
     agent: str | None = None,
-    notes: Sequence[str] = (),
+    unreadable: Sequence[str] = (),
 ) -> StatsReport:
     """The report of `states` (published) and `this` (the live figures of the process
-    answering, if any), for the agent `agent` or every agent."""
+    answering, if any), for the agent `agent` or every agent; the instances `unreadable`
+    published states this version cannot read, and are named unless a life of theirs counts."""
     newest: dict[str, InstanceState] = {}
     for state in states:
         kept = newest.get(state.instance)
@@ -104,7 +106,12 @@ def merge(
             newest[state.instance] = state
     if this is not None:
         newest[this.instance] = this
-    notes = list(notes)
+    notes = []
+    if left_unread := sorted(set(unreadable).difference(newest)):
+        notes.append(
+            "left out, as this version cannot read their figures (another version, or a "
+            f"corrupt state): {', '.join(left_unread)}"
+        )
     reference = _reference_bounds(this, newest.values())
     merged: list[InstanceState] = []
     left_out: list[InstanceState] = []

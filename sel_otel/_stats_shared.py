@@ -31,7 +31,7 @@ from ._stats import Points, agent_points
 from ._stats_publish import StatsPublisher
 from ._stats_redis import RedisStatsStore
 from ._stats_report import Scope, StatsReport, local_report, merge
-from ._stats_state import InstanceState, decode
+from ._stats_state import InstanceState, decode, instance_of
 from ._telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -95,9 +95,12 @@ class DeploymentStats:
         while this process's own figures are collected."""
         if scope == "this" or self.states is None:
             return local_report(self.this(), scope, agent, ASKED if scope == "this" else NO_STORE)
-        reading = asyncio.get_running_loop().run_in_executor(None, self.states.read)  # begun now
-        this = self.this()
+        # the read begins in a thread of its own (with this context: its spans are this
+        # request's) before this process's figures are collected, and is never left behind
+        reading = asyncio.create_task(asyncio.to_thread(self.states.read))
+        await asyncio.sleep(0)  # the task's first step: the read is handed to its thread
         try:
+            this = self.this()
             states, unreadable = await reading
         except StatsStoreError as exc:
             logger.warning("the shared stats could not be read: %s", exc)
@@ -106,7 +109,9 @@ class DeploymentStats:
                 "other instances are not counted"
             )
             return local_report(this, scope, agent, UNREACHABLE, [note])
-        return merge(states, this=this, scope=scope, agent=agent, notes=unreadable)
+        finally:
+            reading.cancel()  # when collecting this process's figures failed
+        return merge(states, this=this, scope=scope, agent=agent, unreadable=unreadable)
 
 
 class StateReader:
@@ -119,36 +124,26 @@ class StateReader:
         self._points: dict[bytes, Points] = {}  # by the payload they were read from
 
     def read(self) -> tuple[list[InstanceState], list[str]]:
-        """Every live state, and a note for those this version cannot read."""
+        """Every live state, and the instances of those this version cannot read (another
+        format, or a corrupt payload)."""
         earlier, found = self._points, {}
-        states, unreadable = [], 0
-        for payload, remaining in self.store.read():
+        states, unreadable = [], []
+        for name, payload, remaining in self.store.read_members():
             try:
                 state = decode(payload, remaining, earlier)
             except ValueError as exc:
-                logger.debug("unreadable stats payload: %s", exc)
-                unreadable += 1
+                logger.debug("unreadable stats payload of %r: %s", name, exc)
+                unreadable.append(instance_of(name))
             else:
                 states.append(state)
                 found[payload] = state.points
         self._points = found
-        return states, _unreadable_notes(unreadable)
+        return states, unreadable
 
 
 def read_states(store: RedisStatsStore) -> tuple[list[InstanceState], list[str]]:
-    """Every live state in `store`, and a note for those this version cannot read."""
+    """Every live state in `store`, and the instances of those this version cannot read."""
     return StateReader(store).read()
-
-
-def _unreadable_notes(unreadable: int) -> list[str]:
-    return (
-        [
-            f"{unreadable} instance(s) left out: their figures are in a format this version "
-            "cannot read"
-        ]
-        if unreadable
-        else []
-    )
 
 
 def stats_store(settings: Settings) -> RedisStatsStore | None:

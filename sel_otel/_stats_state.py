@@ -7,7 +7,9 @@ head line (who, the boundaries, the agents with their number of points, and the 
 attribute sets but for the agent, each once), then the points in binary columns, grouped by
 agent, little-endian: each point's attribute set (uint32), then every point's sum, min and
 max (float64) and count (uint64), then each point's bucket counts (uint64). A reader unpacks
-a column at a time: no JSON number to parse, no object per point.
+a column at a time: no JSON number to parse, no object per point. It refuses a point whose
+bucket counts do not add up to its count, or a count that adding up could carry into the
+next bucket (see `_stats.COUNT_LIMIT`): a corrupt or forged payload.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
 from . import _semconv as names
-from ._stats import Points, agent_name, kind
+from ._stats import COUNT_LIMIT, Points, agent_name, bucket_sums, counts_below_limit, kind
 
 #: The payload's layout; a reader skips a layout it does not know (an instance of another
 #: version, in a rolling deploy).
@@ -48,6 +50,11 @@ def member(instance: str, started: float) -> str:
     """The name of an instance's life among the published states: its start in
     milliseconds, then its id."""
     return f"{round(started * 1000)}:{instance}"
+
+
+def instance_of(name: bytes) -> str:
+    """The instance whose life `name` is (a `member`, as Redis lists it)."""
+    return name.partition(b":")[2].decode(errors="replace")
 
 
 def encode(
@@ -127,9 +134,11 @@ def _points(head: dict[str, Any], body: bytes) -> Points:
     numbered = struct.unpack_from(f"<{count}I", body)
     if numbered and max(numbered) >= len(kinds):
         raise ValueError("a point of no attribute set")
+    if not counts_below_limit(body[28 * count :]):  # each point's count, then its buckets'
+        raise ValueError(f"a count of {COUNT_LIMIT} or more: adding it up could carry")
     floats = struct.unpack_from(f"<{3 * count}d", body, 4 * count)
     counts = struct.unpack_from(f"<{count}Q", body, 28 * count)
-    return Points.of(
+    points = Points.of(
         bounds,
         agents,
         sizes,
@@ -141,6 +150,9 @@ def _points(head: dict[str, Any], body: bytes) -> Points:
         floats[2 * count :],
         body[36 * count :],
     )
+    if bucket_sums(points.buckets, width) != list(counts):
+        raise ValueError("a point whose bucket counts do not add up to its count")
+    return points
 
 
 def _attributes(value: object) -> Mapping[str, object]:

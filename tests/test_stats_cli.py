@@ -108,3 +108,24 @@ def test_without_a_shared_redis_or_with_it_down_it_says_so_and_fails(
     assert "the shared stats could not be read: ConnectionError" in down.stderr
     bad = sel_otel_stats(SEL_STATS_REDIS_URL="redis://:x@host:notaport")
     assert bad.returncode == 2 and "invalid Redis URL" in bad.stderr
+
+
+def test_an_instance_whose_state_it_cannot_read_is_named(
+    published: list[Instance], make_store: StoreFactory, redis_server: RedisServer
+) -> None:
+    make_store().put("1:replica-c", b'{"format": 99}', 60.0)  # a later version's
+    note = (
+        "left out, as this version cannot read their figures (another version, or a corrupt "
+        "state): replica-c"
+    )
+    url = redis_server.url
+    every = json.loads(sel_otel_stats("--json", SEL_STATS_REDIS_URL=url).stdout)
+    assert every["notes"] == [note] and every["instances_covered"] == 2
+    other = json.loads(
+        sel_otel_stats("--instance", "replica-b", "--json", SEL_STATS_REDIS_URL=url).stdout
+    )
+    assert other["notes"] == [] and other["instances_covered"] == 1
+    asked = json.loads(
+        sel_otel_stats("--instance", "replica-c", "--json", SEL_STATS_REDIS_URL=url).stdout
+    )
+    assert asked["notes"] == [note] and asked["instances_covered"] == 0

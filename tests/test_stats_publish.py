@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from sel_otel import _semconv as names
-from sel_otel._stats import AgentStats, Points, add_up, rows_from_points
+from sel_otel._stats import COUNT_LIMIT, INSTANCES, AgentStats, Points, add_up, rows_from_points
 from sel_otel._stats_publish import EXPIRY_INTERVALS
 from sel_otel._stats_redis import RedisStatsStore
 from sel_otel._stats_state import FORMAT, decode, encode
@@ -95,7 +95,7 @@ def test_counts_far_beyond_32_bits_add_up_exactly() -> None:
     a.call("calc", 0.001, hit=True)
     by_agent = {(point.attributes or {})[names.GEN_AI_AGENT_NAME]: point for point in a.points()}
     echo, calc = by_agent["echo"], by_agent["calc"]
-    big = 2**62 + 3  # three of them need all 64 bits of a bucket
+    big = COUNT_LIMIT - 2  # with the call beside it, the highest count a payload may hold
     counts = [0] * 5 + [big, 1] + [0] * 15
     huge = dataclasses.replace(echo, count=big + 1, bucket_counts=counts)
     payload = encode("a", 1.0, 15.0, [huge, calc])
@@ -103,10 +103,36 @@ def test_counts_far_beyond_32_bits_add_up_exactly() -> None:
     assert rows["echo"] == rows_from_points([huge])[0]
     assert (rows["echo"].calls, rows["echo"].bucket_counts) == (big + 1, counts)
     assert (rows["calc"].calls, rows["calc"].cached_calls) == (1, 1)
-    # three instances of those: each bucket adds up on its own, none spills into the next
-    [echo_row] = add_up([decode(payload, 15.0).points] * 3, "echo")
-    assert echo_row.bucket_counts == [0] * 5 + [3 * big, 3] + [0] * 15
-    assert (echo_row.calls, echo_row.cached_calls) == (3 * big + 3, 0)
+    # as many instances of those as add up without a carry: each bucket adds up on its own,
+    # within a hair of 2**64, and none spills into the next
+    [echo_row] = add_up([decode(payload, 15.0).points] * INSTANCES, "echo")
+    assert echo_row.bucket_counts == [0] * 5 + [INSTANCES * big, INSTANCES] + [0] * 15
+    assert INSTANCES * big > 2**64 - 2**18
+    assert (echo_row.calls, echo_row.cached_calls) == (INSTANCES * (big + 1), 0)
+
+
+def test_a_point_whose_bucket_counts_could_carry_or_do_not_add_up_is_refused() -> None:
+    a = Instance("a")
+    a.call("echo", 0.001)
+    [point] = a.points()
+    zeros = [0] * (len(point.bucket_counts) - 2)
+
+    def payload(count: int, *buckets: int) -> bytes:
+        forged = dataclasses.replace(point, count=count, bucket_counts=[*buckets, *zeros])
+        return encode("a", 1.0, 15.0, [forged])
+
+    highest = COUNT_LIMIT - 1
+    assert rows_of(decode(payload(highest, highest, 0), 15.0).points)["echo"].calls == highest
+    assert rows_of(decode(payload(3, 1, 2), 15.0).points)["echo"].bucket_counts[:2] == [1, 2]
+    for bad in (
+        payload(2**63, 2**63, 0),  # two of them would add up to [0, 1, 0, ...]
+        payload(COUNT_LIMIT, COUNT_LIMIT, 0),
+        payload(1, 2**63, 2**63),  # adds up to 1 modulo 2**64 - 1
+        payload(3, 1, 1),  # one call short in the buckets
+        payload(1, 1, 1),  # one too many
+    ):
+        with pytest.raises(ValueError):
+            decode(bad, 15.0)
 
 
 def test_a_payload_of_another_layout_is_refused() -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -20,7 +23,7 @@ from sel_otel._commands import StatsReply
 from sel_otel._stats_redis import RedisStatsStore
 from sel_otel._stats_report import format_report, merge
 from sel_otel._stats_shared import DeploymentStats, StateReader, read_states, stats_store
-from sel_otel._stats_state import encode
+from sel_otel._stats_state import InstanceState, encode
 from sel_otel._telemetry import build_resource
 from tests.conftest import AgentWriter
 from tests.stats_instances import Instance, StoreFactory, feed, stores
@@ -219,7 +222,21 @@ FORMAT_2 = (
 )
 
 
-async def test_an_unreadable_state_is_left_out_and_counted(make_store: StoreFactory) -> None:
+def forged(instance: str, count: int, *buckets: int) -> bytes:
+    """A payload of one point of `count` calls and `buckets` as its first bucket counts."""
+    source = Instance(instance)
+    source.call("echo", 0.001)
+    [point] = source.points()
+    rest = [0] * (len(point.bucket_counts) - len(buckets))
+    return encode(
+        instance,
+        1.0,
+        60.0,
+        [dataclasses.replace(point, count=count, bucket_counts=[*buckets, *rest])],
+    )
+
+
+async def test_an_unreadable_state_is_left_out_and_named(make_store: StoreFactory) -> None:
     a, b = Instance("a"), Instance("b")
     a.call("echo", 0.001)
     b.call("echo", 0.001)
@@ -227,12 +244,64 @@ async def test_an_unreadable_state_is_left_out_and_counted(make_store: StoreFact
     b.publisher(store).publish()
     store.put("1:future", b'{"format": 99}', 60.0)
     store.put("1:old", FORMAT_2, 60.0)  # in a rolling deploy, an instance not yet upgraded
+    store.put("1:torn", b"\xff\xfe not even a JSON head", 60.0)
+    # together, their first buckets would carry into the second: [0, 1, 0, ...]
+    store.put("1:forged-1", forged("forged-1", 2**63, 2**63), 60.0)
+    store.put("1:forged-2", forged("forged-2", 2**63, 2**63), 60.0)
+    store.put("1:skewed", forged("skewed", 5, 1, 1), 60.0)  # 2 calls in the buckets, not 5
+    # earlier lives, of the previous version, of instances that count: not named
+    store.put("1:b", FORMAT_2, 60.0)
+    store.put("1:a", FORMAT_2, 60.0)
     report = await answering(a, store).report()
-    assert [row.calls for row in report.rows] == [2]
+    assert [(row.calls, sum(row.bucket_counts)) for row in report.rows] == [(2, 2)]
     assert [f.instance for f in report.instances] == ["a", "b"]
     assert report.notes == [
-        "2 instance(s) left out: their figures are in a format this version cannot read"
+        "left out, as this version cannot read their figures (another version, or a corrupt "
+        "state): forged-1, forged-2, future, old, skewed, torn"
     ]
+
+
+async def test_the_shared_read_runs_in_the_context_of_the_request(
+    make_store: StoreFactory,
+) -> None:
+    """Its spans (a Redis instrumentation's) are the request's: the read sees its context."""
+    seen: list[trace.Span] = []
+
+    class Watched(StateReader):
+        def read(self) -> tuple[list[InstanceState], list[str]]:
+            seen.append(trace.get_current_span())
+            return super().read()
+
+    deployment = answering(Instance("a"), make_store())
+    deployment.states = Watched(make_store())
+    tracer = TracerProvider().get_tracer(__name__)
+    with tracer.start_as_current_span("request") as span:
+        await deployment.report()
+    assert seen == [span]
+
+
+async def test_when_this_processs_figures_cannot_be_collected_the_read_is_not_left_behind(
+    make_store: StoreFactory, redis_server: RedisServer
+) -> None:
+    class Broken(DeploymentStats):
+        def this(self) -> InstanceState:
+            raise RuntimeError("the reader failed")
+
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+    executor = ThreadPoolExecutor(1)
+    loop.set_default_executor(executor)
+    instance = Instance("a")
+    deployment = Broken(instance.reader, instance="a", started=1.0, store=make_store())
+    redis_server.kill()  # the read fails
+    with pytest.raises(RuntimeError, match="the reader failed"):
+        await deployment.report()
+    executor.shutdown(wait=True)  # the read is over, failed
+    for _ in range(5):  # what its thread handed the loop is handled
+        await asyncio.sleep(0)
+    gc.collect()  # what is left of the read is collected
+    assert unhandled == []
 
 
 # -- without Redis --------------------------------------------------------------------------
