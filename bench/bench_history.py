@@ -6,7 +6,9 @@ Prints, from one run:
   and off, interleaved, REPETITIONS times: wall time per call, medians with their range, and
   the ratio on / off (target <= 1.15); the same for the CPU time of the process per call, all
   threads (the writer's too: each "on" measure ends when its entries are written); then how
-  many entries were written and dropped;
+  many entries were written and dropped, and where the CPU goes: the event loop's share
+  (a third variant, interleaved with the others, queues every entry to a sink that writes
+  nothing) and the SQLite writer thread's own CPU per entry;
 - a history query over a file of ROWS entries (10 agents, 1,000 users, 90 % ok, 5 % error,
   5 % refused) for each filter, as `/sel_agent_history` and `sel-otel history` run it (a
   read-only connection per query): medians with their range (target <= 50 ms); and the rate
@@ -24,7 +26,7 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from _common import DiscardingExporter, load_average, per_call_seconds, summary
@@ -41,7 +43,7 @@ from sel_otel import (
     ResultCache,
     stats_reader,
 )
-from sel_otel._history import History, HistoryQuery, RowFormat
+from sel_otel._history import History, HistoryEntry, HistoryQuery, HistorySink, Row, RowFormat
 from sel_otel._history_sqlite import SqliteHistoryStore
 from sel_otel._metric_data import data_points
 
@@ -49,6 +51,35 @@ CALLS_PER_ROUND = 2_000
 ROUNDS = 5
 QUERY_REPEATS = 15
 BATCH = 10_000
+
+
+class TimedStore(SqliteHistoryStore):
+    """The SQLite store, adding up its writer thread's CPU time in `write_rows`."""
+
+    cpu = 0.0
+    entries = 0
+
+    def write_rows(self, rows: Sequence[Row], format: RowFormat) -> None:
+        started = time.thread_time()
+        super().write_rows(rows, format)
+        self.cpu += time.thread_time() - started
+        self.entries += len(rows)
+
+
+class QueueOnly(HistorySink):
+    """A sink that writes nothing: what is left of the history's cost is the event loop's
+    (building and queueing each row) and its writer thread's taking them."""
+
+    name = "queue-only"
+
+    def write(self, entries: Sequence[HistoryEntry]) -> None:
+        pass
+
+    def write_rows(self, rows: Sequence[Row], format: RowFormat) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 async def call_cost(directory: Path, repetitions: int) -> None:
@@ -61,9 +92,12 @@ async def call_cost(directory: Path, repetitions: int) -> None:
     (agents / "echo.py").write_text("DESCRIPTION = 'echo'\ndef run(q):\n    return q\n")
     registry = AgentRegistry(agents)
     registry.reload()
-    store = SqliteHistoryStore(directory / "history.db", max_age=1e9, max_rows=10_000_000)
+    store = TimedStore(directory / "history.db", max_age=1e9, max_rows=10_000_000)
     history = History([store], instance="bench", meter_provider=meter_provider)
-    history.open()
+    queued = History([QueueOnly()], instance="bench", meter_provider=meter_provider)
+    histories = {"on": history, "queued": queued}
+    for each in histories.values():
+        each.open()
 
     def runtime(with_history: History | None) -> AgentRuntime:
         return AgentRuntime(
@@ -74,18 +108,19 @@ async def call_cost(directory: Path, repetitions: int) -> None:
             history=with_history,
         )
 
-    variants = {"off": runtime(None), "on": runtime(history)}
+    variants = {"off": runtime(None), "on": runtime(history), "queued": runtime(queued)}
     for variant in variants.values():
         await variant.run("echo", "uname -a", user="1234", frontend="discord")  # fill the cache
 
     def cached_call(variant: AgentRuntime) -> Callable[[], Awaitable[AgentResult]]:
         return lambda: variant.run("echo", "uname -a", user="1234", frontend="discord")
 
-    timings: dict[str, list[float]] = {"off": [], "on": []}
-    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    timings: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     ratios, cpu_ratios = [], []
     for repetition in range(repetitions):
-        order = ["off", "on"] if repetition % 2 == 0 else ["on", "off"]
+        shift = repetition % len(variants)
+        order = [*variants][shift:] + [*variants][:shift]
         for name in order:
             started = time.process_time()
             timings[name].append(
@@ -93,14 +128,15 @@ async def call_cost(directory: Path, repetitions: int) -> None:
                     cached_call(variants[name]), rounds=ROUNDS, calls_per_round=CALLS_PER_ROUND
                 )
             )
-            if name == "on":  # the writer's work for these calls counts in their CPU
-                await history.flush()
+            if name in histories:  # the writer's work for these calls counts in their CPU
+                await histories[name].flush()
             cpu[name].append((time.process_time() - started) / (ROUNDS * CALLS_PER_ROUND))
         ratios.append(timings["on"][-1] / timings["off"][-1])
         cpu_ratios.append(cpu["on"][-1] / cpu["off"][-1])
     for variant in variants.values():
         await variant.aclose()
-    await history.aclose(30.0)
+    for each in histories.values():
+        await each.aclose(30.0)
     written = len(store.query(HistoryQuery(limit=10_000_000)))
     dropped = sum(
         point.value
@@ -123,6 +159,11 @@ async def call_cost(directory: Path, repetitions: int) -> None:
         f"(range {min(cpu_ratios):.3f}-{max(cpu_ratios):.3f})"
     )
     print(f"entries written         : {written:,} ({dropped:,} dropped)")
+    print(f"CPU per call, queued only: {summary(cpu['queued'], 1e6, 'µs')}")
+    loop = statistics.median(cpu["queued"]) - statistics.median(cpu["off"])
+    writer = store.cpu / max(store.entries, 1)
+    print(f"CPU per call, event loop and queue (queued - off): {loop * 1e6:8.2f} µs")
+    print(f"CPU per entry, SQLite writer thread (write_rows) : {writer * 1e6:8.2f} µs")
 
 
 def fill(store: SqliteHistoryStore, rows: int) -> float:
