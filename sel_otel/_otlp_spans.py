@@ -137,18 +137,24 @@ def _any_value(value: Any) -> bytes:
     raise _Unsupported
 
 
-class _Memo(dict[Any, bytes]):
-    """Encodings by value, at most `_MEMO_ENTRIES` of them and `_MEMO_BYTES` bytes in all (the
-    values they are keyed by hold about as many again)."""
+class _Memo:
+    """Encodings by value (`entries`, a plain dict: a subclass's lookups are slower), at most
+    `_MEMO_ENTRIES` of them and `_MEMO_BYTES` bytes in all (the values they are keyed by hold
+    about as many again)."""
 
-    size = 0
+    __slots__ = ("entries", "size")
+
+    def __init__(self) -> None:
+        self.entries: dict[Any, bytes] = {}
+        self.size = 0
 
     def remember(self, key: Any, encoded: bytes) -> bytes:
         """`encoded`, remembered under `key`, after forgetting the rest if full."""
-        if len(self) >= _MEMO_ENTRIES or self.size + len(encoded) > _MEMO_BYTES:
-            self.clear()
+        entries = self.entries
+        if len(entries) >= _MEMO_ENTRIES or self.size + len(encoded) > _MEMO_BYTES:
+            entries.clear()
             self.size = 0
-        self[key] = encoded
+        entries[key] = encoded
         self.size += len(encoded)
         return encoded
 
@@ -167,19 +173,18 @@ class _Attributes:
     def encode(self, attributes: Attributes) -> bytes:
         if not attributes:
             return b""
-        texts, flags = self.texts, self.flags
+        texts, flags, floats = self.texts.entries, self.flags.entries, self.floats.entries
         parts = []
         for item in attributes.items():
-            value = item[1]
-            kind = type(value)
+            kind = type(item[1])
             if kind is str:
                 encoded = texts.get(item)
                 if encoded is None:
                     encoded = self._key_value(*item)
-                    if len(value) <= _MEMO_MAX_CHARS:  # type: ignore[arg-type]
-                        texts.remember(item, encoded)
+                    if len(item[1]) <= _MEMO_MAX_CHARS:  # type: ignore[arg-type]
+                        self.texts.remember(item, encoded)
             elif kind is float:
-                head = self.floats.get(item[0])
+                head = floats.get(item[0])
                 if head is None:
                     key_field = _field(b"\x0a", _text(item[0]))
                     head = self.tag + _length(len(key_field) + 11) + key_field + _DOUBLE_VALUE
@@ -188,7 +193,7 @@ class _Attributes:
             elif kind is bool:
                 encoded = flags.get(item)
                 if encoded is None:
-                    encoded = flags.remember(item, self._key_value(*item))
+                    encoded = self.flags.remember(item, self._key_value(*item))
             else:
                 encoded = self._key_value(*item)
             parts.append(encoded)
@@ -294,7 +299,7 @@ class SpanEncoder:
         if parent is not None:
             parts.append(b"\x22\x08" + parent[1].to_bytes(8, "big"))
         name = span._name
-        encoded = self._names.get(name)
+        encoded = self._names.entries.get(name)
         if encoded is None:
             encoded = _field(b"\x2a", _text(name)) if name else b""
             if len(name) <= _MEMO_MAX_CHARS:
@@ -316,8 +321,8 @@ class SpanEncoder:
             parts.append(self._span_attributes.encode(attributes))
         events, links = span._events, span._links
         # A BoundedList of them, or a tuple, mostly empty; empty with a count of those dropped
-        # when the span's limit is 0.
-        if events or links or dropped(events) or dropped(links):
+        # when the span's limit is 0 (`dropped` inlined: a call costs as much as the rest).
+        if events or links or getattr(events, "dropped", None) or getattr(links, "dropped", None):
             self._extras(span, parts)
         status = span._status
         if status._description:
