@@ -238,7 +238,6 @@ def _uint64(values: Iterable[int]) -> bytes:
 #: bucket over INSTANCES of them stays below 2**64.
 INSTANCES = 2**16
 COUNT_LIMIT = 2**64 // INSTANCES  # 2**48: more calls than a million a second for 8 years
-_LANES = 2**64 - 1  # 2**64 is 1 modulo this: a packed integer is its counts' sum, modulo it
 
 
 def counts_below_limit(raw: bytes) -> bool:
@@ -248,13 +247,17 @@ def counts_below_limit(raw: bytes) -> bool:
     return top.count(0) == len(top)
 
 
-def bucket_sums(buckets: Iterable[int], width: int) -> list[int]:
-    """The sum of each point's bucket counts, packed in `buckets`, each below COUNT_LIMIT.
-    Modulo 2**64 - 1 a packed integer is the sum of its counts, which is below it as long as
-    there are fewer than INSTANCES of them; ValueError when there are more."""
+def buckets_add_up(counts: bytes, buckets: bytes, width: int) -> bool:
+    """Whether the `width` bucket counts of each point in `buckets` add up to its count in
+    `counts` (uint64 little-endian, every one below COUNT_LIMIT). The first bucket count of
+    every point is read as one integer, 64 bits a point, then the second, and so on: their
+    sum holds each point's sum in its 64 bits, without a carry for fewer than INSTANCES
+    buckets (ValueError for more)."""
     if width >= INSTANCES:
-        raise ValueError(f"{width} buckets: more than a count's sum can be read of")
-    return list(map(_LANES.__rmod__, buckets))
+        raise ValueError(f"{width} buckets: more than their counts add up without a carry")
+    column = memoryview(buckets).cast("Q")  # only split into 8-byte items, not reordered
+    sums = sum(int.from_bytes(column[at::width].tobytes(), "little") for at in range(width))
+    return sums == int.from_bytes(counts, "little")
 
 
 def packed(raw: bytes, width: int) -> list[int]:

@@ -24,7 +24,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
 from . import _semconv as names
-from ._stats import COUNT_LIMIT, Points, agent_name, bucket_sums, counts_below_limit, kind
+from ._stats import COUNT_LIMIT, Points, agent_name, buckets_add_up, counts_below_limit, kind
 
 #: The payload's layout; a reader skips a layout it does not know (an instance of another
 #: version, in a rolling deploy).
@@ -134,11 +134,14 @@ def _points(head: dict[str, Any], body: bytes) -> Points:
     numbered = struct.unpack_from(f"<{count}I", body)
     if numbered and max(numbered) >= len(kinds):
         raise ValueError("a point of no attribute set")
-    if not counts_below_limit(body[28 * count :]):  # each point's count, then its buckets'
+    counted = body[28 * count :]  # each point's count, then each point's bucket counts
+    if not counts_below_limit(counted):
         raise ValueError(f"a count of {COUNT_LIMIT} or more: adding it up could carry")
+    if not buckets_add_up(counted[: 8 * count], counted[8 * count :], width):
+        raise ValueError("a point whose bucket counts do not add up to its count")
     floats = struct.unpack_from(f"<{3 * count}d", body, 4 * count)
     counts = struct.unpack_from(f"<{count}Q", body, 28 * count)
-    points = Points.of(
+    return Points.of(
         bounds,
         agents,
         sizes,
@@ -150,9 +153,6 @@ def _points(head: dict[str, Any], body: bytes) -> Points:
         floats[2 * count :],
         body[36 * count :],
     )
-    if bucket_sums(points.buckets, width) != list(counts):
-        raise ValueError("a point whose bucket counts do not add up to its count")
-    return points
 
 
 def _attributes(value: object) -> Mapping[str, object]:
