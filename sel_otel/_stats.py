@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import operator
 import struct
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -255,7 +256,7 @@ def buckets_add_up(counts: bytes, buckets: bytes, width: int) -> bool:
     buckets (ValueError for more)."""
     if width >= INSTANCES:
         raise ValueError(f"{width} buckets: more than their counts add up without a carry")
-    column = memoryview(buckets).cast("Q")  # only split into 8-byte items, not reordered
+    column = array("Q", buckets)  # only split into 8-byte items: tobytes gives them back
     sums = sum(int.from_bytes(column[at::width].tobytes(), "little") for at in range(width))
     return sums == int.from_bytes(counts, "little")
 
@@ -264,8 +265,9 @@ def packed(raw: bytes, width: int) -> list[int]:
     """Each point's `width` bucket counts in `raw` (uint64 little-endian) as one integer, 64
     bits a count: the sum of such integers holds the sums of the counts, as long as each sum
     stays below 2**64 (counts below COUNT_LIMIT, of fewer than INSTANCES instances)."""
-    size = 8 * width
-    return [int.from_bytes(raw[at : at + size], "little") for at in range(0, len(raw), size)]
+    return [
+        int.from_bytes(point, "little") for (point,) in struct.iter_unpack(f"{8 * width}s", raw)
+    ]
 
 
 def unpacked(buckets: int, width: int) -> list[int]:
