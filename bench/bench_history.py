@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import operator
 import random
+import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from _common import DiscardingExporter, load_average, per_call_seconds, summary
 from opentelemetry.sdk.metrics import MeterProvider
@@ -44,13 +48,21 @@ from sel_otel import (
     stats_reader,
 )
 from sel_otel._history import History, HistoryEntry, HistoryQuery, HistorySink, Row, RowFormat
-from sel_otel._history_sqlite import SqliteHistoryStore
+from sel_otel._history_sqlite import (
+    _SCHEMA,
+    CACHE_KIB,
+    PAGE_SIZE,
+    ROWS_PER_INSERT,
+    SqliteHistoryStore,
+)
 from sel_otel._metric_data import data_points
 
 CALLS_PER_ROUND = 2_000
 ROUNDS = 5
 QUERY_REPEATS = 15
 BATCH = 10_000
+SHAPE_BATCH = 4096
+SHAPE_BATCHES = 40
 
 
 class TimedStore(SqliteHistoryStore):
@@ -231,15 +243,177 @@ def query_latency(directory: Path, rows: int) -> None:
     print(f"slowest median query    : {worst * 1e3:8.2f} ms  (target <= 50)")
 
 
+Ids = Sequence[int]
+
+
+def _hex_ids(counts: Ids, traces: Ids, spans: Ids) -> list[list[Any]]:
+    return [
+        [*map("bench-{:x}".format, counts)],
+        [*map(bytes.hex, map(int.to_bytes, traces, itertools.repeat(16)))],
+        [*map(bytes.hex, map(int.to_bytes, spans, itertools.repeat(8)))],
+    ]
+
+
+def _blob_ids(counts: Ids, traces: Ids, spans: Ids) -> list[list[Any]]:
+    return [
+        [*map("bench-{:x}".format, counts)],
+        [*map(int.to_bytes, traces, itertools.repeat(16))],
+        [*map(int.to_bytes, spans, itertools.repeat(8))],
+    ]
+
+
+def _signed(numbers: Iterator[int]) -> list[int]:
+    """Unsigned 64-bit numbers as SQLite's signed ones."""
+    unsigned = [*numbers]
+    high = map(
+        operator.lshift, map(operator.rshift, unsigned, itertools.repeat(63)), itertools.repeat(64)
+    )
+    return [*map(operator.sub, unsigned, high)]
+
+
+def _integer_ids(counts: Ids, traces: Ids, spans: Ids) -> list[list[Any]]:
+    return [
+        [*counts],
+        _signed(map(operator.rshift, traces, itertools.repeat(64))),
+        _signed(map(operator.and_, traces, itertools.repeat(2**64 - 1))),
+        _signed(iter(spans)),
+    ]
+
+
+#: Id columns of each row shape, and how a batch's ids are converted for them.
+SHAPES: dict[str, tuple[str, Callable[[Ids, Ids, Ids], list[list[Any]]]]] = {
+    "ids as hex text (as stored)": ("id TEXT, trace_id TEXT, span_id TEXT", _hex_ids),
+    "trace/span ids as blobs": ("id TEXT, trace_id BLOB, span_id BLOB", _blob_ids),
+    "ids as integers": (
+        "id INTEGER, trace_hi INTEGER, trace_lo INTEGER, span_id INTEGER",
+        _integer_ids,
+    ),
+}
+_SHAPE_TABLE = (
+    "CREATE TABLE history (seq INTEGER PRIMARY KEY, time REAL NOT NULL, agent TEXT NOT NULL, "
+    "input TEXT, user_id TEXT, frontend TEXT, outcome TEXT NOT NULL, error_type TEXT, "
+    "duration_ms REAL NOT NULL, cached INTEGER NOT NULL, instance TEXT NOT NULL, output TEXT, {})"
+)
+
+
+def _shape_connection(path: Path, id_columns: str) -> sqlite3.Connection:
+    """A file with the store's settings and indexes, its ids in `id_columns`."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = NORMAL")
+    connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    connection.execute(_SHAPE_TABLE.format(id_columns))
+    for line in _SCHEMA.splitlines():
+        if line.startswith("CREATE INDEX"):
+            connection.execute(line)
+    return connection
+
+
+def row_shapes(directory: Path) -> None:
+    rng = random.Random(16)
+    agents = [f"agent{n}" for n in range(10)]
+    users = [str(100_000_000_000_000_000 + n) for n in range(1000)]
+    outcomes = ["ok"] * 18 + ["error", "refused"]
+    row_format = RowFormat("bench", "bench")
+    store = SqliteHistoryStore(directory / "store.db", max_age=1e9, max_rows=10_000_000)
+    connections = {
+        name: _shape_connection(directory / f"shape{n}.db", columns)
+        for n, (name, (columns, _)) in enumerate(SHAPES.items())
+    }
+    cpu: dict[str, list[float]] = {name: [] for name in [*SHAPES, "store"]}
+    count = 0
+    for batch in range(SHAPE_BATCHES):
+        counts = range(count, count + SHAPE_BATCH)
+        count += SHAPE_BATCH
+        times = [time.time() + n * 1e-4 for n in range(SHAPE_BATCH)]
+        agent = [rng.choice(agents) for _ in counts]
+        user = [rng.choice(users) for _ in counts]
+        outcome = [rng.choice(outcomes) for _ in counts]
+        traces = [rng.getrandbits(128) for _ in counts]
+        spans = [rng.getrandbits(64) for _ in counts]
+        rows = [
+            (n, t, a, "uname -a", u, "discord", o, None, 0.0015, o == "ok", trace, span, None)
+            for n, t, a, u, o, trace, span in zip(
+                counts, times, agent, user, outcome, traces, spans, strict=True
+            )
+        ]
+        names = [*cpu]
+        for name in names[batch % len(names) :] + names[: batch % len(names)]:
+            started = time.process_time()
+            if name == "store":
+                store.write_rows(rows, row_format)
+            else:
+                _write_shape(connections[name], SHAPES[name][1], rows, counts, traces, spans)
+            cpu[name].append((time.process_time() - started) / SHAPE_BATCH)
+    store.close()
+    files = {name: directory / f"shape{n}.db" for n, name in enumerate(SHAPES)} | {
+        "store": store.path
+    }
+    first = next(iter(SHAPES))
+    for name, entries in cpu.items():
+        if name in connections:
+            connections[name].execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            connections[name].close()
+        size = files[name].stat().st_size / count
+        label = "the store's write_rows" if name == "store" else name
+        ratios = [*map(operator.truediv, entries, cpu[first])]
+        print(
+            f"writer CPU per entry, {label:<28}: {summary(entries, 1e6, 'µs')}  "
+            f"{size:4.0f} B/entry, x{statistics.median(ratios):.3f} the first's batch by batch "
+            f"(range {min(ratios):.3f}-{max(ratios):.3f})"
+        )
+
+
+def _write_shape(
+    connection: sqlite3.Connection,
+    convert: Callable[[Ids, Ids, Ids], list[list[Any]]],
+    rows: list[tuple[Any, ...]],
+    counts: Ids,
+    traces: Ids,
+    spans: Ids,
+) -> None:
+    """`rows` converted column by column, as the store does, in statements of ROWS_PER_INSERT."""
+    ids = convert(counts, traces, spans)
+    (_, times, agents, inputs, users, frontends, outcomes, _, durations, cached, *_) = zip(
+        *rows, strict=True
+    )
+    columns = [
+        *ids, times, agents, inputs, users, frontends, outcomes,
+        [*map(operator.mul, durations, itertools.repeat(1000.0))], [*map(int, cached)],
+    ]  # fmt: skip
+    names = _SHAPE_NAMES[len(ids)]
+    row = f"(?1, {', '.join('?' * len(columns))})"
+    sql = f"INSERT INTO history (instance, {names}) VALUES " + ", ".join([row] * ROWS_PER_INSERT)
+    connection.execute("BEGIN IMMEDIATE")
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        values: list[Any] = ["bench"]
+        values += itertools.chain.from_iterable(
+            zip(*(column[start : start + ROWS_PER_INSERT] for column in columns), strict=True)
+        )
+        connection.execute(sql, values)
+    connection.execute("COMMIT")
+
+
+_VALUE_COLUMNS = "time, agent, input, user_id, frontend, outcome, duration_ms, cached"
+_SHAPE_NAMES = {
+    3: f"id, trace_id, span_id, {_VALUE_COLUMNS}",
+    4: f"id, trace_hi, trace_lo, span_id, {_VALUE_COLUMNS}",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repetitions", type=int, default=7)
+    parser.add_argument("--row-shapes", action="store_true")
     args = parser.parse_args()
     print(f"load average (1, 5, 15 min) at start: {load_average()}")
     with tempfile.TemporaryDirectory() as directory:
         asyncio.run(call_cost(Path(directory), args.repetitions))
         query_latency(Path(directory), args.rows)
+        if args.row_shapes:
+            row_shapes(Path(directory))
     print(f"load average (1, 5, 15 min) at end  : {load_average()}")
 
 
