@@ -18,7 +18,9 @@ between several bot instances needs:
   prefix (aiocache's un-namespaced clear is FLUSHDB on a shared database);
 - the primitives of the shared-cache protocol (`SharedBackend`, described in
   `_shared_cache.py`), each an atomic Lua script: `claim`, `store`, `advance_generation`,
-  `extend_lock` and `release_lock`.
+  `extend_lock` and `release_lock`. A generation key that holds no count of ours is replaced
+  with a fresh random count and logged, and a lock key of another type holds no token: a
+  planted key never makes a script fail.
 
 Every operation is bounded by the operation timeout through `Deadlines`: one timer for all the
 operations in flight, and a deadline that never takes a reply already received for a timeout
@@ -70,53 +72,86 @@ if size == 0 then return false end
 if size > tonumber(ARGV[1]) then return size end
 return redis.call('GET', KEYS[1])
 """
-# KEYS[1] value key, KEYS[2] lock key, KEYS[3] generation key; ARGV[1] token, ARGV[2] lease
-# in ms, ARGV[3] a random generation to start from when the key is missing (never counted
-# before, or lost to eviction or a restart: a count restarting from 0 could repeat one that a
-# computation in flight read), ARGV[4] the largest value in bytes, ARGV[5] "1" when the value
-# was read and found invalid. Returns {1, generation, value} when a value is stored,
-# {2, generation} when the lock was taken, {0, generation} when it is held. A value that is
-# not a string or is larger is no output of ours, and a lock without an expiry no lock of
-# ours (every lock is taken with one): the first is a miss, the second counts as expired.
-_CLAIM = """
-local generation = redis.call('GET', KEYS[3])
-if not generation then
-  generation = ARGV[3]
-  redis.call('SET', KEYS[3], generation)
+# The generation held at `key`, or `seed`, written in its place, when there is none (never
+# counted before, or lost to eviction or a restart: a count restarting from 0 could repeat one
+# that a computation in flight read) or it is no count of ours: anything but a decimal of at
+# most 19 digits without a leading zero, below 9e18, so that INCR can go on from it. Returns
+# the generation and what the key held instead of one (false: nothing, or a count). A fresh
+# random count also moves on from the one it replaces, as an invalidation does.
+_GENERATION = """
+local function generation_of(key, seed)
+  local size = redis.pcall('STRLEN', key)
+  if type(size) == 'number' and size > 0 and size <= 19 then
+    local value = redis.call('GET', key)
+    if (value == '0' or string.match(value, '^[1-9]%d*$')) and tonumber(value) < 9e18 then
+      return value, false
+    end
+  end
+  local found = false
+  if type(size) ~= 'number' then
+    found = 'a ' .. redis.call('TYPE', key)['ok']
+  elseif size > 0 then
+    found = 'a string of ' .. size .. ' bytes'
+  elseif redis.call('EXISTS', key) == 1 then
+    found = 'an empty string'
+  end
+  redis.call('SET', key, seed)
+  return seed, found
 end
+"""
+# KEYS[1] value key, KEYS[2] lock key, KEYS[3] generation key; ARGV[1] token, ARGV[2] lease
+# in ms, ARGV[3] a random generation to start from when there is none (`_GENERATION`),
+# ARGV[4] the largest value in bytes, ARGV[5] "1" when the value was read and found invalid.
+# Returns {1, generation, found, value} when a value is stored, {2, generation, found} when
+# the lock was taken, {0, generation, found} when it is held; `found` is what the generation
+# key held instead of a generation (nil: nothing was replaced). A value that is not a string
+# or is larger is no output of ours, and a lock without an expiry no lock of ours (every lock
+# is taken with one): the first is a miss, the second counts as expired.
+_CLAIM = (
+    _GENERATION
+    + """
+local generation, found = generation_of(KEYS[3], ARGV[3])
 local size = redis.pcall('STRLEN', KEYS[1])
 if ARGV[5] ~= '1' and type(size) == 'number' and size > 0 and size <= tonumber(ARGV[4]) then
-  return {1, generation, redis.call('GET', KEYS[1])}
+  return {1, generation, found, redis.call('GET', KEYS[1])}
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, generation} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, generation, found} end
 if redis.call('PTTL', KEYS[2]) == -1 then
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-  return {2, generation}
+  return {2, generation, found}
 end
-return {0, generation}
+return {0, generation, found}
 """
+)
 # KEYS[1] value key, KEYS[2] generation key; ARGV[1] value, ARGV[2] ttl in ms, ARGV[3] the
-# generation the value was computed in. Returns 1 when stored, 0 when the generation moved on
-# or was lost meanwhile.
+# generation the value was computed in. Returns 1 when stored, 0 when the generation moved on,
+# was lost or was replaced by anything else (a key of another type included) meanwhile.
 _STORE = """
-if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
+if redis.pcall('GET', KEYS[2]) ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
-# KEYS[1] generation key; ARGV[1] a random generation to count from when the key is missing
-# (INCR would restart at 1, a value a computation in flight may hold).
-_ADVANCE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
-return redis.call('INCR', KEYS[1])
+# KEYS[1] generation key; ARGV[1] a random generation to count from when there is none
+# (`_GENERATION`: INCR would restart at 1, a value a computation in flight may hold). Returns
+# what the key held instead of a generation (nil: nothing was replaced).
+_ADVANCE = (
+    _GENERATION
+    + """
+local _, found = generation_of(KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[1])
+return found
 """
+)
+# KEYS[1] lock key; ARGV[1] token (and ARGV[2] lease in ms). A key of another type holds no
+# token of ours: 0, not an error.
 _EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -520,13 +555,15 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         keys = [key, lock_key, generation_key]
         args = [token, _ms(lease), secrets.randbelow(_GENERATION_SEEDS)]
         reply = await self._claim(keys=keys, args=[*args, self.serializer.max_bytes, 0])
+        if reply[2] is not None:
+            _replaced(generation_key, reply[2])
         if reply[0] == 1:
-            value = self.serializer.loads(reply[2])
+            value = self.serializer.loads(reply[3])
             if value is not None:
                 return Claimed(str(value), reply[1].decode())
             # An invalid value is a miss: claim again, as if the key were empty.
             reply = await self._claim(keys=keys, args=[*args, self.serializer.max_bytes, 1])
-        generation = reply[1].decode()
+        generation = reply[1].decode()  # ASCII digits: anything else was replaced
         return Claimed(Claim.ACQUIRED if reply[0] == 2 else Claim.HELD, generation)
 
     async def store(
@@ -544,7 +581,9 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
     async def advance_generation(self, generation_key: str) -> None:
         """One more invalidation of the agent: results computed before it are not stored."""
         seed = secrets.randbelow(_GENERATION_SEEDS)
-        await self.deadlines.run(self._advance(keys=[generation_key], args=[seed]))
+        found = await self.deadlines.run(self._advance(keys=[generation_key], args=[seed]))
+        if found is not None:
+            _replaced(generation_key, found)
 
     async def extend_lock(self, lock_key: str, token: str, lease: float) -> bool:
         """Push the lock's expiry to `lease` from now, if `token` still holds it."""
@@ -570,6 +609,16 @@ def redact(url: str) -> str:
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def _replaced(generation_key: str, found: bytes) -> None:
+    """Log a generation key that held no count of ours, which a script replaced."""
+    logger.warning(
+        "cache generation key %r held %s, not an invalidation count: replaced it with a fresh"
+        " random count (results computed before are not stored)",
+        generation_key,
+        found.decode(),
+    )
 
 
 def _ms(seconds: float) -> int:

@@ -8,7 +8,10 @@ script). The protocol, for a key `K` of an agent whose keys start with `P`:
 - `K` holds the output (JSON `{"output": ...}`) with the agent's TTL as its expiry;
   `K:lock` holds the token of the process computing `K`; `P~generation` counts the agent's
   invalidations by any process, from a random start (a count restarting from 0 after an
-  eviction or a restart could repeat one that a computation in flight read).
+  eviction or a restart could repeat one that a computation in flight read). Anything else
+  found there (planted text, an integer INCR cannot count from, a key of another type) is
+  replaced with a fresh random start by the next `claim` or `advance_generation`, and
+  logged: like an invalidation, that moves on from every generation a computation holds.
 - Within a process, concurrent callers of `K` send one `read` (single-flight, `_cache.py`).
 - On a miss, `claim` returns `K`'s output, else takes `K:lock` (SET NX PX with a random
   token) for a first lease of a few operation timeouts, with the generation then. Once the
