@@ -80,20 +80,18 @@ return redis.call('GET', KEYS[1])
 # random count also moves on from the one it replaces, as an invalidation does.
 _GENERATION = """
 local function generation_of(key, seed)
-  local size = redis.pcall('STRLEN', key)
-  if type(size) == 'number' and size > 0 and size <= 19 then
-    local value = redis.call('GET', key)
-    if (value == '0' or string.match(value, '^[1-9]%d*$')) and tonumber(value) < 9e18 then
-      return value, false
-    end
+  local value = redis.pcall('GET', key)
+  if type(value) == 'string' and #value <= 19
+      and (value == '0' or string.match(value, '^[1-9]%d*$')) and tonumber(value) < 9e18 then
+    return value, false
   end
   local found = false
-  if type(size) ~= 'number' then
+  if type(value) == 'table' then
     found = 'a ' .. redis.call('TYPE', key)['ok']
-  elseif size > 0 then
-    found = 'a string of ' .. size .. ' bytes'
-  elseif redis.call('EXISTS', key) == 1 then
+  elseif value == '' then
     found = 'an empty string'
+  elseif value then
+    found = 'a string of ' .. #value .. ' bytes'
   end
   redis.call('SET', key, seed)
   return seed, found
