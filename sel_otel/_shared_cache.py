@@ -325,11 +325,18 @@ class SharedCache:
         self.breaker.success()
 
     async def invalidate(self, prefix: str) -> None:
-        """Count one more invalidation, then delete the agent's outputs. Never skipped by the
-        breaker: a stale result outliving a mutating command is worse than one timeout."""
+        """Count one more invalidation, then delete the agent's outputs (deleted even when the
+        count failed, before the failure is raised). Never skipped by the breaker: a stale
+        result outliving a mutating command is worse than one timeout."""
         with self._span(names.CACHE_INVALIDATE, "SCAN") as span:
             try:
-                await self.backend.advance_generation(prefix + GENERATION_KEY)
+                try:
+                    await self.backend.advance_generation(prefix + GENERATION_KEY)
+                except Exception:
+                    # It may have run in Redis all the same (a reply lost to a timeout), and
+                    # the outputs are to go either way: delete them, then report the failure.
+                    await self.backend.clear(namespace=prefix)
+                    raise
                 deleted = await self.backend.clear(namespace=prefix)
             except Exception as exc:
                 self._failed(span, exc)

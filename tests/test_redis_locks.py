@@ -137,3 +137,30 @@ async def _running(
         assert time.monotonic() < deadline and not task.done()
         await asyncio.sleep(0.005)
     return task
+
+
+async def test_an_invalidation_whose_count_timed_out_still_deletes_the_outputs(
+    redis_server: RedisServer, make_cache: CacheFactory
+) -> None:
+    """The count may have run in Redis though its reply was lost to the timeout: the stored
+    outputs are deleted all the same, so no instance goes on serving them."""
+    writer, invalidator = await make_cache(), await make_cache()
+    key = writer.key("agent", "q")
+    assert (await writer.get_or_run(key, 60, Counting("old"))).lookup is Lookup.MISS
+    backend = invalidator.backend
+    assert isinstance(backend, RedisResultBackend)
+    advance = backend.advance_generation
+
+    async def stalled_advance(generation_key: str) -> None:
+        stall(redis_server)
+        try:
+            await advance(generation_key)
+        finally:
+            redis_server.resume()
+
+    backend.advance_generation = stalled_advance  # type: ignore[method-assign]
+    await invalidator.invalidate("agent")
+
+    compute = Counting("new")
+    outcome = await writer.get_or_run(key, 60, compute)
+    assert (outcome.output, outcome.lookup, compute.calls) == ("new", Lookup.MISS, 1)
