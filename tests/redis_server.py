@@ -96,9 +96,15 @@ class RedisServer:
         self.start()
 
     def pause(self) -> None:
-        """SIGSTOP: connections stay open, nothing answers."""
+        """SIGSTOP, and wait until the process is stopped: connections stay open, and what is
+        sent from now on waits in its socket unanswered."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGSTOP)
+        stat = Path(f"/proc/{self.process.pid}/stat")
+        deadline = time.monotonic() + 10
+        while stat.read_text().rpartition(")")[2].split()[0] != "T":
+            assert time.monotonic() < deadline, "redis-server did not stop"
+            time.sleep(0.001)
 
     def resume(self) -> None:
         assert self.process is not None

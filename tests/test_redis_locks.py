@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -51,17 +50,6 @@ async def make_cache(redis_server: RedisServer) -> AsyncIterator[CacheFactory]:
         await cache.close()
 
 
-def stall(server: RedisServer) -> None:
-    """SIGSTOP the server and wait until it is stopped: what is sent next waits in its socket."""
-    server.pause()
-    assert server.process is not None
-    stat = Path(f"/proc/{server.process.pid}/stat")
-    deadline = time.monotonic() + 10
-    while stat.read_text().rpartition(")")[2].split()[0] != "T":
-        assert time.monotonic() < deadline, "redis-server did not stop"
-        time.sleep(0.001)
-
-
 async def test_a_claim_answered_after_its_caller_timed_out_does_not_hold_the_key(
     redis_server: RedisServer, make_cache: CacheFactory
 ) -> None:
@@ -73,7 +61,7 @@ async def test_a_claim_answered_after_its_caller_timed_out_does_not_hold_the_key
 
     async def get_then_stall(*args: Any, **kwargs: Any) -> Any:
         value = await get(*args, **kwargs)
-        stall(redis_server)  # the claim that follows the read waits in Redis's socket
+        redis_server.pause()  # the claim that follows the read waits in Redis's socket
         return value
 
     backend.get = get_then_stall  # type: ignore[method-assign]
@@ -98,7 +86,7 @@ async def test_a_release_skipped_by_the_open_breaker_is_made_when_redis_answers(
     async def compute() -> str:
         # While this holds the key's lock, Redis stalls for another call, which opens the
         # breaker: the holder's write and release come while it is open.
-        stall(redis_server)
+        redis_server.pause()
         try:
             other = await first.get_or_run(first.key("agent", "other"), 60, Counting())
         finally:
@@ -152,7 +140,7 @@ async def test_an_invalidation_whose_count_timed_out_still_deletes_the_outputs(
     advance = backend.advance_generation
 
     async def stalled_advance(generation_key: str) -> None:
-        stall(redis_server)
+        redis_server.pause()
         try:
             await advance(generation_key)
         finally:
