@@ -8,9 +8,11 @@ sentinel file `loadtest_work.hang` makes it hang until its timeout (`agent-hang`
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ._loadtest import WORK_AGENT
+from ._loadtest_faults import Fault
 
 #: Seconds a call of the work agent may take before it times out (a hanging call's cost).
 WORK_TIMEOUT = 2.0
@@ -69,3 +71,22 @@ class WorkAgent:
             self.sentinel.touch()
         else:
             self.sentinel.unlink(missing_ok=True)
+
+    def faults(self, reload: Callable[[], Awaitable[object]], reloaded: str) -> dict[str, Fault]:
+        """The faults on this agent: `reload`, a new generation reloaded by `reload` (described
+        as `reloaded`), and `agent-hang`."""
+
+        async def new_generation() -> None:
+            self.next_generation()
+            await reload()
+
+        async def hang() -> None:
+            self.hang(True)
+
+        async def unhang() -> None:
+            self.hang(False)
+
+        return {
+            "reload": Fault(f"a new version of the work agent, {reloaded}", new_generation),
+            "agent-hang": Fault("the work agent's executions hang until timeout", hang, unhang),
+        }

@@ -139,21 +139,7 @@ async def local_environment(
 def _local_faults(
     target: RuntimeTarget, work: WorkAgent | None, redis: LocalRedis | None
 ) -> dict[str, Fault]:
-    faults: dict[str, Fault] = {}
-    if work is not None:
-
-        async def reload() -> None:
-            work.next_generation()
-            await target.reload()
-
-        async def hang() -> None:
-            work.hang(True)
-
-        async def unhang() -> None:
-            work.hang(False)
-
-        faults["reload"] = Fault("a new version of the work agent, hot-reloaded", reload)
-        faults["agent-hang"] = Fault("the work agent's executions hang until timeout", hang, unhang)
+    faults = {} if work is None else work.faults(target.reload, "hot-reloaded")
     if redis is not None:
 
         async def pause() -> None:

@@ -393,16 +393,6 @@ def _stack_faults(stack: Stack, target: StackTarget, work: WorkAgent) -> dict[st
     def blocking(call: Callable[[], object]) -> Callable[[], Any]:
         return lambda: asyncio.to_thread(call)
 
-    async def reload() -> None:
-        work.next_generation()
-        await target.reload()
-
-    async def hang() -> None:
-        work.hang(True)
-
-    async def unhang() -> None:
-        work.hang(False)
-
     first = stack.instances[0]
 
     def restart_first() -> None:
@@ -410,8 +400,7 @@ def _stack_faults(stack: Stack, target: StackTarget, work: WorkAgent) -> dict[st
         target.urls[0] = stack._ready(first)
 
     return {
-        "reload": Fault("a new version of the work agent, hot-reloaded everywhere", reload),
-        "agent-hang": Fault("the work agent's executions hang until timeout", hang, unhang),
+        **work.faults(target.reload, "hot-reloaded everywhere"),
         "redis-pause": Fault(
             "docker pause of Redis, then unpause",
             blocking(stack.redis.pause),
