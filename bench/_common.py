@@ -99,6 +99,14 @@ def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+def checkouts(baseline: Path | None) -> dict[str, Path]:
+    """The checkouts a bench measures alike, by label: this one, and `baseline` when given."""
+    found = {"this checkout": BENCH.parent}
+    if baseline is not None:
+        found["baseline"] = baseline.resolve()
+    return found
+
+
 def print_header(title: str) -> None:
     print(title)
     print(machine(), flush=True)

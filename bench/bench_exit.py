@@ -29,9 +29,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from _common import REPETITIONS, interleaved, machine, print_header, spread
+from _common import REPETITIONS, checkouts, interleaved, load_average, print_header, spread
 
-ROOT = Path(__file__).resolve().parent.parent
 #: Seconds after which a console that has not ended is killed.
 BOUND = 10.0
 
@@ -134,25 +133,23 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=REPETITIONS)
     args = parser.parse_args()
     print_header("bench_exit: seconds from the request to end to the process's exit")
-    checkouts = {"this checkout": ROOT}
-    if args.baseline is not None:
-        checkouts["baseline"] = args.baseline.resolve()
+    compared = checkouts(args.baseline)
     results: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as directory:
         agents = Path(directory) / "agents"
         agents.mkdir()
         for name, source in AGENTS.items():
             (agents / f"{name}.py").write_text(textwrap.dedent(source).lstrip())
-        kinds = [(variant, scenario) for variant in checkouts for scenario in SCENARIOS]
+        kinds = [(variant, scenario) for variant in compared for scenario in SCENARIOS]
         for variant, (label, agent, ending) in interleaved(kinds, args.repetitions):
-            seconds = once(checkouts[variant], agents, agent, ending)
+            seconds = once(compared[variant], agents, agent, ending)
             results.setdefault((variant, label), []).append(seconds)
     print(f"median (min-max) of {args.repetitions} repetitions; target <= 2.5 s")
-    for variant in checkouts:
-        print(f"{variant} ({checkouts[variant]}):")
+    for variant in compared:
+        print(f"{variant} ({compared[variant]}):")
         for label, _, _ in SCENARIOS:
             print(f"  {label:38}: {show(results[(variant, label)])}")
-    print("at the end: " + machine().split("; ", 1)[1])
+    print(f"at the end: load average {load_average()} (1, 5, 15 min)")
 
 
 if __name__ == "__main__":

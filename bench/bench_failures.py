@@ -31,15 +31,15 @@ from typing import Any
 from _common import (
     REPETITIONS,
     DiscardingExporter,
+    checkouts,
     child_env,
     interleaved,
-    machine,
+    load_average,
     print_header,
     run_child,
     spread,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 SEQUENTIAL = 300
 SHARED = 1000
 
@@ -108,20 +108,18 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=REPETITIONS)
     args = parser.parse_args()
     print_header("bench_failures: event-loop CPU time of failed agent calls")
-    checkouts = {"this checkout": ROOT}
-    if args.baseline is not None:
-        checkouts["baseline"] = args.baseline.resolve()
-    runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in checkouts}
-    for variant in interleaved(list(checkouts), args.repetitions):
-        env = child_env(PYTHONPATH=str(checkouts[variant]))
+    compared = checkouts(args.baseline)
+    runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in compared}
+    for variant in interleaved(list(compared), args.repetitions):
+        env = child_env(PYTHONPATH=str(compared[variant]))
         runs[variant].append(run_child(Path(__file__), [], env))
 
     def series(variant: str, figure: str, scale: float = 1.0) -> Any:
         return spread([run[figure] * scale for run in runs[variant]])
 
     print(f"median (min-max) of {args.repetitions} repetitions, ms of the loop's CPU time")
-    for variant in checkouts:
-        print(f"{variant} ({checkouts[variant]}):")
+    for variant in compared:
+        print(f"{variant} ({compared[variant]}):")
         print(
             f"  success, per call                  : {series(variant, 'fine alone').show(1e3, 3)}"
         )
@@ -139,7 +137,7 @@ def main() -> None:
             f"{series(variant, 'failing shared').show(1e3, 1)} in all, "
             f"{series(variant, 'failing shared', 1 / SHARED).show(1e3, 3)} per caller"
         )
-    print("at the end: " + machine().split("; ", 1)[1])
+    print(f"at the end: load average {load_average()} (1, 5, 15 min)")
 
 
 if __name__ == "__main__":

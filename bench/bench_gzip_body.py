@@ -33,7 +33,7 @@ import zlib
 from pathlib import Path
 
 import httpx
-from _common import REPETITIONS, interleaved, print_header, spread
+from _common import REPETITIONS, interleaved, load_average, print_header, spread
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The parent of the first commit that stopped inflating request bodies.
@@ -181,7 +181,7 @@ def main() -> None:
             ("service_cpu_s", "s service CPU during the attack"),
         ]:
             print(f"  {spread([run[key] for run in runs]).show()} {unit}")
-    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at the end: {load_average()}")
 
 
 if __name__ == "__main__":
