@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._loadtest import WORK_AGENT, LoadDriver, LoadPlan, Progress, Recording, parse_mix
-from ._loadtest_faults import FaultSpec, check_faults, parse_fault, parse_seconds, run_schedule
+from ._loadtest_faults import (
+    FaultSpec,
+    check_faults,
+    parse_fault,
+    parse_seconds,
+    run_with_faults,
+)
 from ._loadtest_report import plot, render, summarize
 from ._settings import Settings
 from ._telemetry import Telemetry
@@ -197,13 +203,7 @@ async def _drive(
 ) -> Recording:
     """The run, with its faults on schedule and its progress shown."""
     async with _progress(driver, console):
-        schedule = asyncio.create_task(run_schedule(specs, environment.faults, driver))
-        try:
-            return await driver.run()
-        finally:
-            schedule.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await schedule
+        return await run_with_faults(driver, specs, environment.faults)
 
 
 @contextlib.asynccontextmanager

@@ -11,13 +11,14 @@ that fails is logged, and the load goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ._exceptions import ConfigError
-from ._loadtest import FaultWindow, LoadDriver
+from ._loadtest import FaultWindow, LoadDriver, Recording
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,20 @@ async def run_schedule(
     async with asyncio.TaskGroup() as group:
         for spec in specs:
             group.create_task(_inject(spec, faults[spec.kind], driver))
+
+
+async def run_with_faults(
+    driver: LoadDriver, specs: Sequence[FaultSpec], faults: Mapping[str, Fault]
+) -> Recording:
+    """`driver`'s run, with `specs` injected on its clock; every fault begun is ended by the
+    time it returns."""
+    schedule = asyncio.create_task(run_schedule(specs, faults, driver))
+    try:
+        return await driver.run()
+    finally:
+        schedule.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await schedule
 
 
 async def _inject(spec: FaultSpec, fault: Fault, driver: LoadDriver) -> None:

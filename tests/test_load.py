@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from sel_otel import Settings
 from sel_otel._loadtest import LoadDriver, LoadPlan, Outcome, Recording
-from sel_otel._loadtest_faults import check_faults, parse_fault, run_schedule
+from sel_otel._loadtest_faults import check_faults, parse_fault, run_with_faults
 from sel_otel._loadtest_local import local_environment
 from sel_otel._loadtest_report import Summary, summarize
 from sel_otel._telemetry import Telemetry, stats_reader
@@ -69,12 +69,7 @@ async def load(
     ) as environment:
         check_faults(specs, environment.faults, environment.description)
         driver = LoadDriver(plan, environment.target, probe=environment.probe)
-        schedule = asyncio.create_task(run_schedule(specs, environment.faults, driver))
-        try:
-            recording = await driver.run()
-        finally:
-            schedule.cancel()
-            await asyncio.gather(schedule, return_exceptions=True)
+        recording = await run_with_faults(driver, specs, environment.faults)
         stats_calls = await environment.target.stats_calls()
     return summarize(recording, stats_calls, environment.description), recording
 

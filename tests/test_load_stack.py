@@ -9,7 +9,6 @@ at most 14 s, and the stack is removed, networks included, whatever happens.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from sel_otel._loadtest import LoadDriver, LoadPlan, Outcome, Recording
-from sel_otel._loadtest_faults import check_faults, parse_fault, run_schedule
+from sel_otel._loadtest_faults import check_faults, parse_fault, run_with_faults
 from sel_otel._loadtest_local import run_namespace
 from sel_otel._loadtest_report import Summary, summarize
 from sel_otel._loadtest_stack import Images, ReceivedSpan, Stack, docker_environment
@@ -46,12 +45,7 @@ async def load_stack(
     ) as environment:
         check_faults(specs, environment.faults, environment.description)
         driver = LoadDriver(plan, environment.target)
-        schedule = asyncio.create_task(run_schedule(specs, environment.faults, driver))
-        try:
-            recording = await driver.run()
-        finally:
-            schedule.cancel()
-            await asyncio.gather(schedule, return_exceptions=True)
+        recording = await run_with_faults(driver, specs, environment.faults)
         stats_calls = await environment.target.stats_calls()
     return summarize(recording, stats_calls, environment.description), recording
 
