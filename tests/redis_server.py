@@ -28,6 +28,8 @@ import pytest
 
 from tests.conftest import free_port
 from tests.docker_engine import project_image, use_docker_image
+from tests.processes import state
+from tests.waiting import block_until
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -99,12 +101,9 @@ class RedisServer:
         """SIGSTOP, and wait until the process is stopped: connections stay open, and what is
         sent from now on waits in its socket unanswered."""
         assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
-        stat = Path(f"/proc/{self.process.pid}/stat")
-        deadline = time.monotonic() + 10
-        while stat.read_text().rpartition(")")[2].split()[0] != "T":
-            assert time.monotonic() < deadline, "redis-server did not stop"
-            time.sleep(0.001)
+        pid = self.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        block_until(lambda: state(pid) == "T", "redis-server to stop")
 
     def resume(self) -> None:
         assert self.process is not None

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from .conftest import CLI, cli_environment, free_port
+from .processes import running, signal_pending, state
+from .waiting import block_until
 
 
 def sel_otel(*args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
@@ -122,19 +124,7 @@ def _launcher(process: subprocess.Popen[Any]) -> Iterator[set[int]]:
 
 
 def _wait_until_gone(pids: set[int], why: str) -> None:
-    deadline = time.monotonic() + 30
-    while any(_running(pid) for pid in pids):
-        assert time.monotonic() < deadline, why
-        time.sleep(0.05)
-
-
-def _running(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie: an orphan's reaper may take its time."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    block_until(lambda: not any(map(running, pids)), why)
 
 
 def _children(pid: int) -> set[int]:
@@ -250,20 +240,6 @@ def test_a_console_killed_at_any_moment_of_its_services_start_leaves_none_behind
         _wait_until_gone(children, "the host-exec service outlived its launcher")
 
 
-def _pending(pid: int, signum: int) -> bool:
-    """Whether `signum` waits to be delivered to `pid` (a stopped process, say)."""
-    bit = 1 << (signum - 1)
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, mask = line.partition(":")
-        if name in ("SigPnd", "ShdPnd") and int(mask, 16) & bit:
-            return True
-    return False
-
-
-def _stopped(pid: int) -> bool:
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T"
-
-
 def _environment(pid: int) -> dict[str, str]:
     entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(entry.decode().partition("=")[::2] for entry in entries if entry)
@@ -298,11 +274,11 @@ def test_a_signal_while_the_console_waits_for_its_service_to_stop_leaves_no_toke
         # console waits for it until its grace ends, and then kills it.
         os.kill(service, signal.SIGSTOP)
         deadline = time.monotonic() + 60
-        while not _stopped(service):  # a signal sent now stays pending
+        while state(service) != "T":  # a signal sent now stays pending
             assert time.monotonic() < deadline, "the service never stopped"
             time.sleep(0.01)
         lines.close()  # end of input: the console shuts down
-        while not _pending(service, signal.SIGTERM):  # the console is in its wait
+        while not signal_pending(service, signal.SIGTERM):  # the console is in its wait
             assert console.poll() is None, console.communicate()[1]
             assert time.monotonic() < deadline, "the console never asked the service to stop"
             time.sleep(0.01)

@@ -9,8 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,8 @@ from sel_otel.hostexec import _local
 from sel_otel.hostexec._local import LocalHostExec
 
 from ..conftest import cli_environment
+from ..processes import running, signal_pending, state
+from ..waiting import block_until
 
 #: Generous: a loaded 2-core machine starts a Python process in well under this.
 DEADLINE_S = 30.0
@@ -51,8 +51,8 @@ async def test_launcher_stops_the_service_on_exit() -> None:
     async with LocalHostExec() as service:
         pid = service.pid
         log_dir = service.log_path.parent
-        assert _state(pid) not in (None, "Z")
-    assert _state(pid) in (None, "Z")
+        assert running(pid)
+    assert not running(pid)
     assert not _exists(log_dir)
 
 
@@ -65,9 +65,10 @@ async def test_a_shutdown_cancelled_while_it_waits_still_stops_the_service_and_r
     pid, directory = service.pid, service.log_path.parent
     os.kill(pid, signal.SIGSTOP)  # the SIGTERM of the shutdown waits, and so does the shutdown
     try:
-        _until(lambda: _state(pid) == "T", "never stopped")  # a signal sent now stays pending
+        # a signal sent once it is stopped stays pending
+        block_until(lambda: state(pid) == "T", "the service to stop")
         closing = asyncio.ensure_future(service.__aexit__(None, None, None))
-        while not _pending(pid, signal.SIGTERM):  # the shutdown now waits for the service
+        while not signal_pending(pid, signal.SIGTERM):  # the shutdown now waits for the service
             assert not closing.done(), closing
             await asyncio.wait([closing], timeout=0.01)
         for _ in range(2):  # as a signal does, twice
@@ -76,7 +77,7 @@ async def test_a_shutdown_cancelled_while_it_waits_still_stops_the_service_and_r
         assert not closing.done()  # still waiting for the service, cancelled or not
         with pytest.raises(asyncio.CancelledError):
             await closing
-        assert _state(pid) in (None, "Z")
+        assert not running(pid)
         assert not _exists(directory)
     finally:
         _kill(pid)
@@ -137,35 +138,10 @@ def test_a_launcher_fd_that_is_no_pipe_is_refused() -> None:
     assert "HOST_EXEC_LAUNCHER_FD=987 is not a readable pipe" in done.stderr
 
 
-def _until(condition: Callable[[], bool], why: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        assert time.monotonic() < deadline, why
-        time.sleep(0.01)
-
-
-def _pending(pid: int, signum: int) -> bool:
-    """Whether `signum` waits to be delivered to `pid`."""
-    bit = 1 << (signum - 1)
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, mask = line.partition(":")
-        if name in ("SigPnd", "ShdPnd") and int(mask, 16) & bit:
-            return True
-    return False
-
-
 def _kill(pid: int) -> None:
     """SIGKILL `pid` if it still runs (a stopped process too)."""
-    if _state(pid) not in (None, "Z"):
+    if running(pid):
         os.kill(pid, signal.SIGKILL)
-
-
-def _state(pid: int) -> str | None:
-    """The process's state letter, None when it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
-        return None
 
 
 def _exists(path: Path) -> bool:
