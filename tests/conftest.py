@@ -30,7 +30,7 @@ from sel_otel import (
 from sel_otel._app import cache_from_settings
 from sel_otel._metric_data import data_points
 
-pytest_plugins = ["tests.otlp_receiver"]
+pytest_plugins = ["tests.otlp_receiver", "tests.stats_instances"]  # their fixtures, for every test
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The `sel-otel` command, run from the source tree.

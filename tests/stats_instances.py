@@ -1,13 +1,14 @@
 """Instances for the stats tests: a process's telemetry each, recording agent calls as the
-runtime does, and stores on a real redis-server (`stores`)."""
+runtime does, and stores on a real redis-server (the `make_store` fixture, for the test modules
+that use `tests.redis_server`)."""
 
 from __future__ import annotations
 
-import contextlib
 import random
-import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
+import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
@@ -16,6 +17,9 @@ from sel_otel import stats_reader
 from sel_otel._stats import agent_points
 from sel_otel._stats_publish import StatsPublisher
 from sel_otel._stats_redis import RedisStatsStore
+
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer
 
 PREFIX = "test:agent-stats"
 
@@ -58,27 +62,18 @@ class Instance:
 StoreFactory = Callable[[], RedisStatsStore]
 
 
-@contextlib.contextmanager
-def stores(url: str) -> Iterator[StoreFactory]:
-    """A factory of stores on the Redis at `url`, closed at the end."""
+@pytest.fixture
+def make_store(redis_server: RedisServer) -> Iterator[StoreFactory]:
+    """A factory of stores on the test's Redis, closed at the end."""
     made: list[RedisStatsStore] = []
 
     def make() -> RedisStatsStore:
-        made.append(RedisStatsStore.from_url(url, PREFIX, timeout=0.5))
+        made.append(RedisStatsStore.from_url(redis_server.url, PREFIX, timeout=0.5))
         return made[-1]
 
-    try:
-        yield make
-    finally:
-        for store in made:
-            store.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+    yield make
+    for store in made:
+        store.close()
 
 
 def feed(instances: list[Instance], calls: int, seed: int = 7) -> None:

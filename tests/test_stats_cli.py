@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +12,7 @@ import pytest
 
 from sel_otel import read_stats
 from tests.conftest import CLI, cli_environment
-from tests.stats_instances import Instance, StoreFactory, feed, stores
+from tests.stats_instances import Instance, StoreFactory, feed
 
 if TYPE_CHECKING:
     from tests.redis_server import RedisServer
@@ -21,12 +20,6 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.redis_server"]
 
 NAMESPACE = "test"  # the stores of tests.stats_instances publish under "test:agent-stats"
-
-
-@pytest.fixture
-def make_store(redis_server: RedisServer) -> Iterator[StoreFactory]:
-    with stores(redis_server.url) as make:
-        yield make
 
 
 def sel_otel_stats(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -18,18 +17,13 @@ from sel_otel._stats import COUNT_LIMIT, INSTANCES, AgentStats, Points, add_up, 
 from sel_otel._stats_publish import EXPIRY_INTERVALS
 from sel_otel._stats_redis import RedisStatsStore
 from sel_otel._stats_state import FORMAT, decode, encode
-from tests.stats_instances import PREFIX, Instance, StoreFactory, feed, stores, wait_for
+from tests.stats_instances import PREFIX, Instance, StoreFactory, feed
+from tests.waiting import block_until
 
 if TYPE_CHECKING:
     from tests.redis_server import RedisServer
 
 pytest_plugins = ["tests.redis_server"]
-
-
-@pytest.fixture
-def make_store(redis_server: RedisServer) -> Iterator[StoreFactory]:
-    with stores(redis_server.url) as make:
-        yield make
 
 
 def test_the_published_state_is_the_readers_own_points(make_store: StoreFactory) -> None:
@@ -180,7 +174,7 @@ def test_the_publisher_publishes_when_it_starts_and_when_it_is_closed(
     store = make_store()
     publisher = instance.publisher(store, interval=3600)
     publisher.start()
-    wait_for(lambda: len(store.read()) == 1)  # before any call: the instance is there
+    block_until(lambda: len(store.read()) == 1, "the first publish")  # before any call
     for _ in range(3):
         instance.call("echo", 0.001)
     assert published_calls(store) == 0
@@ -196,7 +190,7 @@ def test_the_publisher_publishes_every_interval(make_store: StoreFactory) -> Non
     try:
         for calls in (1, 2, 3):
             instance.call("echo", 0.001)
-            wait_for(lambda: published_calls(store) == calls)  # noqa: B023
+            block_until(lambda: published_calls(store) == calls, "the calls published")  # noqa: B023
     finally:
         publisher.close(timeout=10)
 
@@ -208,7 +202,9 @@ def test_a_state_drops_out_when_it_expires_and_leaves_the_index(
     store.put("1:gone", encode("gone", 1.0, 0.3, []), 0.3)
     store.put("1:kept", encode("kept", 1.0, 60.0, []), 60.0)
     assert {decode(p, r).instance for p, r in store.read()} == {"gone", "kept"}
-    wait_for(lambda: [decode(p, r).instance for p, r in store.read()] == ["kept"])
+    block_until(
+        lambda: [decode(p, r).instance for p, r in store.read()] == ["kept"], "only kept left"
+    )
     assert redis.Redis.from_url(redis_server.url).smembers(PREFIX) == {b"1:kept"}
 
 
@@ -224,7 +220,7 @@ def test_each_read_finds_the_states_published_expired_or_replaced_since_the_last
         ("a", True),
         ("b", True),
     ]
-    wait_for(lambda: [decode(p, r).instance for p, r in store.read()] == ["a"])
+    block_until(lambda: [decode(p, r).instance for p, r in store.read()] == ["a"], "only a")
     assert redis.Redis.from_url(redis_server.url).smembers(PREFIX) == {b"1:a"}
     assert [decode(p, r).instance for p, r in other.read()] == ["a"]
 
@@ -243,9 +239,9 @@ def test_a_publisher_outlives_redis_going_away_and_coming_back(
     publisher = instance.publisher(store, interval=0.05)
     redis_server.kill()
     publisher.start()
-    wait_for(lambda: "stats not published to the shared store" in caplog.text)
+    block_until(lambda: "stats not published to the shared store" in caplog.text, "the error")
     redis_server.start()
-    wait_for(lambda: len(store.read()) == 1)
+    block_until(lambda: len(store.read()) == 1, "a publish once Redis is back")
     publisher.close(timeout=10)
     assert caplog.text.count("stats not published to the shared store") == 1
     assert "stats published to the shared store again" in caplog.text

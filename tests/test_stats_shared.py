@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import gc
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,18 +25,12 @@ from sel_otel._stats_shared import DeploymentStats, StateReader, read_states, st
 from sel_otel._stats_state import InstanceState, encode
 from sel_otel._telemetry import build_resource
 from tests.conftest import AgentWriter
-from tests.stats_instances import Instance, StoreFactory, feed, stores
+from tests.stats_instances import Instance, StoreFactory, feed
 
 if TYPE_CHECKING:
     from tests.redis_server import RedisServer
 
 pytest_plugins = ["tests.redis_server"]
-
-
-@pytest.fixture
-def make_store(redis_server: RedisServer) -> Iterator[StoreFactory]:
-    with stores(redis_server.url) as make:
-        yield make
 
 
 def answering(instance: Instance, store: RedisStatsStore | None) -> DeploymentStats:
