@@ -4,7 +4,6 @@ Redis (counted, logged once), never a call."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from sel_otel._history_redis import RedisHistoryStore
 from sel_otel._history_sqlite import SqliteHistoryStore
 from tests.conftest import TelemetryFixture
 from tests.test_history import dropped, entry, record
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from tests.redis_server import RedisServer
@@ -190,10 +190,10 @@ async def test_a_stalled_redis_holds_up_only_its_own_writer(
         for n in range(1, 101):
             record(history, n, span=trace.INVALID_SPAN)  # returns at once: only queued
         # The SQLite writer keeps going while the Redis one waits on the stalled server.
-        deadline = time.monotonic() + 10.0
-        while len(sqlite.query(HistoryQuery(limit=200))) < 101:
-            assert time.monotonic() < deadline, "the local file stopped being written"
-            await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: len(sqlite.query(HistoryQuery(limit=200))) >= 101,
+            "the local file to keep being written",
+        )
         assert not await history.flush(wait=0.2)
     finally:
         redis_server.resume()

@@ -3,8 +3,6 @@ what is dropped is counted, by outcome."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from sel_otel._metric_data import data_points
 
 from .conftest import process_runtime
 from .otlp_receiver import OtlpReceiver
+from .waiting import wait_until
 
 AGENTS = {
     "echo": "DESCRIPTION = 'echo'\ndef run(q):\n    return q\n",
@@ -166,10 +165,9 @@ async def test_while_exports_fail_only_one_batch_of_successes_waits_and_every_er
     otlp_receiver.fail(400)  # refused for good: not retried
     for i in range(16):  # a batch that the collector refuses
         await runtime.run("echo", f"refused {i}")
-    deadline = time.monotonic() + 30
-    while not any(exporter.failing for exporter in telemetry.exporters):
-        assert time.monotonic() < deadline, "the export never failed"
-        await asyncio.sleep(0.02)
+    await wait_until(
+        lambda: any(exporter.failing for exporter in telemetry.exporters), "the export to fail"
+    )
     otlp_receiver.hang(60)
     for i in range(16):  # the next batch: its export is held
         await runtime.run("echo", f"held {i}")
@@ -187,9 +185,11 @@ async def test_while_exports_fail_only_one_batch_of_successes_waits_and_every_er
     otlp_receiver.stop()  # the held export is answered 503 and retried once this is up
     otlp_receiver.ok()
     otlp_receiver.start()
-    while any(exporter.failing for exporter in telemetry.exporters):
-        assert time.monotonic() < deadline + 30, "the export never recovered"
-        await asyncio.sleep(0.02)
+    await wait_until(
+        lambda: not any(exporter.failing for exporter in telemetry.exporters),
+        "the export to recover",
+        deadline_s=60,
+    )
     await runtime.aclose()
     telemetry.shutdown(timeout=60)
     assert Counter(agent_spans(otlp_receiver)) == {
