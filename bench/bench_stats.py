@@ -99,7 +99,7 @@ async def merged_reads(
             publisher.publish()
 
     def floor() -> list[InstanceState]:  # every state read and decoded, nothing added up
-        return [decode(raw, remaining) for raw, remaining in store.read()]
+        return [decode(raw, remaining) for _, raw, remaining in store.read()]
 
     timings = []
     for before, read in (
@@ -173,7 +173,7 @@ async def main(url: str, count: int, agents: int, repetitions: int) -> None:
     stats = DeploymentStats(answering.reader, instance=answering.name, started=started, store=store)
     report = await stats.report()
     points = sum(len(i.points()) for i in instances[1:])
-    payload = max(len(raw) for raw, _ in store.read())
+    payload = max(len(raw) for _, raw, _ in store.read())
     print(
         f"{count} instances x {agents} agents: {len(report.rows)} agents merged, "
         f"{report.coverage()}; {points} published points, largest state {payload:,} bytes"

@@ -49,12 +49,7 @@ class RedisStatsStore:
         pipeline.expire(self.prefix, INDEX_LIFETIME)
         self._run(pipeline)
 
-    def read(self) -> list[tuple[bytes, float]]:
-        """Every live state's payload, with the seconds it has left to live, in the order of
-        their members (see `read_members`)."""
-        return [(payload, remaining) for _, payload, remaining in self.read_members()]
-
-    def read_members(self) -> list[tuple[bytes, bytes, float]]:
+    def read(self) -> list[tuple[bytes, bytes, float]]:
         """Every live state's member, payload and seconds left to live, in the order of their
         members. One round trip when the members are those of the previous read: their keys
         are read with the set; a second one for members new since."""

@@ -128,7 +128,7 @@ class StateReader:
         format, or a corrupt payload)."""
         earlier, found = self._points, {}
         states, unreadable = [], []
-        for name, payload, remaining in self.store.read_members():
+        for name, payload, remaining in self.store.read():
             try:
                 state = decode(payload, remaining, earlier)
             except ValueError as exc:

@@ -31,7 +31,7 @@ def test_the_published_state_is_the_readers_own_points(make_store: StoreFactory)
     feed([instance], 200)
     store = make_store()
     instance.publisher(store).publish()
-    [(payload, remaining)] = store.read()
+    [(_, payload, remaining)] = store.read()
     assert 0 < remaining <= 5.0 * EXPIRY_INTERVALS
     # on the wire: a JSON head, then the reader's points in binary columns, grouped by agent,
     # with their attributes as the reader has them
@@ -163,7 +163,7 @@ def test_a_payload_of_another_layout_is_refused() -> None:
 
 
 def published_calls(store: RedisStatsStore) -> int:
-    states = [decode(payload, left) for payload, left in store.read()]
+    states = [decode(payload, left) for _, payload, left in store.read()]
     return sum(state.points.calls() for state in states)
 
 
@@ -201,9 +201,9 @@ def test_a_state_drops_out_when_it_expires_and_leaves_the_index(
     store = make_store()
     store.put("1:gone", encode("gone", 1.0, 0.3, []), 0.3)
     store.put("1:kept", encode("kept", 1.0, 60.0, []), 60.0)
-    assert {decode(p, r).instance for p, r in store.read()} == {"gone", "kept"}
+    assert {decode(p, r).instance for _, p, r in store.read()} == {"gone", "kept"}
     block_until(
-        lambda: [decode(p, r).instance for p, r in store.read()] == ["kept"], "only kept left"
+        lambda: [decode(p, r).instance for _, p, r in store.read()] == ["kept"], "only kept left"
     )
     assert redis.Redis.from_url(redis_server.url).smembers(PREFIX) == {b"1:kept"}
 
@@ -213,16 +213,16 @@ def test_each_read_finds_the_states_published_expired_or_replaced_since_the_last
 ) -> None:
     store, other = make_store(), make_store()
     store.put("1:a", encode("a", 1.0, 60.0, []), 60.0)
-    assert [decode(p, r).instance for p, r in store.read()] == ["a"]
+    assert [decode(p, r).instance for _, p, r in store.read()] == ["a"]
     store.put("2:b", encode("b", 2.0, 0.3, []), 0.3)
     store.put("1:a", encode("a", 1.0, 30.0, []), 30.0)
-    assert [(decode(p, r).instance, r <= 30) for p, r in store.read()] == [
+    assert [(decode(p, r).instance, r <= 30) for _, p, r in store.read()] == [
         ("a", True),
         ("b", True),
     ]
-    block_until(lambda: [decode(p, r).instance for p, r in store.read()] == ["a"], "only a")
+    block_until(lambda: [decode(p, r).instance for _, p, r in store.read()] == ["a"], "only a")
     assert redis.Redis.from_url(redis_server.url).smembers(PREFIX) == {b"1:a"}
-    assert [decode(p, r).instance for p, r in other.read()] == ["a"]
+    assert [decode(p, r).instance for _, p, r in other.read()] == ["a"]
 
 
 def test_instance_states_live_apart_from_any_agents_cached_results() -> None:
