@@ -345,7 +345,7 @@ def _span_exporters(env: Mapping[str, str], meter_provider: MeterProvider) -> li
 
             exporters.append(GrpcSpanExporter(meter_provider=meter_provider))
         else:
-            from ._otlp_spans import FastOTLPSpanExporter
+            from ._otlp_exporter import FastOTLPSpanExporter
 
             exporters.append(FastOTLPSpanExporter(meter_provider=meter_provider))
         if name != "console" and counts_exports(env):

@@ -26,7 +26,8 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
-from sel_otel._otlp_spans import EnvironmentOnceSession, FastOTLPSpanExporter, SpanEncoder
+from sel_otel._otlp_exporter import EnvironmentOnceSession, FastOTLPSpanExporter
+from sel_otel._otlp_spans import SpanEncoder
 from sel_otel._span_fields import FIELDS_READABLE
 
 
