@@ -32,7 +32,8 @@ class SelApp:
     Entering connects the cache, loads the agents, runs the cache warm-up list, starts
     publishing the stats for the deployment and freezes the heap (`freeze_heap`); leaving
     stops the runtime, closes the cache, writes the last history entries, publishes the last
-    stats and unfreezes the heap. Telemetry is passed in and stays its owner's to shut down.
+    stats and gives the heap back (unfrozen once no app of the process runs). Telemetry is
+    passed in and stays its owner's to shut down.
     """
 
     def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
@@ -52,6 +53,7 @@ class SelApp:
             history=self.history,
         )
         self.stats = deployment_stats(settings, telemetry)
+        self._holds_heap = False
         self.commands = CommandHandler(
             self.runtime,
             telemetry.stats_reader,
@@ -74,6 +76,7 @@ class SelApp:
                         logger.warning("cache warm-up of %s failed: %s", result.agent, result.error)
             self.stats.start()
             freeze_heap()
+            self._holds_heap = True
         except BaseException:  # e.g. cancelled by SIGTERM during warm-up: close what opened
             await self.__aexit__(None, None, None)
             raise
@@ -90,7 +93,14 @@ class SelApp:
         if self.history is not None:
             await self.history.aclose(self.settings.telemetry_shutdown_timeout)
         await self.stats.aclose(self.settings.telemetry_shutdown_timeout)
-        gc.unfreeze()
+        if self._holds_heap:
+            self._holds_heap = False
+            release_heap()
+
+
+#: Holders of the frozen heap (`freeze_heap` calls not yet released): the garbage collector's
+#: frozen generation is the process's, not an app's.
+_heap_holders = 0
 
 
 def freeze_heap() -> None:
@@ -102,9 +112,21 @@ def freeze_heap() -> None:
     exporters' libraries included: about 2-4 µs a call at full speed, against 0.1 once frozen.
     What is frozen is still freed when its last reference goes; only a cycle that becomes
     garbage meanwhile (the module of an agent replaced by a reload) waits for the unfreeze.
+    Each call holds the heap frozen until its `release_heap`.
     """
+    global _heap_holders
     gc.collect()
     gc.freeze()
+    _heap_holders += 1
+
+
+def release_heap() -> None:
+    """Release one `freeze_heap`: the heap is unfrozen when the last holder releases it, so
+    that apps sharing a process do not thaw each other's."""
+    global _heap_holders
+    _heap_holders -= 1
+    if not _heap_holders:
+        gc.unfreeze()
 
 
 def cache_from_settings(

@@ -62,3 +62,17 @@ async def test_a_running_app_leaves_its_start_up_heap_out_of_garbage_collections
     async with SelApp(settings, telemetry) as app:
         assert not any(obj is app.runtime for obj in gc.get_objects())  # what collections walk
     assert any(obj is app.runtime for obj in gc.get_objects())  # given back when it stops
+
+
+async def test_apps_sharing_a_process_keep_the_heap_frozen_until_the_last_one_stops(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(agents_dir=tmp_path, data_dir=tmp_path / "data", history=False)
+    reader = stats_reader()
+    telemetry = Telemetry(TracerProvider(), MeterProvider(metric_readers=[reader]), reader)
+    async with SelApp(settings, telemetry) as first:
+        async with SelApp(settings, telemetry):
+            pass
+        # The second app's stop leaves the first one's heap frozen.
+        assert not any(obj is first.runtime for obj in gc.get_objects())
+    assert gc.get_freeze_count() == 0
