@@ -2,13 +2,14 @@
 
 Prints, from one run:
 - a cached call end to end (`await runtime.run(...)`, cache hit, span exported through a
-  BatchSpanProcessor as deployed) with the history on (SQLite, written by its writer thread)
-  and off, interleaved, REPETITIONS times: wall time per call, medians with their range, and
-  the ratio on / off (target <= 1.15); the same for the CPU time of the process per call, all
-  threads (the writer's too: each "on" measure ends when its entries are written); then how
-  many entries were written and dropped, and where the CPU goes: the event loop's share
-  (a third variant, interleaved with the others, queues every entry to a sink that writes
-  nothing) and the SQLite writer thread's own CPU per entry;
+  BatchSpanProcessor, the start-up heap frozen: as a started app runs it) with the history
+  on (SQLite, written by its writer thread) and off, interleaved, REPETITIONS times: wall
+  time per call, medians with their range, and the ratio on / off (target <= 1.15); the same
+  for the CPU time of the process per call, all threads (the writer's too: each "on" measure
+  ends when its entries are written); then how many entries were written and dropped, and
+  where the CPU goes: the event loop's share (a third variant, interleaved with the others,
+  queues every entry to a sink that writes nothing) and the SQLite writer thread's own CPU
+  per entry;
 - a history query over a file of ROWS entries (10 agents, 1,000 users, 90 % ok, 5 % error,
   5 % refused) for each filter, as `/sel_agent_history` and `sel-otel history` run it (a
   read-only connection per query): medians with their range (target <= 50 ms); and the rate
@@ -47,6 +48,7 @@ from sel_otel import (
     ResultCache,
     stats_reader,
 )
+from sel_otel._app import freeze_heap
 from sel_otel._history import History, HistoryEntry, HistoryQuery, HistorySink, Row, RowFormat
 from sel_otel._history_sqlite import (
     _SCHEMA,
@@ -123,6 +125,7 @@ async def call_cost(directory: Path, repetitions: int) -> None:
     variants = {"off": runtime(None), "on": runtime(history), "queued": runtime(queued)}
     for variant in variants.values():
         await variant.run("echo", "uname -a", user="1234", frontend="discord")  # fill the cache
+    freeze_heap()  # as a started SelApp does
 
     def cached_call(variant: AgentRuntime) -> Callable[[], Awaitable[AgentResult]]:
         return lambda: variant.run("echo", "uname -a", user="1234", frontend="discord")
