@@ -1,13 +1,14 @@
 """`FastOTLPSpanExporter`: the SDK's OTLP/HTTP span exporter (endpoint, headers, TLS,
 compression, retries and self-metrics all its own) encoding with `SpanEncoder`
 (`_otlp_spans`), and a requests session that reads the environment's proxy and CA bundle
-settings once rather than on every request (`EnvironmentOnceSession`)."""
+settings once rather than on every request, and says when a request cannot connect
+(`EnvironmentOnceSession`)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import requests
@@ -28,11 +29,23 @@ class EnvironmentOnceSession(requests.Session):
     requests reads them by walking the whole environment twice a request: about 0.3 ms, more
     than the rest of sending a batch of a thousand spans. The process's environment does not
     change while it runs (sel_otel never writes it), so the first reading stands.
+
+    `on_connection_error`, when set, is called (from the sending thread) each time a request
+    cannot connect, before the error is raised to the caller.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.on_connection_error: Callable[[], object] | None = None
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        try:
+            return super().send(request, **kwargs)
+        except requests.ConnectionError:
+            if self.on_connection_error is not None:
+                self.on_connection_error()
+            raise
 
     def merge_environment_settings(
         self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
@@ -59,19 +72,32 @@ _SESSION_ARGUMENT = 7
 
 class FastOTLPSpanExporter(OTLPSpanExporter):
     """The SDK's OTLP/HTTP span exporter, encoding with `SpanEncoder` and sending through an
-    `EnvironmentOnceSession` unless given a session."""
+    `EnvironmentOnceSession` unless given a session.
+
+    `on_unreachable`, when set, is called (from the exporting thread) as soon as a request of
+    an export cannot connect, while the SDK goes on retrying it with backoff: a collector that
+    is down is known at its first refusal, not only when the export gives up (with a session
+    of the caller's, only then).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.on_unreachable: Callable[[], object] | None = None
         if (
             len(args) <= _SESSION_ARGUMENT
             and kwargs.get("session") is None
             and not any(os.environ.get(name) for name in _CREDENTIAL_PROVIDERS)
         ):
-            kwargs["session"] = EnvironmentOnceSession()
+            session = EnvironmentOnceSession()
+            session.on_connection_error = self._unreachable
+            kwargs["session"] = session
         super().__init__(*args, **kwargs)
         self._encoder = SpanEncoder()
         # The SDK exporter's parts this one uses; without them, it exports as the SDK does.
         self._fast = all(hasattr(self, part) for part in ("_client", "_metrics", "_shutdown"))
+
+    def _unreachable(self) -> None:
+        if self.on_unreachable is not None:
+            self.on_unreachable()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not self._fast or self._shutdown:

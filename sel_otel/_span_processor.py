@@ -10,7 +10,9 @@ delay: `BatchSettings`, read from the `OTEL_BSP_*` variables), with two differen
   in the same order, errors first.
 - While exports fail (a collector down), the queue keeps one batch of spans other than
   errors, and errors up to its bound: what cannot be sent is dropped as it ends, instead of
-  being held (and its memory) for an export that is not coming.
+  being held (and its memory) for an export that is not coming. Exports fail from the last
+  one that failed, or from the moment the exporter says it cannot connect
+  (`exports_failing`), while it retries, until one succeeds.
 - Dropped spans are counted without a cost per span: plain integers, read by an observable
   counter when the metrics are collected. The counter is the SDK's own,
   `otel.sdk.processor.span.processed` (with `error.type` `queue_full` for the spans dropped),
@@ -184,6 +186,13 @@ class PrioritySpanProcessor(SpanProcessor):
             self._queues[outcome].append(span)
             if self._queued >= self._batch and not self._wake.is_set():
                 self._wake.set()
+
+    def exports_failing(self) -> None:
+        """Called by the exporter, from the export in progress, when it cannot reach its
+        destination: from now on, as after a failed export, one batch of spans other than
+        errors waits, not a full queue (held in memory, each full garbage collection walking
+        them all, for an export that is not coming)."""
+        self._room = self._batch
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Export every span queued now, from the calling thread."""

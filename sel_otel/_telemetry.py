@@ -243,20 +243,21 @@ class Telemetry:
             # nothing.
             meter_provider._disabled = False
             tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-            span_exporters = [
-                GuardedSpanExporter(ScrubbingSpanExporter(e))
-                for e in _span_exporters(env, meter_provider)
-            ]
+            exporters = _span_exporters(env, meter_provider)
+            span_exporters = [GuardedSpanExporter(ScrubbingSpanExporter(e)) for e in exporters]
             counted = meter_provider if _self_metrics_on(env) else None
-            for i, span_exporter in enumerate(span_exporters):
-                tracer_provider.add_span_processor(
-                    PrioritySpanProcessor(
-                        span_exporter,
-                        batch,
-                        meter_provider=counted,
-                        name=f"{names.BATCHING_SPAN_PROCESSOR}/{i}",
-                    )
+            for i, (exporter, span_exporter) in enumerate(
+                zip(exporters, span_exporters, strict=True)
+            ):
+                processor = PrioritySpanProcessor(
+                    span_exporter,
+                    batch,
+                    meter_provider=counted,
+                    name=f"{names.BATCHING_SPAN_PROCESSOR}/{i}",
                 )
+                if hasattr(exporter, "on_unreachable"):  # FastOTLPSpanExporter: a refusal
+                    exporter.on_unreachable = processor.exports_failing  # is known at once
+                tracer_provider.add_span_processor(processor)
         except ValueError as exc:  # the SDK's own checks of OTEL_BSP_* and friends
             raise ConfigError(f"invalid OpenTelemetry setting: {exc}") from exc
         return cls(tracer_provider, meter_provider, reader, (*span_exporters, *metric_exporters))

@@ -14,7 +14,7 @@ from sel_otel import AgentRuntime, Telemetry
 from sel_otel import _semconv as names
 from sel_otel._metric_data import data_points
 
-from .conftest import process_runtime
+from .conftest import free_port, process_runtime
 from .otlp_receiver import OtlpReceiver
 from .waiting import wait_until
 
@@ -196,3 +196,29 @@ async def test_while_exports_fail_only_one_batch_of_successes_waits_and_every_er
         names.OUTCOME_OK: 16 + 16,  # the held batch, and the one that waited
         names.OUTCOME_ERROR: 10,
     }
+
+
+async def test_from_a_collectors_first_refused_connection_one_batch_of_successes_waits(
+    otel_env: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    otel_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "60")  # the export retries all along
+    otel_env.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "64")
+    otel_env.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "16")
+    otel_env.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+    telemetry = Telemetry.from_env()
+    runtime = make_runtime(tmp_path, telemetry)
+    for i in range(16):  # a batch, whose export cannot connect
+        await runtime.run("echo", f"refused {i}")
+    await wait_until(lambda: "retrying" in caplog.text, "the export to be retried")
+    assert not any(exporter.failing for exporter in telemetry.exporters)  # not given up yet
+    for i in range(30):
+        await runtime.run("echo", f"waiting {i}")
+    for i in range(10):
+        await runtime.run("fails", str(i))
+    counts = processed(telemetry)
+    # Not a queue of 64 held for the export's retries: one batch of successes, every error.
+    assert counts[(names.OUTCOME_OK, names.SPAN_DROPPED_QUEUE_FULL)] == 30 - 16
+    assert counts[(names.OUTCOME_ERROR, names.SPAN_DROPPED_QUEUE_FULL)] == 0
+    await runtime.aclose()
+    telemetry.shutdown(timeout=5)
