@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import itertools
 import logging
 import secrets
 import time
@@ -78,8 +77,9 @@ class HistoryEntry(NamedTuple):
 
 
 #: A call as the event loop queues it: a plain tuple of the values only the call has, raw, in
-#: the order of `ROW_FIELDS` (`count` numbers the process's entries: an id's end; the trace and
-#: span ids are ints, 0 when not traced; the duration is in seconds). Made on every call and
+#: the order of `ROW_FIELDS` (`count` numbers the process's entries from 0, in the order they
+#: are recorded: an id's end, and how the writers count what a full queue let go; the trace
+#: and span ids are ints, 0 when not traced; the duration is in seconds). Made on every call and
 #: kept until written: each object it makes costs the event loop, and Python's garbage
 #: collector stops tracking a plain tuple of strings and numbers at its first pass.
 Row = tuple[Any, ...]
@@ -282,9 +282,9 @@ class History:
             unit=names.ENTRY_UNIT,
             description="History entries a store could not keep",
         )
-        # Entry ids: a prefix unique to the process, then a count.
+        # Entry ids: a prefix unique to the process, then the row's number.
         self._format = RowFormat(secrets.token_hex(6), instance)
-        self._count = itertools.count()
+        self._recorded = 0  # rows put: the next row's number
         self._writers = [
             BatchWriter(sink, flush_interval, max_pending, self._on_dropped, self._format)
             for sink in sinks
@@ -324,8 +324,10 @@ class History:
         else:
             outcome = names.OUTCOME_REFUSED if refused else names.OUTCOME_ERROR
             error_type = str(error_type)
+        count = self._recorded
+        self._recorded = count + 1
         row = (
-            next(self._count),
+            count,
             time.time() - duration,
             agent,
             self.policy.input(query),
@@ -369,18 +371,20 @@ class History:
     async def flush(self, wait: float = 10.0) -> bool:
         """Write every entry recorded so far; False when a store did not finish within `wait`
         seconds."""
-        return await asyncio.to_thread(self._flush, wait)
+        return await asyncio.to_thread(self._flush, self._recorded, wait)
 
-    def _flush(self, timeout: float) -> bool:
+    def _flush(self, recorded: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        return all([writer.flush(deadline - time.monotonic()) for writer in self._writers])
+        return all(
+            [writer.flush(recorded, deadline - time.monotonic()) for writer in self._writers]
+        )
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is pending and stop the writers, within about `timeout` seconds; a store
         that hangs is left behind (its thread is a daemon) and its pending entries counted."""
         deadline = time.monotonic() + timeout
         for writer in self._writers:
-            writer.stop()
+            writer.stop(self._recorded)
         for writer in self._writers:
             writer.join(deadline - time.monotonic())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -16,23 +17,29 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Entries written at once; this many pending wakes the writer before its interval is up. A
-#: batch of many users' calls dirties an index page per user: 4,096 rows cost SQLite 6.4 µs a
-#: row with 1,000 users, 1,024 rows 9.0 µs (the same, 2.9 µs, for one user).
+#: Entries written at once; the writer writes as soon as it finds this many pending. A batch
+#: of many users' calls dirties an index page per user: 4,096 rows cost SQLite 6.4 µs a row
+#: with 1,000 users, 1,024 rows 9.0 µs (the same, 2.9 µs, for one user).
 BATCH = 4096
+
+#: Seconds between the writer's looks at its queue (`put` wakes no one: see `BatchWriter`).
+LOOK_INTERVAL = 0.05
 
 #: Called with the store's name, the error type and how many entries were dropped.
 OnDropped = Callable[[str, str, int], None]
 
 
 class BatchWriter:
-    """Writes the entries `put` on the event loop to one sink, on a daemon thread of its own.
+    """Writes the rows `put` on the event loop to one sink, on a daemon thread of its own.
 
-    `put` never blocks: it appends a row to a queue of at most `max_pending` entries, and
-    drops (and counts) what does not fit; the sink is given the rows and their `format`. The
-    thread writes what is pending every `interval` seconds, as soon as `BATCH` entries are
-    pending, on `flush`, and when stopped. A failed write drops its batch: counted by
-    `on_dropped`, logged once until a write succeeds.
+    `put` is the queue's own `append`: no code of ours runs for an entry on the event loop.
+    The queue keeps the latest `max_pending` rows: a full one lets its oldest go. Rows are put
+    numbered from 0 in order (a row's first field), so the thread counts what was let go by
+    the gaps (`on_dropped`, logged once until the queue keeps up again). The thread writes
+    what is pending every `interval` seconds, as soon as it finds `BATCH` rows pending (it
+    looks every `LOOK_INTERVAL` seconds), on `flush`, and when stopped; the sink is given the
+    rows and their `format`. A failed write drops its batch: counted by `on_dropped`, logged
+    once until a write succeeds.
     """
 
     def __init__(
@@ -48,12 +55,14 @@ class BatchWriter:
         self._interval = interval
         self._max_pending = max_pending
         self._on_dropped = on_dropped
-        self._pending: deque[Row] = deque()
+        self._pending: deque[Row] = deque(maxlen=max_pending)
+        #: Queue a row for the sink (the oldest pending goes when `max_pending` are).
+        self.put: Callable[[Row], None] = self._pending.append
         self._writing: list[Row] = []  # the batch being written
         self._wake = threading.Event()
         self._handled = threading.Condition()
-        self._accepted = 0  # entries put (written by the recording thread only)
-        self._done = 0  # entries written or dropped by the writer thread
+        self._next = 0  # the number of the first row neither written nor dropped
+        self._asked = 0  # rows put before the latest `flush` or `stop`, all to be handled
         self._stopping = False
         self._failing = False
         self._overflowing = False
@@ -64,24 +73,6 @@ class BatchWriter:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, row: Row) -> None:
-        """Queue `row` for the sink, or drop it when `max_pending` entries are waiting."""
-        pending = self._pending
-        if len(pending) >= self._max_pending:
-            self._on_dropped(self.sink.name, names.HISTORY_ERROR_QUEUE_FULL, 1)
-            if not self._overflowing:
-                self._overflowing = True
-                logger.error(
-                    "history store %s is behind: over %d entries pending; dropping new ones",
-                    self.sink.name,
-                    self._max_pending,
-                )
-            return
-        pending.append(row)
-        self._accepted += 1
-        if len(pending) == BATCH:
-            self._wake.set()
-
     def unwritten(self) -> list[HistoryEntry]:
         """The entries put and not written yet (being written, or pending), oldest first:
         each is either here, or in the sink already when this returns."""
@@ -89,17 +80,17 @@ class BatchWriter:
         rows = [*self._writing, *pending]  # read second: a batch gone from it is written
         return [*map(self._format.entry, rows)]
 
-    def flush(self, timeout: float) -> bool:
-        """Wait until every entry put so far is written (or dropped); False after `timeout`."""
-        target = self._accepted
-        self._wake.set()
+    def flush(self, put: int, timeout: float) -> bool:
+        """Wait until the first `put` rows are written (or dropped); False after `timeout`."""
+        self._ask(put)
         with self._handled:
-            return self._handled.wait_for(lambda: self._done >= target, max(timeout, 0.0))
+            return self._handled.wait_for(lambda: self._next >= put, max(timeout, 0.0))
 
-    def stop(self) -> None:
-        """Ask the thread to write what is pending, close the sink and end."""
+    def stop(self, put: int) -> None:
+        """Ask the thread to write the first `put` rows (all those put), close the sink and
+        end."""
         self._stopping = True
-        self._wake.set()
+        self._ask(put)
 
     def join(self, timeout: float) -> None:
         """Wait for the thread to end; when it does not in time, count what is left dropped."""
@@ -117,12 +108,25 @@ class BatchWriter:
                 left,
             )
 
+    def _ask(self, put: int) -> None:
+        with self._handled:
+            self._asked = max(self._asked, put)
+        self._wake.set()
+
     def _run(self) -> None:
+        written = time.monotonic()
         while True:
-            self._wake.wait(self._interval)
+            asked = self._wake.wait(min(self._interval, LOOK_INTERVAL))
+            if (
+                not asked
+                and len(self._pending) < BATCH
+                and time.monotonic() - written < self._interval
+            ):
+                continue
             self._wake.clear()
             stopping = self._stopping
             self._write_pending()
+            written = time.monotonic()
             if stopping:
                 break
         try:
@@ -132,11 +136,15 @@ class BatchWriter:
 
     def _write_pending(self) -> None:
         pending = self._pending
-        while pending:
+        while True:
+            asked = self._asked  # read before the queue is found empty: see the end
+            if not pending:
+                break
             batch = list(itertools.islice(pending, BATCH))
             self._writing = batch
-            for _ in batch:
-                pending.popleft()
+            for _ in batch:  # a full queue letting a row go meanwhile makes one more pop:
+                pending.popleft()  # a gap that the next batch (or `asked`) counts
+            self._let_go(batch[0][0])
             try:
                 self.sink.write_rows(batch, self._format)
             except Exception as exc:
@@ -153,8 +161,29 @@ class BatchWriter:
                 if self._failing:
                     self._failing = False
                     logger.warning("history store %s recovered", self.sink.name)
-                self._overflowing = False
             self._writing = []
             with self._handled:
-                self._done += len(batch)
+                self._next = batch[-1][0] + 1
                 self._handled.notify_all()
+        # Every row put before the flush (or stop) that asked for `asked` rows was in a batch
+        # taken above, or let go by the full queue.
+        with self._handled:
+            self._let_go(asked)
+            self._handled.notify_all()
+
+    def _let_go(self, first: int) -> None:
+        """Count the rows before row `first` that were neither written nor dropped yet: the
+        full queue let them go."""
+        missed = first - self._next
+        if missed <= 0:
+            self._overflowing = False  # the queue kept up
+            return
+        self._next = first
+        self._on_dropped(self.sink.name, names.HISTORY_ERROR_QUEUE_FULL, missed)
+        if not self._overflowing:
+            self._overflowing = True
+            logger.error(
+                "history store %s is behind: over %d entries pending; dropping the oldest",
+                self.sink.name,
+                self._max_pending,
+            )

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from sel_otel._history import (
     HistoryQuery,
     HistoryReader,
     HistoryStore,
+    Row,
     RowFormat,
 )
 from sel_otel._history_sqlite import SqliteHistoryStore
@@ -314,11 +316,53 @@ async def test_pending_entries_are_bounded_and_the_excess_counted(
     history = history_over([store], telemetry, max_pending=5)  # not opened: nothing drains
     for n in range(8):
         record(history, n)
-    assert dropped(telemetry) == {("sqlite", "queue_full"): 3}
-    assert len([r for r in caplog.records if "is behind" in r.message]) == 1
     history.open()
     await history.aclose()
-    assert len(store.query(HistoryQuery(limit=100))) == 5
+    assert dropped(telemetry) == {("sqlite", "queue_full"): 3}
+    assert len([r for r in caplog.records if "is behind" in r.message]) == 1
+    kept = store.query(HistoryQuery(limit=100))
+    assert sorted(str(entry.input) for entry in kept) == [f"input {n}" for n in range(3, 8)]
+
+
+class _GatedStore(SqliteHistoryStore):
+    """The SQLite store, whose first write waits for `opened` (`entered` tells it began)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, max_age=1e12, max_rows=1_000_000)
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def write_rows(self, rows: Sequence[Row], format: RowFormat) -> None:
+        self.entered.set()
+        assert self.opened.wait(WAIT)
+        super().write_rows(rows, format)
+
+
+async def test_a_full_queue_lets_its_oldest_go_and_the_writer_counts_each(
+    tmp_path: Path, telemetry: TelemetryFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _GatedStore(tmp_path / "history.db")
+    history = history_over([store], telemetry, max_pending=5)
+    history.open()
+    for n in range(3):
+        record(history, n)
+    flushed = asyncio.ensure_future(history.flush())
+    assert await asyncio.to_thread(store.entered.wait, WAIT)  # rows 0-2 taken, being written
+    for n in range(3, 20):  # 17 more: the queue keeps the last 5
+        record(history, n)
+    store.opened.set()
+    assert await flushed
+    assert await history.flush()
+    assert dropped(telemetry) == {("sqlite", "queue_full"): 12}
+    for n in range(20, 30):  # the queue kept up again: nothing more is dropped
+        record(history, n)
+        assert await history.flush()
+    await history.aclose()
+    assert dropped(telemetry) == {("sqlite", "queue_full"): 12}
+    expected = [*range(3), *range(15, 30)]
+    kept = store.query(HistoryQuery(limit=100))
+    assert sorted(str(entry.input) for entry in kept) == sorted(f"input {n}" for n in expected)
+    assert len([r for r in caplog.records if "is behind" in r.message]) == 1
 
 
 async def test_an_unwritable_path_drops_entries_with_one_error_and_a_metric(
