@@ -98,6 +98,10 @@ class BatchWriter:
             self._thread.join(max(timeout, 0.0))
             if not self._thread.is_alive():
                 return
+        else:  # never started: what the full queue let go was never counted
+            pending = self._pending
+            with self._handled:
+                self._let_go(pending[0][0] if pending else self._asked)
         left = len(self._pending)
         if left:
             self._on_dropped(self.sink.name, names.HISTORY_ERROR_NOT_WRITTEN, left)

@@ -324,6 +324,16 @@ async def test_pending_entries_are_bounded_and_the_excess_counted(
     assert sorted(str(entry.input) for entry in kept) == [f"input {n}" for n in range(3, 8)]
 
 
+async def test_a_history_closed_unopened_counts_every_entry_it_never_wrote(
+    store: SqliteHistoryStore, telemetry: TelemetryFixture
+) -> None:
+    history = history_over([store], telemetry, max_pending=5)
+    for n in range(8):
+        record(history, n)
+    await history.aclose(0.1)
+    assert dropped(telemetry) == {("sqlite", "queue_full"): 3, ("sqlite", "not_written"): 5}
+
+
 class _GatedStore(SqliteHistoryStore):
     """The SQLite store, whose first write waits for `opened` (`entered` tells it began)."""
 
