@@ -30,6 +30,7 @@ from opentelemetry.trace import INVALID_SPAN_ID, INVALID_TRACE_ID
 
 from . import _semconv as names
 from ._history_writer import BatchWriter
+from ._markup import writable_text
 from ._redact import scrub, span_content
 from ._telemetry import package_version
 
@@ -92,7 +93,8 @@ ROW_FIELDS: Final = (
 @dataclass(frozen=True, slots=True)
 class RowFormat:
     """What makes an entry of a `Row`: the values every row of one `History` shares (the id
-    prefix, unique to the process, and the instance) and the conversions of the raw ones."""
+    prefix, unique to the process, and the instance) and the conversions of the raw ones,
+    text made writable as UTF-8 (`writable_text`) included."""
 
     prefix: str
     instance: str
@@ -103,10 +105,10 @@ class RowFormat:
         return HistoryEntry(
             f"{self.prefix}-{count:x}",
             start,
-            agent,
+            writable_text(agent),  # these three may hold a lone surrogate (a user's text)
             text,
-            user,
-            frontend,
+            None if user is None else writable_text(user),
+            None if frontend is None else writable_text(frontend),
             outcome,
             error_type,
             duration * 1000.0,
@@ -179,7 +181,9 @@ class ContentPolicy:
     Input: `full` (scrubbed), `truncated` (scrubbed, at most `input_max` characters), `hash`
     (`sha256:` and the hex digest of the scrubbed input: equal inputs, equal hashes, and no
     secret even hashed) or `none`. Output: kept only when `output_max` > 0, scrubbed and cut
-    to that. Both are memoized: inputs recur, and scrubbing costs more than a cache hit.
+    to that. Kept text has its lone surrogates as U+FFFD (`writable_text`), so that every
+    store can write it. Both are memoized: inputs recur, and scrubbing costs more than a
+    cache hit.
     """
 
     def __init__(
@@ -188,15 +192,15 @@ class ContentPolicy:
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input mode {input_mode!r} is not one of {', '.join(INPUT_MODES)}")
         keep: dict[str, Callable[[str], str | None]] = {
-            INPUT_FULL: scrub,
-            INPUT_TRUNCATED: functools.partial(span_content, limit=input_max),
+            INPUT_FULL: lambda text: writable_text(scrub(text)),
+            INPUT_TRUNCATED: lambda text: writable_text(span_content(text, limit=input_max)),
             INPUT_HASH: _hash,
             INPUT_NONE: lambda text: None,
         }
         self.input = functools.lru_cache(maxsize=_MEMO_SIZE)(keep[input_mode])
         self.output_max = output_max
         self._output = functools.lru_cache(maxsize=_MEMO_SIZE)(
-            functools.partial(span_content, limit=output_max)
+            lambda text: writable_text(span_content(text, limit=output_max))
         )
 
     def output(self, text: str | None) -> str | None:
@@ -206,7 +210,8 @@ class ContentPolicy:
 
 
 def _hash(text: str) -> str:
-    return "sha256:" + hashlib.sha256(scrub(text).encode()).hexdigest()
+    # surrogatepass: any str has a hash, even one holding bytes a decoder could not read
+    return "sha256:" + hashlib.sha256(scrub(text).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +330,6 @@ class History:
             outcome = names.OUTCOME_REFUSED if refused else names.OUTCOME_ERROR
             error_type = str(error_type)
         count = self._recorded
-        self._recorded = count + 1
         row = (
             count,
             time.time() - duration,
@@ -341,6 +345,7 @@ class History:
             span_id,
             None if output is None or self._output is None else self._output(output),
         )
+        self._recorded = count + 1  # once the row is made: the writers count gaps as drops
         for writer in self._writers:
             writer.put(row)
 
@@ -381,16 +386,20 @@ class History:
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is pending and stop the writers, within about `timeout` seconds; a store
-        that hangs is left behind (its thread is a daemon) and its pending entries counted."""
-        deadline = time.monotonic() + timeout
-        for writer in self._writers:
-            writer.stop(self._recorded)
-        for writer in self._writers:
-            writer.join(deadline - time.monotonic())
+        that hangs is left behind (its thread is a daemon) and its unwritten entries counted.
+        Called from the thread that records the calls (else `aclose`)."""
+        self._close(self._recorded, timeout)
 
     async def aclose(self, grace: float = 5.0) -> None:
         """`close` within `grace` seconds, off the event loop."""
-        await asyncio.to_thread(self.close, grace)
+        await asyncio.to_thread(self._close, self._recorded, grace)
+
+    def _close(self, recorded: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for writer in self._writers:
+            writer.stop(recorded)
+        for writer in self._writers:
+            writer.join(deadline - time.monotonic())
 
     def _on_dropped(self, store: str, error_type: str, count: int) -> None:
         self._dropped.add(count, {names.SEL_HISTORY_STORE: store, names.ERROR_TYPE: error_type})

@@ -137,7 +137,10 @@ class SqliteHistoryStore(HistoryStore):
                 connection.execute(sql, values)
                 start += count
 
-        self._write(len(rows), insert)
+        try:
+            self._write(len(rows), insert)
+        except UnicodeEncodeError:  # a lone surrogate in a user's text: entries make it U+FFFD
+            self.write([*map(format.entry, rows)])
 
     def _write(self, count: int, insert: Callable[[sqlite3.Connection], object]) -> None:
         """Insert `count` entries with `insert`, and apply retention, in one transaction."""

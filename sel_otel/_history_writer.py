@@ -64,6 +64,7 @@ class BatchWriter:
         self._next = 0  # the number of the first row neither written nor dropped
         self._asked = 0  # rows put before the latest `flush` or `stop`, all to be handled
         self._stopping = False
+        self._abandoned = False  # given up by `join`: what it counted is not counted again
         self._failing = False
         self._overflowing = False
         self._thread = threading.Thread(
@@ -82,40 +83,42 @@ class BatchWriter:
 
     def flush(self, put: int, timeout: float) -> bool:
         """Wait until the first `put` rows are written (or dropped); False after `timeout`."""
-        self._ask(put)
+        with self._handled:
+            self._asked = max(self._asked, put)
+        self._wake.set()
         with self._handled:
             return self._handled.wait_for(lambda: self._next >= put, max(timeout, 0.0))
 
     def stop(self, put: int) -> None:
         """Ask the thread to write the first `put` rows (all those put), close the sink and
         end."""
+        with self._handled:
+            self._asked = max(self._asked, put)
         self._stopping = True
-        self._ask(put)
+        self._wake.set()
 
     def join(self, timeout: float) -> None:
-        """Wait for the thread to end; when it does not in time, count what is left dropped."""
+        """Wait for the thread to end; when it does not in time (its sink hangs, or it never
+        started), count every row it did not write: those the full queue let go, and those
+        pending or being written."""
         if self._thread.ident is not None:
             self._thread.join(max(timeout, 0.0))
             if not self._thread.is_alive():
                 return
-        else:  # never started: what the full queue let go was never counted
-            pending = self._pending
-            with self._handled:
-                self._let_go(pending[0][0] if pending else self._asked)
-        left = len(self._pending)
+        with self._handled:
+            writing = self._writing
+            last = writing[-1][0] if writing else -1
+            pending = [row for row in self._pending if row[0] > last]  # not yet popped
+            self._let_go((pending[0][0] if pending else self._asked) - len(writing))
+            left = len(writing) + len(pending)
+            self._abandoned = True
         if left:
             self._on_dropped(self.sink.name, names.HISTORY_ERROR_NOT_WRITTEN, left)
-        if left or self._thread.is_alive():
-            logger.warning(
-                "history store %s did not finish writing in time; %d entries dropped",
-                self.sink.name,
-                left,
-            )
-
-    def _ask(self, put: int) -> None:
-        with self._handled:
-            self._asked = max(self._asked, put)
-        self._wake.set()
+        logger.warning(
+            "history store %s did not finish writing in time; %d entries dropped",
+            self.sink.name,
+            left,
+        )
 
     def _run(self) -> None:
         written = time.monotonic()
@@ -148,11 +151,13 @@ class BatchWriter:
             self._writing = batch
             for _ in batch:  # a full queue letting a row go meanwhile makes one more pop:
                 pending.popleft()  # a gap that the next batch (or `asked`) counts
-            self._let_go(batch[0][0])
+            with self._handled:
+                self._let_go(batch[0][0])
             try:
                 self.sink.write_rows(batch, self._format)
             except Exception as exc:
-                self._on_dropped(self.sink.name, type(exc).__qualname__, len(batch))
+                if not self._abandoned:
+                    self._on_dropped(self.sink.name, type(exc).__qualname__, len(batch))
                 if not self._failing:
                     self._failing = True
                     logger.error(
@@ -177,12 +182,14 @@ class BatchWriter:
 
     def _let_go(self, first: int) -> None:
         """Count the rows before row `first` that were neither written nor dropped yet: the
-        full queue let them go."""
+        full queue let them go (`_handled` held)."""
         missed = first - self._next
         if missed <= 0:
             self._overflowing = False  # the queue kept up
             return
         self._next = first
+        if self._abandoned:
+            return
         self._on_dropped(self.sink.name, names.HISTORY_ERROR_QUEUE_FULL, missed)
         if not self._overflowing:
             self._overflowing = True

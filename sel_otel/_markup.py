@@ -8,6 +8,8 @@
   escape sequence in a command's output cannot retitle a terminal or clear its screen, and
   text a stream cannot encode (lone surrogates) shown as U+FFFD. Every frontend passes
   replies through it.
+- `writable_text(text)`: lone surrogates as U+FFFD, so that text kept for later (the
+  execution history) can always be written as UTF-8.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ QUOTE_LIMIT: Final = 200
 _UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 #: ... and inside a code span, tab and line feed too: a span stays on one line.
 _UNPRINTABLE_INLINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: Lone surrogates: what a JSON escape or a byte that could not be decoded leaves in a str.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 #: A backtick followed by another: a zero-width space goes between them.
 _BACKTICK_RUN = re.compile(r"`(?=`)")
 _BROKEN_RUN: Final = "`\u200b"
@@ -39,6 +43,13 @@ def _symbol(match: re.Match[str]) -> str:
     if code <= 0x9F:
         return f"\\x{code:02x}"
     return "\ufffd"
+
+
+def writable_text(text: str) -> str:
+    """`text` with each lone surrogate as U+FFFD: text that UTF-8 can encode."""
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def printable(text: str) -> str:

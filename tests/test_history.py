@@ -28,6 +28,7 @@ from sel_otel._history import (
 from sel_otel._history_sqlite import SqliteHistoryStore
 from sel_otel._redact import scrub
 from tests.conftest import TelemetryFixture
+from tests.waiting import wait_until
 
 WAIT = 10.0  # seconds a test waits for what it expects
 
@@ -373,6 +374,48 @@ async def test_a_full_queue_lets_its_oldest_go_and_the_writer_counts_each(
     kept = store.query(HistoryQuery(limit=100))
     assert sorted(str(entry.input) for entry in kept) == sorted(f"input {n}" for n in expected)
     assert len([r for r in caplog.records if "is behind" in r.message]) == 1
+
+
+async def test_entries_dropped_while_a_store_hangs_are_counted_when_it_is_left_behind(
+    tmp_path: Path, telemetry: TelemetryFixture
+) -> None:
+    store = _GatedStore(tmp_path / "history.db")
+    history = history_over([store], telemetry, max_pending=5)
+    history.open()
+    for n in range(3):
+        record(history, n)
+    flushed = asyncio.ensure_future(history.flush(0.1))
+    assert await asyncio.to_thread(store.entered.wait, WAIT)  # rows 0-2: a write that hangs
+    for n in range(3, 23):  # the queue keeps rows 18-22
+        record(history, n)
+    assert not await flushed
+    await history.aclose(0.1)
+    expected = {("sqlite", "queue_full"): 15, ("sqlite", "not_written"): 3 + 5}
+    assert dropped(telemetry) == expected
+    store.opened.set()  # the store wakes up: what it writes now is counted no more
+    await wait_until(lambda: len(store.query(HistoryQuery(limit=100))) == 8, "late writes")
+    assert dropped(telemetry) == expected
+
+
+async def test_text_no_codec_can_write_is_kept_as_u_fffd_and_costs_no_entry(
+    store: SqliteHistoryStore, telemetry: TelemetryFixture
+) -> None:
+    truncated = history_over([store], telemetry)
+    hashed = history_over([store], telemetry, policy=ContentPolicy("hash"))
+    for history in (truncated, hashed):
+        history.open()
+    record(truncated, 1)
+    record(truncated, 2, query="x\ud800")  # a JSON escape or a byte a decoder could not read
+    record(truncated, 3, agent="\udc80 agent", user="\udc81", frontend="cli\udc82")
+    record(hashed, 4, query="y\ud800")  # never raises
+    for history in (truncated, hashed):
+        await history.aclose()
+    found = {entry.input: entry for entry in store.query(HistoryQuery(limit=100))}
+    digest = hashlib.sha256("y\ud800".encode("utf-8", "surrogatepass")).hexdigest()
+    assert set(found) == {"input 1", "x\ufffd", "input 3", f"sha256:{digest}"}
+    odd = found["input 3"]
+    assert (odd.agent, odd.user, odd.frontend) == ("\ufffd agent", "\ufffd", "cli\ufffd")
+    assert dropped(telemetry) == {}
 
 
 async def test_an_unwritable_path_drops_entries_with_one_error_and_a_metric(
