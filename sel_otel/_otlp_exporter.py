@@ -16,6 +16,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
+from urllib3.exceptions import ConnectTimeoutError
 
 from ._otlp_spans import SpanEncoder
 
@@ -31,7 +32,9 @@ class EnvironmentOnceSession(requests.Session):
     change while it runs (sel_otel never writes it), so the first reading stands.
 
     `on_connection_error`, when set, is called (from the sending thread) each time a request
-    cannot connect, before the error is raised to the caller.
+    cannot open a connection (refused, unresolvable, timed out), before the error is raised
+    to the caller; not for a connection that broke once open (a stale pooled one, which the
+    SDK retries at once).
     """
 
     def __init__(self) -> None:
@@ -42,8 +45,8 @@ class EnvironmentOnceSession(requests.Session):
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         try:
             return super().send(request, **kwargs)
-        except requests.ConnectionError:
-            if self.on_connection_error is not None:
+        except requests.ConnectionError as exc:
+            if self.on_connection_error is not None and _cannot_connect(exc):
                 self.on_connection_error()
             raise
 
@@ -58,6 +61,13 @@ class EnvironmentOnceSession(requests.Session):
                 self._merged.clear()
             self._merged[key] = merged
         return {**merged, "proxies": dict(merged["proxies"])}
+
+
+def _cannot_connect(error: requests.ConnectionError) -> bool:
+    """Whether `error` is a failure to open a connection, not one of an open connection."""
+    reason = getattr(error.args[0] if error.args else None, "reason", None)
+    # NewConnectionError (refused, unresolvable) is a ConnectTimeoutError too, in urllib3 2
+    return isinstance(reason, ConnectTimeoutError)
 
 
 #: Variables naming a requests session of the user's for the span exporter (the SDK loads

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import gc
+import socket
+import threading
 import tracemalloc
 from collections.abc import Iterator
 
 import pytest
+import requests
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
@@ -29,6 +32,8 @@ from opentelemetry.util.types import AttributeValue
 from sel_otel._otlp_exporter import EnvironmentOnceSession, FastOTLPSpanExporter
 from sel_otel._otlp_spans import SpanEncoder
 from sel_otel._span_fields import FIELDS_READABLE
+
+from .conftest import free_port
 
 
 @pytest.fixture
@@ -178,6 +183,24 @@ def test_the_exporter_session_reads_the_environment_once_and_keeps_its_proxies(
     bypassed = session.merge_environment_settings("http://local.example/", {}, None, True, None)
     assert "http" not in bypassed["proxies"]
     exporter.shutdown()  # type: ignore[no-untyped-call]
+
+
+def test_the_exporter_session_tells_a_refused_connection_not_a_broken_one() -> None:
+    told: list[str] = []
+    session = EnvironmentOnceSession()
+    session.on_connection_error = lambda: told.append("cannot connect")
+    with pytest.raises(requests.ConnectionError):
+        session.post(f"http://127.0.0.1:{free_port()}/v1/traces", data=b"x", timeout=10)
+    assert told == ["cannot connect"]
+    # A connection that opens, then breaks (a stale pooled one): the SDK retries it at once.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        closer = threading.Thread(target=lambda: server.accept()[0].close(), daemon=True)
+        closer.start()
+        with pytest.raises(requests.ConnectionError):
+            session.post(f"http://127.0.0.1:{server.getsockname()[1]}/", data=b"x", timeout=10)
+        closer.join(10)
+    assert told == ["cannot connect"]
+    session.close()
 
 
 @pytest.mark.parametrize(
