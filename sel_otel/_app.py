@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import re
+import threading
 from types import TracebackType
 
 from opentelemetry import metrics, trace
@@ -88,19 +89,22 @@ class SelApp:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        await self.runtime.aclose()
-        await self.cache.close()
-        if self.history is not None:
-            await self.history.aclose(self.settings.telemetry_shutdown_timeout)
-        await self.stats.aclose(self.settings.telemetry_shutdown_timeout)
-        if self._holds_heap:
-            self._holds_heap = False
-            release_heap()
+        try:
+            await self.runtime.aclose()
+            await self.cache.close()
+            if self.history is not None:
+                await self.history.aclose(self.settings.telemetry_shutdown_timeout)
+            await self.stats.aclose(self.settings.telemetry_shutdown_timeout)
+        finally:
+            if self._holds_heap:
+                self._holds_heap = False
+                release_heap()
 
 
 #: Holders of the frozen heap (`freeze_heap` calls not yet released): the garbage collector's
-#: frozen generation is the process's, not an app's.
+#: frozen generation is the process's, not an app's; apps may run on several threads' loops.
 _heap_holders = 0
+_heap_lock = threading.Lock()
 
 
 def freeze_heap() -> None:
@@ -115,18 +119,20 @@ def freeze_heap() -> None:
     Each call holds the heap frozen until its `release_heap`.
     """
     global _heap_holders
-    gc.collect()
-    gc.freeze()
-    _heap_holders += 1
+    with _heap_lock:
+        gc.collect()
+        gc.freeze()
+        _heap_holders += 1
 
 
 def release_heap() -> None:
     """Release one `freeze_heap`: the heap is unfrozen when the last holder releases it, so
     that apps sharing a process do not thaw each other's."""
     global _heap_holders
-    _heap_holders -= 1
-    if not _heap_holders:
-        gc.unfreeze()
+    with _heap_lock:
+        _heap_holders -= 1
+        if not _heap_holders:
+            gc.unfreeze()
 
 
 def cache_from_settings(

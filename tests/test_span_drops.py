@@ -221,4 +221,6 @@ async def test_from_a_collectors_first_refused_connection_one_batch_of_successes
     assert counts[(names.OUTCOME_OK, names.SPAN_DROPPED_QUEUE_FULL)] == 30 - 16
     assert counts[(names.OUTCOME_ERROR, names.SPAN_DROPPED_QUEUE_FULL)] == 0
     await runtime.aclose()
+    for exporter in telemetry.exporters:
+        exporter.abort()  # its retries end now: the collector is not coming
     telemetry.shutdown(timeout=5)
