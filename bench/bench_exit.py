@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -34,35 +34,8 @@ from _common import REPETITIONS, checkouts, interleaved, load_average, print_hea
 #: Seconds after which a console that has not ended is killed.
 BOUND = 10.0
 
-AGENTS = {
-    "hung_thread": """
-        import asyncio, time
-        DESCRIPTION = "awaits a thread that hangs"
-        TIMEOUT = 0.5
-        async def run(q):
-            await asyncio.to_thread(time.sleep, 3600)
-    """,
-    "stubborn": """
-        import asyncio, pathlib
-        DESCRIPTION = "swallows its cancellation"
-        TIMEOUT = 3600
-        async def run(q):
-            pathlib.Path(q).touch()
-            while True:
-                try:
-                    await asyncio.sleep(10)
-                except asyncio.CancelledError:
-                    pass
-    """,
-    "blocker": """
-        import pathlib, time
-        DESCRIPTION = "holds the event loop"
-        TIMEOUT = 3600
-        async def run(q):
-            pathlib.Path(q).touch()
-            time.sleep(3600)
-    """,
-}
+#: The misbehaving agents, shared with tests/test_exit.py.
+EXIT_AGENTS = Path(__file__).resolve().parents[1] / "tests" / "exit_agents"
 
 #: Scenario: (label, agent, how the console is asked to end).
 SCENARIOS = (
@@ -137,9 +110,7 @@ def main() -> None:
     results: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as directory:
         agents = Path(directory) / "agents"
-        agents.mkdir()
-        for name, source in AGENTS.items():
-            (agents / f"{name}.py").write_text(textwrap.dedent(source).lstrip())
+        shutil.copytree(EXIT_AGENTS, agents, ignore=shutil.ignore_patterns("__pycache__"))
         kinds = [(variant, scenario) for variant in compared for scenario in SCENARIOS]
         for variant, (label, agent, ending) in interleaved(kinds, args.repetitions):
             seconds = once(compared[variant], agents, agent, ending)

@@ -4,6 +4,7 @@ asked twice. Real processes, real signals."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,48 +22,15 @@ from .otlp_receiver import OtlpReceiver
 #: (an hour), far above what ending takes on a loaded machine.
 ENDS = 30
 
-AGENTS = {
-    # An async agent whose thread never returns: exit must not wait for it.
-    "hung_thread": """
-        import asyncio, time
-        DESCRIPTION = "awaits a thread that hangs"
-        TIMEOUT = 0.5
-        async def run(q):
-            await asyncio.to_thread(time.sleep, 3600)
-    """,
-    # An async agent that swallows every cancellation.
-    "stubborn": """
-        import asyncio, pathlib
-        DESCRIPTION = "ignores its cancellation"
-        TIMEOUT = 3600
-        async def run(q):
-            pathlib.Path(q).touch()
-            while True:
-                try:
-                    await asyncio.sleep(10)
-                except asyncio.CancelledError:
-                    pass
-    """,
-    # An async agent that holds the event loop.
-    "blocker": """
-        import pathlib, time
-        DESCRIPTION = "blocks the event loop"
-        TIMEOUT = 3600
-        async def run(q):
-            pathlib.Path(q).touch()
-            time.sleep(3600)
-    """,
-}
+#: The misbehaving agents: one whose thread hangs, one that swallows its cancellation, one
+#: that holds the event loop.
+EXIT_AGENTS = Path(__file__).parent / "exit_agents"
 
 
 @pytest.fixture
 def agents(tmp_path: Path) -> Path:
     directory = tmp_path / "agents"
-    directory.mkdir()
-    for name, source in AGENTS.items():
-        lines = source.strip("\n").splitlines()
-        indent = len(lines[0]) - len(lines[0].lstrip())
-        (directory / f"{name}.py").write_text("\n".join(line[indent:] for line in lines) + "\n")
+    shutil.copytree(EXIT_AGENTS, directory, ignore=shutil.ignore_patterns("__pycache__"))
     return directory
 
 
