@@ -3,23 +3,47 @@
 Each entry is one stream item (`XADD`, field `e`: the entry as a JSON array) with approximate
 `MAXLEN` trimming, and each batch trims by age with an approximate `MINID` (a stream id starts
 with its time in milliseconds). Every instance writes to the same stream, so a query on any of
-them reads everyone's entries: newest first (`XREVRANGE`), filtered here, page by page.
+them reads everyone's entries: newest first (`XREVRANGE`), filtered here, page by page. An
+item that holds no entry of this shape (another version's, or anything else written to the
+key) is skipped, and logged once.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import cast
 
 import redis
 
 from ._history import HistoryEntry, HistoryQuery, HistoryStore
+from ._markup import writable_text
 from ._redis_sync import sync_client
+
+logger = logging.getLogger(__name__)
 
 #: Stream items read per `XREVRANGE` while looking for matches.
 PAGE = 1000
+#: The type of each field of a stored entry, in `HistoryEntry` order (None: may be null).
+_FIELD_TYPES: tuple[tuple[type | tuple[type, ...], bool], ...] = (
+    (str, False),  # id
+    ((int, float), False),  # time
+    (str, False),  # agent
+    (str, True),  # input
+    (str, True),  # user
+    (str, True),  # frontend
+    (str, False),  # outcome
+    (str, True),  # error_type
+    ((int, float), False),  # duration_ms
+    (bool, False),  # cached
+    (str, False),  # instance
+    (str, False),  # trace_id
+    (str, False),  # span_id
+    (str, True),  # output
+)
 
 
 class RedisHistoryStore(HistoryStore):
@@ -47,6 +71,7 @@ class RedisHistoryStore(HistoryStore):
         self.max_age = max_age
         self.max_scan = max_scan
         self._clock = clock
+        self._skipping = False  # an item of another shape was logged
 
     @classmethod
     def from_url(
@@ -65,30 +90,68 @@ class RedisHistoryStore(HistoryStore):
         pipeline.execute()
 
     def query(self, query: HistoryQuery) -> list[HistoryEntry]:
-        # Stream ids are the time of the write, never before the call started.
+        """The most recent matching entries by start time. Items come newest written first,
+        and an entry is written after its call started: once `limit` entries are found, the
+        scan goes on only while items were written after the latest `limit`-th start."""
         low = "-" if query.since is None else str(int(query.since * 1000))
         high = "+"
         found: list[HistoryEntry] = []
         scanned = 0
-        while len(found) < query.limit and scanned < self.max_scan:
+        while scanned < self.max_scan:
             items = cast(
                 list[tuple[bytes, dict[bytes, bytes]]],
                 self.client.xrevrange(self.key, max=high, min=low, count=PAGE),
             )
             for _, fields in items:
-                entry = _decode(fields[b"e"])
-                if query.matches(entry):
+                entry = self._decode(fields)
+                if entry is not None and query.matches(entry):
                     found.append(entry)
             scanned += len(items)
             if len(items) < PAGE:
                 break
             high = "(" + items[-1][0].decode()
-        return found[: query.limit]
+            if len(found) >= query.limit:
+                latest = heapq.nlargest(query.limit, found, key=_started)
+                if _written(items[-1][0]) <= latest[-1].time:
+                    break
+        return heapq.nlargest(query.limit, found, key=_started)
 
     def close(self) -> None:
         self.client.close()
 
+    def _decode(self, fields: dict[bytes, bytes]) -> HistoryEntry | None:
+        """The entry an item holds, its text made writable; None, logged once, for an item
+        that holds none of this shape."""
+        entry = _entry(fields.get(b"e"))
+        if entry is None and not self._skipping:
+            self._skipping = True
+            logger.warning("history stream %s holds items of another shape; skipped", self.key)
+        return entry
 
-def _decode(raw: bytes) -> HistoryEntry:
-    values: list[Any] = json.loads(raw)
+
+def _entry(raw: bytes | None) -> HistoryEntry | None:
+    try:
+        values = json.loads(raw) if raw is not None else None
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser
+        return None
+    if not isinstance(values, list) or len(values) < len(_FIELD_TYPES) - 1:
+        return None
+    values = values[: len(_FIELD_TYPES)]  # a later version's added fields come last
+    for index, value in enumerate(values):
+        kinds, nullable = _FIELD_TYPES[index]
+        if value is None and nullable:
+            continue
+        if not isinstance(value, kinds) or (kinds is not bool and isinstance(value, bool)):
+            return None
+        if isinstance(value, str):
+            values[index] = writable_text(value)
     return HistoryEntry(*values)
+
+
+def _started(entry: HistoryEntry) -> float:
+    return float(entry.time)
+
+
+def _written(stream_id: bytes) -> float:
+    """The time an item was written, in seconds: its stream id's milliseconds."""
+    return int(stream_id.split(b"-", 1)[0]) / 1000

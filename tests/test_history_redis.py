@@ -4,6 +4,7 @@ Redis (counted, logged once), never a call."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,6 +74,46 @@ def test_a_scan_for_matches_is_bounded(redis_store: StoreFactory) -> None:
     store.max_scan = 1000
     store.write([entry(n, user="rare" if n == 0 else "common") for n in range(3000)])
     assert store.query(HistoryQuery(user="rare")) == []  # beyond the newest 1,000 items
+
+
+def test_items_of_another_shape_are_skipped_and_logged_once(
+    redis_store: StoreFactory, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = redis_store()
+    store.write([entry(1)])
+    client = redis.Redis.from_url(redis_server.url)
+    later_version = [*entry(2), "a field a later version adds"]
+    for raw in (
+        b"not json",
+        b"\xff\xfe",
+        json.dumps([1, 2]),
+        json.dumps(later_version),
+        json.dumps(list({**entry(3)._asdict(), "time": "soon"}.values())),
+        json.dumps(list({**entry(4)._asdict(), "agent": None}.values())),
+        json.dumps(list({**entry(5)._asdict(), "cached": 1}.values())),
+        json.dumps(entry(6, input="x\ud800")),  # a lone surrogate, as an older release wrote
+    ):
+        client.xadd(KEY, {"e": raw})
+    client.xadd(KEY, {"other": "field"})
+    client.close()
+    for _ in range(2):
+        found = store.query(HistoryQuery())
+        assert [e.id for e in found] == ["test-6", "test-2", "test-1"]
+    assert found[0].input == "x\ufffd"
+    assert len([r for r in caplog.records if "another shape" in r.message]) == 1
+
+
+def test_the_latest_entries_are_those_that_started_last_whatever_their_write_order(
+    redis_store: StoreFactory,
+) -> None:
+    store = redis_store()
+    now = time.time()
+    quick = entry(1, time=now - 5)
+    store.write([quick])
+    slow = entry(2, time=now - 20)  # it started first, and ended (was written) last
+    store.write([slow])
+    assert store.query(HistoryQuery(limit=1)) == [quick]
+    assert store.query(HistoryQuery(limit=2)) == [quick, slow]
 
 
 def test_the_stream_is_trimmed_to_about_max_len(
