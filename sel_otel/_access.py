@@ -3,7 +3,8 @@
 Owners may do anything, at any pace. Anyone may run an ordinary agent; a privileged one needs
 an owner, an allowed user or an allowed role. Reloading the agents and reading other users'
 history are for owners. Everyone else is spaced by a per-user cooldown, one for agent calls
-and one for each of `/sel_agents` and `/sel_agent_stats`, kept by discord.py's own
+and one for each of `/sel_agents`, `/sel_agent_stats` and `/sel_agent_history`, kept by
+discord.py's own
 `CooldownMapping` (the same for slash commands and `agent:` messages: both key on the user).
 
 A check returns when the user may go ahead and raises a `Refused` (`NotPermitted`,
@@ -15,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import discord
 from discord.ext.commands import CooldownMapping
@@ -23,8 +24,8 @@ from discord.ext.commands import CooldownMapping
 from ._agent import Agent
 from ._exceptions import NotPermitted, OnCooldown
 
-#: What a cooldown spaces: agent calls, the agent list, the stats.
-Spaced = Literal["agent", "agents", "stats"]
+#: What a cooldown spaces: agent calls, the agent list, the stats, the history.
+Spaced = Literal["agent", "agents", "stats", "history"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class AccessPolicy:
         self._clock = clock
         self._cooldowns: dict[Spaced, CooldownMapping[discord.abc.User]] = {
             spaced: CooldownMapping.from_cooldown(1, cooldown, _user_id)
-            for spaced in ("agent", "agents", "stats")
+            for spaced in get_args(Spaced)
         }
 
     def is_owner(self, user: discord.abc.User) -> bool:

@@ -35,6 +35,7 @@ from ._app import SelApp
 from ._bot_settings import BotSettings, everyone_role_problem
 from ._commands import (
     CommandHandler,
+    HistoryReply,
     ListAgents,
     ReloadAgents,
     Reply,
@@ -261,6 +262,7 @@ class SelBot(discord.Client):
         shown to the asker alone."""
         async with self._slash("/sel_agent_history", interaction) as span:
             user = self.policy.history_user(interaction.user, user)
+            self.policy.check_cooldown("history", interaction.user)
             await interaction.response.defer(ephemeral=True, thinking=True)
             span.set_attribute(names.SEL_DISCORD_DEFERRED, True)
             query = HistoryQuery(agent or None, user, outcome, limit)
@@ -271,8 +273,9 @@ class SelBot(discord.Client):
                 root_span=False,
             )
             _set_outcome(span, reply)
+            text = reply.within(CONTENT_LIMIT) if isinstance(reply, HistoryReply) else reply.text
             await interaction.followup.send(
-                fit(reply.text, CONTENT_LIMIT), ephemeral=True, allowed_mentions=NO_MENTIONS
+                fit(text, CONTENT_LIMIT), ephemeral=True, allowed_mentions=NO_MENTIONS
             )
 
     async def on_message(self, message: discord.Message) -> None:

@@ -79,14 +79,14 @@ class BotSettings:
         "role ids whose members may run privileged agents (never a server's @everyone role: the "
         "bot refuses to start with it)",
     )
-    #: Seconds a user waits between two agent calls, and between two `/sel_agents` or two
-    #: `/sel_agent_stats` (0: no cooldown; owners are exempt).
+    #: Seconds a user waits between two agent calls, and between two `/sel_agents`, two
+    #: `/sel_agent_stats` or two `/sel_agent_history` (0: no cooldown; owners are exempt).
     cooldown: float = setting(
         "SEL_DISCORD_COOLDOWN",
         _seconds_or_zero,
         3.0,
-        "seconds each user waits between agent calls, and between two /sel_agents or two "
-        "/sel_agent_stats (0: none; owners are exempt)",
+        "seconds each user waits between agent calls, and between two /sel_agents, two "
+        "/sel_agent_stats or two /sel_agent_history (0: none; owners are exempt)",
     )
     #: Answer `agent:NAME INPUT` messages (needs the privileged message content intent).
     message_prefix: bool = setting(

@@ -226,6 +226,10 @@ class HistoryReply(Reply):
     def text(self) -> str:
         return format_history(self.page, self.trace_url)
 
+    def within(self, limit: int) -> str:
+        """`text` within `limit` characters: whole entries, saying how many were shown."""
+        return format_history(self.page, self.trace_url, limit)
+
 
 @dataclass(frozen=True, slots=True)
 class HelpReply(Reply):

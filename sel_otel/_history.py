@@ -14,6 +14,7 @@ entry keeps of the input and output is the `ContentPolicy`'s: scrubbed like span
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -233,7 +234,13 @@ class HistoryReader:
         self, query: HistoryQuery, unwritten: Sequence[HistoryEntry] = ()
     ) -> HistoryPage:
         """The entries `query` asks for from every store, and from `unwritten` (this
-        process's entries still on their way to the stores)."""
+        process's entries still on their way to the stores). Its filters are compared as the
+        entries keep text (`writable_text`)."""
+        query = dataclasses.replace(
+            query,
+            agent=None if query.agent is None else writable_text(query.agent),
+            user=None if query.user is None else writable_text(query.user),
+        )
         answers = await asyncio.gather(
             *(asyncio.to_thread(store.query, query) for store in self.stores),
             return_exceptions=True,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from . import _semconv as names
 from ._history import OUTCOMES, HistoryEntry, HistoryPage, HistoryQuery
-from ._markup import code_span
+from ._markup import code_span, printable, printable_line
 
 HISTORY_USAGE = "/sel_agent_history [agent=NAME] [user=ID] [outcome=ok|error|refused] [limit=N]"
 DEFAULT_LIMIT = 20
@@ -44,15 +44,33 @@ def trace_url(template: str | None, trace_id: str) -> str | None:
     return template.replace("{trace_id}", trace_id)
 
 
-def format_history(page: HistoryPage, template: str | None) -> str:
-    """The entries as markdown lines, newest first, each linked to its trace."""
-    lines = [_markdown_line(entry, template) for entry in page.entries]
-    if not lines:
-        lines.append("No history entries match.")
+def format_history(page: HistoryPage, template: str | None, limit: int | None = None) -> str:
+    """The entries as markdown lines, newest first, each linked to its trace, after a warning
+    naming the stores that could not be read. Within `limit` characters when given: whole
+    lines only, and a last line saying how many of the entries were shown."""
+    head = []
     if page.unavailable:
         unread = ", ".join(page.unavailable)
-        lines.append(f"⚠️ Not read: the {unread} history; these come from the other stores.")
-    return "\n".join(lines)
+        head.append(f"⚠️ Not read: the {unread} history; these come from the other stores.")
+    lines = [printable(_markdown_line(entry, template)) for entry in page.entries]
+    if not lines:
+        lines.append("No history entries match.")
+    if limit is None:
+        return "\n".join([*head, *lines])
+    budget = limit - sum(len(line) + 1 for line in head) - len(_shown(len(lines), len(lines)))
+    shown: list[str] = []
+    for line in lines:
+        budget -= len(line) + 1
+        if budget < 0:
+            break
+        shown.append(line)
+    if len(shown) < len(lines):
+        shown.append(_shown(len(shown), len(lines)))
+    return "\n".join([*head, *shown])
+
+
+def _shown(count: int, total: int) -> str:
+    return f"_({count} of {total} entries shown: ask for fewer, or filter them)_"
 
 
 def _markdown_line(entry: HistoryEntry, template: str | None) -> str:
@@ -72,7 +90,8 @@ def _markdown_line(entry: HistoryEntry, template: str | None) -> str:
 
 
 def format_line(entry: HistoryEntry, template: str | None) -> str:
-    """One entry as a plain-text line, for a terminal."""
+    """One entry as a plain-text line, for a terminal: what users typed (an unknown agent's
+    name, a user id, the input) cannot move the cursor or retitle the terminal."""
     url = trace_url(template, entry.trace_id)
     columns = [
         _clock(entry.time),
@@ -84,7 +103,7 @@ def format_line(entry: HistoryEntry, template: str | None) -> str:
     ]
     if entry.input:
         columns.append(repr(entry.input))
-    return "  ".join(columns)
+    return printable_line("  ".join(columns))
 
 
 def _clock(seconds: float) -> str:

@@ -8,6 +8,7 @@
   escape sequence in a command's output cannot retitle a terminal or clear its screen, and
   text a stream cannot encode (lone surrogates) shown as U+FFFD. Every frontend passes
   replies through it.
+- `printable_line(text)`: the same, on one line (line feeds and tabs shown as symbols too).
 - `writable_text(text)`: lone surrogates as U+FFFD, so that text kept for later (the
   execution history) can always be written as UTF-8.
 """
@@ -58,6 +59,12 @@ def printable(text: str) -> str:
     if _UNPRINTABLE.search(text) is None:
         return text
     return _UNPRINTABLE.sub(_symbol, text.replace("\r\n", "\n"))
+
+
+def printable_line(text: str) -> str:
+    """`text` on one line: its control characters, line feeds and tabs included, shown as
+    symbols, and lone surrogates as U+FFFD."""
+    return _UNPRINTABLE_INLINE.sub(_symbol, text)
 
 
 def code_span(text: str, limit: int = QUOTE_LIMIT) -> str:

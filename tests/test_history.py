@@ -418,6 +418,19 @@ async def test_text_no_codec_can_write_is_kept_as_u_fffd_and_costs_no_entry(
     assert dropped(telemetry) == {}
 
 
+async def test_a_filter_holding_a_lone_surrogate_finds_the_entries_it_names(
+    store: SqliteHistoryStore, telemetry: TelemetryFixture
+) -> None:
+    history = history_over([store], telemetry)
+    history.open()
+    record(history, 1, agent="x\udc80", user="\udc81")
+    record(history, 2)
+    await history.aclose()
+    for query in (HistoryQuery(agent="x\udc80"), HistoryQuery(user="\udc81")):
+        page = await history.query(query)
+        assert ([e.input for e in page.entries], page.unavailable) == (["input 1"], ())
+
+
 async def test_an_unwritable_path_drops_entries_with_one_error_and_a_metric(
     tmp_path: Path, telemetry: TelemetryFixture, caplog: pytest.LogCaptureFixture
 ) -> None:

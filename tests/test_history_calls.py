@@ -20,7 +20,16 @@ from sel_otel._history_redis import RedisHistoryStore
 from sel_otel._history_sqlite import SqliteHistoryStore
 from sel_otel._telemetry import build_resource
 from tests.conftest import AgentWriter, TelemetryFixture
-from tests.test_bot import OWNER, SETTINGS, STRANGER, Interaction, Message, User, slash
+from tests.test_bot import (
+    OWNER,
+    SETTINGS,
+    STRANGER,
+    Clock,
+    Interaction,
+    Message,
+    User,
+    slash,
+)
 from tests.test_history import dropped
 
 if TYPE_CHECKING:
@@ -283,9 +292,16 @@ async def test_history_requests_say_when_the_history_is_off(
 
 
 @pytest.fixture
-async def bot(recorded: Recorded, telemetry: TelemetryFixture) -> AsyncIterator[SelBot]:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def bot(
+    recorded: Recorded, telemetry: TelemetryFixture, clock: Clock
+) -> AsyncIterator[SelBot]:
     commands = CommandHandler(recorded.runtime, telemetry.reader)
-    discord_bot = SelBot(commands, SETTINGS, tracer_provider=telemetry.tracer_provider)
+    discord_bot = SelBot(commands, SETTINGS, tracer_provider=telemetry.tracer_provider, clock=clock)
     yield discord_bot
     await discord_bot.close()
 
@@ -316,14 +332,31 @@ async def test_refusals_by_the_bots_checks_are_recorded_with_the_commands_span(
     ]
 
 
+async def test_a_users_history_queries_are_spaced_by_the_cooldown(
+    bot: SelBot, clock: Clock
+) -> None:
+    first, second, third = (Interaction(User(STRANGER)) for _ in range(3))
+    await slash(bot, "sel_agent_history", first)
+    await slash(bot, "sel_agent_history", second)
+    assert second.sent[-1].content == "⏳ Slow down: try again in 10s."
+    for _ in range(2):  # owners have none
+        owner = Interaction(User(OWNER))
+        await slash(bot, "sel_agent_history", owner)
+        assert "Slow down" not in (owner.sent[-1].content or "")
+    clock.now += SETTINGS.cooldown
+    await slash(bot, "sel_agent_history", third)
+    assert "Slow down" not in (third.sent[-1].content or "")
+
+
 async def test_owners_see_anyones_calls_and_others_only_their_own(
-    bot: SelBot, recorded: Recorded
+    bot: SelBot, recorded: Recorded, clock: Clock
 ) -> None:
     await recorded.runtime.run("echo", "the owner's", user=str(OWNER), frontend="discord")
     await recorded.runtime.run("echo", "the stranger's", user=str(STRANGER), frontend="discord")
     await recorded.history.flush()
 
     async def shown(asker: int, **options: Any) -> str:
+        clock.now += SETTINGS.cooldown  # apart from the cooldown, tested below
         interaction = Interaction(User(asker))
         await slash(bot, "sel_agent_history", interaction, **options)
         *_, answer = interaction.sent

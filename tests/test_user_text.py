@@ -30,7 +30,7 @@ from sel_otel import (
 from sel_otel._commands import CommandHandler, format_result
 from sel_otel._console import run_console
 from sel_otel._history import HistoryEntry, HistoryPage
-from sel_otel._history_format import format_history
+from sel_otel._history_format import format_history, format_line
 from sel_otel._markup import QUOTE_LIMIT, printable
 from sel_otel.hostexec._local import LocalHostExec
 from tests.conftest import AgentWriter, RuntimeFactory
@@ -187,9 +187,41 @@ def test_history_lines_quote_an_unknown_agents_name() -> None:
     assert "**calc**" in format_history(HistoryPage([entry._replace(agent="calc")]), None)
 
 
+def test_a_history_reply_keeps_whole_entries_within_discords_limit_warning_first() -> None:
+    first = HistoryEntry(
+        "id", 1_700_000_000.0, "host_exec", "uname -a", "123456789012345678", "discord", "ok",
+        None, 12.5, False, "i", "", "",
+    )  # fmt: skip
+    entries = [
+        first._replace(id=f"id-{n}", time=first.time - n, trace_id=f"{n + 1:032x}")
+        for n in range(50)
+    ]
+    page = HistoryPage(entries, ("redis",))
+    template = "http://localhost:16686/trace/{trace_id}"
+    whole = format_history(page, template).splitlines()
+    text = format_history(page, template, limit=2000)
+    lines = text.splitlines()
+    assert len(text) <= 2000
+    assert lines[0].startswith("⚠️ Not read: the redis history")  # never the part cut off
+    shown = lines[1:-1]
+    assert 10 < len(shown) < 50 and shown == whole[1 : len(shown) + 1]  # whole lines only
+    assert lines[-1] == f"_({len(shown)} of 50 entries shown: ask for fewer, or filter them)_"
+    assert format_history(HistoryPage(entries[:3]), template, limit=2000).count("\n") == 2
+
+
 # -- terminals -----------------------------------------------------------------------------------
 
 ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x1b[3J\x9b31m"
+
+
+def test_history_lines_for_a_terminal_hold_no_control_character_of_a_users() -> None:
+    entry = HistoryEntry(
+        "id", 0.0, f"{ESCAPES}\nnext line", "uname", f"{ESCAPES}\n", "cli\r", "error",
+        "agent_not_found", 0.0, False, "i", "", "",
+    )  # fmt: skip
+    line = format_line(entry, None)
+    assert not any(char in line for char in "\x1b\x07\x9b\n\r")
+    assert "␛]0;pwned" in line  # shown, as symbols
 
 
 async def test_the_console_shows_control_characters_of_an_output_as_symbols(
