@@ -41,21 +41,27 @@ _POLL_INTERVAL = 0.05
 _STOP_GRACE = 5.0
 _LOG_TAIL = 2000
 #: What the child inherits of the parent's environment: the interpreter's, what the service
-#: passes on to commands by default, locale, proxy and CA settings, and the OpenTelemetry
-#: configuration (but its service name, which would mislabel the child's spans). Nothing
-#: else: the bot's own secrets stay with the bot.
+#: passes on to commands by default, locale, proxy and CA settings, the OpenTelemetry
+#: configuration (but its service name, which would mislabel the child's spans), and the
+#: operator's `HOST_EXEC_*` settings (allow-list, caps, timeouts; but those the launcher
+#: chooses). Nothing else: the bot's own secrets stay with the bot.
 _INHERITED = frozenset(
     {"PATH", "HOME", "TMPDIR", "VIRTUAL_ENV", "LD_LIBRARY_PATH", *DEFAULT_CHILD_ENV}
     | {"SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE"}
     | {"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
 )
-_INHERITED_PREFIXES = ("LC_", "PYTHON", "OTEL_")
+_INHERITED_PREFIXES = ("LC_", "PYTHON", "OTEL_", "HOST_EXEC_")
+#: Chosen here (the address, the token and the descriptors), or the client's (its URL).
+_LAUNCHER_CHOSEN = frozenset(
+    {"HOST_EXEC_URL", "HOST_EXEC_TOKEN", "HOST_EXEC_TOKEN_FILE", "HOST_EXEC_HOST"}
+    | {"HOST_EXEC_PORT", "HOST_EXEC_LISTEN_FD", "HOST_EXEC_LAUNCHER_FD"}
+)
 
 T = TypeVar("T")
 
 
 def _inherited(name: str) -> bool:
-    return name != "OTEL_SERVICE_NAME" and (
+    return name not in ("OTEL_SERVICE_NAME", *_LAUNCHER_CHOSEN) and (
         name in _INHERITED or name.startswith(_INHERITED_PREFIXES)
     )
 

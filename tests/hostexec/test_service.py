@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import socket
@@ -306,6 +307,21 @@ async def test_token_never_reaches_the_log(service: LocalHostExec) -> None:
     log = service.log_path.read_text()
     assert "exec uname exit=0" in log
     assert service.token not in log
+
+
+async def test_the_local_service_runs_with_the_operators_host_exec_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    allowlist = tmp_path / "allowlist.json"
+    allowlist.write_text(json.dumps({"commands": [{"argv": ["uname", "-a"]}]}))
+    monkeypatch.setenv("HOST_EXEC_ALLOWLIST", str(allowlist))
+    monkeypatch.setenv("HOST_EXEC_MAX_OUTPUT_BYTES", "16")
+    monkeypatch.setenv("HOST_EXEC_PORT", "1")  # chosen by the launcher: not taken
+    async with LocalHostExec() as local:
+        assert (await post_exec(local, {"command": "ps aux"})).status_code == 403
+        answer = await post_exec(local, {"command": "uname -a"})
+    assert answer.status_code == 200
+    assert len(answer.json()["stdout"].encode()) <= 16
 
 
 async def test_the_local_service_inherits_none_of_its_parents_secrets(
