@@ -55,8 +55,9 @@ class AgentContext:
 
     `settings` are the runtime's (`host_exec_url`, `host_exec_token`, `host_exec_token_file`
     among them); `http` is a client traced by the OpenTelemetry httpx instrumentation, so that
-    a request is a child of the agent span and carries `traceparent`. The runtime closes it
-    when it stops: an agent must not.
+    a request is a child of the agent span and carries `traceparent`. It honours the proxy
+    settings of the environment, but for loopback addresses, reached direct. The runtime
+    closes it when it stops: an agent must not.
     """
 
     settings: Settings

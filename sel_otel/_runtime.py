@@ -42,6 +42,8 @@ CLOSE_TIMEOUT = 5.0
 #: Cache keys remembered, and the longest input whose key is.
 _KEY_MEMO_ENTRIES = 4096
 _KEY_MEMO_MAX_CHARS = 1024
+#: Hosts the agents' HTTP client reaches without a proxy (`AgentContext.http`).
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 class AgentResult(NamedTuple):
@@ -227,7 +229,10 @@ class AgentRuntime:
             import httpx
             from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-            client = httpx.AsyncClient()
+            # Loopback goes direct whatever the proxy settings say: no proxy reaches this
+            # host's loopback, and what goes there (the host-exec token) stays on the host.
+            direct = {f"all://{host}": httpx.AsyncHTTPTransport() for host in _LOOPBACK_HOSTS}
+            client = httpx.AsyncClient(mounts=direct)
             tracer_provider, meter_provider = self._providers
             HTTPXClientInstrumentor.instrument_client(
                 client, tracer_provider=tracer_provider, meter_provider=meter_provider

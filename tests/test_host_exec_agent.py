@@ -297,6 +297,36 @@ async def test_mutating_command_invalidates_the_host_exec_cache(
     assert not (await runtime.run("host_exec", "uname -a")).cached
 
 
+async def test_the_service_on_loopback_is_reached_direct_never_through_a_proxy(
+    service: LocalHostExec, runtime_for: RuntimeFor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as proxy:
+        proxy.settimeout(10)
+        seen: list[bytes] = []
+
+        def capture() -> None:
+            try:
+                connection, _ = proxy.accept()
+            except OSError:  # closed, or nothing came: the test says which
+                return
+            with connection:
+                seen.append(connection.recv(65536))
+
+        catcher = threading.Thread(target=capture, daemon=True)
+        catcher.start()
+        address = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+            monkeypatch.setenv(name, address)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        runtime = await runtime_for(service.url, service.token)
+        result = await runtime.run("host_exec", "uname -a")
+        proxy.shutdown(socket.SHUT_RDWR)  # wakes the catcher: whatever came has come
+    catcher.join(15)
+    assert result.ok, result
+    assert seen == []  # neither the command nor the token went to the proxy
+
+
 async def test_missing_configuration_is_a_clear_error(runtime: AgentRuntime) -> None:
     result = await runtime.run("host_exec", "uname -a")
     assert result.error is not None
