@@ -132,12 +132,15 @@ class Images:
 
 
 class StackTarget:
-    """The instances of the stack, over HTTP on their loopback-published ports."""
+    """The instances of the stack, over HTTP on their loopback-published ports, with the
+    token they ask of a reload (`SEL_SERVE_TOKEN`)."""
 
-    def __init__(self, urls: list[str]) -> None:
+    def __init__(self, urls: list[str], token: str) -> None:
         self.urls = urls
         self.client = httpx.AsyncClient(
-            timeout=CALL_TIMEOUT, limits=httpx.Limits(max_connections=200)
+            timeout=CALL_TIMEOUT,
+            limits=httpx.Limits(max_connections=200),
+            headers={"Authorization": f"Bearer {token}"},
         )
 
     async def request(self, instance: int, text: str, user: str | None = None) -> dict[str, Any]:
@@ -226,6 +229,8 @@ class Stack:
         self.agents = agents
         self.namespace = namespace
         self.token = secrets.token_urlsafe(24)
+        #: What the instances ask of a reload (`sel-otel serve`'s SEL_SERVE_TOKEN).
+        self.serve_token = secrets.token_urlsafe(24)
         self.client = docker.from_env()
         self.label = {"org.sel-otel.loadtest": namespace}
         self._cleanup: list[Callable[[], object]] = []
@@ -299,6 +304,7 @@ class Stack:
                 "SEL_STATS_PUBLISH_INTERVAL": "1",
                 "HOST_EXEC_URL": f"http://hostexec:{HOST_EXEC_PORT}",
                 "HOST_EXEC_TOKEN": self.token,
+                "SEL_SERVE_TOKEN": self.serve_token,
                 "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
                 "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id=sel-{index}",
                 **passed,
@@ -376,7 +382,7 @@ async def docker_environment(
                 urls = await asyncio.to_thread(stack.up)
             except (RuntimeError, OSError, docker.errors.DockerException) as exc:
                 raise ConfigError(f"--cache docker: the stack did not start: {exc}") from exc
-            target = StackTarget(urls)
+            target = StackTarget(urls, stack.serve_token)
             try:
                 yield Environment(
                     target,

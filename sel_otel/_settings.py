@@ -391,6 +391,15 @@ class Settings:
         "a history entry's link to its trace, {trace_id} replaced: for Jaeger, "
         "http://localhost:16686/trace/{trace_id}",
     )
+    serve_token: str = setting(
+        "SEL_SERVE_TOKEN",
+        str.strip,
+        "",
+        "the bearer token sel-otel serve asks of a request that runs a privileged agent, "
+        "reloads the agents or reads the history",
+        shown_default="none: no request may",
+        repr=False,
+    )
     host_exec_url: str = setting(
         "HOST_EXEC_URL",
         lambda raw: raw.strip().rstrip("/"),

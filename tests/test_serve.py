@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,13 +13,13 @@ import pytest
 from tests.conftest import CLI, cli_environment, free_port
 
 
-@pytest.fixture
-def served() -> Iterator[str]:
+@contextlib.contextmanager
+def serving(**env: str) -> Iterator[str]:
     """A `sel-otel serve` process on a free loopback port: its base URL once it answers."""
     port = free_port()
     process = subprocess.Popen(
         [*CLI, "serve", "--port", str(port)],
-        env=cli_environment(HOST_EXEC_URL="http://127.0.0.1:9"),
+        env=cli_environment(HOST_EXEC_URL="http://127.0.0.1:9", **env),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -41,6 +42,12 @@ def served() -> Iterator[str]:
         assert process.returncode == 128 + 15, errors  # ended by SIGTERM, in order
 
 
+@pytest.fixture
+def served() -> Iterator[str]:
+    with serving() as url:
+        yield url
+
+
 def test_a_request_is_answered_with_how_the_call_went(served: str) -> None:
     first = httpx.post(f"{served}/request", json={"text": "agent:calc 6*7", "user": "u1"}).json()
     again = httpx.post(f"{served}/request", json={"text": "agent:calc 6*7", "user": "u2"}).json()
@@ -54,5 +61,41 @@ def test_a_request_is_answered_with_how_the_call_went(served: str) -> None:
 
 
 def test_a_request_that_is_not_a_json_object_with_text_is_refused(served: str) -> None:
-    assert httpx.post(f"{served}/request", content=b"agent:calc 1").status_code == 400
+    as_json = {"Content-Type": "application/json"}
+    assert httpx.post(f"{served}/request", content=b"x", headers=as_json).status_code == 400
     assert httpx.post(f"{served}/request", json={"user": "u"}).status_code == 400
+    # What a web page may send to another origin unasked: never read.
+    as_text = {"Content-Type": "text/plain"}
+    body = b'{"text": "agent:calc 1"}'
+    assert httpx.post(f"{served}/request", content=body, headers=as_text).status_code == 415
+
+
+OWNERS_ONLY = ["agent:host_exec uname -a", "/sel_agent_reload", "/sel_agent_history"]
+
+
+def ask(url: str, text: str, token: str | None = None) -> httpx.Response:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    return httpx.post(f"{url}/request", json={"text": text, "user": "u1"}, headers=headers)
+
+
+def test_what_only_owners_may_do_is_refused_to_all_when_no_token_is_set(served: str) -> None:
+    for text in OWNERS_ONLY:
+        refused = ask(served, text, token="anything")
+        assert refused.status_code == 403, text
+        assert refused.json()["error_type"] == "forbidden"
+    assert ask(served, "agent:calc 1+1").json()["ok"]  # ordinary agents need nothing
+
+
+def test_what_only_owners_may_do_needs_the_serve_token() -> None:
+    with serving(SEL_SERVE_TOKEN="s3cret-token") as url:
+        for text in OWNERS_ONLY:
+            assert ask(url, text).status_code == 403, text
+            assert ask(url, text, token="s3cret-tokem").status_code == 403, text
+        assert ask(url, "/sel_agent_reload", token="s3cret-token").json()["ok"]
+        history = ask(url, "/sel_agent_history", token="s3cret-token").json()
+        assert history["ok"]
+        # The refused host_exec calls are in it, as the bot's refusals are.
+        assert history["text"].count("host_exec") == 2 and "forbidden" in history["text"]
+        call = ask(url, "agent:host_exec uname -a", token="s3cret-token")
+        assert call.status_code == 200  # run: the service at HOST_EXEC_URL is not there
+        assert call.json()["error_type"] not in (None, "forbidden")
