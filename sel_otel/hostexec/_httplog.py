@@ -1,7 +1,8 @@
 """What aiohttp writes to the service's log: the access log, and refused requests.
 
 aiohttp's access log writes each request line whole, query string included, so a token a
-client put in `?token=` would sit in the log; `AccessLog` writes the path alone. aiohttp also
+client put in `?token=` would sit in the log; `AccessLog` writes the path alone, and the
+lines of requests without the token (401) a few a minute at most. aiohttp also
 logs a full traceback for each malformed request (847 bytes for an oversized header), so
 anyone who can connect can fill the disk; `RefusalLog` makes that one line and, with
 `RateLimit`, at most a few lines a minute, saying how many were left out.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -24,12 +26,25 @@ _MAX_LOGGED = 200
 
 class AccessLog(AbstractAccessLogger):
     """One line per answer, `remote "METHOD path HTTP/x.y" status bytes seconds`: no query
-    string, no header a client chose but the method and path, those scrubbed."""
+    string, no header a client chose but the method and path, those scrubbed. Anyone may
+    send requests without the token: their lines (401) are rate-limited (`RateLimit`), per
+    logger, across connections (aiohttp makes an access logger per connection)."""
+
+    _limits: ClassVar[dict[logging.Logger, RateLimit]] = {}
+
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        self._unauthorized = self._limits.setdefault(logger, RateLimit())
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        left_out = ""
+        if response.status == 401:
+            if not self._unauthorized.allow():
+                return
+            left_out = self._unauthorized.take_left_out()
         version = request.version
         self.logger.info(
-            '%s "%s %s HTTP/%d.%d" %d %d %.3fs',
+            '%s "%s %s HTTP/%d.%d" %d %d %.3fs%s',
             request.remote,
             request.method[:16],
             scrub(request.path[:_MAX_LOGGED]),
@@ -38,6 +53,7 @@ class AccessLog(AbstractAccessLogger):
             response.status,
             response.body_length,
             time,
+            left_out,
         )
 
 

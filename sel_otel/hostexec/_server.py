@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.util.types import AttributeValue
 
 from .._redact import scrub_argv, span_content
@@ -99,10 +100,12 @@ def create_app(
 @web.middleware
 async def _trace_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One SERVER span per request but readiness checks, continuing the caller's
-    `traceparent`."""
+    `traceparent` when the caller holds the token (anyone else starts a trace of its own:
+    no stranger's request joins the bot's traces)."""
     if request.match_info.route.handler is _healthz:
         return await handler(request)
-    tracer = request.app[_SERVICE].tracer
+    service = request.app[_SERVICE]
+    tracer = service.tracer
     resource = request.match_info.route.resource
     attributes = {
         names.HTTP_REQUEST_METHOD: request.method,
@@ -114,7 +117,9 @@ async def _trace_requests(request: web.Request, handler: Handler) -> web.StreamR
         name = f"{request.method} {resource.canonical}"
     with tracer.start_as_current_span(
         name,
-        context=propagate.extract(request.headers),
+        context=(
+            propagate.extract(request.headers) if _authorized(request, service.token) else Context()
+        ),
         kind=trace.SpanKind.SERVER,
         attributes=attributes,
     ) as span:

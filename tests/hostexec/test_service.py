@@ -302,6 +302,21 @@ async def test_excess_concurrent_commands_get_429_at_once(
     assert after.status_code == 200
 
 
+async def test_requests_without_the_token_fill_the_log_a_few_lines_a_minute() -> None:
+    async with LocalHostExec() as service:  # a log of this test's requests alone
+        for _ in range(40):
+            refused = await post_exec(service, {"command": "uname -a"}, token=None)
+            assert refused.status_code == 401
+        assert (await post_exec(service, {"command": "uname -a"})).status_code == 200
+
+        def access_lines(status: int) -> int:
+            log = service.log_path.read_text(encoding="utf-8")
+            return sum(f'"POST /exec HTTP/1.1" {status} ' in line for line in log.splitlines())
+
+        await wait_until(lambda: access_lines(200) == 1, "the answer's line in the log")
+        assert access_lines(401) == 10
+
+
 async def test_token_never_reaches_the_log(service: LocalHostExec) -> None:
     await post_exec(service, {"command": "uname -a"})
     log = service.log_path.read_text()

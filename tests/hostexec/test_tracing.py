@@ -83,6 +83,20 @@ async def test_request_span_continues_the_callers_trace(
     assert server.attributes["http.response.status_code"] == 200
 
 
+async def test_a_request_without_the_token_joins_no_callers_trace(
+    client: TestClient[web.Request, web.Application], exporter: InMemorySpanExporter
+) -> None:
+    response = await client.post(
+        "/exec",
+        json={"command": "uname -a"},
+        headers={"Authorization": "Bearer not-the-token", "traceparent": TRACEPARENT},
+    )
+    assert response.status == 401
+    server = _by_name(exporter)["POST /exec"]
+    assert format(server.context.trace_id, "032x") != TRACE_ID
+    assert server.parent is None
+
+
 async def test_command_is_a_child_exec_span_with_exit_code_and_duration(
     client: TestClient[web.Request, web.Application], exporter: InMemorySpanExporter
 ) -> None:
