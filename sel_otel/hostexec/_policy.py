@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,14 +72,25 @@ def _forbidden(reason: str, message: str) -> Refused:
 
 
 class Policy:
-    """Checks command lines against an allow-list."""
+    """Checks command lines against an allow-list.
+
+    A program named without a directory is looked up in `program_path` (the commands' PATH,
+    when given) and must pass the trusted-path rule, as `<path>` operands do: a directory of
+    the PATH that others can write could otherwise swap `uname` for anything.
+    """
 
     def __init__(
-        self, allowlist: AllowList, *, max_length: int = 1024, default_timeout: float = 15.0
+        self,
+        allowlist: AllowList,
+        *,
+        max_length: int = 1024,
+        default_timeout: float = 15.0,
+        program_path: str | None = None,
     ) -> None:
         self._allowlist = allowlist
         self._max_length = max_length
         self._default_timeout = default_timeout
+        self._program_path = program_path
         self._trust = _Trust(
             owners=frozenset({0, os.geteuid()}), groups=frozenset({0, os.getegid()})
         )
@@ -86,6 +98,13 @@ class Policy:
     def untrusted_roots(self) -> list[Refused]:
         """Why each allowed root that fails the trusted-path rule is refused (for start-up logs)."""
         problems = (self._trust.check(root) for root in self._allowlist.roots)
+        return [problem for problem in problems if problem is not None]
+
+    def untrusted_program_directories(self) -> list[Refused]:
+        """Why each directory of `program_path` that fails the trusted-path rule does (for
+        start-up logs)."""
+        directories = [Path(entry) for entry in (self._program_path or "").split(os.pathsep)]
+        problems = (self._trust.check(entry) for entry in directories if entry.is_absolute())
         return [problem for problem in problems if problem is not None]
 
     def check(self, line: str) -> Approved | Refused:
@@ -136,8 +155,25 @@ class Policy:
             if isinstance(checked, Refused):
                 return checked
             argv.append(checked)
+        refused = self._check_program(argv[0])
+        if refused is not None:
+            return refused
         timeout = self._default_timeout if entry.timeout is None else entry.timeout
         return Approved(argv=tuple(argv), timeout=timeout)
+
+    def _check_program(self, program: str) -> Refused | None:
+        """Refuse a program found through `program_path` in a place others can change (one
+        not found is left to fail as it runs, reported as not executable)."""
+        if self._program_path is None or os.sep in program:
+            return None
+        found = shutil.which(program, path=self._program_path)
+        if found is None:
+            return None
+        refused = self._trust.check(Path(os.path.realpath(found)))
+        if refused is None:
+            return None
+        message = f"program {program} is not trusted"
+        return Refused(403, "untrusted_program", message, refused.detail)
 
 
 def _align(pattern: tuple[Part, ...], tokens: list[str]) -> list[str] | None:

@@ -75,10 +75,15 @@ def create_app(
     """Build the host-exec application; raises ConfigError for a bad allow-list."""
     allowlist = AllowList.load(settings.allowlist)
     policy = Policy(
-        allowlist, max_length=settings.max_command_length, default_timeout=settings.default_timeout
+        allowlist,
+        max_length=settings.max_command_length,
+        default_timeout=settings.default_timeout,
+        program_path=settings.child_path,
     )
     for problem in policy.untrusted_roots():
         logger.warning("every <path> under this root will be refused: %s", problem.logged)
+    for problem in policy.untrusted_program_directories():
+        logger.warning("every program found in this PATH directory is refused: %s", problem.logged)
     service = _Service(
         token=settings.token.encode(),
         policy=policy,

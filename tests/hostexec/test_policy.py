@@ -301,3 +301,32 @@ def test_the_project_calls_it_the_allow_list_everywhere() -> None:
                 for match in other_word.finditer(text)
             ]
     assert not found
+
+
+def _program_in(directory: Path, name: str = "sel-test-tool") -> str:
+    program = directory / name
+    program.write_text("#!/bin/sh\necho planted\n", encoding="utf-8")
+    program.chmod(0o755)
+    return name
+
+
+def test_a_program_found_where_others_can_write_is_refused(trusted_tmp: Path) -> None:
+    shared = trusted_tmp / "shared-bin"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone may put a program of that name there
+    name = _program_in(shared)
+    allowlist = AllowList.from_json({"roots": [], "commands": [{"argv": [name]}]})
+    policy = Policy(allowlist, program_path=f"/nonexistent{os.pathsep}{shared}")
+    refused = _refused(policy, name)
+    assert (refused.status, refused.reason) == (403, "untrusted_program")
+    assert "writable by everyone" in refused.logged
+    [problem] = policy.untrusted_program_directories()
+    assert str(shared) in problem.message
+
+
+def test_a_program_found_in_a_trusted_directory_runs(trusted_tmp: Path) -> None:
+    name = _program_in(trusted_tmp)
+    allowlist = AllowList.from_json({"roots": [], "commands": [{"argv": [name]}]})
+    policy = Policy(allowlist, program_path=str(trusted_tmp))
+    assert _approved(policy, name).argv == (name,)
+    assert policy.untrusted_program_directories() == []
