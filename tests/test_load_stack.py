@@ -153,6 +153,7 @@ def test_a_host_exec_call_from_any_instance_reaches_the_collector_as_one_trace(
             reply = httpx.post(
                 f"{url}/request",
                 json={"text": f"agent:host_exec {command}", "user": f"user-{index}"},
+                headers={"Authorization": f"Bearer {stack.serve_token}"},  # a privileged agent
                 timeout=30,
             ).json()
             assert reply["ok"] and not reply["cached"], reply
