@@ -129,21 +129,18 @@ def iso_time(seconds: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class HistoryQuery:
-    """Which entries to read: filters (None: any), the most recent `limit` of them, and only
-    those that started after `since` (seconds since the epoch) when given."""
+    """Which entries to read: filters (None: any), and the most recent `limit` of them."""
 
     agent: str | None = None
     user: str | None = None
     outcome: str | None = None
     limit: int = 20
-    since: float | None = None
 
     def matches(self, entry: HistoryEntry) -> bool:
         return (
             (self.agent is None or entry.agent == self.agent)
             and (self.user is None or entry.user == self.user)
             and (self.outcome is None or entry.outcome == self.outcome)
-            and (self.since is None or entry.time > self.since)
         )
 
 
@@ -168,12 +165,25 @@ class HistorySink(ABC):
         """Release what the sink holds; called on its writer thread, after the last write."""
 
 
+#: Where a store's `written_after` left off: opaque, the store's own.
+Cursor = Any
+
+
 class HistoryStore(HistorySink):
-    """A sink that answers queries; `query` runs on a worker thread, apart from `write`."""
+    """A sink that answers queries; `query` and `written_after` run on worker threads, apart
+    from `write`."""
 
     @abstractmethod
     def query(self, query: HistoryQuery) -> list[HistoryEntry]:
         """The most recent `query.limit` matching entries, newest first."""
+
+    @abstractmethod
+    def written_after(
+        self, query: HistoryQuery, cursor: Cursor | None
+    ) -> tuple[list[HistoryEntry], Cursor]:
+        """The entries matching `query` (but its `limit`) written after `cursor`,
+        in the order they were written, and the cursor after them; with None, none: the
+        cursor of the latest write, to follow from."""
 
 
 class ContentPolicy:
@@ -236,11 +246,7 @@ class HistoryReader:
         """The entries `query` asks for from every store, and from `unwritten` (this
         process's entries still on their way to the stores). Its filters are compared as the
         entries keep text (`writable_text`)."""
-        query = dataclasses.replace(
-            query,
-            agent=None if query.agent is None else writable_text(query.agent),
-            user=None if query.user is None else writable_text(query.user),
-        )
+        query = _writable(query)
         answers = await asyncio.gather(
             *(asyncio.to_thread(store.query, query) for store in self.stores),
             return_exceptions=True,
@@ -258,6 +264,47 @@ class HistoryReader:
                 merged.setdefault(entry.id, entry)
         entries = sorted(merged.values(), key=lambda entry: entry.time, reverse=True)
         return HistoryPage(entries[: query.limit], tuple(unavailable))
+
+    async def written_after(
+        self, query: HistoryQuery, cursors: Sequence[Cursor | None]
+    ) -> tuple[list[HistoryEntry], list[Cursor | None], tuple[str, ...]]:
+        """What each store holds of `query` written after its cursor (`HistoryStore.
+        written_after`; a None cursor, a store not read yet, starts from its latest write),
+        oldest started first, each entry once; the cursors after them, and the stores that
+        could not be read (they keep their cursors)."""
+        query = _writable(query)
+        answers = await asyncio.gather(
+            *(
+                asyncio.to_thread(store.written_after, query, cursor)
+                for store, cursor in zip(self.stores, cursors, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        merged: dict[str, HistoryEntry] = {}
+        after: list[Cursor | None] = []
+        unavailable = []
+        for store, cursor, answer in zip(self.stores, cursors, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, Exception):
+                    raise answer
+                unavailable.append(store.name)
+                after.append(cursor)
+                continue
+            entries, moved = answer
+            after.append(moved)
+            for entry in entries:
+                merged.setdefault(entry.id, entry)
+        ordered = sorted(merged.values(), key=lambda entry: entry.time)
+        return ordered, after, tuple(unavailable)
+
+
+def _writable(query: HistoryQuery) -> HistoryQuery:
+    """`query` with its filters as entries keep text (`writable_text`)."""
+    return dataclasses.replace(
+        query,
+        agent=None if query.agent is None else writable_text(query.agent),
+        user=None if query.user is None else writable_text(query.user),
+    )
 
 
 def _reason(exc: BaseException) -> str:

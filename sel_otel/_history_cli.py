@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import sys
-import time
 
-from ._history import OUTCOMES, HistoryEntry, HistoryQuery, HistoryReader
+from ._history import OUTCOMES, Cursor, HistoryEntry, HistoryQuery, HistoryReader
 from ._history_format import DEFAULT_LIMIT, format_line
 from ._history_setup import history_stores
 from ._settings import Settings
 
 #: Seconds between two reads of `--follow`.
 FOLLOW_EVERY = 0.5
+#: Ids of entries printed that `--follow` remembers, to print each once.
+SEEN_KEPT = 100_000
 
 
 def add_history_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,18 +63,18 @@ async def show_history(args: argparse.Namespace, settings: Settings) -> int:
     printer = _Printer(args.json, args.follow, settings.trace_url_template)
     query = HistoryQuery(args.agent, args.user, args.outcome, args.limit)
     try:
-        # Following, what is there before the first page is no news, shown in it or not.
-        since = time.time() - _lookback(settings)
-        before = await reader.query(_window(query, since)) if args.follow else None
+        # Following, each store is followed from its latest write before the first page:
+        # what is written meanwhile is in both, and printed once.
+        if args.follow:
+            _, cursors, _ = await reader.written_after(query, [None] * len(stores))
         page = await reader.query(query)
         for name in page.unavailable:
             print(f"sel-otel: the {name} history could not be read", file=sys.stderr)
         if len(page.unavailable) == len(stores):
             return 1
         printer.print(page.entries[::-1])
-        if before is not None:
-            seen = {entry.id: entry.time for entry in [*before.entries, *page.entries]}
-            await _follow(reader, query, seen, printer, settings)
+        if args.follow:
+            await _follow(reader, query, cursors, [entry.id for entry in page.entries], printer)
     except BrokenPipeError:  # whoever read the output stopped (`| head`): done
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
@@ -81,34 +83,24 @@ async def show_history(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _lookback(settings: Settings) -> float:
-    """Seconds back an entry may still be written: it is dated when its call started and
-    written when it ended, a flush interval later at most (two are allowed)."""
-    return settings.agent_timeout + 2 * settings.history_flush_interval
-
-
-def _window(query: HistoryQuery, since: float) -> HistoryQuery:
-    """Every entry of `query` dated after `since`."""
-    return HistoryQuery(query.agent, query.user, query.outcome, limit=10_000, since=since)
-
-
 async def _follow(
     reader: HistoryReader,
     query: HistoryQuery,
-    seen: dict[str, float],
+    cursors: list[Cursor | None],
+    shown: list[str],
     printer: _Printer,
-    settings: Settings,
 ) -> None:
-    """Print entries as they appear: each read takes the window of entries that may still be
-    written and prints those not `seen` yet."""
+    """Print entries as they are written, in each store's order of writes, each once (an
+    instance's entries are in its file and in Redis): however long their calls took."""
+    seen = dict.fromkeys(shown)
     while True:
         await asyncio.sleep(FOLLOW_EVERY)
-        since = time.time() - _lookback(settings)
-        page = await reader.query(_window(query, since))
-        fresh = [entry for entry in reversed(page.entries) if entry.id not in seen]
+        entries, cursors, _ = await reader.written_after(query, cursors)
+        fresh = [entry for entry in entries if entry.id not in seen]
         printer.print(fresh)
-        seen = {id_: at for id_, at in seen.items() if at > since}
-        seen.update((entry.id, entry.time) for entry in fresh)
+        seen.update(dict.fromkeys(entry.id for entry in fresh))
+        for old in list(itertools.islice(seen, max(len(seen) - SEEN_KEPT, 0))):
+            del seen[old]
 
 
 class _Printer:

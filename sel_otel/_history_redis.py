@@ -93,14 +93,13 @@ class RedisHistoryStore(HistoryStore):
         """The most recent matching entries by start time. Items come newest written first,
         and an entry is written after its call started: once `limit` entries are found, the
         scan goes on only while items were written after the latest `limit`-th start."""
-        low = "-" if query.since is None else str(int(query.since * 1000))
         high = "+"
         found: list[HistoryEntry] = []
         scanned = 0
         while scanned < self.max_scan:
             items = cast(
                 list[tuple[bytes, dict[bytes, bytes]]],
-                self.client.xrevrange(self.key, max=high, min=low, count=PAGE),
+                self.client.xrevrange(self.key, max=high, count=PAGE),
             )
             for _, fields in items:
                 entry = self._decode(fields)
@@ -115,6 +114,32 @@ class RedisHistoryStore(HistoryStore):
                 if _written(items[-1][0]) <= latest[-1].time:
                     break
         return heapq.nlargest(query.limit, found, key=_started)
+
+    def written_after(
+        self, query: HistoryQuery, cursor: str | None
+    ) -> tuple[list[HistoryEntry], str]:
+        """Entries follow the stream's ids, the order of their writes: a cursor is the last
+        id read."""
+        if cursor is None:
+            latest = cast(
+                list[tuple[bytes, dict[bytes, bytes]]],
+                self.client.xrevrange(self.key, count=1),
+            )
+            return [], latest[0][0].decode() if latest else "0-0"
+        found: list[HistoryEntry] = []
+        for _ in range(max(self.max_scan // PAGE, 1)):
+            items = cast(
+                list[tuple[bytes, dict[bytes, bytes]]],
+                self.client.xrange(self.key, min="(" + cursor, count=PAGE),
+            )
+            for stream_id, fields in items:
+                entry = self._decode(fields)
+                if entry is not None and query.matches(entry):
+                    found.append(entry)
+                cursor = stream_id.decode()
+            if len(items) < PAGE:
+                break
+        return found, cursor
 
     def close(self) -> None:
         self.client.close()

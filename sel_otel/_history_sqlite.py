@@ -163,20 +163,40 @@ class SqliteHistoryStore(HistoryStore):
             connection.close()
 
     def query(self, query: HistoryQuery) -> list[HistoryEntry]:
-        if not self.path.exists():
-            return []
         where, parameters = _conditions(query)
         sql = f"{_SELECT}{where} ORDER BY time DESC, seq DESC LIMIT ?"
+        return [_entry(row) for row in self._read(sql, (*parameters, query.limit))]
+
+    def written_after(
+        self, query: HistoryQuery, cursor: int | None
+    ) -> tuple[list[HistoryEntry], int]:
+        """Entries follow `seq`, the order of their writes: a cursor is the last `seq` read."""
+        latest = self._read("SELECT max(seq) FROM history", ())
+        last = (latest[0][0] if latest else None) or 0
+        if cursor is None:
+            return [], last
+        if last < cursor:  # the file began anew (emptied, or replaced): all of it is news
+            cursor = 0
+        where, parameters = _conditions(query)
+        where = f"{where} AND seq > ?" if where else " WHERE seq > ?"
+        sql = f"SELECT seq, {', '.join(_COLUMNS)} FROM history{where} AND seq <= ? ORDER BY seq"
+        rows = self._read(sql, (*parameters, cursor, last))
+        return [_entry(row[1:]) for row in rows], last
+
+    def _read(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows `sql` selects, on a read-only connection of their own (none when the file
+        or its table is not there yet)."""
+        if not self.path.exists():
+            return []
         connection = sqlite3.connect(
             f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT
         )
         try:
             if not connection.execute(_HAS_TABLE).fetchone():  # a writer is creating the file
                 return []
-            rows = connection.execute(sql, (*parameters, query.limit)).fetchall()
+            return connection.execute(sql, parameters).fetchall()
         finally:
             connection.close()
-        return [_entry(row) for row in rows]
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -309,9 +329,6 @@ def _conditions(query: HistoryQuery) -> tuple[str, list[Any]]:
             parameters.append(value)
     if query.outcome is not None and query.outcome != names.OUTCOME_OK:
         clauses.append(_NOT_OK)  # the outcome index's own term: see `_NOT_OK`
-    if query.since is not None:
-        clauses.append("time > ?")
-        parameters.append(query.since)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), parameters
 
 

@@ -104,7 +104,7 @@ def test_the_file_is_in_wal_mode_and_private_to_the_user(store: SqliteHistorySto
     assert store.path.parent.stat().st_mode & 0o077 == 0
 
 
-def test_filters_by_agent_user_outcome_and_time(store: SqliteHistoryStore) -> None:
+def test_filters_by_agent_user_and_outcome(store: SqliteHistoryStore) -> None:
     store.write(
         [
             entry(1, agent="calc"),
@@ -122,7 +122,6 @@ def test_filters_by_agent_user_outcome_and_time(store: SqliteHistoryStore) -> No
     assert ids(HistoryQuery(outcome="refused")) == ["test-3"]
     assert ids(HistoryQuery(agent="calc", user="bob", outcome="error")) == ["test-4"]
     assert ids(HistoryQuery(agent="calc", outcome="refused")) == []
-    assert ids(HistoryQuery(since=1_000_002.0)) == ["test-4", "test-3"]
 
 
 def test_a_missing_file_reads_as_no_entries(tmp_path: Path) -> None:
@@ -469,6 +468,23 @@ async def test_a_store_that_recovers_is_logged_once_more(
     assert len([r for r in caplog.records if "recovered" in r.message]) == 1
 
 
+def test_a_file_is_followed_in_the_order_of_its_writes(tmp_path: Path) -> None:
+    store = store_at(tmp_path / "history.db")
+    assert store.written_after(HistoryQuery(), None) == ([], 0)  # no file yet: from the start
+    store.write([entry(2), entry(1, agent="calc")])  # 1 started first, and ended last
+    found, cursor = store.written_after(HistoryQuery(), 0)
+    assert [e.id for e in found] == ["test-2", "test-1"]
+    store.write([entry(3)])
+    assert store.written_after(HistoryQuery(agent="calc"), cursor) == ([], cursor + 1)
+    limit_ignored, _ = store.written_after(HistoryQuery(limit=1), 0)
+    assert len(limit_ignored) == 3
+    store.close()
+    (tmp_path / "history.db").unlink()  # the file begins anew: all of it is news
+    store.write([entry(4)])
+    assert [e.id for e in store.written_after(HistoryQuery(), cursor + 1)[0]] == ["test-4"]
+    store.close()
+
+
 # -- reading several stores -------------------------------------------------------------------
 
 
@@ -481,8 +497,29 @@ class _Failing(HistoryStore):
     def query(self, query: HistoryQuery) -> list[HistoryEntry]:
         raise ConnectionError("down")
 
+    def written_after(
+        self, query: HistoryQuery, cursor: object | None
+    ) -> tuple[list[HistoryEntry], object]:
+        raise ConnectionError("down")
+
     def close(self) -> None:
         pass
+
+
+async def test_following_every_store_prints_each_entry_once_and_names_those_down(
+    tmp_path: Path,
+) -> None:
+    first, second = store_at(tmp_path / "a.db"), store_at(tmp_path / "b.db")
+    reader = HistoryReader([first, second, _Failing()])
+    _, cursors, down = await reader.written_after(HistoryQuery(), [None, None, None])
+    assert down == ("broken",)
+    first.write([entry(2), entry(1)])
+    second.write([entry(2), entry(3)])  # an instance's entries are in its file and in Redis
+    found, cursors, _ = await reader.written_after(HistoryQuery(), cursors)
+    assert [e.id for e in found] == ["test-1", "test-2", "test-3"]  # oldest started first
+    assert (await reader.written_after(HistoryQuery(), cursors))[0] == []
+    for store in (first, second):
+        store.close()
 
 
 async def test_the_reader_merges_stores_once_per_entry_and_names_those_unavailable(

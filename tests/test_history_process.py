@@ -5,6 +5,7 @@ log records reaching an OTLP receiver with the trace ids of the spans."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sel_otel._history import HistoryQuery
+from sel_otel._history import HistoryEntry, HistoryQuery
 from sel_otel._history_sqlite import SqliteHistoryStore
 from tests.conftest import CLI, ROOT, cli_environment
 from tests.otlp_receiver import OtlpReceiver
@@ -93,6 +94,16 @@ def test_follow_prints_the_latest_then_new_entries_until_interrupted() -> None:
         printed = [json.loads(follower.stdout.readline()) for _ in range(2)]
         # New ones only: 1+1, older than the first page, is no news.
         assert [(e["agent"], e["input"]) for e in printed] == [("calc", "3*3"), ("calc", "4*4")]
+        # A call that started an hour ago, written as it ends: news all the same.
+        data_dir = Path(os.environ["XDG_DATA_HOME"]) / "sel-otel"  # the default SEL_DATA_DIR
+        store = SqliteHistoryStore(data_dir / "history.db", max_age=1e9, max_rows=1000)
+        long_call = HistoryEntry(
+            "long-1", time.time() - 3600, "slow", "an hour", "cli", "cli", "ok", None,
+            3_600_000.0, False, "i", "", "",
+        )  # fmt: skip
+        store.write([long_call])
+        store.close()
+        assert json.loads(follower.stdout.readline())["agent"] == "slow"
         follower.send_signal(signal.SIGINT)
         assert follower.wait(timeout=30) == 130
     finally:

@@ -116,6 +116,19 @@ def test_the_latest_entries_are_those_that_started_last_whatever_their_write_ord
     assert store.query(HistoryQuery(limit=2)) == [quick, slow]
 
 
+def test_the_stream_is_followed_in_the_order_of_its_writes(redis_store: StoreFactory) -> None:
+    store = redis_store()
+    found, cursor = store.written_after(HistoryQuery(), None)
+    assert (found, cursor) == ([], "0-0")
+    store.write([entry(2), entry(1, agent="calc")])
+    found, cursor = store.written_after(HistoryQuery(limit=1), cursor)  # limit: not here
+    assert [e.id for e in found] == ["test-2", "test-1"]
+    store.write([entry(3)])
+    found, after = store.written_after(HistoryQuery(agent="calc"), cursor)
+    assert found == [] and after != cursor
+    assert store.written_after(HistoryQuery(), after) == ([], after)
+
+
 def test_the_stream_is_trimmed_to_about_max_len(
     redis_store: StoreFactory, redis_server: RedisServer
 ) -> None:
