@@ -213,6 +213,9 @@ class SharedCache:
         #: Locks to release in the background (token: lock key), and the task releasing them.
         self._orphans: dict[str, str] = {}
         self._releaser: asyncio.Task[None] | None = None
+        #: Prefixes whose invalidation failed, and the task doing them again.
+        self._invalidations: set[str] = set()
+        self._invalidator: asyncio.Task[None] | None = None
 
     async def read(self, key: str) -> str | _Miss:
         """Read `key`; its `cache get` span is recorded afterwards, for misses, failures and
@@ -308,18 +311,20 @@ class SharedCache:
         if token is None:
             return
         keeper = self._keepers.pop(token, None)
-        if keeper is not None:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
         try:
+            if keeper is not None:
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
             self.breaker.check()
+            await self.backend.release_lock(lock_key, token)
         except CircuitOpen:
             self._orphaned(lock_key, token)
             return
-        try:
-            await self.backend.release_lock(lock_key, token)
         except Exception:
             self.breaker.failure()
+            self._orphaned(lock_key, token)
+            raise
+        except BaseException:  # cancelled (again) on the way: released all the same, later
             self._orphaned(lock_key, token)
             raise
         self.breaker.success()
@@ -327,7 +332,17 @@ class SharedCache:
     async def invalidate(self, prefix: str) -> None:
         """Count one more invalidation, then delete the agent's outputs (deleted even when the
         count failed, before the failure is raised). Never skipped by the breaker: a stale
-        result outliving a mutating command is worse than one timeout."""
+        result outliving a mutating command is worse than one timeout. One that fails is done
+        again in the background until the store answers (`_invalidate_again`)."""
+        try:
+            await self._invalidate(prefix)
+        except Exception:
+            self._invalidations.add(prefix)
+            if self._invalidator is None or self._invalidator.done():
+                self._invalidator = asyncio.create_task(self._invalidate_again())
+            raise
+
+    async def _invalidate(self, prefix: str) -> None:
         with self._span(names.CACHE_INVALIDATE, "SCAN") as span:
             try:
                 try:
@@ -354,10 +369,17 @@ class SharedCache:
         self.breaker.success()
 
     async def close(self) -> None:
-        """Stop releasing locks left behind (their leases free them) and disconnect."""
-        if self._releaser is not None:
-            self._releaser.cancel()
-            await asyncio.gather(self._releaser, return_exceptions=True)
+        """Stop releasing locks left behind (their leases free them) and invalidating again
+        (what is left is logged), and disconnect."""
+        for task in (self._releaser, self._invalidator):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._invalidations:
+            logger.warning(
+                "cache invalidation not done for %s: results stay until their TTL",
+                ", ".join(sorted(self._invalidations)),
+            )
         await self.backend.close()
 
     def _orphaned(self, lock_key: str, token: str) -> None:
@@ -380,6 +402,22 @@ class SharedCache:
                 await asyncio.sleep(ORPHAN_RETRY)
             else:
                 self._orphans.pop(token, None)
+
+    async def _invalidate_again(self) -> None:
+        """Invalidate the prefixes whose invalidation failed, one by one, trying again while the
+        store is away. The breaker does not apply, and no span is made: no call waits for
+        this."""
+        while self._invalidations:
+            prefix = next(iter(self._invalidations))
+            try:
+                await self.backend.advance_generation(prefix + GENERATION_KEY)
+                await self.backend.clear(namespace=prefix)
+            except Exception as exc:
+                logger.debug("invalidating %s again failed: %r", prefix, exc)
+                await asyncio.sleep(ORPHAN_RETRY)
+            else:
+                self._invalidations.discard(prefix)
+                logger.warning("cache invalidation of %s done, late", prefix)
 
     async def _keep_lock(self, lock_key: str, token: str, renew_in: float) -> None:
         """Renew the lease in `renew_in` seconds, then every third of it while the agent runs;

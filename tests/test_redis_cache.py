@@ -355,6 +355,64 @@ async def test_a_generation_lost_to_eviction_never_lets_a_stale_result_in(
     assert await backend.store(key, "fresh", 60, generation_key, fresh.generation)
 
 
+async def test_an_invalidation_that_failed_is_done_again_once_redis_answers(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    backend = RedisResultBackend.from_url(redis_server.url, timeout=0.2)
+    cache = ResultCache(backend, namespace=namespace, retry_after=0.2)
+    compute = Counting()
+    key = cache.key("files", "ls /srv")
+    await cache.get_or_run(key, 3600, compute)
+    redis_server.pause()  # a failover, a fork: Redis stalls past the operation timeout
+    try:
+        await cache.invalidate("files")  # `rm /srv/a`: the deletion times out
+    finally:
+        redis_server.resume()
+    raw = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await wait_until(lambda: _gone(raw, key), "the invalidation to be done again")
+    finally:
+        await raw.aclose()
+    another_instance = RedisResultBackend.from_url(redis_server.url, timeout=0.2)
+    other = ResultCache(another_instance, namespace=namespace)
+    assert (await other.get_or_run(key, 3600, compute)).lookup is Lookup.MISS  # no stale hit
+    for each in (cache, other):
+        await each.close()
+
+
+async def test_a_call_cancelled_twice_leaves_no_lock_behind(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    backend = RedisResultBackend.from_url(redis_server.url, timeout=0.25)
+    cache = ResultCache(backend, namespace=namespace, lock_lease=30.0)
+    await cache.open()
+    key = cache.key("agent", "q")
+    running = asyncio.Event()
+
+    async def compute() -> str:
+        running.set()
+        await asyncio.sleep(3600)
+        return "never"
+
+    call = asyncio.create_task(cache.get_or_run(key, 60, compute, compute_timeout=60))
+    await running.wait()
+    call.cancel()
+    await asyncio.sleep(0)  # the call is releasing its lock...
+    call.cancel()  # ...when a caller's own timeout cancels it again
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    raw = aioredis.Redis.from_url(redis_server.url)
+    try:  # released in the background: the key is not blocked for the 30 s lease
+        await wait_until(lambda: _gone(raw, key + ":lock"), "the lock to be released")
+    finally:
+        await raw.aclose()
+    await cache.close()
+
+
+async def _gone(raw: aioredis.Redis, key: str) -> bool:
+    return not await raw.exists(key)
+
+
 async def test_an_invalidation_after_a_lost_generation_never_counts_back_to_a_held_one(
     make_cache: CacheFactory, raw: aioredis.Redis, namespace: str
 ) -> None:
