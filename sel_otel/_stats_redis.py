@@ -13,6 +13,7 @@ invalidating an agent's results never deletes the stats.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -20,6 +21,8 @@ import redis
 
 from ._exceptions import StatsStoreError
 from ._redis_sync import sync_client
+
+logger = logging.getLogger(__name__)
 
 #: Seconds the set of published keys outlives the last publish (its members expire sooner).
 INDEX_LIFETIME = 86_400
@@ -57,14 +60,17 @@ class RedisStatsStore:
         pipeline = self.client.pipeline(transaction=False)
         pipeline.smembers(self.prefix)
         self._queue_reads(pipeline, known)
-        replies = self._run(pipeline)
+        replies = self._run(pipeline, errors_as_replies=True)
+        if not isinstance(replies[0], set):  # the members' key holds no set (planted)
+            error = replies[0] if isinstance(replies[0], Exception) else TypeError(replies[0])
+            raise StatsStoreError(f"{self.prefix} holds no set of instances", original=error)
         members = cast(set[bytes], replies[0])
         found = dict(zip(known, zip(replies[1::2], replies[2::2], strict=True), strict=True))
         new = sorted(members.difference(known))
         if new:
             pipeline = self.client.pipeline(transaction=False)
             self._queue_reads(pipeline, new)
-            replies = self._run(pipeline)
+            replies = self._run(pipeline, errors_as_replies=True)
             found.update(zip(new, zip(replies[::2], replies[1::2], strict=True), strict=True))
         names = sorted(members)
         self._known = names
@@ -72,15 +78,22 @@ class RedisStatsStore:
         expired: list[bytes] = []
         for name in names:
             payload, remaining = found[name]
+            if isinstance(payload, redis.ResponseError):  # no string: no state of ours
+                payload, remaining = b"", 0
             if payload is None:
                 expired.append(name)
             else:  # -1 (no expiry) cannot happen: every key is written with one
                 live.append((name, payload, max(int(remaining), 0) / 1000))
-        if expired:
-            self._call(self.client.srem, self.prefix, *expired)
+        if expired:  # tidying only: a read-only credential or a replica reads all the same
+            try:
+                self._call(self.client.srem, self.prefix, *expired)
+            except StatsStoreError as exc:
+                logger.debug("forgetting expired stats members failed: %s", exc)
         return live
 
     def _queue_reads(self, pipeline: redis.client.Pipeline, names: list[bytes]) -> None:
+        """GET and PTTL of each member's state; a key that holds no string (planted) is read
+        as an empty payload, which no state decodes: that member is named unreadable."""
         prefix = self.prefix.encode() + b":"
         for name in names:
             pipeline.get(prefix + name)
@@ -89,8 +102,12 @@ class RedisStatsStore:
     def close(self) -> None:
         self.client.close()
 
-    def _run(self, pipeline: redis.client.Pipeline) -> list[Any]:
-        return cast(list[Any], self._call(pipeline.execute))
+    def _run(
+        self, pipeline: redis.client.Pipeline, *, errors_as_replies: bool = False
+    ) -> list[Any]:
+        """The replies; with `errors_as_replies`, a command's error (a key of another type)
+        in place of its reply, else raised."""
+        return cast(list[Any], self._call(pipeline.execute, not errors_as_replies))
 
     @staticmethod
     def _call(command: Callable[..., object], *args: object) -> object:

@@ -117,7 +117,7 @@ def decode(
             _points(head, body) if points is None else points,
             age=max(float(head["expiry"]) - remaining, 0.0),
         )
-    except (KeyError, TypeError, AttributeError, IndexError, struct.error) as exc:
+    except (KeyError, TypeError, AttributeError, IndexError, RecursionError, struct.error) as exc:
         raise ValueError(f"not a stats payload: {exc!r}") from exc
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import redis
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
@@ -25,7 +26,8 @@ from sel_otel._stats_shared import DeploymentStats, StateReader, read_states, st
 from sel_otel._stats_state import InstanceState, encode
 from sel_otel._telemetry import build_resource
 from tests.conftest import AgentWriter
-from tests.stats_instances import Instance, StoreFactory, feed
+from tests.stats_instances import PREFIX, Instance, StoreFactory, feed
+from tests.waiting import wait_until
 
 if TYPE_CHECKING:
     from tests.redis_server import RedisServer
@@ -252,6 +254,57 @@ async def test_an_unreadable_state_is_left_out_and_named(make_store: StoreFactor
         "left out, as this version cannot read their figures (another version, or a corrupt "
         "state): forged-1, forged-2, future, old, skewed, torn"
     ]
+
+
+async def test_a_planted_key_or_a_nested_head_is_one_unreadable_state_not_a_failed_read(
+    make_store: StoreFactory, redis_server: RedisServer
+) -> None:
+    a = Instance("a")
+    a.call("echo", 0.001)
+    store = make_store()
+    store.put("1:nested", b"[" * 100_000 + b"\n", 60.0)
+    store.put("1:hashed", b"replaced below", 60.0)
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.delete(f"{PREFIX}:1:hashed")
+    raw.hset(f"{PREFIX}:1:hashed", "a", "b")  # a key of another type
+    raw.close()
+    report = await answering(a, store).report()
+    assert [row.calls for row in report.rows] == [1]  # this instance's own figures
+    assert report.notes == [
+        "left out, as this version cannot read their figures (another version, or a corrupt "
+        "state): hashed, nested"
+    ]
+
+
+async def test_a_read_only_credential_reads_the_deployment_and_leaves_the_tidying(
+    make_store: StoreFactory, redis_server: RedisServer
+) -> None:
+    a, b = Instance("a"), Instance("b")
+    b.call("echo", 0.001)
+    writer = make_store()
+    b.publisher(writer).publish()
+    writer.put("1:gone", b"expires at once", 0.001)  # a stopped instance: its member stays
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.acl_setuser(
+        "reader", enabled=True, passwords=["+reader-pw"], keys=["~*"], commands=["+@read"]
+    )
+    raw.close()
+    url = redis_server.url.replace("redis://", "redis://reader:reader-pw@")
+    reader = RedisStatsStore.from_url(url, PREFIX, timeout=0.5)
+    try:
+        await wait_until(lambda: _expired(redis_server, "1:gone"), "the state to expire")
+        report = await answering(a, reader).report()
+    finally:
+        reader.close()
+    assert [f.instance for f in report.instances] == ["a", "b"]
+
+
+def _expired(redis_server: RedisServer, member: str) -> bool:
+    raw = redis.Redis.from_url(redis_server.url)
+    try:
+        return not raw.exists(f"{PREFIX}:{member}")
+    finally:
+        raw.close()
 
 
 async def test_the_shared_read_runs_in_the_context_of_the_request(
