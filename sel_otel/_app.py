@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import re
@@ -92,9 +93,14 @@ class SelApp:
         try:
             await self.runtime.aclose()
             await self.cache.close()
+            # The last history entries and the last stats go out side by side, within half the
+            # shutdown timeout: the other half is the spans' and metrics' (`Telemetry.shutdown`),
+            # however long a store or an endpoint hangs.
+            budget = self.settings.telemetry_shutdown_timeout / 2
+            closing = [self.stats.aclose(budget)]
             if self.history is not None:
-                await self.history.aclose(self.settings.telemetry_shutdown_timeout)
-            await self.stats.aclose(self.settings.telemetry_shutdown_timeout)
+                closing.append(self.history.aclose(budget))
+            await asyncio.gather(*closing)
         finally:
             if self._holds_heap:
                 self._holds_heap = False
