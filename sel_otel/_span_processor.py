@@ -212,7 +212,7 @@ class PrioritySpanProcessor(SpanProcessor):
         self.exporter.shutdown()
 
     def _work(self) -> None:
-        delay = self.settings.schedule_delay_millis / 1000.0
+        delay = min(self.settings.schedule_delay_millis / 1000.0, threading.TIMEOUT_MAX)
         while not self._shutdown:
             woken = self._wake.wait(delay)
             self._wake.clear()

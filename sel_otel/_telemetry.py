@@ -27,6 +27,7 @@ The console exporters write to standard error, apart from the replies on standar
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
@@ -134,12 +135,16 @@ def _self_metrics_on(env: Mapping[str, str]) -> bool:
 
 
 def _milliseconds(env: Mapping[str, str], name: str, default: float) -> float:
-    """Seconds from the variable `name`, in milliseconds (`default` when unset)."""
+    """Seconds from the variable `name`, in milliseconds (`default` when unset); `inf`, or
+    more than a thread can wait, is as long as a thread can wait."""
     raw = env.get(name, "").strip()
     try:
-        return float(raw or default) / 1000
+        seconds = float(raw or default) / 1000
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a number of milliseconds") from None
+    if math.isnan(seconds):
+        raise ValueError(f"{name}={raw!r} is not a number of milliseconds")
+    return min(seconds, threading.TIMEOUT_MAX)
 
 
 def _sdk_disabled(env: Mapping[str, str]) -> bool:

@@ -60,6 +60,8 @@ def test_no_exporter_by_default(otel_env: pytest.MonkeyPatch) -> None:
         ("OTEL_TRACES_EXPORTER", "zipkin", r"unsupported \['zipkin'\]"),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "not supported"),
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "99999", "invalid OpenTelemetry setting"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "nan", "not a number of milliseconds"),
+        ("OTEL_METRIC_EXPORT_TIMEOUT", "soon", "not a number of milliseconds"),
     ],
 )
 def test_bad_settings_are_configuration_errors(
@@ -69,6 +71,20 @@ def test_bad_settings_are_configuration_errors(
     otel_env.setenv(variable, value)
     with pytest.raises(ConfigError, match=message):
         Telemetry.from_env()
+
+
+def test_intervals_longer_than_a_thread_can_wait_export_at_shutdown(
+    otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver
+) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_receiver.url)
+    otel_env.setenv("OTEL_BSP_SCHEDULE_DELAY", "10000000000000")  # 317 years
+    otel_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "inf")  # no periodic export
+    telemetry = Telemetry.from_env()
+    telemetry.tracer_provider.get_tracer("test").start_span("the span").end()
+    telemetry.meter_provider.get_meter("test").create_counter("the.counter").add(1)
+    telemetry.shutdown(timeout=30)  # the export threads are alive to flush
+    assert [span.name for span in otlp_receiver.spans] == ["the span"]
+    assert "the.counter" in {metric.name for metric in otlp_receiver.metrics}
 
 
 async def test_spans_and_metrics_reach_an_otlp_http_receiver_with_the_resource(
