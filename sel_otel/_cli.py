@@ -250,12 +250,12 @@ def _run(args: argparse.Namespace) -> int:
     lifetime = Lifetime(settings.telemetry_shutdown_timeout)
     if args.command == "stats":  # reads what the instances publish: no telemetry, no runtime
         return lifetime.run(show_stats(args, settings))
-    # The SDK exporters log every retry and failure; sel_otel._export reports them once.
-    logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
     if args.command == "history":  # reads the history: no telemetry, no runtime
         return lifetime.run(show_history(args, settings))
     bot_settings = BotSettings.from_env() if args.command == "bot" else None
-    telemetry = Telemetry.from_env()
+    telemetry = Telemetry.from_env()  # its exporters warn of settings they cannot use
+    # The SDK exporters log every retry and failure; sel_otel._export reports them once.
+    logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
     # The process's own providers become the global ones, so instrumentations used inside
     # agents (httpx) report into the same traces.
     trace.set_tracer_provider(telemetry.tracer_provider)

@@ -263,8 +263,15 @@ class Telemetry:
                 if hasattr(exporter, "on_unreachable"):  # FastOTLPSpanExporter: a refusal
                     exporter.on_unreachable = processor.exports_failing  # is known at once
                 tracer_provider.add_span_processor(processor)
+        except ConfigError:
+            raise
         except ValueError as exc:  # the SDK's own checks of OTEL_BSP_* and friends
             raise ConfigError(f"invalid OpenTelemetry setting: {exc}") from exc
+        except Exception as exc:  # an exporter's (a compression it lacks, a certificate path
+            # that is a directory): what the environment asks cannot be built
+            raise ConfigError(
+                f"invalid OpenTelemetry setting: {type(exc).__name__}: {exc}"
+            ) from exc
         return cls(tracer_provider, meter_provider, reader, (*span_exporters, *metric_exporters))
 
     def shutdown(self, timeout: float = 2.0) -> None:

@@ -73,6 +73,34 @@ def test_bad_settings_are_configuration_errors(
         Telemetry.from_env()
 
 
+def test_an_exporter_that_cannot_be_built_is_a_configuration_error(
+    otel_env: pytest.MonkeyPatch,
+) -> None:
+    otel_env.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    otel_env.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")  # gRPC has no zstd
+    with pytest.raises(ConfigError, match="invalid OpenTelemetry setting"):
+        Telemetry.from_env()
+
+
+def test_a_setting_an_exporter_cannot_use_is_warned_of_not_ignored() -> None:
+    done = subprocess.run(
+        [*CLI, "run", "calc", "1+1"],
+        env=cli_environment(
+            OTEL_TRACES_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",
+            OTEL_EXPORTER_OTLP_COMPRESSION="gzp",
+            SEL_TELEMETRY_SHUTDOWN_TIMEOUT="0.5",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "gzp" in done.stderr  # the SDK's warning: the compression falls back to none
+
+
 def test_intervals_longer_than_a_thread_can_wait_export_at_shutdown(
     otel_env: pytest.MonkeyPatch, otlp_receiver: OtlpReceiver
 ) -> None:
