@@ -348,16 +348,25 @@ class _GatedStore(SqliteHistoryStore):
         super().write_rows(rows, format)
 
 
-async def test_a_full_queue_lets_its_oldest_go_and_the_writer_counts_each(
-    tmp_path: Path, telemetry: TelemetryFixture, caplog: pytest.LogCaptureFixture
-) -> None:
+async def _writing_rows_0_to_2(
+    tmp_path: Path, telemetry: TelemetryFixture, flush_wait: float
+) -> tuple[_GatedStore, History, asyncio.Future[bool]]:
+    """A history of at most 5 pending entries whose store has taken rows 0-2 and writes
+    them until `opened`; and the flush (within `flush_wait`) that asked for them."""
     store = _GatedStore(tmp_path / "history.db")
     history = history_over([store], telemetry, max_pending=5)
     history.open()
     for n in range(3):
         record(history, n)
-    flushed = asyncio.ensure_future(history.flush())
-    assert await asyncio.to_thread(store.entered.wait, WAIT)  # rows 0-2 taken, being written
+    flushed = asyncio.ensure_future(history.flush(flush_wait))
+    assert await asyncio.to_thread(store.entered.wait, WAIT)
+    return store, history, flushed
+
+
+async def test_a_full_queue_lets_its_oldest_go_and_the_writer_counts_each(
+    tmp_path: Path, telemetry: TelemetryFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    store, history, flushed = await _writing_rows_0_to_2(tmp_path, telemetry, WAIT)
     for n in range(3, 20):  # 17 more: the queue keeps the last 5
         record(history, n)
     store.opened.set()
@@ -378,13 +387,7 @@ async def test_a_full_queue_lets_its_oldest_go_and_the_writer_counts_each(
 async def test_entries_dropped_while_a_store_hangs_are_counted_when_it_is_left_behind(
     tmp_path: Path, telemetry: TelemetryFixture
 ) -> None:
-    store = _GatedStore(tmp_path / "history.db")
-    history = history_over([store], telemetry, max_pending=5)
-    history.open()
-    for n in range(3):
-        record(history, n)
-    flushed = asyncio.ensure_future(history.flush(0.1))
-    assert await asyncio.to_thread(store.entered.wait, WAIT)  # rows 0-2: a write that hangs
+    store, history, flushed = await _writing_rows_0_to_2(tmp_path, telemetry, 0.1)  # it hangs
     for n in range(3, 23):  # the queue keeps rows 18-22
         record(history, n)
     assert not await flushed

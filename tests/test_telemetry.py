@@ -53,13 +53,18 @@ def test_a_cli_run_keeps_telemetry_out_of_its_output() -> None:
     assert '"name": "cli agent"' in done.stderr
 
 
-async def test_a_running_app_leaves_its_start_up_heap_out_of_garbage_collections(
-    tmp_path: Path,
-) -> None:
+def bare_app(tmp_path: Path) -> SelApp:
+    """An app with no agents, no history and telemetry of its own, exporting nothing."""
     settings = Settings(agents_dir=tmp_path, data_dir=tmp_path / "data", history=False)
     reader = stats_reader()
     telemetry = Telemetry(TracerProvider(), MeterProvider(metric_readers=[reader]), reader)
-    async with SelApp(settings, telemetry) as app:
+    return SelApp(settings, telemetry)
+
+
+async def test_a_running_app_leaves_its_start_up_heap_out_of_garbage_collections(
+    tmp_path: Path,
+) -> None:
+    async with bare_app(tmp_path) as app:
         assert not any(obj is app.runtime for obj in gc.get_objects())  # what collections walk
     assert any(obj is app.runtime for obj in gc.get_objects())  # given back when it stops
 
@@ -67,11 +72,8 @@ async def test_a_running_app_leaves_its_start_up_heap_out_of_garbage_collections
 async def test_apps_sharing_a_process_keep_the_heap_frozen_until_the_last_one_stops(
     tmp_path: Path,
 ) -> None:
-    settings = Settings(agents_dir=tmp_path, data_dir=tmp_path / "data", history=False)
-    reader = stats_reader()
-    telemetry = Telemetry(TracerProvider(), MeterProvider(metric_readers=[reader]), reader)
-    async with SelApp(settings, telemetry) as first:
-        async with SelApp(settings, telemetry):
+    async with bare_app(tmp_path) as first:
+        async with bare_app(tmp_path):
             pass
         # The second app's stop leaves the first one's heap frozen.
         assert not any(obj is first.runtime for obj in gc.get_objects())
