@@ -30,7 +30,8 @@ script). The protocol, for a key `K` of an agent whose keys start with `P`:
   most the agent's timeout plus one lease (`lock_wait` when the timeout is unknown), then
   runs the agent itself.
 - An invalidation advances `P~generation`, then deletes `P*` by SCAN and UNLINK (never a
-  lock or a generation).
+  lock or a generation); one that fails is done again in the background, as a release is,
+  as soon as Redis answers again.
 
 A backend failure opens the breaker: for `retry_after` seconds the steps raise
 `CircuitOpen` without trying the backend (calls run without the cache), then one call probes
@@ -47,7 +48,7 @@ import enum
 import logging
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -87,8 +88,11 @@ FIRST_LEASE_TIMEOUTS: Final = 4
 #: their leases.
 MAX_ORPHANS: Final = 10_000
 
-#: Pause between two tries to release a lock left behind, while the store does not answer.
+#: Pause between two tries of work left to the background, while the store does not answer.
 ORPHAN_RETRY: Final = 0.05
+
+#: What the background does once the store answers again (`SharedCache._later`).
+_RELEASE, _INVALIDATE = "release the lock", "invalidate"
 
 
 class Claim(enum.Enum):
@@ -210,12 +214,10 @@ class SharedCache:
         self._tracer = trace.get_tracer(names.SCOPE_NAME, package_version(), tracer_provider)
         self._db_attributes = dict(backend.db_attributes)
         self._keepers: dict[str, asyncio.Task[None]] = {}
-        #: Locks to release in the background (token: lock key), and the task releasing them.
-        self._orphans: dict[str, str] = {}
-        self._releaser: asyncio.Task[None] | None = None
-        #: Prefixes whose invalidation failed, and the task doing them again.
-        self._invalidations: set[str] = set()
-        self._invalidator: asyncio.Task[None] | None = None
+        #: Work left to the background, oldest first, by (what, the token or prefix): the lock
+        #: key or prefix it is about, and the work; and the task doing it.
+        self._later_work: dict[tuple[str, str], tuple[str, Callable[[], Awaitable[object]]]] = {}
+        self._worker: asyncio.Task[None] | None = None
 
     async def read(self, key: str) -> str | _Miss:
         """Read `key`; its `cache get` span is recorded afterwards, for misses, failures and
@@ -337,9 +339,7 @@ class SharedCache:
         try:
             await self._invalidate(prefix)
         except Exception:
-            self._invalidations.add(prefix)
-            if self._invalidator is None or self._invalidator.done():
-                self._invalidator = asyncio.create_task(self._invalidate_again())
+            self._later(_INVALIDATE, prefix, prefix, lambda: self._invalidate_again(prefix))
             raise
 
     async def _invalidate(self, prefix: str) -> None:
@@ -369,55 +369,55 @@ class SharedCache:
         self.breaker.success()
 
     async def close(self) -> None:
-        """Stop releasing locks left behind (their leases free them) and invalidating again
-        (what is left is logged), and disconnect."""
-        for task in (self._releaser, self._invalidator):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        if self._invalidations:
+        """Stop the work left to the background (locks left behind are freed by their leases;
+        invalidations not done again are logged), and disconnect."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        work_left = self._later_work.items()
+        prefixes = sorted(about for (what, _), (about, _) in work_left if what == _INVALIDATE)
+        if prefixes:
             logger.warning(
                 "cache invalidation not done for %s: results stay until their TTL",
-                ", ".join(sorted(self._invalidations)),
+                ", ".join(prefixes),
             )
         await self.backend.close()
 
     def _orphaned(self, lock_key: str, token: str) -> None:
         """Release `lock_key` by `token` in the background, as soon as the store answers."""
-        self._orphans[token] = lock_key
-        if len(self._orphans) > MAX_ORPHANS:
-            del self._orphans[next(iter(self._orphans))]
-        if self._releaser is None or self._releaser.done():
-            self._releaser = asyncio.create_task(self._release_orphans())
+        self._later(_RELEASE, token, lock_key, lambda: self.backend.release_lock(lock_key, token))
 
-    async def _release_orphans(self) -> None:
-        """Release the locks left behind, one by one, trying again while the store is away.
-        The breaker does not apply: no call waits for this."""
-        while self._orphans:
-            token, lock_key = next(iter(self._orphans.items()))
+    def _later(
+        self, what: str, key: str, about: str, work: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Do `work` (`what`, for the lock key or prefix `about`; once for each `key`) in the
+        background, trying again while the store is away. Beyond `MAX_ORPHANS` pieces of work,
+        the oldest locks to release are left to their leases."""
+        self._later_work[what, key] = (about, work)
+        if what == _RELEASE and len(self._later_work) > MAX_ORPHANS:
+            oldest = next(pending for pending in self._later_work if pending[0] == _RELEASE)
+            del self._later_work[oldest]
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work_later())
+
+    async def _work_later(self) -> None:
+        """The work left to the background, one piece at a time, oldest first. The breaker does
+        not apply, and no span is made: no call waits for this."""
+        while self._later_work:
+            pending, (about, work) = next(iter(self._later_work.items()))
             try:
-                await self.backend.release_lock(lock_key, token)
+                await work()
             except Exception as exc:
-                logger.debug("releasing lock %s failed: %r", lock_key, exc)
+                logger.debug("%s %s failed again: %r", pending[0], about, exc)
                 await asyncio.sleep(ORPHAN_RETRY)
             else:
-                self._orphans.pop(token, None)
+                if self._later_work.get(pending, (None, None))[1] is work:
+                    del self._later_work[pending]
 
-    async def _invalidate_again(self) -> None:
-        """Invalidate the prefixes whose invalidation failed, one by one, trying again while the
-        store is away. The breaker does not apply, and no span is made: no call waits for
-        this."""
-        while self._invalidations:
-            prefix = next(iter(self._invalidations))
-            try:
-                await self.backend.advance_generation(prefix + GENERATION_KEY)
-                await self.backend.clear(namespace=prefix)
-            except Exception as exc:
-                logger.debug("invalidating %s again failed: %r", prefix, exc)
-                await asyncio.sleep(ORPHAN_RETRY)
-            else:
-                self._invalidations.discard(prefix)
-                logger.warning("cache invalidation of %s done, late", prefix)
+    async def _invalidate_again(self, prefix: str) -> None:
+        await self.backend.advance_generation(prefix + GENERATION_KEY)
+        await self.backend.clear(namespace=prefix)
+        logger.warning("cache invalidation of %s done, late", prefix)
 
     async def _keep_lock(self, lock_key: str, token: str, renew_in: float) -> None:
         """Renew the lease in `renew_in` seconds, then every third of it while the agent runs;
