@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import INVALID_SPAN_ID, INVALID_TRACE_ID
@@ -36,6 +36,8 @@ from ._redact import scrub, span_content
 from ._telemetry import package_version
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 OUTCOMES: Final = (names.OUTCOME_OK, names.OUTCOME_ERROR, names.OUTCOME_REFUSED)
 INPUT_FULL: Final = "full"
@@ -247,16 +249,11 @@ class HistoryReader:
         process's entries still on their way to the stores). Its filters are compared as the
         entries keep text (`writable_text`)."""
         query = _writable(query)
-        answers = await asyncio.gather(
-            *(asyncio.to_thread(store.query, query) for store in self.stores),
-            return_exceptions=True,
-        )
+        answers = await self._ask([functools.partial(store.query, query) for store in self.stores])
         merged = {entry.id: entry for entry in unwritten if query.matches(entry)}
         unavailable = []
         for store, answer in zip(self.stores, answers, strict=True):
-            if isinstance(answer, BaseException):
-                if not isinstance(answer, Exception):
-                    raise answer
+            if isinstance(answer, Exception):
                 logger.warning("history store %s unavailable: %s", store.name, _reason(answer))
                 unavailable.append(store.name)
                 continue
@@ -273,20 +270,17 @@ class HistoryReader:
         oldest started first, each entry once; the cursors after them, and the stores that
         could not be read (they keep their cursors)."""
         query = _writable(query)
-        answers = await asyncio.gather(
-            *(
-                asyncio.to_thread(store.written_after, query, cursor)
+        answers = await self._ask(
+            [
+                functools.partial(store.written_after, query, cursor)
                 for store, cursor in zip(self.stores, cursors, strict=True)
-            ),
-            return_exceptions=True,
+            ]
         )
         merged: dict[str, HistoryEntry] = {}
         after: list[Cursor | None] = []
         unavailable = []
         for store, cursor, answer in zip(self.stores, cursors, answers, strict=True):
-            if isinstance(answer, BaseException):
-                if not isinstance(answer, Exception):
-                    raise answer
+            if isinstance(answer, Exception):
                 unavailable.append(store.name)
                 after.append(cursor)
                 continue
@@ -296,6 +290,17 @@ class HistoryReader:
                 merged.setdefault(entry.id, entry)
         ordered = sorted(merged.values(), key=lambda entry: entry.time)
         return ordered, after, tuple(unavailable)
+
+    @staticmethod
+    async def _ask(reads: Sequence[Callable[[], _T]]) -> list[_T | Exception]:
+        """What each of `reads` (one per store) returns, run at once on worker threads, or
+        the exception it raised (one that is no `Exception`, such as a cancellation, is
+        raised)."""
+        answers = await asyncio.gather(*map(asyncio.to_thread, reads), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+                raise answer
+        return cast(list[_T | Exception], answers)
 
 
 def _writable(query: HistoryQuery) -> HistoryQuery:
