@@ -82,6 +82,21 @@ def stall_after_sending(
     return ended
 
 
+def when_sent(backend: RedisResultBackend) -> asyncio.Event:
+    """An event set when the backend next waits for a reply: its command has been sent."""
+    client = backend.client
+    parse = client.parse_response
+    sent = asyncio.Event()
+
+    async def parse_response(*args: Any, **options: Any) -> Any:
+        sent.set()
+        client.parse_response = parse
+        return await parse(*args, **options)
+
+    client.parse_response = parse_response
+    return sent
+
+
 OPERATIONS: dict[str, tuple[str, Callable[[RedisResultBackend], Awaitable[object]], object]] = {
     "get": ("GETRANGE", lambda b: b.get("k:hit"), "stored"),
     "claim": (
@@ -193,14 +208,7 @@ async def test_a_loop_blocked_past_the_deadline_of_an_unanswered_operation_delay
     redis_server.pause()
     try:
         loop = asyncio.get_running_loop()
-        sent = asyncio.Event()
-        parse = backend.client.parse_response
-
-        async def parse_response(*args: Any, **options: Any) -> Any:
-            sent.set()
-            return await parse(*args, **options)
-
-        backend.client.parse_response = parse_response
+        sent = when_sent(backend)
         start = loop.time()
         operation = asyncio.ensure_future(backend.get("k"))
         await sent.wait()
@@ -220,14 +228,7 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation(
 ) -> None:
     redis_server.pause()
     try:
-        sent = asyncio.Event()
-        parse = backend.client.parse_response
-
-        async def parse_response(*args: Any, **options: Any) -> Any:
-            sent.set()
-            return await parse(*args, **options)
-
-        backend.client.parse_response = parse_response
+        sent = when_sent(backend)
         operation = asyncio.ensure_future(backend.get("k"))
         await sent.wait()
         operation.cancel()
@@ -235,5 +236,4 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation(
             await operation
     finally:
         redis_server.resume()
-    backend.client.parse_response = parse
     assert await backend.get("k") is None
