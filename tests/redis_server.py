@@ -6,6 +6,9 @@ directory, without persistence (`--save "" --appendonly no`), and kills it at te
 `pause()` / `resume()` it (SIGSTOP / SIGCONT) to play a stalled server. Without
 `redis-server` on PATH the fixture skips, saying so.
 
+`raw` is a plain redis-py client of that server, to plant values as anyone who can reach the
+database could; `redis_caches` makes result caches on it, each one playing an instance.
+
 `redis_container_url` runs testcontainers' `RedisContainer` on the project's Redis image
 (`sel-otel/redis:test`, or `SEL_TEST_REDIS_IMAGE`; scripts/docker-setup.sh builds it from
 Debian's `redis-server`) where a Docker engine has it, and skips with the reason otherwise.
@@ -20,18 +23,28 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
+from sel_otel import ResultCache, Settings
+from sel_otel._redis_cache import RedisResultBackend
 from tests.conftest import free_port
 from tests.docker_engine import project_image, use_docker_image
 from tests.processes import state
 from tests.waiting import block_until
 
 REDIS_SERVER = shutil.which("redis-server")
+#: The operation timeout of the caches `redis_caches` makes: SEL_CACHE_TIMEOUT's default.
+CACHE_TIMEOUT = 0.25
+#: Their breaker's pause: long enough that a breaker opened by a test stays open for the rest
+#: of it.
+CACHE_RETRY_AFTER = 60.0
+
+CacheFactory = Callable[..., ResultCache]
 
 
 class RedisServer:
@@ -121,6 +134,36 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis_caches(redis_server: RedisServer) -> AsyncIterator[CacheFactory]:
+    """Result caches on the test's Redis, closed at the end: `make(namespace, max_output=...,
+    **cache options)`, with the timeout and breaker pause above unless options say
+    otherwise."""
+    caches: list[ResultCache] = []
+
+    def make(
+        namespace: str, *, max_output: int = Settings.agent_max_output, **options: Any
+    ) -> ResultCache:
+        backend = RedisResultBackend.from_url(
+            redis_server.url, timeout=CACHE_TIMEOUT, max_output=max_output
+        )
+        options.setdefault("retry_after", CACHE_RETRY_AFTER)
+        cache = ResultCache(backend, namespace=namespace, **options)
+        caches.append(cache)
+        return cache
+
+    yield make
+    for cache in caches:
+        await cache.close()
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,9 @@ redis-py client, as anyone who can reach the database could.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -27,16 +28,12 @@ from sel_otel._shared_cache import GENERATION_KEY, LOCK_SUFFIX
 from tests.conftest import Counting
 
 if TYPE_CHECKING:
-    from tests.redis_server import RedisServer
+    from tests.redis_server import CacheFactory
 
 pytest_plugins = ["tests.redis_server"]
 
-TIMEOUT = 0.25  # SEL_CACHE_TIMEOUT's default
-#: Long enough that a breaker opened by a test stays open for the rest of it.
-RETRY_AFTER = 60.0
 NAMESPACE = "generations"
 
-CacheFactory = Callable[..., ResultCache]
 Plant = Callable[[aioredis.Redis, str], Awaitable[Any]]
 
 
@@ -68,28 +65,10 @@ plants = pytest.mark.parametrize("plant", PLANTS.values(), ids=PLANTS.keys())
 
 
 @pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def make_cache(redis_server: RedisServer) -> AsyncIterator[CacheFactory]:
+def make_cache(redis_caches: CacheFactory) -> CacheFactory:
     """Result caches on the test's Redis with a long breaker, each one playing a separate
     instance."""
-    caches: list[ResultCache] = []
-
-    def make(**options: Any) -> ResultCache:
-        backend = RedisResultBackend.from_url(redis_server.url, timeout=TIMEOUT)
-        options.setdefault("retry_after", RETRY_AFTER)
-        cache = ResultCache(backend, namespace=NAMESPACE, **options)
-        caches.append(cache)
-        return cache
-
-    yield make
-    for cache in caches:
-        await cache.close()
+    return functools.partial(redis_caches, NAMESPACE)
 
 
 def generation_key(cache: ResultCache, agent: str = "agent") -> str:

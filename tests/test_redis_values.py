@@ -9,10 +9,10 @@ redis-py client, as anyone who can reach the database could.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 import redis.asyncio as aioredis
@@ -26,44 +26,19 @@ from sel_otel._shared_cache import Claim
 from tests.conftest import AgentWriter, Counting, RuntimeFactory
 
 if TYPE_CHECKING:
-    from tests.redis_server import RedisServer
+    from tests.redis_server import CacheFactory, RedisServer
 
 pytest_plugins = ["tests.redis_server"]
 
-TIMEOUT = 0.25  # SEL_CACHE_TIMEOUT's default
-#: Long enough that a breaker opened by a test stays open for the rest of it.
-RETRY_AFTER = 60.0
 #: A generous bound for a call that does not wait on a planted lock (it would wait 35 s).
 PROMPT = 10.0
 MAX_OUTPUT = 1000
 
-CacheFactory = Callable[..., ResultCache]
-
 
 @pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def make_cache(redis_server: RedisServer) -> AsyncIterator[CacheFactory]:
+def make_cache(redis_caches: CacheFactory) -> CacheFactory:
     """Result caches on the test's Redis, with a small `max_output` and a long breaker."""
-    caches: list[ResultCache] = []
-
-    def make(**options: Any) -> ResultCache:
-        backend = RedisResultBackend.from_url(
-            redis_server.url, timeout=TIMEOUT, max_output=options.pop("max_output", MAX_OUTPUT)
-        )
-        options.setdefault("retry_after", RETRY_AFTER)
-        cache = ResultCache(backend, namespace="values", **options)
-        caches.append(cache)
-        return cache
-
-    yield make
-    for cache in caches:
-        await cache.close()
+    return functools.partial(redis_caches, "values", max_output=MAX_OUTPUT)
 
 
 async def sent_bytes(raw: aioredis.Redis) -> int:
