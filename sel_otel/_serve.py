@@ -20,7 +20,6 @@ otherwise, and belongs on loopback or a private network only.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from typing import Any
 
@@ -28,6 +27,7 @@ from aiohttp import web
 from opentelemetry.trace import INVALID_SPAN
 
 from ._app import SelApp
+from ._bearer import bearer_matches
 from ._commands import (
     AgentReply,
     CommandHandler,
@@ -72,7 +72,8 @@ async def _request(request: web.Request) -> web.Response:
     commands = request.app[_COMMANDS]
     user = None if body.get("user") is None else str(body["user"])
     asked = parse_request(body["text"])
-    if _owners_only(commands, asked) and not _authorized(request):
+    token = request.app[_TOKEN]
+    if _owners_only(commands, asked) and not bearer_matches(request.headers, token):
         if isinstance(asked, RunAgent):
             reason = NotPermitted.outcome
             commands.record_refusal(asked.agent, asked.query, user, FRONTEND, reason, INVALID_SPAN)
@@ -107,16 +108,6 @@ def _owners_only(commands: CommandHandler, request: Request) -> bool:
         agent = commands.agent(request.agent)
         return agent is not None and agent.privileged
     return isinstance(request, (ReloadAgents, ShowHistory))
-
-
-def _authorized(request: web.Request) -> bool:
-    token = request.app[_TOKEN]
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return (
-        bool(token)
-        and scheme.lower() == "bearer"
-        and hmac.compare_digest(given.strip().encode(), token)
-    )
 
 
 async def _health(request: web.Request) -> web.Response:

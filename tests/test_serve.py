@@ -91,6 +91,9 @@ def test_what_only_owners_may_do_needs_the_serve_token() -> None:
         for text in OWNERS_ONLY:
             assert ask(url, text).status_code == 403, text
             assert ask(url, text, token="s3cret-tokem").status_code == 403, text
+        not_utf8 = {b"Authorization": b"Bearer \xff\xfe"}  # refused, not a server error
+        body = {"text": "/sel_agent_reload"}
+        assert httpx.post(f"{url}/request", json=body, headers=not_utf8).status_code == 403
         assert ask(url, "/sel_agent_reload", token="s3cret-token").json()["ok"]
         history = ask(url, "/sel_agent_history", token="s3cret-token").json()
         assert history["ok"]

@@ -17,7 +17,6 @@ Routes:
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.util.types import AttributeValue
 
+from .._bearer import bearer_matches
 from .._redact import scrub_argv, span_content
 from . import _semconv as names
 from ._allowlist import AllowList
@@ -123,7 +123,9 @@ async def _trace_requests(request: web.Request, handler: Handler) -> web.StreamR
     with tracer.start_as_current_span(
         name,
         context=(
-            propagate.extract(request.headers) if _authorized(request, service.token) else Context()
+            propagate.extract(request.headers)
+            if bearer_matches(request.headers, service.token)
+            else Context()
         ),
         kind=trace.SpanKind.SERVER,
         attributes=attributes,
@@ -153,13 +155,6 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status, headers=headers)
 
 
-def _authorized(request: web.Request, token: bytes) -> bool:
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    # Header bytes that are not UTF-8 arrive as surrogates: back to bytes, never a match.
-    given_bytes = given.strip().encode("utf-8", "surrogateescape")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token)
-
-
 async def _read_command(request: web.Request) -> str | web.Response:
     try:
         body = json.loads(await read_body(request, time_limit=request.app[_SERVICE].body_timeout))
@@ -175,7 +170,7 @@ async def _read_command(request: web.Request) -> str | web.Response:
 
 async def _exec(request: web.Request) -> web.Response:
     service = request.app[_SERVICE]
-    if not _authorized(request, service.token):
+    if not bearer_matches(request.headers, service.token):
         return _error(401, "missing or invalid bearer token")
     command = await _read_command(request)
     if isinstance(command, web.Response):
