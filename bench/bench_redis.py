@@ -12,14 +12,19 @@ kinds of call take turns after a warm-up:
   the two figures above undercounts what they cost together: a call that waits on the
   network runs its span code cold, after the loop slept (15 µs more CPU here). This is
   the least a traced call answered by one GET costs;
-- cached call: `await runtime.run(...)`, a hit in Redis (JSON decoding, span, record);
+- cached call: `await runtime.run(...)` as deployed, a hit answered from the near copy that
+  the first hit read from Redis left (`SEL_CACHE_NEAR_ENTRIES`, kept in step by Redis's
+  tracking);
+- cached call read from Redis: the same with `SEL_CACHE_NEAR_ENTRIES=0`, every hit one trip
+  (JSON decoding, span, record), as the first hit of an entry after any change is;
 then the throughput of 32 concurrent callers asking for 1,000 inputs, Zipf-distributed (all
 cached: a few are asked most of the time, most rarely), with one runtime process and with
-two. Then, once: a stalled Redis (SIGSTOP), call time with the circuit breaker and without.
+two, and with one process reading every hit from Redis. Then, once: a stalled Redis
+(SIGSTOP), call time with the circuit breaker and without.
 
 Prints median (min-max) of the repetitions: µs per call (wall, and CPU of the process),
 the ratios cached / (raw GET + floor) (target <= 1.03), cached / (GET in the floor) and
-cached / raw GET, and calls/s.
+cached / raw GET, for both kinds of cached call, and calls/s.
 
 Run: .venv/bin/python bench/bench_redis.py [--url redis://host:port/db]
 """
@@ -75,7 +80,7 @@ ECHO_AGENT = "DESCRIPTION = 'echo'\nCACHE_TTL = 3600\ndef run(q):\n    return q\
 
 
 def build_runtime(
-    url: str, agents: Path, namespace: str, telemetry: Telemetry, **kw: float
+    url: str, agents: Path, namespace: str, telemetry: Telemetry, **kw: float | int
 ) -> AgentRuntime:
     settings = Settings(agents_dir=agents, cache_url=url, cache_namespace=namespace, **kw)  # type: ignore[arg-type]
     registry = AgentRegistry(agents)
@@ -156,11 +161,14 @@ async def latency_child(mode: str, url: str, agents: str, namespace: str) -> Non
     """One process: per-call figures of raw GET, floor and cached call, then throughput."""
     telemetry = telemetry_for(mode)
     runtime = build_runtime(url, Path(agents), namespace, telemetry)
+    far = build_runtime(url, Path(agents), namespace, telemetry, cache_near_entries=0)
     await runtime.cache.open()
+    await far.cache.open()
     await runtime.run("echo", "uname -a")  # fill the cache
     key = runtime.cache.key("echo", "uname -a", version=runtime.registry.get("echo").version)
     backend = runtime.cache.backend
-    assert isinstance(backend, RedisResultBackend)
+    assert isinstance(backend, RedisResultBackend) and backend.near is not None
+    await asyncio.wait_for(backend.near.tracking.wait(), 30)  # turned on in the background
     client = backend.client
     assert isinstance(client, aioredis.Redis) and await client.get(key)
     calls: dict[str, Any] = {
@@ -168,6 +176,7 @@ async def latency_child(mode: str, url: str, agents: str, namespace: str) -> Non
         "floor": otel_floor(telemetry),
         "composed": get_in_floor(telemetry, lambda: client.get(key)),
         "cached": lambda: runtime.run("echo", "uname -a"),
+        "far": lambda: far.run("echo", "uname -a"),
     }
     for call in calls.values():
         for _ in range(WARM_UP):
@@ -177,11 +186,23 @@ async def latency_child(mode: str, url: str, agents: str, namespace: str) -> Non
     timings = {kind: timing.to_json() for kind, timing in timed.items()}
     await fill(runtime)
     done, hits = await throughput(runtime, THROUGHPUT_SECONDS, seed=1)
-    await runtime.aclose()
-    await runtime.cache.close()
+    far_done, far_hits = await throughput(far, THROUGHPUT_SECONDS, seed=1)
+    for each in (runtime, far):
+        await each.aclose()
+        await each.cache.close()
     telemetry.shutdown(timeout=5.0)
-    rate = done / THROUGHPUT_SECONDS
-    print(json.dumps({"timings": timings, "throughput": rate, "hits": hits / done}))
+    rate, far_rate = done / THROUGHPUT_SECONDS, far_done / THROUGHPUT_SECONDS
+    print(
+        json.dumps(
+            {
+                "timings": timings,
+                "throughput": rate,
+                "hits": hits / done,
+                "far_throughput": far_rate,
+                "far_hits": far_hits / far_done,
+            }
+        )
+    )
 
 
 async def throughput_child(mode: str, url: str, agents: str, namespace: str, start: str) -> None:
@@ -274,23 +295,29 @@ def main(url: str | None) -> None:
         print(f"{mode}:")
         for kind, label in (("raw", "raw redis-py GET"), ("floor", "floor (span + record)"),
                             ("composed", "GET in the floor"),
-                            ("cached", "cached call on Redis")):  # fmt: skip
+                            ("cached", "cached call on Redis"),
+                            ("far", "the same, read from Redis")):  # fmt: skip
             wall, cpu = spread(series(kind, "wall")), spread(series(kind, "cpu"))
-            print(f"  {label:21}: wall {wall.show(1e6, 1)} µs  cpu {cpu.show(1e6, 1)} µs")
-        for clock in ("wall", "cpu"):
-            raw, cached = series("raw", clock), series("cached", clock)
-            bottom = [r + f for r, f in zip(raw, series("floor", clock), strict=True)]
-            composed = series("composed", clock)
-            print(
-                f"  {clock:4}: cached / (raw GET + floor) {ratios(cached, bottom).show(1, 3)}"
-                f" (target <= 1.03); cached / (GET in the floor) "
-                f"{ratios(cached, composed).show(1, 3)}; cached / raw GET "
-                f"{ratios(cached, raw).show()}"
-            )
+            print(f"  {label:26}: wall {wall.show(1e6, 1)} µs  cpu {cpu.show(1e6, 1)} µs")
+        for kind, label in (("cached", "cached"), ("far", "read from Redis")):
+            for clock in ("wall", "cpu"):
+                raw, cached = series("raw", clock), series(kind, clock)
+                bottom = [r + f for r, f in zip(raw, series("floor", clock), strict=True)]
+                composed = series("composed", clock)
+                print(
+                    f"  {label}, {clock}: / (raw GET + floor) {ratios(cached, bottom).show(1, 3)}"
+                    f" (target <= 1.03); / (GET in the floor) "
+                    f"{ratios(cached, composed).show(1, 3)}; / raw GET "
+                    f"{ratios(cached, raw).show()}"
+                )
         one = spread([r["throughput"] for r in results[mode]])
         one_hits = spread([r["hits"] for r in results[mode]])
         print(f"  throughput, 1 process  : {one.show(1, 0)} calls/s, {one_hits.show(100, 1)} % "
               f"from the cache ({CALLERS} callers, {KEYS:,} Zipf-distributed inputs)")  # fmt: skip
+        far = spread([r["far_throughput"] for r in results[mode]])
+        far_hits = spread([r["far_hits"] for r in results[mode]])
+        print(f"  the same, read from Redis: {far.show(1, 0)} calls/s, {far_hits.show(100, 1)} % "
+              "from the cache")  # fmt: skip
         two = spread([rate for rate, _ in together[mode]])
         two_hits = spread([share for _, share in together[mode]])
         print(

@@ -14,13 +14,16 @@ import enum
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from opentelemetry import trace
 
 from ._cache_backend import MISS, CacheBackend, CircuitOpen, Ticket, _Miss, error_type, prefix_of
 from ._memory_cache import LRUMemoryCache
 from ._shared_cache import LOCK_LEASE, LOCK_WAIT, SLOW_HIT, SharedBackend, SharedCache
+
+if TYPE_CHECKING:
+    from ._near_cache import NearCache
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +110,14 @@ class ResultCache:
             )
         else:
             self.storage = backend
-        #: The store read without waiting (this process's memory), where `peek` answers.
-        self._memory: LRUMemoryCache | None = None
+        #: The store read without waiting (this process's memory, or its near copies of a
+        #: shared store's entries), where `peek` answers.
+        self._memory: LRUMemoryCache | NearCache | None = None
+        self._near: NearCache | None = None
         if isinstance(backend, LRUMemoryCache) and backend.immediate:
             self._memory = backend
+        elif isinstance(backend, SharedBackend):
+            self._memory = self._near = backend.near
         self._on_error = on_error
         self._flights: dict[str, _Flight] = {}
         self._generations: dict[str, int] = {}
@@ -138,7 +145,7 @@ class ResultCache:
         if memory is None or key in self._flights:
             return MISS
         value = memory.lookup(key)
-        if self._failing and value is not MISS:
+        if self._failing and value is not MISS and self._near is None:
             self._recovered()
         return value
 
@@ -270,6 +277,8 @@ class ResultCache:
         prefixes = [self.agent_prefix(agent) for agent in agents]
         for prefix in prefixes:
             self._generations[prefix] = self._generations.get(prefix, 0) + 1
+            if self._near is not None:  # before the store hears of it, or fails to
+                self._near.drop(prefix)
             # Calls made from now on must not join an execution that started before the change.
             for key in [key for key in self._flights if key.startswith(prefix)]:
                 del self._flights[key]

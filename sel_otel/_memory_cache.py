@@ -69,6 +69,15 @@ class LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
         self._cache.move_to_end(key)
         return value if isinstance(value, str) else MISS
 
+    def discard(self, key: str) -> None:
+        """Remove `key` now, if it is held."""
+        self._remove(key)
+
+    def discard_prefix(self, prefix: str) -> None:
+        """Remove every key that starts with `prefix` ("": every key) now."""
+        for key in [key for key in self._cache if key.startswith(prefix)]:
+            self._remove(key)
+
     async def acquire(self, key: str, compute_timeout: float | None) -> Ticket:
         return FREE
 
@@ -127,11 +136,7 @@ class LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
         return self._remove(key)
 
     async def _clear(self, namespace: str | None = None, _conn: object = None) -> bool:
-        doomed = (
-            [k for k in self._cache if k.startswith(namespace)] if namespace else [*self._cache]
-        )
-        for key in doomed:
-            self._remove(key)
+        self.discard_prefix(namespace or "")
         return True
 
     async def _redlock_release(self, key: str, value: object) -> int:

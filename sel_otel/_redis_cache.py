@@ -14,6 +14,9 @@ between several bot instances needs:
   the whole of it only when it is no larger (`_READ`, as `claim` does); a larger value, or a
   key of another type, is a miss, so a planted 50 MB value neither times the call out nor
   opens the breaker;
+- near copies (`_near_cache.py`, with `near_entries`): while Redis tracks them, a read asks
+  for the key's remaining expiry in the same trip (`_READ_WITH_TTL`), and a hit leaves a copy
+  in this process that `ResultCache.peek` answers from;
 - `_clear` that deletes one prefix with SCAN and UNLINK page by page, each step within the
   operation timeout, and refuses to run without a prefix (aiocache's un-namespaced clear is
   FLUSHDB on a shared database);
@@ -45,7 +48,7 @@ from urllib.parse import urlsplit
 
 from aiocache import RedisCache
 from aiocache.serializers import BaseSerializer
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import AbstractConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
@@ -53,6 +56,7 @@ from redis.exceptions import ResponseError
 from . import _semconv as names
 from ._deadlines import Deadlines
 from ._exceptions import ConfigError
+from ._near_cache import NearCache
 from ._settings import Settings
 from ._shared_cache import GENERATION_KEY, LOCK_SUFFIX, Claim, Claimed
 
@@ -73,6 +77,15 @@ if type(size) ~= 'number' then return -1 end
 if size == 0 then return false end
 if size > tonumber(ARGV[1]) then return size end
 return redis.call('GET', KEYS[1])
+"""
+# `_READ` over the whole window at once, with the key's remaining expiry in milliseconds (PTTL;
+# -2 when there is no value to keep), for the reads a near copy is made from (`_near_cache.py`).
+_READ_WITH_TTL = """
+local size = redis.pcall('STRLEN', KEYS[1])
+if type(size) ~= 'number' then return {-1, -2} end
+if size == 0 then return {false, -2} end
+if size > tonumber(ARGV[1]) then return {size, -2} end
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 """
 # The generation held at `key`, or `seed`, written in its place, when there is none (never
 # counted before, or lost to eviction or a restart: a count restarting from 0 could repeat one
@@ -259,10 +272,26 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         timeout: float,
         description: str,
         max_output: int = Settings.agent_max_output,
+        near_prefix: str = "",
+        near_entries: int = 0,
+        near_bytes: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(serializer=OutputSerializer(max_output), timeout=timeout, **kwargs)
         self.description = description
+        #: Copies of the entries under `near_prefix` kept in this process (`_near_cache.py`),
+        #: at most `near_entries` (0: none).
+        self.near = (
+            NearCache(
+                near_prefix,
+                self._tracking_connection,
+                max_size=near_entries,
+                max_bytes=near_bytes,
+                timeout=timeout,
+            )
+            if near_entries
+            else None
+        )
         self.deadlines = Deadlines(timeout)
         self.db_attributes: Mapping[str, str | int] = {
             names.DB_SYSTEM_NAME: names.DB_SYSTEM_REDIS,
@@ -271,6 +300,7 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
             names.DB_NAMESPACE: str(self.db),
         }
         self._read = self.client.register_script(_READ)
+        self._read_with_ttl = self.client.register_script(_READ_WITH_TTL)
         self._claim = self.client.register_script(_CLAIM)
         self._store = self.client.register_script(_STORE)
         self._advance = self.client.register_script(_ADVANCE)
@@ -279,10 +309,19 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
 
     @classmethod
     def from_url(
-        cls, url: str, *, timeout: float, max_output: int = Settings.agent_max_output
+        cls,
+        url: str,
+        *,
+        timeout: float,
+        max_output: int = Settings.agent_max_output,
+        near_prefix: str = "",
+        near_entries: int = 0,
+        near_bytes: int | None = None,
     ) -> RedisResultBackend:
         """A backend for `redis://` or `rediss://` `url`; every operation bounded by `timeout`,
-        and outputs read of at most `max_output` characters (`SEL_AGENT_MAX_OUTPUT`).
+        and outputs read of at most `max_output` characters (`SEL_AGENT_MAX_OUTPUT`). With
+        `near_entries`, up to that many entries under `near_prefix` (and `near_bytes` bytes)
+        are also kept in this process while Redis tracks them (`_near_cache.py`).
 
         The URL's user, password, db and TLS (`rediss://`, plus redis-py's `ssl_*` query
         options) are honoured. The connect timeout is `timeout` too, and a command is retried
@@ -319,6 +358,9 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
             timeout=timeout,
             description=f"{scheme}://{host}:{port}/{db}",
             max_output=max_output,
+            near_prefix=near_prefix,
+            near_entries=near_entries,
+            near_bytes=near_bytes,
         )
 
     async def _get(self, key: str, encoding: str | None = None, _conn: object = None) -> Any:
@@ -332,10 +374,38 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
             if not str(exc).startswith("WRONGTYPE"):
                 raise
             value = -1
+        return self._value(value)
+
+    def _value(self, value: bytes | int | None) -> bytes | None:
+        """A read's reply as a value: None for no key, or for a size or type (an int) that
+        makes it no output of ours."""
         if isinstance(value, int):
             self.serializer.reject()
             return None
         return value or None  # b"": no such key
+
+    async def _output(self, key: str) -> Any:
+        """The output stored under `key`, or None; copied near when tracking is on."""
+        key = self.build_key(key)
+        near = self.near
+        if near is None or not near.live:
+            return self.serializer.loads(await self._get(key))
+        session = near.reading(key)
+        try:
+            value, ttl_ms = await self._read_with_ttl(keys=[key], args=[self.serializer.max_bytes])
+        except BaseException:
+            near.forget(key)
+            raise
+        output = self.serializer.loads(self._value(value))
+        await near.keep(key, output, ttl_ms, session)
+        return output
+
+    def _tracking_connection(self) -> AbstractConnection:
+        """A new connection to this Redis, as the pool's, speaking RESP3 and bounded by the
+        near cache's own heartbeat rather than a socket timeout."""
+        pool = self.client.connection_pool
+        options = {**pool.connection_kwargs, "protocol": 3, "decode_responses": False}
+        return pool.connection_class(**options)  # type: ignore[no-any-return]
 
     async def _set(
         self,
@@ -385,11 +455,11 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         # timeout is the deadline here, taken inline (Deadlines.run's frame costs a hit 1 µs).
         deadlines = self.deadlines
         if not deadlines.timeout:
-            value = await self._get(self.build_key(key))
+            value = await self._output(key)
         else:
             task = deadlines.enter()
             try:
-                value = await self._get(self.build_key(key))
+                value = await self._output(key)
             except asyncio.CancelledError:
                 if deadlines.leave(task):
                     raise TimeoutError from None
@@ -398,7 +468,6 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
                 deadlines.leave(task)
                 raise
             deadlines.leave(task)
-        value = self.serializer.loads(value)
         return default if value is None else value
 
     async def set(self, key: str, value: Any, **kwargs: Any) -> Any:
@@ -418,11 +487,14 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         return await super().clear(namespace, _conn=_conn, timeout=0, **kwargs)
 
     async def connect(self) -> None:
-        """Connect and load the lock scripts, allowing more than one operation's timeout."""
+        """Connect and load the lock scripts, allowing more than one operation's timeout; turn
+        the near cache's tracking on (in the background, until `close`)."""
+        if self.near is not None:
+            self.near.start()
         async with asyncio.timeout(max(1.0, 8 * (self.timeout or 0))):
             await self.client.ping()
-            scripts = (self._read, self._claim, self._store, self._advance, self._extend)
-            for script in (*scripts, self._release):
+            scripts = [self._read, self._read_with_ttl, self._claim, self._store, self._advance]
+            for script in (*scripts, self._extend, self._release):
                 await self.client.script_load(script.script)
 
     async def claim(
@@ -478,6 +550,8 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         return bool(await self.deadlines.run(self._release(keys=[lock_key], args=[token])))
 
     async def _close(self, *args: Any, _conn: object = None, **kwargs: Any) -> None:
+        if self.near is not None:
+            await self.near.close()
         await self.client.aclose()  # redis-py deprecates the close() aiocache calls
 
     def __repr__(self) -> str:

@@ -242,7 +242,15 @@ class Settings:
         "SEL_CACHE_MAX_BYTES",
         _count,
         64 * 1024 * 1024,
-        "LRU bound of the memory cache in bytes of keys and outputs",
+        "LRU bound of the memory cache, and of the near copies of a Redis cache, in bytes of "
+        "keys and outputs",
+    )
+    cache_near_entries: int = setting(
+        "SEL_CACHE_NEAR_ENTRIES",
+        _whole,
+        500,
+        "with a Redis cache, entries each instance also keeps in its memory while Redis "
+        "tracks them for it (CLIENT TRACKING); 0: every hit reads Redis",
     )
     cache_timeout: float = setting(
         "SEL_CACHE_TIMEOUT",

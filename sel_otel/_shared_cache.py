@@ -50,7 +50,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -58,6 +58,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import _semconv as names
 from ._cache_backend import MISS, CircuitOpen, Ticket, _Miss, error_type, prefix_of
 from ._telemetry import package_version
+
+if TYPE_CHECKING:
+    from ._near_cache import NearCache
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +122,8 @@ class SharedBackend(Protocol):
     db_attributes: Mapping[str, str | int]
     #: Seconds one operation may take (None: unbounded).
     timeout: float | None
+    #: Copies of entries kept in this process while the store tracks them, or None.
+    near: NearCache | None
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The output stored under `key`, else `default`."""

@@ -146,15 +146,23 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 async def redis_caches(redis_server: RedisServer) -> AsyncIterator[CacheFactory]:
     """Result caches on the test's Redis, closed at the end: `make(namespace, max_output=...,
-    **cache options)`, with the timeout and breaker pause above unless options say
-    otherwise."""
+    near_entries=..., **cache options)`, with the timeout and breaker pause above unless
+    options say otherwise, and no near copies unless `near_entries` asks for them."""
     caches: list[ResultCache] = []
 
     def make(
-        namespace: str, *, max_output: int = Settings.agent_max_output, **options: Any
+        namespace: str,
+        *,
+        max_output: int = Settings.agent_max_output,
+        near_entries: int = 0,
+        **options: Any,
     ) -> ResultCache:
         backend = RedisResultBackend.from_url(
-            redis_server.url, timeout=CACHE_TIMEOUT, max_output=max_output
+            redis_server.url,
+            timeout=CACHE_TIMEOUT,
+            max_output=max_output,
+            near_prefix=f"{namespace}:",
+            near_entries=near_entries,
         )
         options.setdefault("retry_after", CACHE_RETRY_AFTER)
         cache = ResultCache(backend, namespace=namespace, **options)
@@ -223,6 +231,7 @@ async def _serve(config: dict[str, object]) -> None:
         cache_timeout=float(config.get("timeout", 0.25)),  # type: ignore[arg-type]
         cache_lock_lease=float(config.get("lease", 5.0)),  # type: ignore[arg-type]
         cache_retry_after=float(config.get("retry_after", 0.2)),  # type: ignore[arg-type]
+        cache_near_entries=int(config.get("near", Settings.cache_near_entries)),  # type: ignore[call-overload]
     )
     registry = AgentRegistry(Path(str(config["agents_dir"])))
     registry.reload()

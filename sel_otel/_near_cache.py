@@ -1,0 +1,203 @@
+"""Near copies of a shared Redis cache's entries in this process, kept in step by Redis itself.
+
+This is Redis's server-assisted client-side caching in broadcasting mode. A connection of its
+own, speaking RESP3, turns on `CLIENT TRACKING ON BCAST PREFIX <namespace>:`. From then on,
+Redis pushes the name of every key under the namespace that changes, whoever changes it:
+written, deleted, expired or evicted. Each push drops that key's copy here.
+
+- **What is kept.** A copy is made only from a read of Redis, with the key's remaining
+  expiry (PTTL, read in the same trip), so a copy never outlives its entry. Copies are
+  bounded by the `LRUMemoryCache` bounds.
+- **Reads in flight.** A read whose key changed while it was in flight keeps no copy: the
+  push may overtake the read's reply, which then holds the value from before the change.
+- **While Redis is silent.** The connection is checked by a PING after `HEARTBEAT` seconds of
+  silence. Pushes and replies come in order on one connection, so a PONG proves every change
+  made before the PING was heard. If no PONG comes within `HEARTBEAT` more seconds, or the
+  connection breaks, every copy is dropped and none is made until tracking is back on. So
+  while the copies are used, they lag Redis by at most the time a push takes to arrive, or
+  two heartbeats when this process is cut off from Redis.
+- **Invalidation in this process** drops the agent's copies at once (`drop`), before Redis
+  is asked anything.
+- **A Redis without RESP3 or tracking** (before 6.0, or a proxy that refuses them) keeps no
+  copies. It is logged once, and every read goes to Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError, ResponseError
+
+from ._cache_backend import FREE, _Miss
+from ._memory_cache import LRUMemoryCache
+
+logger = logging.getLogger(__name__)
+
+#: Seconds of silence on the tracking connection before it is checked by a PING, and the
+#: seconds its PONG may take before the copies are dropped.
+HEARTBEAT: Final = 1.0
+#: Seconds between attempts to turn tracking on again after the connection was lost.
+RECONNECT_AFTER: Final = 1.0
+
+
+class NearCache:
+    """Copies of the entries under `prefix`, read without a trip to Redis while Redis tracks
+    them for this process (`live`). `open_connection` makes a new, unconnected RESP3
+    connection to the cache's Redis; `start` turns tracking on in the background."""
+
+    def __init__(
+        self,
+        prefix: str,
+        open_connection: Callable[[], AbstractConnection],
+        *,
+        max_size: int,
+        max_bytes: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.prefix = prefix
+        self.store = LRUMemoryCache(max_size, max_bytes=max_bytes)
+        self._open_connection = open_connection
+        self._timeout = timeout
+        #: Increases each time tracking is turned on; None while it is off.
+        self.session: int | None = None
+        #: Set while tracking is on.
+        self.tracking = asyncio.Event()
+        self._sessions = 0
+        #: Reads of Redis in flight, by key, and those whose key changed meanwhile.
+        self._reading: dict[str, int] = {}
+        self._changed: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def live(self) -> bool:
+        """Whether Redis tracks the copies now."""
+        return self.session is not None
+
+    def lookup(self, key: str) -> str | _Miss:
+        """The copy of `key`, or MISS."""
+        return self.store.lookup(key)
+
+    def reading(self, key: str) -> int | None:
+        """Note a read of `key` from Redis about to be sent; what `keep` takes (None: no copy
+        is to be made). Every call is followed by one `keep` or `forget`."""
+        self._reading[key] = self._reading.get(key, 0) + 1
+        return self.session
+
+    async def keep(self, key: str, output: str | None, ttl_ms: int, session: int | None) -> None:
+        """The read of `key` noted by `reading` came back with `output`, expiring in `ttl_ms`:
+        copy it unless tracking went off or on again, or the key changed, meanwhile."""
+        changed = self.forget(key)
+        if output is None or ttl_ms <= 0 or changed or session is None or session != self.session:
+            return
+        await self.store.write(key, output, ttl_ms / 1000, FREE)
+
+    def forget(self, key: str) -> bool:
+        """The read of `key` noted by `reading` is over; whether its key changed meanwhile."""
+        left = self._reading.pop(key) - 1
+        changed = key in self._changed
+        if left:
+            self._reading[key] = left
+        else:
+            self._changed.discard(key)
+        return changed
+
+    def drop(self, prefix: str) -> None:
+        """Drop the copies of every key that starts with `prefix`, and make none from the
+        reads of such keys in flight."""
+        self.store.discard_prefix(prefix)
+        self._changed.update(key for key in self._reading if key.startswith(prefix))
+
+    def _changed_keys(self, keys: list[bytes] | None) -> None:
+        """Redis says `keys` changed (None: every key, as after FLUSHDB)."""
+        if keys is None:
+            self._drop_all()
+            return
+        for raw in keys:
+            key = raw.decode("utf-8", "surrogateescape")
+            self.store.discard(key)
+            if key in self._reading:
+                self._changed.add(key)
+
+    def _drop_all(self) -> None:
+        self.store.discard_prefix("")
+        self._changed.update(self._reading)
+
+    def start(self) -> None:
+        """Turn tracking on in the background, and keep it on until `close`."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._track(), name="sel-otel near cache")
+
+    async def close(self) -> None:
+        """Turn tracking off and drop every copy."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._off()
+
+    def _off(self) -> None:
+        self.session = None
+        self.tracking.clear()
+        self._drop_all()
+
+    async def _track(self) -> None:
+        """Keep tracking on: connect, listen, and after a loss connect again."""
+        failing = False
+        while True:
+            connection = self._open_connection()
+            try:
+                await self._turn_on(connection)
+                if failing:
+                    logger.warning("near cache copies in use again")
+                    failing = False
+                await self._listen(connection)
+            except ResponseError as exc:  # no RESP3 or no tracking: not to be tried again
+                logger.warning("near cache off: this Redis refuses tracking (%s)", exc)
+                return
+            except (OSError, RedisError) as exc:  # TimeoutError included
+                if not failing:
+                    logger.warning("near cache copies dropped: %r; reads go to Redis", exc)
+                    failing = True
+            except Exception:
+                logger.exception("near cache off: tracking failed")
+                return
+            finally:
+                self._off()
+                await connection.disconnect()
+            await asyncio.sleep(RECONNECT_AFTER)
+
+    async def _turn_on(self, connection: AbstractConnection) -> None:
+        async with asyncio.timeout(self._timeout):
+            await connection.connect()  # type: ignore[no-untyped-call]
+            # As redis-py's own client-side cache does: pushes returned to the reader here.
+            parser: Any = connection._parser
+            parser.set_invalidation_push_handler(_returned)
+            tracking = ("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self.prefix)
+            await connection.send_command(*tracking)
+            await connection.read_response()
+        self._sessions += 1
+        self.session = self._sessions
+        self.tracking.set()
+
+    async def _listen(self, connection: AbstractConnection) -> None:
+        """Apply the pushes until the connection breaks or a PING goes unanswered."""
+        pinged = False
+        while True:
+            reply = await connection.read_response(timeout=HEARTBEAT, push_request=True)
+            if reply is None:  # silence
+                if pinged:
+                    raise TimeoutError(f"no reply to a PING within {HEARTBEAT} s")
+                await connection.send_command("PING")
+                pinged = True
+            elif isinstance(reply, list) and reply[:1] == [b"invalidate"]:
+                self._changed_keys(reply[1])
+            else:  # the PONG
+                pinged = False
+
+
+async def _returned(push: list[object]) -> list[object]:
+    return push
