@@ -282,13 +282,18 @@ class ResultCache:
             # Calls made from now on must not join an execution that started before the change.
             for key in [key for key in self._flights if key.startswith(prefix)]:
                 del self._flights[key]
-        for prefix in prefixes:
-            try:
-                await self.storage.invalidate(prefix)
-            except Exception as exc:
-                self._failed("invalidate", exc)
-            else:
-                self._recovered()
+        try:
+            for prefix in prefixes:
+                try:
+                    await self.storage.invalidate(prefix)
+                except Exception as exc:
+                    self._failed("invalidate", exc)
+                else:
+                    self._recovered()
+        finally:
+            if self._near is not None:
+                for prefix in prefixes:
+                    self._near.dropped(prefix)
 
     async def retire(self, *agents: str) -> None:
         """Forget the results of `agents`, whose code changed or went. Their keys name the old

@@ -17,7 +17,8 @@ written, deleted, expired or evicted. Each push drops that key's copy here.
   while the copies are used, they lag Redis by at most the time a push takes to arrive, or
   two heartbeats when this process is cut off from Redis.
 - **Invalidation in this process** drops the agent's copies at once (`drop`), before Redis
-  is asked anything.
+  is asked anything, and no read of the agent's keys keeps a copy until Redis has deleted them
+  (`dropped`): such a read may have found a value just before it went.
 - **A Redis without RESP3 or tracking** (before 6.0, or a proxy that refuses them) keeps no
   copies. It is logged once, and every read goes to Redis.
 """
@@ -70,6 +71,8 @@ class NearCache:
         #: Reads of Redis in flight, by key, and those whose key changed meanwhile.
         self._reading: dict[str, int] = {}
         self._changed: set[str] = set()
+        #: Prefixes being invalidated by this process, with how many invalidations of each.
+        self._dropping: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -93,6 +96,8 @@ class NearCache:
         changed = self.forget(key)
         if output is None or ttl_ms <= 0 or changed or session is None or session != self.session:
             return
+        if any(key.startswith(prefix) for prefix in self._dropping):
+            return
         await self.store.write(key, output, ttl_ms / 1000, FREE)
 
     def forget(self, key: str) -> bool:
@@ -106,10 +111,18 @@ class NearCache:
         return changed
 
     def drop(self, prefix: str) -> None:
-        """Drop the copies of every key that starts with `prefix`, and make none from the
-        reads of such keys in flight."""
+        """Drop the copies of every key that starts with `prefix`, this process invalidating
+        them, and make none of such keys until `dropped`."""
+        self._dropping[prefix] = self._dropping.get(prefix, 0) + 1
         self.store.discard_prefix(prefix)
         self._changed.update(key for key in self._reading if key.startswith(prefix))
+
+    def dropped(self, prefix: str) -> None:
+        """The invalidation of `prefix` that `drop` began is over (done in Redis, or left to
+        the background): reads from now on find what it left."""
+        left = self._dropping.pop(prefix) - 1
+        if left:
+            self._dropping[prefix] = left
 
     def _changed_keys(self, keys: list[bytes] | None) -> None:
         """Redis says `keys` changed (None: every key, as after FLUSHDB)."""

@@ -393,10 +393,10 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         session = near.reading(key)
         try:
             value, ttl_ms = await self._read_with_ttl(keys=[key], args=[self.serializer.max_bytes])
+            output = self.serializer.loads(self._value(value))
         except BaseException:
             near.forget(key)
             raise
-        output = self.serializer.loads(self._value(value))
         await near.keep(key, output, ttl_ms, session)
         return output
 

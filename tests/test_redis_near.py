@@ -158,6 +158,30 @@ async def test_an_instance_drops_its_own_copies_before_redis_hears_of_the_invali
     await invalidation
 
 
+async def test_no_read_keeps_a_copy_while_its_agent_is_being_invalidated(
+    make_cache: CacheFactory, redis_server: RedisServer
+) -> None:
+    # Until Redis has deleted the agent's keys, a read may find the value about to go; the
+    # push of its deletion may come after the invalidation is over.
+    cache = await opened(make_cache())
+    near = near_of(cache)
+    key = cache.key("agent", "q")
+    redis_server.pause()
+    try:
+        invalidation = asyncio.create_task(cache.invalidate("agent"))
+        await asyncio.sleep(0)  # the invalidation's first step, up to its first trip to Redis
+        session = near.reading(key)
+        await near.keep(key, "old", 60_000, session)
+        assert cache.peek(key) is MISS
+    finally:
+        redis_server.resume()
+    await invalidation
+    await wait_until(lambda: near.live, "tracking to be on")
+    session = near.reading(key)
+    await near.keep(key, "new", 60_000, session)
+    assert cache.peek(key) == "new"
+
+
 async def test_a_value_written_by_another_instance_replaces_the_copy(
     make_cache: CacheFactory, raw: aioredis.Redis
 ) -> None:
