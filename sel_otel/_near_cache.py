@@ -26,12 +26,13 @@ written, deleted, expired or evicted. Each push drops that key's copy here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Final
 
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from ._cache_backend import FREE, _Miss
 from ._memory_cache import LRUMemoryCache
@@ -96,8 +97,8 @@ class NearCache:
         changed = self.forget(key)
         if output is None or ttl_ms <= 0 or changed or session is None or session != self.session:
             return
-        if any(key.startswith(prefix) for prefix in self._dropping):
-            return
+        if not key.startswith(self.prefix) or any(map(key.startswith, self._dropping)):
+            return  # not tracked, or being invalidated
         await self.store.write(key, output, ttl_ms / 1000, FREE)
 
     def forget(self, key: str) -> bool:
@@ -123,14 +124,20 @@ class NearCache:
         left = self._dropping.pop(prefix) - 1
         if left:
             self._dropping[prefix] = left
+        # A read sent before Redis deleted the keys may still bring back what was there.
+        self._changed.update(key for key in self._reading if key.startswith(prefix))
 
-    def _changed_keys(self, keys: list[bytes] | None) -> None:
-        """Redis says `keys` changed (None: every key, as after FLUSHDB)."""
+    def _changed_keys(self, keys: list[bytes] | None, encoding: str, errors: str) -> None:
+        """Redis says `keys` changed (None: every key, as after FLUSHDB); they are read in the
+        `encoding` (with `errors`) the connections write them in."""
         if keys is None:
             self._drop_all()
             return
         for raw in keys:
-            key = raw.decode("utf-8", "surrogateescape")
+            try:
+                key = raw.decode(encoding, errors)
+            except UnicodeDecodeError:  # no key of ours: ours were written in that encoding
+                continue
             self.store.discard(key)
             if key in self._reading:
                 self._changed.add(key)
@@ -141,8 +148,11 @@ class NearCache:
 
     def start(self) -> None:
         """Turn tracking on in the background, and keep it on until `close`."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._track(), name="sel-otel near cache")
+        task = self._task
+        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
+            return
+        self._off()  # a task of a loop that is gone tracks nothing
+        self._task = asyncio.create_task(self._track(), name="sel-otel near cache")
 
     async def close(self) -> None:
         """Turn tracking off and drop every copy."""
@@ -168,30 +178,36 @@ class NearCache:
                     logger.warning("near cache copies in use again")
                     failing = False
                 await self._listen(connection)
-            except ResponseError as exc:  # no RESP3 or no tracking: not to be tried again
+            except _Refused as exc:
                 logger.warning("near cache off: this Redis refuses tracking (%s)", exc)
                 return
             except (OSError, RedisError) as exc:  # TimeoutError included
                 if not failing:
-                    logger.warning("near cache copies dropped: %r; reads go to Redis", exc)
+                    logger.warning("near cache not in use: %r; reads go to Redis", exc)
                     failing = True
             except Exception:
                 logger.exception("near cache off: tracking failed")
                 return
             finally:
                 self._off()
-                await connection.disconnect()
+                with contextlib.suppress(Exception):  # a TLS close a silent peer never ends
+                    await connection.disconnect(nowait=True)
             await asyncio.sleep(RECONNECT_AFTER)
 
     async def _turn_on(self, connection: AbstractConnection) -> None:
-        async with asyncio.timeout(self._timeout):
+        """Connect and turn tracking on, within the time the backend's `connect` takes (a few
+        round trips); `_Refused` when this Redis cannot track."""
+        async with asyncio.timeout(max(1.0, 8 * (self._timeout or 0)) if self._timeout else None):
             await connection.connect()  # type: ignore[no-untyped-call]
             # As redis-py's own client-side cache does: pushes returned to the reader here.
             parser: Any = connection._parser
             parser.set_invalidation_push_handler(_returned)
             tracking = ("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self.prefix)
-            await connection.send_command(*tracking)
-            await connection.read_response()
+            await connection.send_command(*tracking, check_health=False)
+            try:
+                await connection.read_response()
+            except ResponseError as exc:
+                raise _Refused(str(exc)) if _refusal(exc) else exc from None
         self._sessions += 1
         self.session = self._sessions
         self.tracking.set()
@@ -204,12 +220,23 @@ class NearCache:
             if reply is None:  # silence
                 if pinged:
                     raise TimeoutError(f"no reply to a PING within {HEARTBEAT} s")
-                await connection.send_command("PING")
+                await connection.send_command("PING", check_health=False)
                 pinged = True
             elif isinstance(reply, list) and reply[:1] == [b"invalidate"]:
-                self._changed_keys(reply[1])
+                encoder = connection.encoder
+                self._changed_keys(reply[1], encoder.encoding, encoder.encoding_errors)
             else:  # the PONG
                 pinged = False
+
+
+class _Refused(Exception):
+    """This Redis cannot track keys: too old for RESP3 or tracking, or not allowed to."""
+
+
+def _refusal(exc: ResponseError) -> bool:
+    """Whether `exc` says this Redis will never track (rather than: not now, as BUSY)."""
+    text = str(exc).lower()
+    return isinstance(exc, NoPermissionError) or "unknown command" in text or "unknown subc" in text
 
 
 async def _returned(push: list[object]) -> list[object]:

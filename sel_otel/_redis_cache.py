@@ -404,7 +404,12 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         """A new connection to this Redis, as the pool's, speaking RESP3 and bounded by the
         near cache's own heartbeat rather than a socket timeout."""
         pool = self.client.connection_pool
-        options = {**pool.connection_kwargs, "protocol": 3, "decode_responses": False}
+        options = {
+            **pool.connection_kwargs,
+            "protocol": 3,
+            "decode_responses": False,
+            "health_check_interval": 0,  # its own PING would wait unbounded, and eat pushes
+        }
         return pool.connection_class(**options)  # type: ignore[no-any-return]
 
     async def _set(

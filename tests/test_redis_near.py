@@ -182,6 +182,24 @@ async def test_no_read_keeps_a_copy_while_its_agent_is_being_invalidated(
     assert cache.peek(key) == "new"
 
 
+async def test_a_read_sent_during_an_invalidation_and_answered_after_it_keeps_no_copy(
+    make_cache: CacheFactory, redis_server: RedisServer
+) -> None:
+    cache = await opened(make_cache())
+    near = near_of(cache)
+    key = cache.key("agent", "q")
+    redis_server.pause()
+    try:
+        invalidation = asyncio.create_task(cache.invalidate("agent"))
+        await asyncio.sleep(0)  # the invalidation's first step, up to its first trip to Redis
+        session = near.reading(key)  # a read sent now, behind the invalidation's steps
+    finally:
+        redis_server.resume()
+    await invalidation
+    await near.keep(key, "old", 60_000, session)  # its reply, after the invalidation
+    assert cache.peek(key) is MISS
+
+
 async def test_a_value_written_by_another_instance_replaces_the_copy(
     make_cache: CacheFactory, raw: aioredis.Redis
 ) -> None:
@@ -289,6 +307,61 @@ async def test_a_silent_redis_drops_every_copy_within_two_heartbeats(
         redis_server.resume()
     await wait_until(lambda: near_of(cache).live, "tracking to be on again")
     assert HEARTBEAT <= 1.0  # the bound README gives
+
+
+async def test_a_health_check_in_the_url_does_not_keep_copies_of_a_silent_redis(
+    redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    # redis-py's own health check would wait for its PING with no bound, and eat pushes.
+    backend = RedisResultBackend.from_url(
+        f"{redis_server.url}?health_check_interval=1",
+        timeout=1.0,
+        near_prefix=f"{NAMESPACE}:",
+        near_entries=50,
+    )
+    cache = await opened(ResultCache(backend, namespace=NAMESPACE))
+    key = cache.key("agent", "q")
+    await raw.set(key, b'{"output":"old"}', ex=60)
+    await copied(cache, key, "old")
+    redis_server.pause()
+    try:
+        await wait_until(lambda: not near_of(cache).live, "tracking to be lost")
+        assert cache.peek(key) is MISS
+    finally:
+        redis_server.resume()
+    await cache.close()
+
+
+async def test_a_busy_redis_loses_tracking_for_a_while_only(
+    make_cache: CacheFactory, redis_server: RedisServer, raw: aioredis.Redis
+) -> None:
+    # A long script makes Redis answer BUSY to everyone: not a refusal to track.
+    cache = await opened(make_cache())
+    near = near_of(cache)
+    await raw.config_set("busy-reply-threshold", 100)
+    busy = "local s = redis.call('TIME')[1] while redis.call('TIME')[1] - s < 3 do end"
+    async with aioredis.Redis.from_url(redis_server.url) as blocker:
+        script = asyncio.create_task(blocker.eval(busy, 0))
+        await wait_until(lambda: not near.live, "tracking to be lost")
+        await script
+    await wait_until(lambda: near.live, "tracking to be on again")
+
+
+async def test_keys_are_read_back_in_the_encoding_of_the_url(
+    redis_server: RedisServer,
+) -> None:
+    url = f"{redis_server.url}?encoding=latin-1"
+    backend = RedisResultBackend.from_url(
+        url, timeout=1.0, near_prefix=f"{NAMESPACE}:", near_entries=50
+    )
+    cache = await opened(ResultCache(backend, namespace=NAMESPACE))
+    key = cache.key("café", "q")
+    async with aioredis.Redis.from_url(url) as client:
+        await client.set(key, b'{"output":"old"}', ex=60)
+        await copied(cache, key, "old")
+        await client.set(key, b'{"output":"new"}', ex=60)
+    await wait_until(lambda: cache.peek(key) is MISS, "the copy to be dropped")
+    await cache.close()
 
 
 async def test_a_redis_that_refuses_tracking_keeps_no_copies_and_is_still_used(
