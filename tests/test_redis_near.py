@@ -341,7 +341,7 @@ async def test_a_busy_redis_loses_tracking_for_a_while_only(
     await raw.config_set("busy-reply-threshold", 100)
     busy = "local s = redis.call('TIME')[1] while redis.call('TIME')[1] - s < 3 do end"
     async with aioredis.Redis.from_url(redis_server.url) as blocker:
-        script = asyncio.create_task(blocker.eval(busy, 0))
+        script = asyncio.ensure_future(blocker.eval(busy, 0))
         await wait_until(lambda: not near.live, "tracking to be lost")
         await script
     await wait_until(lambda: near.live, "tracking to be on again")
