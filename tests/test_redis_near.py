@@ -9,8 +9,10 @@ the same Redis and namespace, with its own connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -67,6 +69,20 @@ async def copied(cache: ResultCache, key: str, output: str) -> None:
         return cache.peek(key) == output
 
     await wait_until(read_copies, "a read to leave a copy")
+
+
+@contextlib.asynccontextmanager
+async def invalidating(cache: ResultCache, server: RedisServer) -> AsyncIterator[None]:
+    """Within: `cache` invalidates the results of "agent", held up by a stopped Redis after
+    its first step; at the end Redis resumes and the invalidation is over."""
+    server.pause()
+    try:
+        invalidation = asyncio.create_task(cache.invalidate("agent"))
+        await asyncio.sleep(0)  # the invalidation's first step, up to its first trip to Redis
+        yield
+    finally:
+        server.resume()
+    await invalidation
 
 
 # -- hits ---------------------------------------------------------------------------------------
@@ -148,14 +164,8 @@ async def test_an_instance_drops_its_own_copies_before_redis_hears_of_the_invali
     key = cache.key("agent", "q")
     await cache.get_or_run(key, 60, Counting("old"))
     await copied(cache, key, "old")
-    redis_server.pause()
-    try:
-        invalidation = asyncio.create_task(cache.invalidate("agent"))
-        await asyncio.sleep(0)  # the invalidation's first step, up to its first trip to Redis
+    async with invalidating(cache, redis_server):
         assert cache.peek(key) is MISS
-    finally:
-        redis_server.resume()
-    await invalidation
 
 
 async def test_no_read_keeps_a_copy_while_its_agent_is_being_invalidated(
@@ -166,16 +176,10 @@ async def test_no_read_keeps_a_copy_while_its_agent_is_being_invalidated(
     cache = await opened(make_cache())
     near = near_of(cache)
     key = cache.key("agent", "q")
-    redis_server.pause()
-    try:
-        invalidation = asyncio.create_task(cache.invalidate("agent"))
-        await asyncio.sleep(0)  # the invalidation's first step, up to its first trip to Redis
+    async with invalidating(cache, redis_server):
         session = near.reading(key)
         await near.keep(key, "old", 60_000, session)
         assert cache.peek(key) is MISS
-    finally:
-        redis_server.resume()
-    await invalidation
     await wait_until(lambda: near.live, "tracking to be on")
     session = near.reading(key)
     await near.keep(key, "new", 60_000, session)
@@ -188,14 +192,8 @@ async def test_a_read_sent_during_an_invalidation_and_answered_after_it_keeps_no
     cache = await opened(make_cache())
     near = near_of(cache)
     key = cache.key("agent", "q")
-    redis_server.pause()
-    try:
-        invalidation = asyncio.create_task(cache.invalidate("agent"))
-        await asyncio.sleep(0)  # the invalidation's first step, up to its first trip to Redis
+    async with invalidating(cache, redis_server):
         session = near.reading(key)  # a read sent now, behind the invalidation's steps
-    finally:
-        redis_server.resume()
-    await invalidation
     await near.keep(key, "old", 60_000, session)  # its reply, after the invalidation
     assert cache.peek(key) is MISS
 
