@@ -138,9 +138,10 @@ class ResultCache:
         return f"{self.namespace}:{agent}:"
 
     def peek(self, key: str) -> str | _Miss:
-        """The output cached for `key` when the store answers at once (this process's memory)
-        and no execution of `key` is in flight: what `get_or_run` would answer as a hit,
-        without a coroutine. Otherwise MISS, and `get_or_run` answers."""
+        """The output cached for `key` when it is at hand (in this process's memory store, or
+        a near copy of a shared store's entry) and no execution of `key` is in flight: what
+        `get_or_run` would answer as a hit, without a coroutine. Otherwise MISS, and
+        `get_or_run` answers."""
         memory = self._memory
         if memory is None or key in self._flights:
             return MISS
