@@ -58,7 +58,7 @@ def once(checkout: Path, agents: Path, agent: str, ending: str) -> float:
         "PYTHONUNBUFFERED": "1",  # each reply as it is written
     }
     console = subprocess.Popen(
-        [sys.executable, "-m", "sel_otel._cli", "console"],
+        [sys.executable, "-m", "sel_otel", "console"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -276,7 +276,3 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         # Within what is left before the exit deadline: the deadline is a deadline.
         telemetry.shutdown(lifetime.time_left(settings.telemetry_shutdown_timeout))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

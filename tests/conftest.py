@@ -34,7 +34,7 @@ pytest_plugins = ["tests.otlp_receiver", "tests.stats_instances"]  # their fixtu
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The `sel-otel` command, run from the source tree.
-CLI = [sys.executable, "-m", "sel_otel._cli"]
+CLI = [sys.executable, "-m", "sel_otel"]
 
 
 def free_port() -> int:

@@ -64,6 +64,8 @@ def test_console_exit_code_reports_failed_requests() -> None:
         ("SEL_LOG_LEVEL", "verbose", "SEL_LOG_LEVEL='verbose' is invalid"),
         ("SEL_CACHE_URL", "foo://x", "unsupported scheme 'foo'"),
         ("OTEL_TRACES_EXPORTER", "zipkin", "unsupported ['zipkin']"),
+        # read by the SDK as it is imported, before any of sel-otel's code runs
+        ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "-1", "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT must be"),
     ],
 )
 def test_invalid_settings_are_reported_clearly(variable: str, value: str, message: str) -> None:

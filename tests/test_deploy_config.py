@@ -374,7 +374,7 @@ def test_the_dockerfile_installs_the_project_with_pip_and_runs_sel_otel() -> Non
     assert 'CMD ["bot"]' in text
     assert re.search(r"^USER \w+", text, re.M), "runs as root"
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'sel-otel = "sel_otel._cli:main"' in pyproject  # the entrypoint the image calls
+    assert 'sel-otel = "sel_otel._entry:main"' in pyproject  # the entrypoint the image calls
 
 
 def test_constraints_pin_every_requirement_within_its_range() -> None:

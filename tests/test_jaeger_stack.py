@@ -65,7 +65,7 @@ def _collector_image() -> str:
 
 def _sel_otel() -> list[str]:
     script = Path(sys.executable).with_name("sel-otel")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "sel_otel._cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sel_otel"]
 
 
 def run_sysinfo(otlp_endpoint: str, environment: str) -> subprocess.CompletedProcess[str]:

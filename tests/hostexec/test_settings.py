@@ -104,7 +104,7 @@ def test_invalid_values_name_the_variable(name: str, value: str) -> None:
     "command",
     [
         [sys.executable, "-m", "sel_otel.hostexec"],
-        [sys.executable, "-m", "sel_otel._cli", "host-exec"],
+        [sys.executable, "-m", "sel_otel", "host-exec"],
     ],
     ids=["python -m sel_otel.hostexec", "sel-otel host-exec"],
 )
