@@ -1,5 +1,5 @@
 """The `sel-otel` console script: the CLI, or one line about a setting the SDK refuses as it
-loads (it reads `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT` and the other span limits when imported)."""
+loads (it reads `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT` when imported, before any code of ours)."""
 
 from __future__ import annotations
 

@@ -75,6 +75,8 @@ class NearCache:
         #: Prefixes being invalidated by this process, with how many invalidations of each.
         self._dropping: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
+        #: Which task tracks for this cache now: one started before has nothing to do here.
+        self._epoch = 0
 
     @property
     def live(self) -> bool:
@@ -151,15 +153,21 @@ class NearCache:
         task = self._task
         if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
             return
-        self._off()  # a task of a loop that is gone tracks nothing
-        self._task = asyncio.create_task(self._track(), name="sel-otel near cache")
+        self._retire()  # a task of a loop that is gone tracks nothing
+        self._task = asyncio.create_task(self._track(self._epoch), name="sel-otel near cache")
 
     async def close(self) -> None:
         """Turn tracking off and drop every copy."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
+        self._retire()
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _retire(self) -> None:
+        """Drop every copy, and leave any task started before nothing more to do here."""
+        self._epoch += 1
+        self.tracking = asyncio.Event()  # bound to the loop that first waits on it
         self._off()
 
     def _off(self) -> None:
@@ -167,13 +175,14 @@ class NearCache:
         self.tracking.clear()
         self._drop_all()
 
-    async def _track(self) -> None:
-        """Keep tracking on: connect, listen, and after a loss connect again."""
+    async def _track(self, epoch: int) -> None:
+        """Keep tracking on: connect, listen, and after a loss connect again; until `epoch`
+        is no longer the current one."""
         failing = False
-        while True:
+        while epoch == self._epoch:
             connection = self._open_connection()
             try:
-                await self._turn_on(connection)
+                await self._turn_on(connection, epoch)
                 if failing:
                     logger.warning("near cache copies in use again")
                     failing = False
@@ -183,34 +192,43 @@ class NearCache:
                 return
             except (OSError, RedisError) as exc:  # TimeoutError included
                 if not failing:
-                    logger.warning("near cache not in use: %r; reads go to Redis", exc)
+                    logger.warning(
+                        "near cache not in use (%s: %s); reads go to Redis",
+                        type(exc).__name__,
+                        exc,
+                    )
                     failing = True
             except Exception:
-                logger.exception("near cache off: tracking failed")
+                if epoch == self._epoch:  # else: finalized on a loop that is gone
+                    logger.exception("near cache off: tracking failed")
                 return
             finally:
-                self._off()
+                if epoch == self._epoch:
+                    self._off()
                 with contextlib.suppress(Exception):  # a TLS close a silent peer never ends
                     await connection.disconnect(nowait=True)
             await asyncio.sleep(RECONNECT_AFTER)
 
-    async def _turn_on(self, connection: AbstractConnection) -> None:
+    async def _turn_on(self, connection: AbstractConnection, epoch: int) -> None:
         """Connect and turn tracking on, within the time the backend's `connect` takes (a few
         round trips); `_Refused` when this Redis cannot track."""
         async with asyncio.timeout(max(1.0, 8 * (self._timeout or 0)) if self._timeout else None):
-            await connection.connect()  # type: ignore[no-untyped-call]
-            # As redis-py's own client-side cache does: pushes returned to the reader here.
-            parser: Any = connection._parser
-            parser.set_invalidation_push_handler(_returned)
-            tracking = ("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self.prefix)
-            await connection.send_command(*tracking, check_health=False)
             try:
+                await connection.connect()  # type: ignore[no-untyped-call]  # HELLO 3 first
+                # As redis-py's own client-side cache does: pushes returned to the reader.
+                parser: Any = connection._parser
+                parser.set_invalidation_push_handler(_returned)
+                tracking = ("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self.prefix)
+                await connection.send_command(*tracking, check_health=False)
                 await connection.read_response()
             except ResponseError as exc:
-                raise _Refused(str(exc)) if _refusal(exc) else exc from None
-        self._sessions += 1
-        self.session = self._sessions
-        self.tracking.set()
+                if _refusal(exc):
+                    raise _Refused(str(exc)) from None
+                raise
+        if epoch == self._epoch:
+            self._sessions += 1
+            self.session = self._sessions
+            self.tracking.set()
 
     async def _listen(self, connection: AbstractConnection) -> None:
         """Apply the pushes until the connection breaks or a PING goes unanswered."""

@@ -555,9 +555,11 @@ class RedisResultBackend(RedisCache):  # type: ignore[misc]
         return bool(await self.deadlines.run(self._release(keys=[lock_key], args=[token])))
 
     async def _close(self, *args: Any, _conn: object = None, **kwargs: Any) -> None:
-        if self.near is not None:
-            await self.near.close()
-        await self.client.aclose()  # redis-py deprecates the close() aiocache calls
+        try:
+            if self.near is not None:
+                await self.near.close()
+        finally:
+            await self.client.aclose()  # redis-py deprecates the close() aiocache calls
 
     def __repr__(self) -> str:
         return f"RedisResultBackend({self.description})"

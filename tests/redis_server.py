@@ -23,7 +23,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,13 @@ CacheFactory = Callable[..., ResultCache]
 class RedisServer:
     """One `redis-server` process on a fixed loopback port that can be killed and restarted."""
 
-    def __init__(self, directory: Path, *, password: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, password: str | None = None, options: Sequence[str] = ()
+    ) -> None:
         assert REDIS_SERVER is not None
         self.directory = directory
         self.password = password
+        self.options = list(options)  # more of redis-server's command-line options
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -77,6 +80,7 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             command += ["--requirepass", self.password]
+        command += self.options
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not self.ping():

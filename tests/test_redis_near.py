@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -368,7 +370,27 @@ async def test_a_redis_that_refuses_tracking_keeps_no_copies_and_is_still_used(
     await raw.acl_setuser(
         "untracked", enabled=True, passwords=["+pw"], keys=["~*"], commands=["+@all", "-client"]
     )
-    url = f"redis://untracked:pw@127.0.0.1:{redis_server.port}/0"
+    await refused(f"redis://untracked:pw@127.0.0.1:{redis_server.port}/0", caplog)
+
+
+async def test_a_redis_without_resp3_keeps_no_copies_and_is_still_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Redis before 6.0 knows no HELLO: a server with HELLO renamed away answers the same. The
+    # cache's own connections speak RESP2 there, as the URL says (redis-py's default is 3).
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path, options=["--rename-command", "HELLO", ""])
+    server.start()
+    try:
+        await refused(f"{server.url}?protocol=2", caplog)
+    finally:
+        server.kill()
+
+
+async def refused(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A cache on `url` logs that Redis refuses tracking, stops trying, and still serves hits
+    from Redis."""
     backend = RedisResultBackend.from_url(
         url, timeout=1.0, near_prefix=f"{NAMESPACE}:", near_entries=50
     )
@@ -407,3 +429,39 @@ async def test_a_planted_value_read_for_a_copy_is_a_miss_and_never_sent(
     assert int((await raw.info("stats"))["total_net_output_bytes"]) - before < 100_000
     assert cache.peek(key) is MISS
     await copied(cache, key, "fresh")
+
+
+def left_on_a_closed_loop(near: NearCache) -> None:
+    """Turn `near`'s tracking on in a loop closed at once, its task pending and forgotten."""
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(started(near))
+    loop.close()
+
+
+async def started(near: NearCache) -> None:
+    near.start()
+    await asyncio.wait_for(near.tracking.wait(), 30)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # loop 1's
+def test_tracking_started_again_on_a_new_loop_hears_the_changes(
+    redis_server: RedisServer,
+) -> None:
+    # The task left pending on a closed loop tracks nothing: a new one must start.
+    client = aioredis.Redis.from_url(redis_server.url)
+    near = NearCache("near:", client.connection_pool.make_connection, max_size=10)
+    left_on_a_closed_loop(near)
+
+    async def on_a_new_loop() -> None:
+        async with aioredis.Redis.from_url(redis_server.url) as writer:
+            await started(near)
+            near.reading("near:k")
+            await near.keep("near:k", "old", 60_000, near.session)
+            assert near.lookup("near:k") == "old"
+            await writer.set("near:k", b"new")
+            await wait_until(lambda: near.lookup("near:k") is MISS, "the copy to be dropped")
+        gc.collect()  # the first loop's task is finalized by now
+        assert near.live
+        await near.close()
+
+    asyncio.run(on_a_new_loop())
