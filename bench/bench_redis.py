@@ -19,8 +19,10 @@ kinds of call take turns after a warm-up:
   (JSON decoding, span, record), as the first hit of an entry after any change is;
 then the throughput of 32 concurrent callers asking for 1,000 inputs, Zipf-distributed (all
 cached: a few are asked most of the time, most rarely), with one runtime process and with
-two, and with one process reading every hit from Redis. Then, once: a stalled Redis
-(SIGSTOP), call time with the circuit breaker and without.
+two, and with one process reading every hit from Redis; and the throughput of two processes
+whose every call is a miss (inputs never asked before: claim, run, store, release), with near
+copies and without, so what Redis's tracking pushes to every instance on each write costs
+shows. Then, once: a stalled Redis (SIGSTOP), call time with the circuit breaker and without.
 
 Prints median (min-max) of the repetitions: µs per call (wall, and CPU of the process),
 the ratios cached / (raw GET + floor) (target <= 1.03), cached / (GET in the floor) and
@@ -76,6 +78,7 @@ KEYS = 1_000
 ZIPF_EXPONENT = 1.1
 THROUGHPUT_SECONDS = 3.0
 MODES = ("nothing exported", "as deployed")
+MISSES = ("misses", "misses, no copies")
 ECHO_AGENT = "DESCRIPTION = 'echo'\nCACHE_TTL = 3600\ndef run(q):\n    return q\n"
 
 
@@ -205,14 +208,41 @@ async def latency_child(mode: str, url: str, agents: str, namespace: str) -> Non
     )
 
 
-async def throughput_child(mode: str, url: str, agents: str, namespace: str, start: str) -> None:
-    """One of two throughput processes: wait for the shared start time, run, print the rate."""
+async def misses(runtime: AgentRuntime, seconds: float) -> tuple[int, int]:
+    """Calls completed by CALLERS concurrent callers in `seconds`, each with an input never
+    asked before (a miss), and how many were answered from the cache (none should be)."""
+    done = hits = 0
+    deadline = time.perf_counter() + seconds
+    inputs = (f"miss {os.getpid()} {n}" for n in itertools.count())
+
+    async def caller() -> None:
+        nonlocal done, hits
+        while time.perf_counter() < deadline:
+            result = await runtime.run("echo", next(inputs))
+            assert result.ok, result
+            done += 1
+            hits += result.cached
+
+    await asyncio.gather(*(caller() for _ in range(CALLERS)))
+    return done, hits
+
+
+async def throughput_child(
+    mode: str, url: str, agents: str, namespace: str, start: str, kind: str
+) -> None:
+    """One of two throughput processes: wait for the shared start time, run, print the rate.
+    `kind`: hits (Zipf-distributed cached inputs), misses, or misses without near copies."""
     telemetry = telemetry_for(mode)
-    runtime = build_runtime(url, Path(agents), namespace, telemetry)
+    near = {"cache_near_entries": 0} if kind == "misses, no copies" else {}
+    runtime = build_runtime(url, Path(agents), namespace, telemetry, **near)
     await runtime.cache.open()
-    await fill(runtime)
+    if kind == "hits":
+        await fill(runtime)
     await asyncio.sleep(max(0.0, float(start) - time.time()))
-    done, hits = await throughput(runtime, THROUGHPUT_SECONDS, seed=os.getpid())
+    if kind == "hits":
+        done, hits = await throughput(runtime, THROUGHPUT_SECONDS, seed=os.getpid())
+    else:
+        done, hits = await misses(runtime, THROUGHPUT_SECONDS)
     await runtime.aclose()
     await runtime.cache.close()
     telemetry.shutdown(timeout=5.0)
@@ -220,11 +250,12 @@ async def throughput_child(mode: str, url: str, agents: str, namespace: str, sta
 
 
 def two_processes(
-    mode: str, url: str, agents: Path, namespace: str, env: dict[str, str]
+    mode: str, url: str, agents: Path, namespace: str, env: dict[str, str], kind: str = "hits"
 ) -> tuple[float, float]:
-    """Calls per second of two processes together, and the share answered from the cache."""
+    """Calls per second of two processes together (`kind` as `throughput_child` takes), and
+    the share answered from the cache."""
     start_at = time.time() + 8.0  # after both have imported, connected and filled the cache
-    args = ["--child", "throughput", mode, url, str(agents), namespace, str(start_at)]
+    args = ["--child", "throughput", mode, url, str(agents), namespace, str(start_at), kind]
     children = [
         subprocess.Popen(
             [sys.executable, __file__, *args],
@@ -272,6 +303,7 @@ def main(url: str | None) -> None:
     print_header("bench_redis: cached calls on Redis")
     results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     together: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
+    missing: dict[tuple[str, str], list[float]] = {(m, k): [] for m in MODES for k in MISSES}
     with (
         tempfile.TemporaryDirectory() as directory,
         redis_server() as (local_url, process),
@@ -286,6 +318,10 @@ def main(url: str | None) -> None:
             args = ["latency", mode, url, str(agents), namespace]
             results[mode].append(run_child(Path(__file__), args, env))
             together[mode].append(two_processes(mode, url, agents, namespace, env))
+            turn = len(together[mode]) % 2  # which goes first alternates
+            for kind in (*MISSES[turn:], *MISSES[:turn]):
+                rate, _ = two_processes(mode, url, agents, namespace, env, kind)
+                missing[mode, kind].append(rate)
         with_breaker, without_breaker = asyncio.run(stalled(url, agents, process))
 
     print(f"median (min-max) of {REPETITIONS} repetitions")
@@ -326,6 +362,11 @@ def main(url: str | None) -> None:
             f"  throughput, 2 processes: {two.show(1, 0)} calls/s, {two_hits.show(100, 1)} % "
             "from the cache"
         )
+        copies, no_copies = missing[mode, "misses"], missing[mode, "misses, no copies"]
+        print(
+            f"  misses, 2 processes: near copies {spread(copies).show(1, 0)} calls/s, none "
+            f"{spread(no_copies).show(1, 0)} calls/s; ratio {ratios(copies, no_copies).show(1, 3)}"
+        )
     for label, seconds in (("breaker", with_breaker), ("no breaker", without_breaker)):
         print(f"stalled Redis, {label:10}: {seconds * 1e3:8.2f} ms/call, median of 20 calls, once")
 
@@ -335,7 +376,7 @@ if __name__ == "__main__":
         if sys.argv[2] == "latency":
             asyncio.run(latency_child(*sys.argv[3:7]))
         else:
-            asyncio.run(throughput_child(*sys.argv[3:8]))
+            asyncio.run(throughput_child(*sys.argv[3:9]))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         parser.add_argument("--url", help="an existing Redis (default: start redis-server)")
