@@ -6,21 +6,23 @@ Redis pushes the name of every key under the namespace that changes, whoever cha
 written, deleted, expired or evicted. Each push drops that key's copy here.
 
 - **What is kept.** A copy is made only from a read of Redis, with the key's remaining
-  expiry (PTTL, read in the same trip), so a copy never outlives its entry. Copies are
-  bounded by the `LRUMemoryCache` bounds.
+  expiry (PTTL, read in the same trip), so a copy outlives its entry by no more than that
+  reply's way back (and Redis's push of the expiry drops it too). Copies are bounded by the
+  `LRUMemoryCache` bounds.
 - **Reads in flight.** A read whose key changed while it was in flight keeps no copy: the
   push may overtake the read's reply, which then holds the value from before the change.
 - **While Redis is silent.** The connection is checked by a PING after `HEARTBEAT` seconds of
   silence. Pushes and replies come in order on one connection, so a PONG proves every change
-  made before the PING was heard. If no PONG comes within `HEARTBEAT` more seconds, or the
-  connection breaks, every copy is dropped and none is made until tracking is back on. So
+  made before the PING was heard. If no PONG comes within `HEARTBEAT` more seconds, Redis
+  answers with an error (BUSY during a long script), or the connection breaks, every copy is
+  dropped and none is made until tracking is back on (tried again every `RECONNECT_AFTER`). So
   while the copies are used, they lag Redis by at most the time a push takes to arrive, or
-  two heartbeats when this process is cut off from Redis.
+  two heartbeats (plus any time the event loop was blocked) when cut off from Redis.
 - **Invalidation in this process** drops the agent's copies at once (`drop`), before Redis
   is asked anything, and no read of the agent's keys keeps a copy until Redis has deleted them
   (`dropped`): such a read may have found a value just before it went.
-- **A Redis without RESP3 or tracking** (before 6.0, or a proxy that refuses them) keeps no
-  copies. It is logged once, and every read goes to Redis.
+- **A Redis that cannot track** (before 6.0: no HELLO or CLIENT TRACKING) or may not (an ACL
+  without them) keeps no copies. It is logged once, and every read goes to Redis.
 """
 
 from __future__ import annotations
