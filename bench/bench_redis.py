@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +135,14 @@ def get_in_floor(
     return composed
 
 
-async def throughput(runtime: AgentRuntime, seconds: float, seed: int) -> tuple[int, int]:
-    """Calls completed by CALLERS concurrent callers in `seconds`, and how many of them were
-    answered from the cache (the others met a Redis timeout, or the breaker it opened)."""
+async def throughput(
+    runtime: AgentRuntime, seconds: float, inputs: Iterator[str]
+) -> tuple[int, int]:
+    """Calls completed by CALLERS concurrent callers in `seconds`, asking for `inputs` in
+    turn, and how many of them were answered from the cache (the others met a Redis timeout,
+    the breaker it opened, or were misses)."""
     done = hits = 0
     deadline = time.perf_counter() + seconds
-    inputs = itertools.cycle(zipf_inputs(seed))
 
     async def caller() -> None:
         nonlocal done, hits
@@ -152,6 +154,16 @@ async def throughput(runtime: AgentRuntime, seconds: float, seed: int) -> tuple[
 
     await asyncio.gather(*(caller() for _ in range(CALLERS)))
     return done, hits
+
+
+def cached_inputs(seed: int) -> Iterator[str]:
+    """The cached inputs, Zipf-distributed, for ever."""
+    return itertools.cycle(zipf_inputs(seed))
+
+
+def new_inputs() -> Iterator[str]:
+    """Inputs never asked before, by any process: every call a miss."""
+    return (f"miss {os.getpid()} {n}" for n in itertools.count())
 
 
 async def fill(runtime: AgentRuntime) -> None:
@@ -188,8 +200,8 @@ async def latency_child(mode: str, url: str, agents: str, namespace: str) -> Non
     timed = await time_kinds(calls, calls=CALLS, rounds=ROUNDS, settle=flush)
     timings = {kind: timing.to_json() for kind, timing in timed.items()}
     await fill(runtime)
-    done, hits = await throughput(runtime, THROUGHPUT_SECONDS, seed=1)
-    far_done, far_hits = await throughput(far, THROUGHPUT_SECONDS, seed=1)
+    done, hits = await throughput(runtime, THROUGHPUT_SECONDS, cached_inputs(seed=1))
+    far_done, far_hits = await throughput(far, THROUGHPUT_SECONDS, cached_inputs(seed=1))
     for each in (runtime, far):
         await each.aclose()
         await each.cache.close()
@@ -208,25 +220,6 @@ async def latency_child(mode: str, url: str, agents: str, namespace: str) -> Non
     )
 
 
-async def misses(runtime: AgentRuntime, seconds: float) -> tuple[int, int]:
-    """Calls completed by CALLERS concurrent callers in `seconds`, each with an input never
-    asked before (a miss), and how many were answered from the cache (none should be)."""
-    done = hits = 0
-    deadline = time.perf_counter() + seconds
-    inputs = (f"miss {os.getpid()} {n}" for n in itertools.count())
-
-    async def caller() -> None:
-        nonlocal done, hits
-        while time.perf_counter() < deadline:
-            result = await runtime.run("echo", next(inputs))
-            assert result.ok, result
-            done += 1
-            hits += result.cached
-
-    await asyncio.gather(*(caller() for _ in range(CALLERS)))
-    return done, hits
-
-
 async def throughput_child(
     mode: str, url: str, agents: str, namespace: str, start: str, kind: str
 ) -> None:
@@ -239,10 +232,8 @@ async def throughput_child(
     if kind == "hits":
         await fill(runtime)
     await asyncio.sleep(max(0.0, float(start) - time.time()))
-    if kind == "hits":
-        done, hits = await throughput(runtime, THROUGHPUT_SECONDS, seed=os.getpid())
-    else:
-        done, hits = await misses(runtime, THROUGHPUT_SECONDS)
+    inputs = cached_inputs(seed=os.getpid()) if kind == "hits" else new_inputs()
+    done, hits = await throughput(runtime, THROUGHPUT_SECONDS, inputs)
     await runtime.aclose()
     await runtime.cache.close()
     telemetry.shutdown(timeout=5.0)

@@ -119,8 +119,7 @@ class NearCache:
         """Drop the copies of every key that starts with `prefix`, this process invalidating
         them, and make none of such keys until `dropped`."""
         self._dropping[prefix] = self._dropping.get(prefix, 0) + 1
-        self.store.discard_prefix(prefix)
-        self._changed.update(key for key in self._reading if key.startswith(prefix))
+        self._drop_copies(prefix)
 
     def dropped(self, prefix: str) -> None:
         """The invalidation of `prefix` that `drop` began is over (done in Redis, or left to
@@ -129,13 +128,13 @@ class NearCache:
         if left:
             self._dropping[prefix] = left
         # A read sent before Redis deleted the keys may still bring back what was there.
-        self._changed.update(key for key in self._reading if key.startswith(prefix))
+        self._reads_changed(prefix)
 
     def _changed_keys(self, keys: list[bytes] | None, encoding: str, errors: str) -> None:
         """Redis says `keys` changed (None: every key, as after FLUSHDB); they are read in the
         `encoding` (with `errors`) the connections write them in."""
         if keys is None:
-            self._drop_all()
+            self._drop_copies()
             return
         for raw in keys:
             try:
@@ -146,9 +145,15 @@ class NearCache:
             if key in self._reading:
                 self._changed.add(key)
 
-    def _drop_all(self) -> None:
-        self.store.discard_prefix("")
-        self._changed.update(self._reading)
+    def _drop_copies(self, prefix: str = "") -> None:
+        """Drop the copies of the keys that start with `prefix` (all by default), and make
+        none from the reads of such keys in flight."""
+        self.store.discard_prefix(prefix)
+        self._reads_changed(prefix)
+
+    def _reads_changed(self, prefix: str) -> None:
+        """The reads in flight of keys that start with `prefix` are to keep no copy."""
+        self._changed.update(key for key in self._reading if key.startswith(prefix))
 
     def start(self) -> None:
         """Turn tracking on in the background, and keep it on until `close`."""
@@ -175,7 +180,7 @@ class NearCache:
     def _off(self) -> None:
         self.session = None
         self.tracking.clear()
-        self._drop_all()
+        self._drop_copies()
 
     async def _track(self, epoch: int) -> None:
         """Keep tracking on: connect, listen, and after a loss connect again; until `epoch`
