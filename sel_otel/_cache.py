@@ -99,6 +99,7 @@ class ResultCache:
         self.backend = backend
         self.namespace = namespace
         self.storage: CacheBackend
+        self._near: NearCache | None = None
         if isinstance(backend, SharedBackend):
             self.storage = SharedCache(
                 backend,
@@ -108,16 +109,14 @@ class ResultCache:
                 retry_after=retry_after,
                 slow_hit=slow_hit,
             )
+            self._near = backend.near
         else:
             self.storage = backend
         #: The store read without waiting (this process's memory, or its near copies of a
         #: shared store's entries), where `peek` answers.
-        self._memory: LRUMemoryCache | NearCache | None = None
-        self._near: NearCache | None = None
+        self._memory: LRUMemoryCache | NearCache | None = self._near
         if isinstance(backend, LRUMemoryCache) and backend.immediate:
             self._memory = backend
-        elif isinstance(backend, SharedBackend):
-            self._memory = self._near = backend.near
         self._on_error = on_error
         self._flights: dict[str, _Flight] = {}
         self._generations: dict[str, int] = {}
